@@ -1,0 +1,31 @@
+"""slimkit: make trained neural networks smaller, faster and cheaper, and prove it with measurements.
+
+>>> import slimkit as sk
+>>> data = sk.data.load("mnist5k")                      # doctest: +SKIP
+>>> model = sk.zoo.create_for("seed_cnn", data)         # doctest: +SKIP
+>>> sk.train.fit(model, data.train, val=data.val)       # doctest: +SKIP
+>>> print(sk.evaluate(model, data))                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from slimkit import data, train, zoo
+from slimkit.core.errors import SlimkitError
+from slimkit.evaluate import Report, compare, evaluate
+from slimkit.io import export, load, save
+
+__all__ = [
+    "Report",
+    "SlimkitError",
+    "__version__",
+    "compare",
+    "data",
+    "evaluate",
+    "export",
+    "load",
+    "save",
+    "train",
+    "zoo",
+]

@@ -1,0 +1,36 @@
+"""``slimkit export``: write a deployable ONNX or ``.pt2`` file and check it against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimkit.cli import app
+from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, load_model
+
+
+@app.command("export")
+def export_command(
+    model: ModelPath,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A .onnx or .pt2 file.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset to check ONNX top-1 agreement on.")] = None,
+    factory: Factory = None,
+    trust_pickle: TrustPickle = False,
+    force: Force = False,
+) -> None:
+    """Export MODEL to OUTPUT (.onnx or .pt2) with a dynamic batch size."""
+    import slimkit as sk
+    from slimkit.io import onnx_agreement
+
+    module = load_model(model, factory, trust_pickle)
+    dataset = sk.data.load(data) if data else None
+    sk.export(module, output, dataset.example if dataset else None, force=force)
+    console.print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB)")
+    if dataset is not None and output.suffix == ".onnx":
+        check = onnx_agreement(module, output, dataset.splits["test"][0])
+        console.print(
+            f"ONNX Runtime vs PyTorch on {dataset.name} test: top-1 agreement {100 * check['top1_agreement']:.2f}%, "
+            f"max |diff| {check['max_abs_diff']:.2e}"
+        )

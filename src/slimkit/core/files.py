@@ -1,0 +1,52 @@
+"""Atomic file and folder writes: outputs appear whole or not at all, never half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from slimkit.core.errors import OutputExistsError
+
+
+def check_output(path: str | os.PathLike[str], force: bool) -> Path:
+    """Return ``path`` as a Path; refuse an existing one unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists; pass force=True (CLI: --force) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it into place in one rename.
+
+    Works for files and folders. On error the temporary is removed and ``path`` is untouched.
+    """
+    path = check_output(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            old = tmp / ".old"
+            os.replace(path, old)  # folders cannot be replaced in one call: swap, then delete
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"), force=force)

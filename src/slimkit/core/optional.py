@@ -1,0 +1,27 @@
+"""Lazy imports of optional dependencies with an error that says what to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from slimkit.core.errors import MissingExtraError
+
+
+def require(module: str, extra: str, package: str | None = None) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra to install.
+
+    >>> np = require("numpy", extra="core")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pkg = package or module.split(".")[0]
+        raise MissingExtraError(
+            f"{pkg} is not installed ({exc}); install it with: pip install 'slimkit[{extra}]'"
+        ) from exc
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,126 @@
+"""What a model costs: parameters, multiply-accumulates, bytes on disk, measured latency.
+
+MACs come from ``torch.utils.flop_counter`` (convolutions, matmuls, attention) plus formulas for
+the recurrent layers that it does not count (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``). PyTorch's
+attention fast path is switched off while counting, because the counter cannot see into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from slimkit.core.model import eval_mode
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (a tensor shared by several layers counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def rnn_macs(rnn: nn.RNNBase, batch: int, steps: int) -> int:
+    """Multiply-accumulates of one ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call over ``steps`` time steps.
+
+    Per step, layer and direction a cell computes ``gates * hidden * (input + state)`` products,
+    where ``state`` is ``proj_size`` for a projected LSTM, plus ``proj_size * hidden`` for the
+    projection. Element-wise gate arithmetic is not counted (as for activations elsewhere).
+    """
+    gates = _GATES[rnn.mode]
+    dirs = 2 if rnn.bidirectional else 1
+    proj = getattr(rnn, "proj_size", 0)
+    state = proj or rnn.hidden_size
+    total = 0
+    for layer in range(rnn.num_layers):
+        inp = rnn.input_size if layer == 0 else state * dirs
+        total += gates * rnn.hidden_size * (inp + state) + proj * rnn.hidden_size
+    return total * dirs * batch * steps
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:  # noqa: ANN001
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@contextlib.contextmanager
+def _replace_rnn_counts(model: nn.Module, counter: FlopCounterMode, adjust: list[int]) -> Iterator[None]:
+    """Count every recurrent layer by :func:`rnn_macs` instead of whatever the counter saw inside it.
+
+    (Depending on the kernel, the counter sees a GRU's matmuls but nothing of a fused LSTM.)
+    """
+    starts: list[int] = []
+
+    def pre(_m: nn.Module, _args: tuple) -> None:
+        starts.append(counter.get_total_flops())
+
+    def post(module: nn.RNNBase, args: tuple, _out: object) -> None:
+        seen = counter.get_total_flops() - starts.pop()
+        x = args[0]
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            macs = rnn_macs(module, 1, int(x.batch_sizes.sum()))
+        elif x.dim() == 2:  # unbatched (T, input)
+            macs = rnn_macs(module, 1, x.shape[0])
+        else:
+            batch, steps = (x.shape[0], x.shape[1]) if module.batch_first else (x.shape[1], x.shape[0])
+            macs = rnn_macs(module, batch, steps)
+        adjust[0] += 2 * macs - seen
+
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    handles = [m.register_forward_pre_hook(pre) for m in rnns] + [m.register_forward_hook(post) for m in rnns]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates for one sample (``example`` is a batch; its first row is used)."""
+    x = example[:1]
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={sdpa: _sdpa_cpu_flops})
+    adjust = [0]  # flops
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with eval_mode(model), torch.no_grad(), counter, _replace_rnn_counts(model, counter, adjust):
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return (counter.get_total_flops() + adjust[0]) // 2
+
+
+def batch_of(example: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` rows built by repeating the rows of ``example``."""
+    reps = -(-size // len(example))
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:size].contiguous()
+
+
+def measure_latency(run: Callable[[], object], *, warmup: int = 5, runs: int = 30) -> float:
+    """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def torch_latency(
+    model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64), runs: int = 30
+) -> dict[str, float]:
+    """Median eager latency in ms per batch size, keys like ``"torch/b64"``."""
+    out = {}
+    with eval_mode(model), torch.inference_mode():
+        for b in batch_sizes:
+            x = batch_of(example, b)
+            out[f"torch/b{b}"] = measure_latency(lambda x=x: model(x), runs=runs)
+    return out

@@ -1,0 +1,129 @@
+"""Model files without pickle: slimkit checkpoints, safetensors + factory, ``.pt2``, ONNX.
+
+>>> import slimkit as sk
+>>> model = sk.zoo.create("lenet5")
+>>> sk.save(model, "/tmp/lenet5-ckpt", force=True)  # spec.json + weights.safetensors
+PosixPath('/tmp/lenet5-ckpt')
+>>> type(sk.load("/tmp/lenet5-ckpt")).__name__
+'Sequential'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import ModelFileError
+from slimkit.core.files import atomic_path
+from slimkit.core.model import check_input, eval_mode, example_input
+from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
+from slimkit.io.onnx import OnnxModel, dynamic_batch, export_onnx, onnx_agreement, quiet
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+ACCEPTED = "a checkpoint folder, .safetensors (with factory=), .pt2, .onnx, or a pickle (.pt/.pth, trust_pickle=True)"
+
+__all__ = ["OnnxModel", "export", "load", "onnx_agreement", "save"]
+
+
+def save(
+    model: nn.Module, path: str | Path, *, example: torch.Tensor | None = None, force: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> Path:  # fmt: skip
+    """Save ``model`` as a slimkit checkpoint folder (``spec.json`` + ``weights.safetensors``).
+
+    ``example`` records the input shape so that the checkpoint can be exported later without data.
+    An existing ``path`` is only replaced with ``force=True``; the write is atomic.
+    """
+    return save_checkpoint(model, path, example=example, force=force, extra_files=extra_files)
+
+
+def load(
+    path: str | Path, *, factory: str | None = None, kwargs: dict[str, Any] | None = None, trust_pickle: bool = False
+) -> Any:
+    """Load a model from ``path``; never unpickles unless ``trust_pickle=True``.
+
+    - checkpoint folder: rebuilt from its spec (zoo models need nothing else);
+    - ``.safetensors``: weights for ``factory`` (``"package.module:function"``, called with ``kwargs``);
+    - ``.pt2``: a ``torch.export`` program (returned as a module);
+    - ``.onnx``: an :class:`OnnxModel` run by ONNX Runtime (for evaluation);
+    - ``.pt``/``.pth``/...: a ``torch.save`` pickle, refused unless ``trust_pickle=True`` (then
+      ``weights_only=True`` is tried first).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"no such model file or checkpoint: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return load_checkpoint(path, factory=factory)
+    if suffix == ".safetensors":
+        if factory is None:
+            raise ModelFileError(f"{path} holds weights only; name the architecture with factory='module:function'")
+        model = build_from_factory(factory, kwargs or {})
+        load_weights(model, path)
+        return model
+    if suffix == ".pt2":
+        try:
+            with quiet():
+                return torch.export.load(str(path)).module()
+        except Exception as exc:  # torch.export raises several types for damaged archives
+            raise ModelFileError(f"{path} is not a loadable .pt2 program ({str(exc).splitlines()[0]})") from None
+    if suffix == ".onnx":
+        return OnnxModel(path)
+    if suffix in PICKLE_SUFFIXES:
+        return _load_pickle(path, factory=factory, kwargs=kwargs or {}, trust=trust_pickle)
+    raise ModelFileError(f"cannot load {path}: unknown file type {suffix!r}; accepted: {ACCEPTED}")
+
+
+def _load_pickle(path: Path, *, factory: str | None, kwargs: dict[str, Any], trust: bool) -> nn.Module:
+    if not trust:
+        raise ModelFileError(
+            f"{path} is a pickle, and loading a pickle can run arbitrary code; convert it to safetensors, "
+            "or if you trust its source pass trust_pickle=True (CLI: --trust-pickle)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain state dict: the user vouched for the file, so unpickle fully
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelFileError(f"{path} is not a readable torch.save file ({exc})") from None
+    if isinstance(obj, nn.Module):
+        return obj.eval()
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if factory is None:
+            raise ModelFileError(f"{path} holds a state dict; name the architecture with factory='module:function'")
+        model = build_from_factory(factory, kwargs)
+        try:
+            model.load_state_dict(obj)
+        except RuntimeError as exc:
+            raise ModelFileError(f"{path} does not fit {factory}: {str(exc).splitlines()[0]}") from None
+        return model.eval()
+    raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a module or a state dict")
+
+
+def export(model: nn.Module, path: str | Path, example: torch.Tensor | None = None, *, force: bool = False) -> Path:
+    """Export ``model`` to ONNX (``.onnx``) or ``torch.export`` (``.pt2``) with a dynamic batch size.
+
+    ``example`` is an input batch; if omitted, the input shape recorded in the model is used.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".pt2"):
+        raise ModelFileError(f"cannot export to {path}: use a .onnx or .pt2 file name")
+    if example is None:
+        example = example_input(model)
+        if example is None:
+            raise ModelFileError("pass an example input batch: this model has no recorded input shape")
+    check_input(model, example)
+    with atomic_path(path, force=force) as tmp:
+        if suffix == ".onnx":
+            export_onnx(model, tmp, example)
+        else:
+            x, dynamic = dynamic_batch(example)
+            with eval_mode(model), quiet():
+                program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+                torch.export.save(program, str(tmp))
+    return path

@@ -1,0 +1,97 @@
+"""ONNX export (PyTorch's exporter) and an ONNX Runtime model that slimkit can evaluate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.model import eval_mode
+from slimkit.core.optional import require
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' warnings and log chatter (they are not the user's problem)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def dynamic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, object]]]:
+    """An example with at least 2 rows (size 1 would be specialised) and a dynamic batch dim."""
+    from torch.export import Dim
+
+    from slimkit.evaluate.cost import batch_of
+
+    return batch_of(example, max(2, len(example))), ({0: Dim("batch")},)
+
+
+def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+    """Export to a single self-contained ONNX file with a dynamic batch dimension."""
+    require("onnxscript", extra="onnx")
+    x, dynamic = dynamic_batch(example)
+    with eval_mode(model), quiet():
+        try:
+            torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=dynamic)
+        except Exception as exc:  # the exporter raises many types; name the model and the cause
+            raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from exc
+
+
+class OnnxModel:
+    """An ONNX file run by ONNX Runtime; callable on a torch batch like a module.
+
+    >>> m = OnnxModel("model.onnx")  # doctest: +SKIP
+    >>> logits = m(torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        ort = require("onnxruntime", extra="onnx")
+        onnx = require("onnx", extra="onnx")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"no such ONNX file: {self.path}")
+        try:
+            proto = onnx.load(str(self.path))
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads or torch.get_num_threads()
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnx / onnxruntime raise their own exception types
+            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        self.name = self.path.stem
+        self.input_name = self.session.get_inputs()[0].name
+        index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes and axes, not weights
+        self.params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type not in index_types)
+        self.bytes = self.path.stat().st_size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def onnx_agreement(model: nn.Module, path: Path, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Top-1 agreement and max absolute output difference between PyTorch and ONNX Runtime."""
+    onnx_model = OnnxModel(path)
+    same, diff = 0, 0.0
+    with eval_mode(model), torch.no_grad():
+        for xb in inputs.split(batch_size):
+            a, b = model(xb), onnx_model(xb)
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            diff = max(diff, float((a - b).abs().max()))
+    return {"top1_agreement": same / len(inputs), "max_abs_diff": diff}

