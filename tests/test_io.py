@@ -16,7 +16,7 @@ from tests.conftest import zoo_example
 def randomize_buffers(model: torch.nn.Module) -> None:
     """Give BatchNorm statistics non-default values so that a round trip really tests them."""
     g = torch.Generator().manual_seed(1)
-    for name, buf in model.named_buffers():
+    for _name, buf in model.named_buffers():
         if buf.is_floating_point():
             buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
 
@@ -92,7 +92,9 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     spec["arch"]["kwargs"] = {"num_classes": 7}
     spec_path.write_text(json.dumps(spec))
-    with pytest.raises(ModelFileError, match="'fc3.weight' has shape \\(10, 84\\), the architecture expects \\(7, 84\\)"):
+    with pytest.raises(
+        ModelFileError, match="'fc3.weight' has shape \\(10, 84\\), the architecture expects \\(7, 84\\)"
+    ):
         sk.load(tmp_path / "ckpt")
 
 
@@ -152,7 +154,9 @@ def test_unknown_suffix(tmp_path: Path) -> None:
         sk.load(f)
 
 
-def test_onnx_export_matches_pytorch_on_mnist_test(trained_cnn: torch.nn.Module, mnist: sk.data.Dataset, tmp_path: Path) -> None:
+def test_onnx_export_matches_pytorch_on_mnist_test(
+    trained_cnn: torch.nn.Module, mnist: sk.data.Dataset, tmp_path: Path
+) -> None:
     path = sk.export(trained_cnn, tmp_path / "m.onnx", mnist.example)
     x_test = mnist.splits["test"][0]
     check = onnx_agreement(trained_cnn, path, x_test)

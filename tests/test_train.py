@@ -38,9 +38,17 @@ def test_early_stopping_restores_best(digits: sk.data.Dataset) -> None:
     seen: list[dict] = []
     # a learning rate far too high makes validation accuracy stall, so patience triggers
     history = sk.train.fit(
-        model, digits.train, val=digits.val, epochs=30, lr=0.5, optimizer="sgd", schedule="constant",
-        patience=2, progress=False, on_epoch=seen.append,
-    )  # fmt: skip
+        model,
+        digits.train,
+        val=digits.val,
+        epochs=30,
+        lr=0.5,
+        optimizer="sgd",
+        schedule="constant",
+        patience=2,
+        progress=False,
+        on_epoch=seen.append,
+    )
     assert history.stopped_early and len(history.epochs) < 30 and seen == history.epochs
     best = max(e["val_accuracy"] for e in history.epochs)
     assert history.epochs[history.best_epoch - 1]["val_accuracy"] == best
@@ -65,7 +73,11 @@ def test_fit_with_teacher_moves_student_towards_teacher(digits: sk.data.Dataset)
 
     def kl() -> float:
         with torch.no_grad():
-            return float(F.kl_div(F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1), log_target=True, reduction="batchmean"))
+            return float(
+                F.kl_div(
+                    F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1), log_target=True, reduction="batchmean"
+                )
+            )
 
     before = kl()
     sk.train.fit(student, digits.train, epochs=3, lr=3e-3, teacher=teacher, alpha=1.0, progress=False)

@@ -47,7 +47,18 @@ def test_seed_cnn_is_the_briefs_model() -> None:
     model = sk.zoo.create("seed_cnn")
     assert count_params(model) == 1_687_242
     kinds = [type(m).__name__ for m in model]
-    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert model.conv1.out_channels == 64 and model.fc1.out_features == 1024
 
 
@@ -76,7 +87,11 @@ def test_resnet_and_mobilenet_options() -> None:
 
 def test_text_models_ignore_padding() -> None:
     torch.manual_seed(0)
-    for name, kwargs in [("text_lstm", {}), ("text_lstm", {"cell": "gru", "bidirectional": True}), ("text_transformer", {})]:
+    for name, kwargs in [
+        ("text_lstm", {}),
+        ("text_lstm", {"cell": "gru", "bidirectional": True}),
+        ("text_transformer", {}),
+    ]:
         model = sk.zoo.create(name, **kwargs).eval()
         x = torch.randint(1, 1000, (2, 32))
         x[:, 10:] = 0

@@ -1,10 +1,13 @@
 """slimkit: make trained neural networks smaller, faster and cheaper, and prove it with measurements.
 
->>> import slimkit as sk
->>> data = sk.data.load("mnist5k")                      # doctest: +SKIP
->>> model = sk.zoo.create_for("seed_cnn", data)         # doctest: +SKIP
->>> sk.train.fit(model, data.train, val=data.val)       # doctest: +SKIP
->>> print(sk.evaluate(model, data))                     # doctest: +SKIP
+Example::
+
+    import slimkit as sk
+
+    data = sk.data.load("mnist5k")
+    model = sk.zoo.create_for("seed_cnn", data)
+    sk.train.fit(model, data.train, val=data.val, augment=data.augment)
+    print(sk.evaluate(model, data))
 """
 
 from __future__ import annotations

@@ -23,10 +23,21 @@ from slimkit.train import fit
 
 
 def train_and_save(
-    *, model: str, data: str, output: str | Path, model_args: dict[str, Any] | None = None, epochs: int = 15,
-    lr: float = 1e-3, optimizer: str = "adam", batch_size: int | None = None, patience: int | None = None,
-    augment: bool = True, seed: int = 0, force: bool = False, progress: bool = True,
-) -> Report:  # fmt: skip
+    *,
+    model: str,
+    data: str,
+    output: str | Path,
+    model_args: dict[str, Any] | None = None,
+    epochs: int = 15,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    batch_size: int | None = None,
+    patience: int | None = None,
+    augment: bool = True,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> Report:
     """Train a zoo model on a dataset; save checkpoint + report.json + config.json + history.json."""
     config = {k: v for k, v in locals().items() if k not in ("output", "force", "progress")}
     check_output(output, force)  # fail now, not after training
@@ -34,15 +45,29 @@ def train_and_save(
     torch.manual_seed(seed)
     net = zoo.create_for(model, dataset, **(model_args or {}))
     history = fit(
-        net, dataset.loader("train", batch_size), val=dataset.val, epochs=epochs, lr=lr, optimizer=optimizer,
-        patience=patience, augment=dataset.augment if augment else None, seed=seed, progress=progress,
-    )  # fmt: skip
+        net,
+        dataset.loader("train", batch_size),
+        val=dataset.val,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        patience=patience,
+        augment=dataset.augment if augment else None,
+        seed=seed,
+        progress=progress,
+    )
     report = evaluate(net, dataset)
-    save(net, output, example=dataset.example, force=force, extra_files={
-        "report.json": report.to_json() + "\n",
-        "config.json": json.dumps(config, indent=2) + "\n",
-        "history.json": json.dumps(dataclasses.asdict(history), indent=2) + "\n",
-    })  # fmt: skip
+    save(
+        net,
+        output,
+        example=dataset.example,
+        force=force,
+        extra_files={
+            "report.json": report.to_json() + "\n",
+            "config.json": json.dumps(config, indent=2) + "\n",
+            "history.json": json.dumps(dataclasses.asdict(history), indent=2) + "\n",
+        },
+    )
     return report
 
 

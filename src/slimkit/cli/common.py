@@ -19,7 +19,10 @@ Factory = Annotated[
     str | None, typer.Option(help="'package.module:function' that builds the model (for .safetensors and pickles).")
 ]
 TrustPickle = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow loading a torch.save pickle (it can run code). Use only for files you trust.")
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow loading a torch.save pickle (it can run code). Use only for files you trust."
+    ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 DataName = Annotated[str, typer.Option("--data", "-d", help="Dataset name (see 'slimkit env') or a .npz file.")]

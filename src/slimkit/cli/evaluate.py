@@ -26,7 +26,9 @@ def evaluate_command(
     import slimkit as sk
 
     dataset = sk.data.load(data)
-    report = sk.evaluate(load_model(model, factory, trust_pickle), dataset, split=split, latency=latency, latency_runs=runs)
+    report = sk.evaluate(
+        load_model(model, factory, trust_pickle), dataset, split=split, latency=latency, latency_runs=runs
+    )
     console.print(report)
     if json_out is not None:
         report.to_json(json_out)

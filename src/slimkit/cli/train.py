@@ -31,9 +31,17 @@ def train_command(
     from slimkit.workflows import train_and_save
 
     config = {
-        "model": model, "data": data, "model_args": parse_kwargs(arg), "epochs": epochs, "lr": lr,
-        "optimizer": optimizer, "batch_size": batch_size, "patience": patience, "augment": augment, "seed": seed,
-    }  # fmt: skip
+        "model": model,
+        "data": data,
+        "model_args": parse_kwargs(arg),
+        "epochs": epochs,
+        "lr": lr,
+        "optimizer": optimizer,
+        "batch_size": batch_size,
+        "patience": patience,
+        "augment": augment,
+        "seed": seed,
+    }
     report = train_and_save(output=output, force=force, **config)
     console.print(report)
     console.print(f"saved {output}  (config.json: {json.dumps(config)})")

@@ -64,7 +64,9 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
     want = (arch_of(model) or {}).get("input")
     got = f"shape {tuple(x.shape)} and dtype {str(x.dtype).removeprefix('torch.')}"
     if want and list(x.shape[1:]) != list(want["shape"]):
-        raise ShapeError(f"{model_name(model)} expects inputs of shape (N, {', '.join(map(str, want['shape']))}), got {got}")
+        raise ShapeError(
+            f"{model_name(model)} expects inputs of shape (N, {', '.join(map(str, want['shape']))}), got {got}"
+        )
     try:
         with eval_mode(model), torch.no_grad():
             model(x[:2])

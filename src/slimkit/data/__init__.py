@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from slimkit.data.base import Dataset, load, names, random_shift
 from slimkit.data import builtin as _builtin  # noqa: F401  (registers the built-in datasets)
+from slimkit.data.base import Dataset, load, names, random_shift
 
 __all__ = ["Dataset", "load", "names", "random_shift"]

@@ -120,9 +120,7 @@ def stratified_split(
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test, stratify=y, random_state=seed)
     if isinstance(val, float):
         val = round(val * len(y))
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val, stratify=y_rest, random_state=seed
-    )
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=val, stratify=y_rest, random_state=seed)
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 

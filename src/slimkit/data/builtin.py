@@ -218,7 +218,10 @@ def synthetic_recsys(
         name="synthetic-recsys",
         splits=to_tensors(splits, torch.long),
         classes=["no click", "click"],
-        meta={"cardinalities": [users, items, categories, len(device_bias)], "fields": ["user", "item", "category", "device"]},
+        meta={
+            "cardinalities": [users, items, categories, len(device_bias)],
+            "fields": ["user", "item", "category", "device"],
+        },
         batch_size=256,
         source=f"generated (seed {seed})",
     )

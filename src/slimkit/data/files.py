@@ -18,9 +18,7 @@ def load_npz(path: Path, *, seed: int = 0) -> Dataset:
     """Arrays ``x`` (N, ...) and integer labels ``y`` (N,); missing val/test splits are carved out
     of ``x``/``y`` (stratified 80 / 10 / 10, seeded)."""
     if path.suffix != ".npz":
-        raise DataError(
-            f"cannot load dataset {str(path)!r}: expected a .npz file or one of: {', '.join(names())}"
-        )
+        raise DataError(f"cannot load dataset {str(path)!r}: expected a .npz file or one of: {', '.join(names())}")
     if not path.is_file():
         raise DataError(f"no such dataset file: {path}; give a .npz file or one of: {', '.join(names())}")
     try:

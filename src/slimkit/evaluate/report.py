@@ -117,8 +117,13 @@ def comparison_table(before: Report, after: Report) -> Any:
         table.add_column(col, justify="left" if col == "measure" else "right")
     b, a = dict(before.rows()), dict(after.rows())
     changes = compare(before, after)
-    keys = {**{f"{k} (points)": k for k in before.metrics}, "params x": "params", "MACs x": "MACs",
-            "bytes x": "file size", **{f"latency {k} x": f"latency {k}" for k in before.latency_ms}}  # fmt: skip
+    keys = {
+        **{f"{k} (points)": k for k in before.metrics},
+        "params x": "params",
+        "MACs x": "MACs",
+        "bytes x": "file size",
+        **{f"latency {k} x": f"latency {k}" for k in before.latency_ms},
+    }
     for key, row in keys.items():
         if row in b and row in a:
             c = changes.get(key)

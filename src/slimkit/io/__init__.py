@@ -1,10 +1,8 @@
 """Model files without pickle: slimkit checkpoints, safetensors + factory, ``.pt2``, ONNX.
 
->>> import slimkit as sk
->>> model = sk.zoo.create("lenet5")
->>> sk.save(model, "/tmp/lenet5-ckpt", force=True)  # spec.json + weights.safetensors
-PosixPath('/tmp/lenet5-ckpt')
->>> type(sk.load("/tmp/lenet5-ckpt")).__name__
+>>> import tempfile, slimkit as sk
+>>> path = sk.save(sk.zoo.create("lenet5"), f"{tempfile.mkdtemp()}/ckpt")  # spec.json + weights.safetensors
+>>> type(sk.load(path)).__name__
 'Sequential'
 """
 
@@ -29,9 +27,13 @@ __all__ = ["OnnxModel", "export", "load", "onnx_agreement", "save"]
 
 
 def save(
-    model: nn.Module, path: str | Path, *, example: torch.Tensor | None = None, force: bool = False,
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example: torch.Tensor | None = None,
+    force: bool = False,
     extra_files: dict[str, str] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Save ``model`` as a slimkit checkpoint folder (``spec.json`` + ``weights.safetensors``).
 
     ``example`` records the input shape so that the checkpoint can be exported later without data.

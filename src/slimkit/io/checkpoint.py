@@ -46,9 +46,13 @@ def weights_bytes(model: nn.Module) -> tuple[bytes, dict[str, str]]:
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | Path, *, example: torch.Tensor | None = None, force: bool = False,
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example: torch.Tensor | None = None,
+    force: bool = False,
     extra_files: dict[str, str] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``path/`` = spec.json + weights.safetensors (+ ``extra_files``), atomically."""
     arch = arch_of(model)
     if arch is None:
@@ -85,11 +89,15 @@ def load_checkpoint(path: Path, *, factory: str | None = None) -> nn.Module:
     try:
         spec = json.loads(spec_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{spec_path} is not valid JSON ({exc}); the checkpoint is damaged, save it again") from None
+        raise ModelFileError(
+            f"{spec_path} is not valid JSON ({exc}); the checkpoint is damaged, save it again"
+        ) from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or not isinstance(spec.get("arch"), dict):
         raise ModelFileError(f"{spec_path} is not a slimkit checkpoint spec (format {FORMAT!r} with an 'arch' entry)")
     if spec.get("version", 0) > VERSION:
-        raise ModelFileError(f"{path} was written by a newer slimkit (format version {spec['version']}); upgrade slimkit")
+        raise ModelFileError(
+            f"{path} was written by a newer slimkit (format version {spec['version']}); upgrade slimkit"
+        )
     arch = spec["arch"]
     model = build(arch, factory=factory, where=str(spec_path))
     load_weights(model, path / WEIGHTS, tied=spec.get("tied", {}))
@@ -153,11 +161,11 @@ def load_weights(model: nn.Module, path: Path, *, tied: dict[str, str] | None = 
             f"{path} does not match the architecture: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
         )
-    for name in expected:  # in layer order, so the first mismatch named is the earliest one
-        t = state[name]
-        if t.shape != expected[name].shape:
+    for name, want in expected.items():  # in layer order, so the first mismatch named is the earliest one
+        got = state[name]
+        if got.shape != want.shape:
             raise ModelFileError(
-                f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the architecture expects {tuple(expected[name].shape)}"
+                f"{path}: tensor {name!r} has shape {tuple(got.shape)}, the architecture expects {tuple(want.shape)}"
             )
     model.load_state_dict(state)
     model.eval()

@@ -57,8 +57,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
 class OnnxModel:
     """An ONNX file run by ONNX Runtime; callable on a torch batch like a module.
 
-    >>> m = OnnxModel("model.onnx")  # doctest: +SKIP
-    >>> logits = m(torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
+    Example: ``OnnxModel("model.onnx")(torch.zeros(1, 1, 28, 28))`` gives the logits.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:

@@ -142,7 +142,9 @@ def fit(
                         t_logits = teacher(x)
                     loss = distillation_loss(logits, t_logits, y, temperature, alpha)
                 if not torch.isfinite(loss):
-                    raise SlimkitError(f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate")
+                    raise SlimkitError(
+                        f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -185,9 +187,13 @@ class _Progress:
 
             self.console = Console(stderr=True)
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=self.console, transient=True,
-            )  # fmt: skip
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.task = self.progress.add_task("training", total=epochs * steps)
 
     def __enter__(self) -> _Progress:

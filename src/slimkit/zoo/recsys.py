@@ -41,8 +41,11 @@ class RecsysMLP(nn.Module):
 
 @register("recsys_mlp")
 def recsys_mlp(
-    cardinalities: list[int] | None = None, num_classes: int = 2, embed_dim: int = 16,
-    hidden: list[int] | None = None, interaction: str = "dot",
-) -> RecsysMLP:  # fmt: skip
+    cardinalities: list[int] | None = None,
+    num_classes: int = 2,
+    embed_dim: int = 16,
+    hidden: list[int] | None = None,
+    interaction: str = "dot",
+) -> RecsysMLP:
     """Embedding tables (``cardinalities`` rows each) -> concat + pairwise dots (DLRM) -> MLP."""
     return RecsysMLP(cardinalities or [1000, 500, 20, 4], num_classes, embed_dim, hidden or [128, 64], interaction)

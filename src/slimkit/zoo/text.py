@@ -18,9 +18,16 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class TextRNN(nn.Module):
     def __init__(
-        self, vocab_size: int, num_classes: int, embed_dim: int, hidden: int, layers: int, cell: str,
-        bidirectional: bool, dropout: float,
-    ) -> None:  # fmt: skip
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        cell: str,
+        bidirectional: bool,
+        dropout: float,
+    ) -> None:
         super().__init__()
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
         if rnn is None:
@@ -37,9 +44,15 @@ class TextRNN(nn.Module):
 
 @register("text_lstm")
 def text_lstm(
-    vocab_size: int = 1000, num_classes: int = 2, embed_dim: int = 64, hidden: int = 128, layers: int = 1,
-    cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.2,
-) -> TextRNN:  # fmt: skip
+    vocab_size: int = 1000,
+    num_classes: int = 2,
+    embed_dim: int = 64,
+    hidden: int = 128,
+    layers: int = 1,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+    dropout: float = 0.2,
+) -> TextRNN:
     """Embedding -> LSTM or GRU -> mean over real (non-padding) positions -> Linear."""
     return TextRNN(vocab_size, num_classes, embed_dim, hidden, layers, cell, bidirectional, dropout)
 
@@ -86,9 +99,16 @@ class EncoderBlock(nn.Module):
 
 class TextTransformer(nn.Module):
     def __init__(
-        self, vocab_size: int, num_classes: int, seq_len: int, dim: int, heads: int, layers: int, ffn: int,
+        self,
+        vocab_size: int,
+        num_classes: int,
+        seq_len: int,
+        dim: int,
+        heads: int,
+        layers: int,
+        ffn: int,
         dropout: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise SlimkitError(f"text_transformer dim ({dim}) must be divisible by heads ({heads})")
@@ -111,8 +131,14 @@ class TextTransformer(nn.Module):
 
 @register("text_transformer")
 def text_transformer(
-    vocab_size: int = 1000, num_classes: int = 2, seq_len: int = 64, dim: int = 64, heads: int = 4,
-    layers: int = 2, ffn: int = 128, dropout: float = 0.1,
-) -> TextTransformer:  # fmt: skip
+    vocab_size: int = 1000,
+    num_classes: int = 2,
+    seq_len: int = 64,
+    dim: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    ffn: int = 128,
+    dropout: float = 0.1,
+) -> TextTransformer:
     """Token + learned position embeddings -> pre-norm encoder blocks -> masked mean -> Linear."""
     return TextTransformer(vocab_size, num_classes, seq_len, dim, heads, layers, ffn, dropout)

@@ -1,0 +1,29 @@
+"""The demo end to end: the design brief's CNN on 5,000 real MNIST digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import slimkit as sk
+from slimkit.workflows import demo
+
+
+def test_demo_trains_to_97_percent_and_exports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = demo(out, log=lambda _: None)
+    report = result["report"]
+    assert report.metrics["accuracy"] >= 0.97
+    assert result["onnx"]["top1_agreement"] >= 0.999
+    assert {p.name for p in out.iterdir()} == {"checkpoint", "model.onnx", "report.json"}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["report"]["metrics"] == report.metrics
+    # the checkpoint reproduces the reported accuracy
+    data = sk.data.load("mnist5k")
+    model = sk.load(out / "checkpoint")
+    with torch.no_grad():
+        acc = (model(data.splits["test"][0]).argmax(1) == data.splits["test"][1]).float().mean()
+    assert float(acc) == pytest.approx(report.metrics["accuracy"], abs=1e-6)
