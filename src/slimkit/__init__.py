@@ -16,11 +16,16 @@ __version__ = "0.1.0"
 
 from slimkit import data, train, zoo
 from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import Config, TransformRecord, apply_, records
 from slimkit.evaluate import Report, compare, evaluate
 from slimkit.io import export, load, save
 
 __all__ = [
+    "Config",
     "Report",
+    "TransformRecord",
+    "apply_",
+    "records",
     "SlimkitError",
     "__version__",
     "compare",

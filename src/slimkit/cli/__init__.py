@@ -16,7 +16,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from slimkit.cli import demo, env, evaluate, export, train  # noqa: E402, F401  (register the verbs)
+
+def _register_verbs() -> None:
+    """Import every module of this package: each one adds its verb to ``app``."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "common":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_verbs()
 
 
 def main() -> None:

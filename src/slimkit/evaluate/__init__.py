@@ -24,9 +24,9 @@ from slimkit.core.model import check_input, eval_mode, model_name
 from slimkit.core.optional import available
 from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency, torch_latency
 from slimkit.evaluate.metrics import classification_metrics
-from slimkit.evaluate.report import Report, compare, comparison_table
+from slimkit.evaluate.report import Comparison, Report, compare
 
-__all__ = ["Report", "compare", "comparison_table", "count_macs", "count_params", "evaluate", "predict"]
+__all__ = ["Comparison", "Report", "compare", "count_macs", "count_params", "evaluate", "predict"]
 
 
 def predict(model: Any, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def evaluate(
         params, macs = count_params(model), count_macs(model, example)
         from slimkit.io.checkpoint import weights_bytes
 
-        size = len(weights_bytes(model)[0])
+        size = len(weights_bytes(model)[0])  # the checkpoint's weights file
         if latency:
             times = torch_latency(model, example, batch_sizes, runs=latency_runs)
             if onnx or (onnx is None and available("onnxruntime") and available("onnxscript")):

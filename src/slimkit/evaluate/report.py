@@ -86,12 +86,56 @@ def _fmt_bytes(v: int | None) -> str:
     raise AssertionError
 
 
-def compare(before: Report, after: Report) -> dict[str, float | None]:
+class Comparison(dict):
+    """Changes from one report to another (see :func:`compare`); prints as a before / after table."""
+
+    def __init__(self, before: Report, after: Report) -> None:
+        super().__init__(_changes(before, after))
+        self.before, self.after = before, after
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"{self.before.model} -> {self.after.model}")
+        for col in ("measure", "before", "after", "change"):
+            table.add_column(col, justify="left" if col == "measure" else "right")
+        for row in self._rows():
+            table.add_row(*row)
+        return table
+
+    def __str__(self) -> str:
+        rows = [("measure", "before", "after", "change"), *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in rows
+        )
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        b, a = dict(self.before.rows()), dict(self.after.rows())
+        keys = {f"{k} (points)": k for k in self.before.metrics}
+        keys |= {"params x": "params", "MACs x": "MACs", "bytes x": "file size"}
+        keys |= {f"latency {k} x": f"latency {k}" for k in self.before.latency_ms}
+        rows = []
+        for key, row in keys.items():
+            if row in b and row in a:
+                c = self.get(key)
+                text = "" if c is None else (f"{c:+.2f}" if key.endswith("(points)") else f"{c:.2f}x")
+                rows.append((row, b[row], a[row], text))
+        return rows
+
+
+def compare(before: Report, after: Report) -> Comparison:
     """Changes from ``before`` to ``after``: metric differences in points, cost ratios after / before.
 
-    Keys: ``"<metric> (points)"`` for quality, ``"params x"``, ``"MACs x"``, ``"bytes x"``,
-    ``"latency <key> x"`` for costs (below 1 means smaller or faster).
+    A dict with keys ``"<metric> (points)"`` for quality and ``"params x"``, ``"MACs x"``,
+    ``"bytes x"``, ``"latency <key> x"`` for costs (below 1 means smaller or faster); printing it
+    shows a before / after table.
     """
+    return Comparison(before, after)
+
+
+def _changes(before: Report, after: Report) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for k in before.metrics.keys() & after.metrics.keys():
         scale = 1 if k == "log_loss" else 100
@@ -106,27 +150,3 @@ def compare(before: Report, after: Report) -> dict[str, float | None]:
     for k in before.latency_ms.keys() & after.latency_ms.keys():
         out[f"latency {k} x"] = ratio(before.latency_ms[k], after.latency_ms[k])
     return out
-
-
-def comparison_table(before: Report, after: Report) -> Any:
-    """A rich table of :func:`compare` with the before and after values side by side."""
-    from rich.table import Table
-
-    table = Table(title=f"{before.model} -> {after.model}")
-    for col in ("measure", "before", "after", "change"):
-        table.add_column(col, justify="left" if col == "measure" else "right")
-    b, a = dict(before.rows()), dict(after.rows())
-    changes = compare(before, after)
-    keys = {
-        **{f"{k} (points)": k for k in before.metrics},
-        "params x": "params",
-        "MACs x": "MACs",
-        "bytes x": "file size",
-        **{f"latency {k} x": f"latency {k}" for k in before.latency_ms},
-    }
-    for key, row in keys.items():
-        if row in b and row in a:
-            c = changes.get(key)
-            text = "" if c is None else (f"{c:+.2f}" if key.endswith("(points)") else f"{c:.2f}x")
-            table.add_row(row, b[row], a[row], text)
-    return table

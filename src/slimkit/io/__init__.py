@@ -32,14 +32,17 @@ def save(
     *,
     example: torch.Tensor | None = None,
     force: bool = False,
+    compress: bool = True,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save ``model`` as a slimkit checkpoint folder (``spec.json`` + ``weights.safetensors``).
 
     ``example`` records the input shape so that the checkpoint can be exported later without data.
-    An existing ``path`` is only replaced with ``force=True``; the write is atomic.
+    ``compress`` stores sparse and weight-shared tensors in an exact compact form (a pruned or
+    clustered model's file really shrinks). An existing ``path`` is only replaced with
+    ``force=True``; the write is atomic.
     """
-    return save_checkpoint(model, path, example=example, force=force, extra_files=extra_files)
+    return save_checkpoint(model, path, example=example, force=force, compress=compress, extra_files=extra_files)
 
 
 def load(

@@ -20,6 +20,9 @@ from torch import nn
 from slimkit.core.errors import ModelFileError
 from slimkit.core.files import atomic_path
 from slimkit.core.model import arch_of, record_input, set_arch
+from slimkit.core.surgery import replay
+from slimkit.core.transform import records
+from slimkit.io.codecs import decode_state, encode_state
 from slimkit.zoo.registry import create
 
 FORMAT = "slimkit.checkpoint"
@@ -27,10 +30,11 @@ VERSION = 1
 SPEC, WEIGHTS = "spec.json", "weights.safetensors"
 
 
-def weights_bytes(model: nn.Module) -> tuple[bytes, dict[str, str]]:
-    """The model's state as safetensors bytes, and the tied names (alias -> stored name).
+def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, dict[str, str], dict[str, Any]]:
+    """The model's state as safetensors bytes, the tied names (alias -> stored name) and encodings.
 
-    Tensors shared by several names (tied weights) are stored once.
+    Tensors shared by several names (tied weights) are stored once. With ``compress``, sparse and
+    weight-shared tensors are stored in their smallest exact form (:mod:`slimkit.io.codecs`).
     """
     tensors: dict[str, torch.Tensor] = {}
     tied: dict[str, str] = {}
@@ -42,7 +46,10 @@ def weights_bytes(model: nn.Module) -> tuple[bytes, dict[str, str]]:
             continue
         seen[key] = name
         tensors[name] = t.detach().contiguous()
-    return st_save(tensors), tied
+    encodings: dict[str, Any] = {}
+    if compress:
+        tensors, encodings = encode_state(tensors)
+    return st_save(tensors), tied, encodings
 
 
 def save_checkpoint(
@@ -51,6 +58,7 @@ def save_checkpoint(
     *,
     example: torch.Tensor | None = None,
     force: bool = False,
+    compress: bool = True,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``path/`` = spec.json + weights.safetensors (+ ``extra_files``), atomically."""
@@ -63,12 +71,14 @@ def save_checkpoint(
     if example is not None:
         record_input(model, example)
         arch = arch_of(model)
-    data, tied = weights_bytes(model)
+    data, tied, encodings = weights_bytes(model, compress=compress)
     spec = {
         "format": FORMAT,
         "version": VERSION,
         "arch": arch,
         "tied": tied,
+        "encodings": encodings,
+        "history": [r.to_dict() for r in records(model)],
         "slimkit": _version(),
         "torch": torch.__version__,
     }
@@ -100,7 +110,7 @@ def load_checkpoint(path: Path, *, factory: str | None = None) -> nn.Module:
         )
     arch = spec["arch"]
     model = build(arch, factory=factory, where=str(spec_path))
-    load_weights(model, path / WEIGHTS, tied=spec.get("tied", {}))
+    load_weights(model, path / WEIGHTS, tied=spec.get("tied", {}), encodings=spec.get("encodings", {}))
     set_arch(model, arch)
     return model
 
@@ -108,18 +118,19 @@ def load_checkpoint(path: Path, *, factory: str | None = None) -> nn.Module:
 def build(arch: dict[str, Any], *, factory: str | None, where: str) -> nn.Module:
     """Instantiate the architecture described by ``arch``."""
     kwargs = arch.get("kwargs", {})
-    if arch.get("changes"):
-        raise ModelFileError(f"{where} records shape changes this slimkit version cannot replay; upgrade slimkit")
     if arch.get("kind") == "zoo":
-        return create(arch["name"], **kwargs)
-    if arch.get("kind") == "factory":
+        model = create(arch["name"], **kwargs)
+    elif arch.get("kind") == "factory":
         if factory is None:
             raise ModelFileError(
                 f"{where} was built by {arch.get('factory')!r}; loading it imports that code, so confirm with "
                 f"factory={arch.get('factory')!r} (CLI: --factory)"
             )
-        return build_from_factory(factory, kwargs)
-    raise ModelFileError(f"{where}: unknown architecture kind {arch.get('kind')!r} (expected 'zoo' or 'factory')")
+        model = build_from_factory(factory, kwargs)
+    else:
+        raise ModelFileError(f"{where}: unknown architecture kind {arch.get('kind')!r} (expected 'zoo' or 'factory')")
+    replay(model, arch.get("changes", []), where)
+    return model
 
 
 def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -147,9 +158,11 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path} is not a valid safetensors file ({exc}); the file is damaged") from None
 
 
-def load_weights(model: nn.Module, path: Path, *, tied: dict[str, str] | None = None) -> None:
+def load_weights(
+    model: nn.Module, path: Path, *, tied: dict[str, str] | None = None, encodings: dict[str, Any] | None = None
+) -> None:
     """Load safetensors weights into ``model``, checking every name and shape."""
-    state = read_safetensors(path)
+    state = decode_state(read_safetensors(path), encodings or {})
     for alias, source in (tied or {}).items():
         if source in state:
             state[alias] = state[source]

@@ -1,0 +1,143 @@
+"""The transform contract: frozen config dataclasses, a config -> handler registry, ``apply_``.
+
+A transform is ``config -> (model, example_inputs) -> model``, applied in place. Its handler
+returns a :class:`TransformRecord` saying which layers changed, which were skipped and why;
+``apply_`` attaches the record to the model (see :func:`records`) so that reports can read it.
+
+>>> import dataclasses
+>>> @register_config
+... @dataclasses.dataclass(frozen=True, kw_only=True)
+... class ScaleConfig(Config):
+...     factor: float = 2.0
+>>> ScaleConfig.from_dict(ScaleConfig(factor=3.0).to_dict())
+ScaleConfig(factor=3.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import SlimkitError, UnknownNameError
+from slimkit.core.registry import Registry
+
+C = TypeVar("C", bound="Config")
+Handler = Callable[[nn.Module, Any, "torch.Tensor | None"], "TransformRecord"]
+
+_CONFIGS: Registry[type[Config]] = Registry("config")
+_HANDLERS: dict[type, Handler] = {}
+RECORDS_ATTR = "_slimkit_records"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Base class of transform configs: frozen, keyword-only, JSON round trip with a version."""
+
+    VERSION: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "version": self.VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Rebuild a config from :meth:`to_dict` output; only registered config types are accepted."""
+        d = dict(d)
+        name = d.pop("type", cls.__name__)
+        d.pop("version", None)
+        target = _CONFIGS.get(name)
+        if cls is not Config and not issubclass(target, cls):
+            raise SlimkitError(f"expected a {cls.__name__}, got {name}")
+        fields = {f.name for f in dataclasses.fields(target)}
+        unknown = set(d) - fields
+        if unknown:
+            raise SlimkitError(f"{name} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        return target(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+
+def register_config(cls: type[C]) -> type[C]:
+    """Class decorator: make a config type loadable by :meth:`Config.from_dict`."""
+    _CONFIGS.register(cls.__name__)(cls)
+    return cls
+
+
+def register_transform(config_type: type[Config]) -> Callable[[Handler], Handler]:
+    """Decorator: ``handler(model, config, example_inputs) -> TransformRecord`` applies ``config_type``."""
+
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+@dataclasses.dataclass
+class TransformRecord:
+    """What one transform did: layers changed, layers skipped (with the reason), details."""
+
+    transform: str
+    config: dict[str, Any]
+    changed: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"{self.transform}: changed {len(self.changed)} layer(s)"]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def apply_(model: nn.Module, config: Config, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """Apply ``config`` to ``model`` in place and return the model (records: :func:`records`)."""
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise UnknownNameError(f"no transform is registered for {type(config).__name__}")
+    record = handler(model, config, example_inputs)
+    object.__setattr__(model, RECORDS_ATTR, [*records(model), record])
+    return model
+
+
+def records(model: nn.Module) -> list[TransformRecord]:
+    """The records of every transform applied to ``model`` so far, oldest first."""
+    return list(getattr(model, RECORDS_ATTR, []))
+
+
+def select(
+    model: nn.Module, patterns: Iterable[str] | None, types: tuple[type[nn.Module], ...] = (nn.Module,)
+) -> list[str]:
+    """Names of submodules of the given ``types`` matching ``patterns`` (all of them when None).
+
+    A pattern is a fully qualified name (``"features.3.conv"``) or a regular expression prefixed
+    with ``re:`` (``"re:layer\\d\\.0\\.conv1"``), matched against the whole name. A plain name that
+    matches nothing is an error, so that typos do not silently select nothing.
+    """
+    names = [n for n, m in model.named_modules() if n and isinstance(m, types)]
+    if patterns is None:
+        return names
+    chosen: list[str] = []
+    for p in patterns:
+        if p.startswith("re:"):
+            rx = re.compile(p[3:])
+            hits = [n for n in names if rx.fullmatch(n)]
+        else:
+            hits = [p] if p in names else []
+            if not hits:
+                kinds = "/".join(t.__name__ for t in types)
+                raise SlimkitError(f"no {kinds} layer named {p!r}; layers: {', '.join(names[:12])}...")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
