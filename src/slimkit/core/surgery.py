@@ -101,7 +101,32 @@ _ARGS: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
     nn.AvgPool2d: _pool_args,
     nn.AdaptiveAvgPool2d: _pool_args,
 }
+
+
+class Skip(nn.Module):
+    """Returns its first input unchanged and ignores the rest: stands in for a removed block whose
+    ``forward`` takes extra arguments (``nn.Identity`` takes exactly one)."""
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return x
+
+
+_ARGS[Skip] = lambda m: {}
 _CLASSES = {cls.__name__: cls for cls in _ARGS}
+
+
+def register_module(cls: type[nn.Module], args: Callable[[Any], dict[str, Any]]) -> type[nn.Module]:
+    """Allow ``cls`` in recorded changes; ``args(module)`` returns its JSON constructor arguments.
+
+    For slimkit's own small modules (a transform's building blocks). The class must be imported
+    (registered) before a checkpoint that uses it is loaded, so register at import of a module
+    that ``import slimkit`` loads.
+    """
+    if cls.__name__ in _CLASSES and _CLASSES[cls.__name__] is not cls:
+        raise ValueError(f"another module class is already registered as {cls.__name__}")
+    _ARGS[cls] = args
+    _CLASSES[cls.__name__] = cls
+    return cls
 
 
 def module_spec(module: nn.Module) -> dict[str, Any]:
