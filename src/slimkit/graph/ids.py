@@ -1,0 +1,50 @@
+"""Union-find over "dimension ids": every prunable index of every layer gets an integer id, and
+ops that tie two indices together (a residual add, a conv reading a BatchNorm's output) record an
+edge. Connected components are the units that must be pruned together."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+UNTRACKED = -1  # values that carry no prunable dimension (inputs, constants, index tensors)
+
+
+class IdSpace:
+    def __init__(self) -> None:
+        self.size = 0
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self.reasons: dict[int, str] = {}  # blocker id -> why its component cannot be pruned
+
+    def alloc(self, n: int) -> torch.Tensor:
+        ids = torch.arange(self.size, self.size + n)
+        self.size += n
+        return ids
+
+    def unify(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Tie the ids of ``a`` and ``b`` position by position (they must have one shape)."""
+        a, b = a.reshape(-1).numpy(), b.reshape(-1).numpy()
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        if keep.any():
+            pairs = np.unique((a[keep] << 32) | b[keep])  # activations repeat each pair many times
+            self._a.append(pairs >> 32)
+            self._b.append(pairs & 0xFFFFFFFF)
+
+    def block(self, ids: torch.Tensor, reason: str) -> None:
+        """Mark every tracked id in ``ids`` (and so its whole component) as not prunable."""
+        tracked = torch.unique(ids[ids >= 0])
+        if len(tracked):
+            blocker = int(self.alloc(1)[0])
+            self.reasons[blocker] = reason
+            self.unify(tracked, torch.full_like(tracked, blocker))
+
+    def components(self) -> np.ndarray:
+        """Component label of every id."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        a = np.concatenate(self._a) if self._a else np.zeros(0, dtype=np.int64)
+        b = np.concatenate(self._b) if self._b else np.zeros(0, dtype=np.int64)
+        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.size, self.size))
+        return connected_components(graph, directed=False)[1]

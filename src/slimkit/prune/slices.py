@@ -1,0 +1,184 @@
+"""Which weights each prunable index owns, and how to rebuild a layer without some indices.
+
+``slot_matrix`` lays out, for one slot, every weight element that index ``i`` owns as row ``i``
+(e.g. a conv's output channel owns ``weight[i]`` and ``bias[i]``; its input channel owns
+``weight[:, i]``). Importance scores are computed on these rows. ``rebuild`` makes the smaller
+layer, copies the kept weights and records the replacement (so checkpoints replay it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from slimkit.core.surgery import replace_module, set_module_attr
+from slimkit.graph import is_attention_block
+
+Get = Callable[[nn.Parameter], torch.Tensor]  # parameter -> tensor to score (weights, w * grad, ...)
+
+
+def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.transpose(0, dim).reshape(t.shape[dim], -1)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p for p in parts if p.numel()], dim=1)
+
+
+def _rnn_gates(m: nn.RNNBase) -> int:
+    return {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+
+
+def _rnn_params(m: nn.RNNBase) -> list[tuple[int, str]]:
+    sfx = ["", "_reverse"] if m.bidirectional else [""]
+    return [(layer, s) for layer in range(m.num_layers) for s in sfx]
+
+
+def _head_rows(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(heads * d, ...) -> (heads, d * ...): one row per head."""
+    return t.reshape(heads, -1)
+
+
+def slot_matrix(module: nn.Module, kind: str, get: Get) -> torch.Tensor:
+    """(size, owned elements) matrix of ``get(param)`` values owned by each index of a slot."""
+    m = module
+    if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+        bias = [get(m.bias).reshape(-1, 1)] if m.bias is not None else []
+        if kind in ("out", "ch"):
+            return _cat([_rows(get(m.weight), 0), *bias])
+        return _rows(get(m.weight), 1)
+    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.LayerNorm):
+        return _cat([get(p).reshape(-1, 1) for p in (m.weight, m.bias) if p is not None])
+    if isinstance(m, nn.Embedding):
+        return _rows(get(m.weight), 1)
+    if isinstance(m, nn.RNNBase):
+        h, g = m.hidden_size, _rnn_gates(m)
+        if kind == "in":
+            parts = [_rows(get(getattr(m, f"weight_ih_l0{s}")), 1) for _, s in _rnn_params(m) if _ == 0]
+            return _cat(parts)
+        parts = []
+        for layer, s in _rnn_params(m):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                p = getattr(m, f"{name}_l{layer}{s}", None)
+                if p is not None:  # rows g*h + i for every gate
+                    parts.append(get(p).reshape(g, h, -1).transpose(0, 1).reshape(h, -1))
+            parts.append(_rows(get(getattr(m, f"weight_hh_l{layer}{s}")), 1))
+            if layer > 0:
+                w = get(getattr(m, f"weight_ih_l{layer}{s}"))  # columns i (and h + i when bidirectional)
+                parts.append(_rows(w, 1).reshape(-1, h, w.shape[0]).transpose(0, 1).reshape(h, -1))
+        return _cat(parts)
+    if is_attention_block(m):
+        if kind == "heads":
+            parts = []
+            for proj in (m.q_proj, m.k_proj, m.v_proj):
+                parts.append(_head_rows(get(proj.weight), m.heads))
+                if proj.bias is not None:
+                    parts.append(_head_rows(get(proj.bias), m.heads))
+            parts.append(_head_rows(get(m.out_proj.weight).t(), m.heads))
+            return _cat(parts)
+        proj_name, _, side = kind.rpartition(".")
+        return slot_matrix(getattr(m, proj_name), side, get)
+    raise TypeError(f"no slicing rule for {type(m).__name__}")
+
+
+def _idx(keep: torch.Tensor | None, n: int) -> torch.Tensor:
+    return torch.arange(n) if keep is None else keep
+
+
+def rebuild(model: nn.Module, name: str, keep: dict[str, torch.Tensor]) -> None:
+    """Replace layer ``name`` by a smaller copy keeping only ``keep[kind]`` indices of each slot."""
+    m = model.get_submodule(name)
+    with torch.no_grad():
+        if isinstance(m, nn.Conv1d | nn.Conv2d):
+            depthwise = "ch" in keep
+            out_idx = _idx(keep.get("ch", keep.get("out")), m.out_channels)
+            in_idx = _idx(keep.get("ch", keep.get("in")), m.in_channels)
+            groups = len(out_idx) if depthwise else m.groups
+            new = type(m)(
+                len(in_idx), len(out_idx), m.kernel_size, m.stride, m.padding, m.dilation, groups,
+                m.bias is not None, m.padding_mode,
+            )  # fmt: skip
+            w = m.weight[out_idx]
+            new.weight.copy_(w if depthwise else w[:, in_idx])
+            if m.bias is not None:
+                new.bias.copy_(m.bias[out_idx])
+        elif isinstance(m, nn.Linear):
+            out_idx, in_idx = _idx(keep.get("out"), m.out_features), _idx(keep.get("in"), m.in_features)
+            new = nn.Linear(len(in_idx), len(out_idx), bias=m.bias is not None)
+            new.weight.copy_(m.weight[out_idx][:, in_idx])
+            if m.bias is not None:
+                new.bias.copy_(m.bias[out_idx])
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            idx = keep["feat"]
+            new = type(m)(len(idx), m.eps, m.momentum, m.affine, m.track_running_stats)
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(m, attr) is not None:
+                    getattr(new, attr).copy_(getattr(m, attr)[idx])
+            if m.num_batches_tracked is not None:
+                new.num_batches_tracked.copy_(m.num_batches_tracked)
+        elif isinstance(m, nn.LayerNorm):
+            idx = keep["feat"]
+            new = nn.LayerNorm(len(idx), m.eps, m.elementwise_affine, bias=m.bias is not None)
+            for attr in ("weight", "bias"):
+                if getattr(m, attr) is not None:
+                    getattr(new, attr).copy_(getattr(m, attr)[idx])
+        elif isinstance(m, nn.Embedding):
+            idx = keep["dim"]
+            new = nn.Embedding(m.num_embeddings, len(idx), padding_idx=m.padding_idx)
+            new.weight.copy_(m.weight[:, idx])
+        elif isinstance(m, nn.RNNBase):
+            new = _rebuild_rnn(m, keep)
+        elif is_attention_block(m):
+            _rebuild_attention(model, name, m, keep)
+            return
+        else:
+            raise TypeError(f"no rebuild rule for {type(m).__name__}")
+    new.train(m.training)
+    replace_module(model, name, new)
+
+
+def _rebuild_rnn(m: nn.RNNBase, keep: dict[str, torch.Tensor]) -> nn.RNNBase:
+    h, g = m.hidden_size, _rnn_gates(m)
+    hid = _idx(keep.get("hidden"), h)
+    inp = _idx(keep.get("in"), m.input_size)
+    args = {"num_layers": m.num_layers, "bias": m.bias, "batch_first": m.batch_first, "dropout": m.dropout,
+            "bidirectional": m.bidirectional}  # fmt: skip
+    if type(m) is nn.RNN:
+        args["nonlinearity"] = m.nonlinearity
+    new = type(m)(len(inp), len(hid), **args)
+    rows = torch.cat([k * h + hid for k in range(g)])  # gate-major rows of every weight
+    dirs = 2 if m.bidirectional else 1
+    below = torch.cat([d * h + hid for d in range(dirs)])  # columns fed by the layer below
+    for layer, s in _rnn_params(m):
+        cols = inp if layer == 0 else below
+        getattr(new, f"weight_ih_l{layer}{s}").copy_(getattr(m, f"weight_ih_l{layer}{s}")[rows][:, cols])
+        getattr(new, f"weight_hh_l{layer}{s}").copy_(getattr(m, f"weight_hh_l{layer}{s}")[rows][:, hid])
+        if m.bias:
+            for b in ("bias_ih", "bias_hh"):
+                getattr(new, f"{b}_l{layer}{s}").copy_(getattr(m, f"{b}_l{layer}{s}")[rows])
+    return new
+
+
+def _rebuild_attention(model: nn.Module, name: str, m: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+    d_head = m.q_proj.out_features // m.heads
+    heads = _idx(keep.get("heads"), m.heads)
+    inner = (heads[:, None] * d_head + torch.arange(d_head)).reshape(-1)  # rows of the kept heads
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(m, proj)
+        cols = _idx(keep.get(f"{proj}.in"), old.in_features)
+        new = nn.Linear(len(cols), len(inner), bias=old.bias is not None)
+        new.weight.copy_(old.weight[inner][:, cols])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[inner])
+        replace_module(model, f"{name}.{proj}", new)
+    old = m.out_proj
+    rows = _idx(keep.get("out_proj.out"), old.out_features)
+    new = nn.Linear(len(inner), len(rows), bias=old.bias is not None)
+    new.weight.copy_(old.weight[rows][:, inner])
+    if old.bias is not None:
+        new.bias.copy_(old.bias[rows])
+    replace_module(model, f"{name}.out_proj", new)
+    if len(heads) != m.heads:
+        set_module_attr(model, name, "heads", len(heads))

@@ -1,0 +1,205 @@
+"""Structured pruning that physically removes channels, neurons, heads and hidden units.
+
+>>> import torch, slimkit as sk
+>>> from slimkit.prune import ChannelPruneConfig
+>>> model = sk.zoo.create("seed_cnn")
+>>> x = torch.zeros(2, 1, 28, 28)
+>>> _ = sk.apply_(model, ChannelPruneConfig(ratios={"conv1": 0.5}, ratio=0.0, importance="l1"), example_inputs=x)
+>>> model.conv1.out_channels, model.conv2.in_channels   # the brief's Conv1 64 -> 32, Conv2 follows
+(32, 32)
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import Config, TransformRecord, register_config, register_transform, select
+from slimkit.evaluate.cost import count_macs, count_params
+from slimkit.graph import DependencyGraph, Group, analyze
+from slimkit.prune import importance as imp
+from slimkit.prune.slices import rebuild
+
+
+@register_config
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChannelPruneConfig(Config):
+    """What to remove and how to choose it.
+
+    - ``ratio``: share of units (channels, neurons, heads, hidden units) removed from every group;
+      ``ratios`` overrides it per layer (``{"conv1": 0.5}`` or ``{"re:layer3\\..*": 0.7}``), naming
+      the layer that produces the group's units.
+    - ``global_ranking``: rank units of all groups together (non-uniform widths) instead of per group.
+    - ``target_macs`` / ``target_params``: keep this share of the original MACs / parameters
+      (e.g. 0.25 = 4x fewer); the global ratio is searched to meet it (overrides ``ratio``).
+    - ``importance``: see :mod:`slimkit.prune.importance`; ``protected`` layers are never touched.
+    - ``round_to``: kept unit counts are multiples of this (e.g. 8 for SIMD-friendly widths).
+    - ``max_ratio``: never remove more than this share of any group.
+    """
+
+    ratio: float = 0.5
+    ratios: dict[str, float] = dataclasses.field(default_factory=dict)
+    global_ranking: bool = False
+    target_macs: float | None = None
+    target_params: float | None = None
+    importance: str = "l2"
+    protected: list[str] = dataclasses.field(default_factory=list)
+    round_to: int = 1
+    max_ratio: float = 0.9
+    calibration_batches: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, r in [("ratio", self.ratio), ("max_ratio", self.max_ratio), *self.ratios.items()]:
+            if not 0.0 <= r < 1.0:
+                raise SlimkitError(f"pruning ratio {name}={r} must be in [0, 1)")
+        for name, t in (("target_macs", self.target_macs), ("target_params", self.target_params)):
+            if t is not None and not 0.0 < t <= 1.0:
+                raise SlimkitError(f"{name}={t} must be a share of the original in (0, 1]")
+        if self.round_to < 1:
+            raise SlimkitError(f"round_to must be >= 1, got {self.round_to}")
+        if self.importance not in imp.METHODS:
+            raise SlimkitError(f"unknown importance {self.importance!r}; choose one of {', '.join(imp.METHODS)}")
+
+
+def _keep_count(n: int, ratio: float, round_to: int) -> int:
+    keep = max(1, n - math.floor(ratio * n + 1e-9))
+    if round_to > 1 and n >= round_to:
+        keep = min(n, max(round_to, math.ceil(keep / round_to) * round_to))
+    return keep
+
+
+def _group_ratio(model: nn.Module, group: Group, config: ChannelPruneConfig, named: dict[str, float]) -> float:
+    producers = [s.module for s in group.slots if s.producer]
+    for module in producers:
+        if module in named:
+            return named[module]
+    return config.ratio
+
+
+def plan(
+    model: nn.Module, graph: DependencyGraph, scores: list[np.ndarray], config: ChannelPruneConfig, ratio: float
+) -> list[np.ndarray]:
+    """Unit indices to remove from each group, at ``ratio`` (per group or globally ranked)."""
+    named: dict[str, float] = {}
+    for pattern, r in config.ratios.items():
+        for name in select(model, [pattern]):
+            named[name] = r
+    cfg = dataclasses.replace(config, ratio=ratio)
+    if not config.global_ranking:
+        out = []
+        for group, s in zip(graph.groups, scores, strict=True):
+            keep = _keep_count(len(group.units), _group_ratio(model, group, cfg, named), config.round_to)
+            out.append(np.sort(np.argsort(s, kind="stable")[: len(group.units) - keep]))
+        return out
+    # global: normalise scores within each group, remove the lowest units overall
+    pool = [(float(v) / (float(np.mean(s)) + 1e-12), g, u) for g, s in enumerate(scores) for u, v in enumerate(s)]
+    pool.sort()
+    budget = round(ratio * len(pool))
+    caps = [len(g.units) - _keep_count(len(g.units), config.max_ratio, config.round_to) for g in graph.groups]
+    chosen: dict[int, list[int]] = collections.defaultdict(list)
+    for _, g, u in pool:
+        if budget <= 0:
+            break
+        if len(chosen[g]) < caps[g]:
+            chosen[g].append(u)
+            budget -= 1
+    out = []
+    for g, group in enumerate(graph.groups):
+        n = len(group.units)
+        remove = chosen[g]
+        keep = _keep_count(n, len(remove) / n, config.round_to)  # round the kept width
+        order = sorted(remove, key=lambda u: scores[g][u])
+        out.append(np.sort(np.array(order[: n - keep], dtype=np.int64)))
+    return out
+
+
+def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndarray]) -> dict[str, str]:
+    """Physically remove the chosen units; returns ``{group name: "64 -> 32"}`` for changed groups."""
+    drop: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+    changes = {}
+    for group, units in zip(graph.groups, removal, strict=True):
+        if len(units) == 0:
+            continue
+        changes[group.name] = f"{len(group.units)} -> {len(group.units) - len(units)}"
+        for u in units:
+            for slot, idx in zip(group.slots, group.units[u], strict=True):
+                drop[(slot.module, slot.kind)].update(int(i) for i in idx)
+    per_module: dict[str, dict[str, torch.Tensor]] = collections.defaultdict(dict)
+    for (module, kind), gone in drop.items():
+        size = graph.slots[(module, kind)].size
+        per_module[module][kind] = torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
+    for module, keep in per_module.items():
+        rebuild(model, module, keep)
+    return changes
+
+
+def prune_channels(
+    model: nn.Module,
+    config: ChannelPruneConfig,
+    example_inputs: torch.Tensor,
+    data: Any = None,
+) -> TransformRecord:
+    """Prune ``model`` in place; ``data`` (batches of ``(x, y)``) feeds data-driven importances."""
+    graph = analyze(model, example_inputs, protected=config.protected)
+    batches = None
+    if data is not None:
+        batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
+    scores = imp.score(model, graph, config.importance, batches, seed=config.seed)
+    before = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
+    ratio = config.ratio
+    if config.target_macs is not None or config.target_params is not None:
+        ratio = _search_ratio(model, graph, scores, config, example_inputs, before)
+    changes = remove_units(model, graph, plan(model, graph, scores, config, ratio))
+    after = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
+    return TransformRecord(
+        transform="ChannelPruneConfig",
+        config=config.to_dict(),
+        changed=sorted({s.module for g in graph.groups if g.name in changes for s in g.slots}),
+        skipped=graph.skipped,
+        details={"groups": changes, "ratio": ratio, "before": before, "after": after},
+    )
+
+
+def _search_ratio(
+    model: nn.Module, graph: DependencyGraph, scores: list[np.ndarray], config: ChannelPruneConfig,
+    example: torch.Tensor, before: dict[str, int],
+) -> float:  # fmt: skip
+    """Smallest global ratio whose pruned copy meets the MACs / params target (bisection)."""
+
+    def meets(r: float) -> bool:
+        trial = copy.deepcopy(model)
+        remove_units(trial, graph, plan(trial, graph, scores, config, r))
+        ok = config.target_macs is None or count_macs(trial, example) <= config.target_macs * before["macs"]
+        return ok and (config.target_params is None or count_params(trial) <= config.target_params * before["params"])
+
+    lo, hi = 0.0, config.max_ratio
+    if not meets(hi):
+        raise SlimkitError(
+            f"cannot reach the target by pruning: even removing {hi:.0%} of every prunable group is not enough "
+            "(prunable layers may be few; see the skipped layers, or raise max_ratio)"
+        )
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
+
+
+@register_transform(ChannelPruneConfig)
+def _apply(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.Tensor | None) -> TransformRecord:
+    if example_inputs is None:
+        raise SlimkitError("structured pruning traces the model: pass example_inputs (an input batch)")
+    if config.importance in imp.NEEDS_DATA:
+        raise SlimkitError(
+            f"importance {config.importance!r} needs labelled batches: call "
+            "slimkit.prune.prune_channels(model, config, example_inputs, data=loader)"
+        )
+    return prune_channels(model, config, example_inputs)
