@@ -6,6 +6,7 @@ their outputs atomically; a run's resolved configuration is saved beside its res
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Callable
@@ -100,3 +101,71 @@ def demo(
         }
         (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "report": report}
+
+
+def prune_checkpoint(
+    model_path: str | Path,
+    output: str | Path,
+    *,
+    config: Any,
+    data: str | None = None,
+    steps: int = 1,
+    finetune_epochs: int = 0,
+    distill: bool = True,
+    lr: float = 5e-4,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load a model, prune it (structured, or magnitude / N:M sparsity), optionally fine-tune, measure
+    before and after, and save the checkpoint with ``report.json``."""
+    from slimkit.core.errors import SlimkitError
+    from slimkit.core.model import example_input, model_name
+    from slimkit.core.transform import apply_, records
+    from slimkit.evaluate import compare
+    from slimkit.io import load
+    from slimkit.prune import ChannelPruneConfig, prune_channels, prune_iteratively
+
+    check_output(output, force)
+    model = load(model_path, factory=factory, trust_pickle=trust_pickle)
+    dataset = data_mod.load(data) if data else None
+    example = dataset.example if dataset is not None else example_input(model)
+    if example is None:
+        raise SlimkitError(f"{model_path} records no input shape: pass --data so the model can be traced")
+    if finetune_epochs and dataset is None:
+        raise SlimkitError("fine-tuning needs data: pass --data")
+
+    def measure() -> Report:
+        if dataset is not None:
+            return evaluate(model, dataset, split="val", latency=False)
+        from slimkit.evaluate.cost import count_macs, count_params
+        from slimkit.io.checkpoint import weights_bytes
+
+        return Report(model=model_name(model), data="-", split="-", samples=0, metrics={}, confusion=[],
+                      params=count_params(model), macs=count_macs(model, example),
+                      bytes=len(weights_bytes(model)[0]), latency_ms={})  # fmt: skip
+
+    before = measure()
+    if isinstance(config, ChannelPruneConfig) and (steps > 1 or finetune_epochs):
+        prune_iteratively(model, dataset, config, steps=steps, finetune_epochs=finetune_epochs, distill=distill,
+                          lr=lr, progress=progress)  # fmt: skip
+    elif isinstance(config, ChannelPruneConfig):
+        prune_channels(model, config, example, data=dataset.train if dataset is not None else None)
+    else:
+        teacher = copy.deepcopy(model).eval() if distill and finetune_epochs else None
+        apply_(model, config, example_inputs=example)
+        if finetune_epochs:
+            fit(model, dataset.train, val=dataset.val, epochs=finetune_epochs, lr=lr, teacher=teacher,
+                augment=dataset.augment, progress=progress)  # fmt: skip
+    after = measure()
+    report = {
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "change": dict(compare(before, after)),
+        "records": [r.to_dict() for r in records(model)],
+        "config": config.to_dict(),
+        "finetune": {"steps": steps, "epochs": finetune_epochs, "distill": distill, "lr": lr},
+    }
+    save(model, output, example=example, force=force, extra_files={"report.json": json.dumps(report, indent=2) + "\n"})
+    return {"before": before, "after": after, "records": records(model)}

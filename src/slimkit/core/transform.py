@@ -107,9 +107,13 @@ def apply_(model: nn.Module, config: Config, example_inputs: torch.Tensor | None
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise UnknownNameError(f"no transform is registered for {type(config).__name__}")
-    record = handler(model, config, example_inputs)
-    object.__setattr__(model, RECORDS_ATTR, [*records(model), record])
+    add_record(model, handler(model, config, example_inputs))
     return model
+
+
+def add_record(model: nn.Module, record: TransformRecord) -> None:
+    """Attach ``record`` to ``model`` (for transforms run through their own entry point)."""
+    object.__setattr__(model, RECORDS_ATTR, [*records(model), record])
 
 
 def records(model: nn.Module) -> list[TransformRecord]:

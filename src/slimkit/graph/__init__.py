@@ -5,8 +5,8 @@
 >>> g = analyze(sk.zoo.create("seed_cnn"), torch.zeros(1, 1, 28, 28))
 >>> [(grp.name, len(grp.units)) for grp in g.groups]
 [('conv1.out', 64), ('conv2.out', 64), ('fc1.out', 1024)]
->>> g.skipped["fc2"]
-'feeds the model output (its size is part of the model's interface)'
+>>> print(g.skipped["fc2"])
+feeds the model output (its size is part of the model's interface)
 
 The model is traced with ``torch.fx`` and run once on ``example`` while every tensor carries a
 tensor of *dimension ids* (see :mod:`slimkit.graph.trace`). Indices tied by any op (a conv reading

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
+from torch.nn.utils import parametrize
 
 from slimkit.core.errors import ModelFileError
 from slimkit.core.files import atomic_path
@@ -39,7 +40,7 @@ def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, di
     tensors: dict[str, torch.Tensor] = {}
     tied: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, t in model.state_dict(keep_vars=False).items():
+    for name, t in effective_state(model).items():  # masked weights, not their parametrization
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if t.numel() and key in seen:
             tied[name] = seen[key]
@@ -50,6 +51,20 @@ def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, di
     if compress:
         tensors, encodings = encode_state(tensors)
     return st_save(tensors), tied, encodings
+
+
+def effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with parametrized tensors (e.g. sparsity masks) replaced by their effective values."""
+    state = model.state_dict(keep_vars=False)
+    for prefix, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        dot = f"{prefix}." if prefix else ""
+        for name in module.parametrizations:
+            head = f"{dot}parametrizations.{name}."
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
+            state[f"{dot}{name}"] = getattr(module, name).detach()
+    return state
 
 
 def save_checkpoint(

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.transform import Config, TransformRecord, register_config, register_transform, select
+from slimkit.core.transform import (
+    Config,
+    TransformRecord,
+    add_record,
+    register_config,
+    register_transform,
+    select,
+)
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.graph import DependencyGraph, Group, analyze
 from slimkit.prune import importance as imp
@@ -148,7 +155,16 @@ def prune_channels(
     example_inputs: torch.Tensor,
     data: Any = None,
 ) -> TransformRecord:
-    """Prune ``model`` in place; ``data`` (batches of ``(x, y)``) feeds data-driven importances."""
+    """Prune ``model`` in place; ``data`` (batches of ``(x, y)``) feeds data-driven importances.
+
+    Returns the :class:`TransformRecord`, which is also attached to the model (``slimkit.records``).
+    """
+    record = _prune(model, config, example_inputs, data)
+    add_record(model, record)
+    return record
+
+
+def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.Tensor, data: Any) -> TransformRecord:
     graph = analyze(model, example_inputs, protected=config.protected)
     batches = None
     if data is not None:
@@ -202,4 +218,4 @@ def _apply(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
             f"importance {config.importance!r} needs labelled batches: call "
             "slimkit.prune.prune_channels(model, config, example_inputs, data=loader)"
         )
-    return prune_channels(model, config, example_inputs)
+    return _prune(model, config, example_inputs, None)

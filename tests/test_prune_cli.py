@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import slimkit as sk
+from tests.test_cli import cli  # noqa: F401  (fixture)
+
+
+def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    torch.manual_seed(0)
+    sk.save(sk.zoo.create("seed_cnn"), tmp_path / "ckpt", example=torch.zeros(1, 1, 28, 28))
+    code, out, err = cli("prune", tmp_path / "ckpt", "--target-macs", "0.25", "--global", "-o", tmp_path / "small")
+    assert code == 0, err
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert report["after"]["macs"] <= 0.25 * report["before"]["macs"]
+    assert "MACs" in out and "skipped fc2: feeds the model output" in " ".join(out.split())
+    small = sk.load(tmp_path / "small")
+    assert small.conv1.out_channels < 64
+
+    code, out, err = cli("prune", tmp_path / "ckpt", "--sparsity", "0.8", "-o", tmp_path / "sparse")
+    assert code == 0, err
+    report = json.loads((tmp_path / "sparse" / "report.json").read_text())
+    assert report["after"]["bytes"] < 0.4 * report["before"]["bytes"]
+    assert report["after"]["macs"] == report["before"]["macs"]  # zeros are still multiplied
+
+    code, _, err = cli("prune", tmp_path / "ckpt", "--finetune-epochs", "1", "-o", tmp_path / "x")
+    assert code == 2 and "fine-tuning needs data" in err
+    code, _, err = cli("prune", tmp_path / "ckpt", "--nm", "2-4", "-o", tmp_path / "x")
+    assert code == 2 and "N:M such as 2:4" in err
+
+
+def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    code, _, err = cli(
+        "train", "-m", "resnet_cifar", "-a", "depth=8", "-d", "digits", "--epochs", "2", "--lr", "3e-3", "-o",
+        tmp_path / "ckpt",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(
+        "prune", tmp_path / "ckpt", "-d", "digits", "--ratio", "0.3", "--importance", "taylor", "--steps", "2",
+        "--finetune-epochs", "1", "-o", tmp_path / "pruned",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["metrics"]["accuracy"] > 0.5
+    assert len(report["records"]) == 2  # one per round
