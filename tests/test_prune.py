@@ -221,20 +221,53 @@ def test_protected_layers_and_skipped_reasons() -> None:
     assert record.skipped["fc1"] == "protected by the user"
     assert "model output" in record.skipped["fc2"]
 
-    class WithAttention(nn.Module):
+    class Grouped(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inp = nn.Linear(8, 16)
-            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
-            self.out = nn.Linear(16, 2)
+            self.a = nn.Conv2d(3, 8, 3)
+            self.g = nn.Conv2d(8, 8, 3, groups=2)
+            self.fc = nn.Linear(8, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.inp(x)
-            return self.out(self.mha(h, h, h)[0].mean(1))
+            return self.fc(self.g(self.a(x)).mean((2, 3)))
 
-    record = prune_channels(WithAttention().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 5, 8))
-    assert "MultiheadAttention" in record.skipped["mha"]
-    assert "inp" in record.skipped  # its output feeds the unsupported layer: left alone, not mis-pruned
+    record = prune_channels(Grouped().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 3, 9, 9))
+    assert "grouped convolution g" in record.skipped["g"]
+    assert "grouped convolution g" in record.skipped["a"]  # its output feeds the grouped conv: left alone
+
+
+class TorchAttentionNet(nn.Module):
+    """nn.TransformerEncoder plus a cross-attention nn.MultiheadAttention (not batch-first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.memory = nn.Linear(8, 32)
+        self.cross = nn.MultiheadAttention(32, 4)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, 8)
+        h = self.enc(self.inp(x))
+        mem = self.memory(x).transpose(0, 1)  # (T, B, 32)
+        q = h.transpose(0, 1)
+        return self.out(self.cross(q, mem, mem)[0].mean(0))
+
+
+def test_torch_multihead_attention_heads_are_pruned(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TorchAttentionNet().eval()
+    x = torch.rand(2, 5, 8)
+    before = model(x)
+    prune_channels(model, ChannelPruneConfig(ratio=0.0), x)  # conversion alone changes nothing
+    assert torch.allclose(model(x), before, atol=1e-5)
+    record = prune_channels(model, ChannelPruneConfig(ratio=0.5), x)
+    assert model.enc.layers[0].self_attn.heads == 2 and model.cross.heads == 2
+    assert model.enc.layers[0].linear1.out_features == 32 and model.inp.out_features == 16
+    assert "enc.layers.0.self_attn.heads" in record.details["groups"]
+    assert model(x).shape == (2, 3)
+    path = sk.export(model, tmp_path / "m.onnx", x)
+    assert onnx_agreement(model, path, x)["max_abs_diff"] < 1e-4
 
 
 def test_bad_configs() -> None:

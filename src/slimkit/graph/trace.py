@@ -71,9 +71,18 @@ _FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.triu_indi
               torch.zeros_like, torch.ones_like, torch.rand, torch.randn, torch.tensor}  # fmt: skip
 
 
+# blocks with a rule of their own (PyTorch's transformer layers branch on tensors, so fx cannot trace them)
+_RULE_BLOCKS = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer)
+
+
 class _Tracer(fx.Tracer):
+    """Traces into every module with children (torch.nn containers like TransformerEncoder
+    included), except the blocks that have a rule of their own."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_attention_block(m) or super().is_leaf_module(m, qualname)
+        if is_attention_block(m) or isinstance(m, _RULE_BLOCKS):
+            return True
+        return not any(True for _ in m.children()) and m.__module__.startswith("torch.nn")
 
 
 def _is_tensor(x: Any) -> bool:
@@ -371,11 +380,23 @@ class DimTracer:
         if isinstance(m, nn.RNNBase) and type(m) in (nn.LSTM, nn.GRU, nn.RNN):
             return self._rnn(name, m, args, ids, value)
         if is_attention_block(m):
-            d = m.q_proj.in_features
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                self.space.unify(ids, _channel_ids(self.slot(name, f"{proj}.in", d, False).ids, -1, ids.shape))
+            # self-attention reads one input; nn.MultiheadAttention-style blocks read query, key, value
+            sources = ids_args[:3] if len(ids_args) >= 3 and all(_is_tensor(a) for a in args[:3]) else [ids] * 3
+            for proj, src in zip(("q_proj", "k_proj", "v_proj"), sources, strict=True):
+                size = getattr(m, proj).in_features
+                self.space.unify(src, _channel_ids(self.slot(name, f"{proj}.in", size, False).ids, -1, src.shape))
             self.slot(name, "heads", m.heads, True)
-            return _channel_ids(self.slot(name, "out_proj.out", m.out_proj.out_features, True).ids, -1, value.shape)
+            out = value[0] if isinstance(value, tuple) else value
+            out_ids = _channel_ids(self.slot(name, "out_proj.out", m.out_proj.out_features, True).ids, -1, out.shape)
+            return (out_ids, _untracked(value[1])) if isinstance(value, tuple) else out_ids
+        if isinstance(m, nn.TransformerEncoder):
+            for i, layer in enumerate(m.layers):
+                x, ids = self._encoder_layer(f"{name}.layers.{i}", layer, x, ids)
+            if m.norm is not None:
+                x, ids = self._child(name, "norm", m, x, ids)
+            return ids
+        if isinstance(m, nn.TransformerEncoderLayer):
+            return self._encoder_layer(name, m, x, ids)[1]
         if isinstance(m, _POINTWISE_MODULES) or type(m).__name__ == "Skip":
             return ids if _is_tensor(value) and ids is not None and ids.shape == value.shape else _untracked(value)
         if isinstance(m, nn.Flatten):
@@ -395,6 +416,35 @@ class DimTracer:
             self.space.block(t, reason)
         out = _untracked(value)
         return out
+
+    def _child(self, name: str, child: str, parent: nn.Module, x: torch.Tensor, ids: torch.Tensor) -> tuple:
+        m = parent.get_submodule(child)
+        value = m(x)
+        return value, self._module_rule(f"{name}.{child}", m, (x,), (ids,), value)
+
+    def _encoder_layer(self, name: str, layer: nn.TransformerEncoderLayer, x: torch.Tensor, ids: torch.Tensor) -> tuple:
+        """The data flow of ``nn.TransformerEncoderLayer`` (attention and feed-forward blocks with residuals)."""
+
+        def attention(v: torch.Tensor, i: torch.Tensor) -> tuple:
+            out = layer.self_attn(v, v, v, need_weights=False)
+            out_ids = self._module_rule(f"{name}.self_attn", layer.self_attn, (v, v, v), (i, i, i), out)
+            return out[0], out_ids[0] if isinstance(out_ids, tuple) else out_ids
+
+        def feed_forward(v: torch.Tensor, i: torch.Tensor) -> tuple:
+            v, i = self._child(name, "linear1", layer, v, i)
+            v = layer.activation(v)  # element-wise: ids unchanged
+            v, i = self._child(name, "linear2", layer, v, i)
+            return v, i
+
+        def add(a: tuple, b: tuple) -> tuple:
+            self.space.unify(a[1], b[1])
+            return a[0] + b[0], torch.maximum(a[1], b[1])
+
+        if layer.norm_first:
+            state = add((x, ids), attention(*self._child(name, "norm1", layer, x, ids)))
+            return add(state, feed_forward(*self._child(name, "norm2", layer, *state)))
+        state = self._child(name, "norm1", layer, *add((x, ids), attention(x, ids)))
+        return self._child(name, "norm2", layer, *add(state, feed_forward(*state)))
 
     def _rnn(self, name: str, m: nn.RNNBase, args: tuple, ids: torch.Tensor, value: Any) -> Any:
         hidden = self.slot(name, "hidden", m.hidden_size, True).ids

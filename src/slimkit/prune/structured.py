@@ -33,6 +33,7 @@ from slimkit.core.transform import (
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.graph import DependencyGraph, Group, analyze
 from slimkit.prune import importance as imp
+from slimkit.prune import mha
 from slimkit.prune.slices import rebuild
 
 
@@ -165,7 +166,9 @@ def prune_channels(
 
 
 def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.Tensor, data: Any) -> TransformRecord:
+    unconverted = mha.convert(model)  # nn.MultiheadAttention -> an equivalent block with prunable heads
     graph = analyze(model, example_inputs, protected=config.protected)
+    graph.skipped.update(unconverted)
     batches = None
     if data is not None:
         batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]

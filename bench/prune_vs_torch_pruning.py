@@ -1,0 +1,151 @@
+"""slimkit vs torch-pruning (PyPI ``torch-pruning``), side by side in one process.
+
+Part 1: every zoo model at ratios 0.3 and 0.5: parameters and MACs after, pruning wall time,
+and which models each tool fails on. Part 2: seed_cnn and resnet_cifar (1 channel) trained on
+mnist5k, pruned by each tool to the same MACs budget (2x and 4x fewer), fine-tuned with the same
+budget, test accuracy. Both tools use L2 magnitude importance and uniform per-layer ratios.
+
+Run: ``.venv/bin/python bench/prune_vs_torch_pruning.py`` (about 10 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import slimkit as sk
+from slimkit.evaluate import count_macs, count_params
+from slimkit.prune import ChannelPruneConfig, prune_channels
+
+FINETUNE_EPOCHS = 5
+
+
+def example(name: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if name in ("seed_cnn", "lenet5"):
+        return torch.rand(1, 1, 28, 28, generator=g)
+    if name in ("resnet_cifar", "mobilenet_v2"):
+        return torch.rand(1, 3, 32, 32, generator=g)
+    if name.startswith("text_"):
+        return torch.randint(1, 1000, (1, 32), generator=g)
+    return torch.stack([torch.randint(0, n, (1,), generator=g) for n in (1000, 500, 20, 4)], dim=1)
+
+
+def output_layer(model: nn.Module) -> nn.Module:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def tp_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        ignored_layers=[output_layer(model)],
+    )  # fmt: skip
+    pruner.step()
+
+
+def sk_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
+    prune_channels(model, ChannelPruneConfig(ratio=ratio, importance="l2"), x)
+
+
+def timed(fn, model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 3) -> tuple[nn.Module | None, float, str]:  # noqa: ANN001
+    times, pruned, error = [], None, ""
+    for _ in range(repeats):
+        trial = copy.deepcopy(model)
+        start = time.perf_counter()
+        try:
+            fn(trial, x, ratio)
+            trial(x)  # a pruned model that cannot run counts as a failure
+        except Exception as exc:  # noqa: BLE001  (we report every failure of either tool)
+            return None, float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+        times.append(time.perf_counter() - start)
+        pruned = trial
+    return pruned, statistics.median(times), error
+
+
+def part1() -> None:
+    print("## Part 1: prune every zoo model (L2, uniform ratio)\n")
+    print("| model | ratio | params slimkit | params torch-pruning | MACs slimkit | MACs torch-pruning "
+          "| time slimkit | time torch-pruning | time ratio sk/tp |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    failures = {"slimkit": [], "torch-pruning": []}
+    for name in sk.zoo.list():
+        torch.manual_seed(0)
+        model = sk.zoo.create(name).eval()
+        x = example(name)
+        p0, m0 = count_params(model), count_macs(model, x)
+        for ratio in (0.3, 0.5):
+            row = []
+            results = {}
+            for tool, fn in (("slimkit", sk_prune), ("torch-pruning", tp_prune)):
+                pruned, seconds, error = timed(fn, model, x, ratio)
+                results[tool] = (pruned, seconds, error)
+                if pruned is None and name not in failures[tool]:
+                    failures[tool].append(f"{name} ({error})")
+            for tool in ("slimkit", "torch-pruning"):
+                pruned = results[tool][0]
+                row.append("fails" if pruned is None else f"{count_params(pruned) / p0:.2f}x")
+            for tool in ("slimkit", "torch-pruning"):
+                pruned = results[tool][0]
+                row.append("fails" if pruned is None else f"{count_macs(pruned, x) / m0:.2f}x")
+            s_t, t_t = results["slimkit"][1], results["torch-pruning"][1]
+            ratio_text = f"{s_t / t_t:.2f}" if t_t == t_t and s_t == s_t else "n/a"
+            print(f"| {name} | {ratio} | {' | '.join(row)} | {s_t:.3f} s | {t_t:.3f} s | {ratio_text} |")
+    print()
+    for tool, names in failures.items():
+        print(f"- {tool} fails on: {', '.join(names) if names else 'none'}")
+    print()
+
+
+def match_macs(fn, model: nn.Module, x: torch.Tensor, target: int) -> tuple[nn.Module, float]:  # noqa: ANN001
+    """Smallest uniform ratio whose pruned copy has at most ``target`` MACs (bisection)."""
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(model)
+        fn(trial, x, mid)
+        if count_macs(trial, x) <= target:
+            hi, best = mid, trial
+        else:
+            lo = mid
+    if best is None:
+        best = copy.deepcopy(model)
+        fn(best, x, hi)
+    return best, hi
+
+
+def part2() -> None:
+    data = sk.data.load("mnist5k")
+    print(f"## Part 2: accuracy on mnist5k at equal MACs ({FINETUNE_EPOCHS} fine-tuning epochs each)\n")
+    print("| model | MACs kept | tool | ratio | MACs after | test acc before fine-tune | test acc after |")
+    print("|---|---|---|---|---|---|---|")
+    for name, kwargs, epochs in (("seed_cnn", {}, 20), ("resnet_cifar", {"depth": 20}, 15)):
+        torch.manual_seed(0)
+        model = sk.zoo.create_for(name, data, **kwargs)
+        sk.train.fit(model, data.train, val=data.val, epochs=epochs, augment=data.augment, progress=False)
+        base = sk.evaluate(model, data, latency=False).metrics["accuracy"]
+        x = data.example[:1]
+        m0 = count_macs(model, x)
+        print(f"| {name} | 1.00 | (trained) | 0 | {m0:,} | {100 * base:.2f}% | {100 * base:.2f}% |")
+        for keep in (0.5, 0.25):
+            for tool, fn in (("slimkit", sk_prune), ("torch-pruning", tp_prune)):
+                pruned, ratio = match_macs(fn, model, x, int(keep * m0))
+                acc0 = sk.evaluate(pruned, data, latency=False).metrics["accuracy"]
+                torch.manual_seed(1)
+                sk.train.fit(pruned, data.train, epochs=FINETUNE_EPOCHS, lr=5e-4, augment=data.augment, progress=False)
+                acc = sk.evaluate(pruned, data, latency=False).metrics["accuracy"]
+                macs = count_macs(pruned, x)
+                print(f"| {name} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
+                      f"| {100 * acc0:.2f}% | {100 * acc:.2f}% |", flush=True)  # fmt: skip
+    print()
+
+
+if __name__ == "__main__":
+    print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
+          f"{torch.get_num_threads()} threads\n")  # fmt: skip
+    part1()
+    part2()
