@@ -84,7 +84,7 @@ def part1() -> None:
             for tool, fn in (("slimkit", sk_prune), ("torch-pruning", tp_prune)):
                 pruned, seconds, error = timed(fn, model, x, ratio)
                 results[tool] = (pruned, seconds, error)
-                if pruned is None and name not in failures[tool]:
+                if pruned is None and not any(f.startswith(f"{name} (") for f in failures[tool]):
                     failures[tool].append(f"{name} ({error})")
             for tool in ("slimkit", "torch-pruning"):
                 pruned = results[tool][0]

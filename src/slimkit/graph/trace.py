@@ -275,11 +275,15 @@ class DimTracer:
         if name == "repeat":
             self.space.block(ids_args[0], f"repeated: {where}")
             return _untracked(value)
+
+        def replay_arg(a: Any, ids: Any) -> Any:  # tensors (and tensor lists, for cat) become their ids
+            tensors = _is_tensor(a) or (isinstance(a, list | tuple) and a and all(_is_tensor(t) for t in a))
+            return ids if tensors else a
+
         fn = getattr(torch.Tensor, name) if node.op == "call_method" else node.target
-        id_args = tuple(ids if _is_tensor(a) or isinstance(a, list | tuple) and a and _is_tensor(a[0]) else a
-                        for a, ids in zip(args, ids_args, strict=True))  # fmt: skip
+        id_args = [replay_arg(a, i) for a, i in zip(args, ids_args, strict=True)]
         if name in ("expand_as", "view_as", "reshape_as"):
-            id_args = (id_args[0], args[1])
+            id_args[1] = args[1]  # the shape donor stays a real tensor
         return fn(*id_args, **kwargs)
 
     def _getitem(self, args: tuple, ids_args: tuple, value: Any, where: str) -> Any:

@@ -20,7 +20,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
-from slimkit.graph import DependencyGraph, Group, Slot
+from slimkit.graph import DependencyGraph, Group
 from slimkit.prune.slices import slot_matrix
 
 METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random")
@@ -62,7 +62,7 @@ def _bn_scores(model: nn.Module, group: Group) -> np.ndarray:
 def _input_statistics(model: nn.Module, graph: DependencyGraph, batches: Iterable, method: str) -> dict:
     """Per consuming layer: mean |x| (activation) or share of non-zeros (apoz) per input index."""
     stats: dict[str, list[torch.Tensor]] = {}
-    readers = {s.module for g in graph.groups for s in g.slots if s.kind.endswith("in")}
+    readers = {s.module for g in graph.groups for s in g.slots if s.kind == "in"}
 
     def hook(name: str, channel_dim: int):  # noqa: ANN202
         def fn(_m: nn.Module, args: tuple) -> None:
@@ -115,17 +115,9 @@ def score(
         stats = _input_statistics(model, graph, batches, method)
         out = []
         for g in graph.groups:
-            per_slot = {k: stats[_slot_key(s)] for k, s in enumerate(g.slots) if _slot_key(s) in stats and _reads(s)}
+            per_slot = {k: stats[s.module] for k, s in enumerate(g.slots) if s.kind == "in" and s.module in stats}
             out.append(_unit_scores(g, per_slot) if per_slot else _weight_scores(model, g, "l2", grads=False))
         return out
     if method == "bn_scale":
         return [_bn_scores(model, g) for g in graph.groups]
     return [_weight_scores(model, g, method, grads=False) for g in graph.groups]
-
-
-def _reads(slot: Slot) -> bool:
-    return slot.kind == "in"
-
-
-def _slot_key(slot: Slot) -> str:
-    return slot.module

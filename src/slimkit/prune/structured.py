@@ -173,26 +173,26 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
     if data is not None:
         batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
     scores = imp.score(model, graph, config.importance, batches, seed=config.seed)
-    before = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
+    params = count_params(model)
     ratio = config.ratio
     if config.target_macs is not None or config.target_params is not None:
-        ratio = _search_ratio(model, graph, scores, config, example_inputs, before)
+        ratio = _search_ratio(model, graph, scores, config, example_inputs)
     changes = remove_units(model, graph, plan(model, graph, scores, config, ratio))
-    after = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
     return TransformRecord(
         transform="ChannelPruneConfig",
         config=config.to_dict(),
         changed=sorted({s.module for g in graph.groups if g.name in changes for s in g.slots}),
         skipped=graph.skipped,
-        details={"groups": changes, "ratio": ratio, "before": before, "after": after},
+        details={"groups": changes, "ratio": ratio, "params": {"before": params, "after": count_params(model)}},
     )
 
 
 def _search_ratio(
     model: nn.Module, graph: DependencyGraph, scores: list[np.ndarray], config: ChannelPruneConfig,
-    example: torch.Tensor, before: dict[str, int],
+    example: torch.Tensor,
 ) -> float:  # fmt: skip
     """Smallest global ratio whose pruned copy meets the MACs / params target (bisection)."""
+    before = {"macs": count_macs(model, example), "params": count_params(model)}
 
     def meets(r: float) -> bool:
         trial = copy.deepcopy(model)
