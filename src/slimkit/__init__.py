@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from slimkit import data, prune, train, zoo
+from slimkit import compress, data, prune, train, zoo
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, TransformRecord, apply_, records
 from slimkit.evaluate import Report, compare, evaluate
@@ -29,6 +29,7 @@ __all__ = [
     "SlimkitError",
     "__version__",
     "compare",
+    "compress",
     "data",
     "evaluate",
     "export",

@@ -1,0 +1,40 @@
+"""``slimkit quantize``: int8 ONNX model with ONNX Runtime, checked on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimkit.cli import app
+from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, load_model
+
+
+@app.command("quantize")
+def quantize_command(
+    model: ModelPath,
+    data: DataName,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The int8 .onnx file to write.")],
+    mode: Annotated[str, typer.Option(help="auto, static (QDQ, calibrated) or dynamic.")] = "auto",
+    calibration: Annotated[str, typer.Option(help="minmax, entropy or percentile (static mode).")] = "minmax",
+    samples: Annotated[int, typer.Option(help="Training samples used for calibration.")] = 512,
+    max_drop: Annotated[
+        float | None, typer.Option(help="Largest allowed accuracy drop in points on the val split.")
+    ] = None,
+    per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weights.")] = True,
+    factory: Factory = None,
+    trust_pickle: TrustPickle = False,
+    force: Force = False,
+) -> None:
+    """Quantize MODEL (checkpoint or fp32 .onnx) to int8 ONNX at OUTPUT and report accuracy before/after."""
+    import slimkit as sk
+    from slimkit.compress import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(
+        mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop, per_channel=per_channel
+    )
+    dataset = sk.data.load(data)
+    source = model if model.suffix.lower() == ".onnx" else load_model(model, factory, trust_pickle)
+    result = quantize(source, dataset, cfg, output, force=force)
+    console.print(str(result), markup=False)

@@ -1,0 +1,25 @@
+"""Compression: low-rank factorization (SVD, activation PCA), int8 quantization, weight sharing.
+
+- :class:`LowRankConfig` and :class:`ClusterConfig` are in-place transforms: ``sk.apply_(model, cfg,
+  example_inputs=x)``.
+- :func:`quantize` writes an int8 ONNX file with ONNX Runtime (static QDQ or dynamic) and returns
+  a :class:`QuantizeResult`; :func:`quantize_dynamic_torch` gives a PyTorch dynamic-int8 copy.
+
+onnx and onnxruntime are imported only when quantizing.
+"""
+
+from __future__ import annotations
+
+from slimkit.compress.cluster import ClusterConfig, tied
+from slimkit.compress.lowrank import LowRankConfig
+from slimkit.compress.quantize import QuantizeConfig, QuantizeResult, quantize, quantize_dynamic_torch
+
+__all__ = [
+    "ClusterConfig",
+    "LowRankConfig",
+    "tied",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "quantize",
+    "quantize_dynamic_torch",
+]

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import slimkit as sk
+from slimkit.compress import QuantizeConfig, QuantizeResult, quantize, quantize_dynamic_torch
+from slimkit.compress.onnxgraph import quantizable_nodes
+from slimkit.compress.quantize import choose_mode
+from slimkit.core.errors import MissingExtraError, OutputExistsError, SlimkitError
+
+
+@pytest.fixture(scope="module")
+def cnn_int8(
+    trained_cnn: nn.Module, mnist: sk.data.Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> QuantizeResult:
+    out = tmp_path_factory.mktemp("q") / "cnn.int8.onnx"
+    return quantize(trained_cnn, mnist, QuantizeConfig(max_drop=0.3), out)
+
+
+def test_auto_picks_static_for_seed_cnn_and_keeps_accuracy(cnn_int8: QuantizeResult) -> None:
+    r = cnn_int8
+    assert r.mode == "static" and "convolutions are" in r.reason
+    assert r.settings["format"] == "QDQ" and r.settings["weights"] == "int8 per-channel"
+    assert r.met_max_drop is True and r.drop <= 0.3
+    assert r.path.is_file() and r.bytes_int8 == r.path.stat().st_size
+    assert r.bytes_int8 <= 0.27 * r.bytes_fp32, r.bytes_int8 / r.bytes_fp32
+    assert "int8 (static)" in str(r)
+
+
+def test_int8_model_is_measured_by_evaluate(cnn_int8: QuantizeResult, trained_cnn: nn.Module, mnist) -> None:  # noqa: ANN001
+    fp32 = sk.evaluate(trained_cnn, mnist, latency=False)
+    int8 = sk.evaluate(sk.load(cnn_int8.path), mnist, latency_runs=3)
+    assert set(int8.metrics) >= {"accuracy", "precision", "recall", "f1"}
+    assert abs(fp32.metrics["accuracy"] - int8.metrics["accuracy"]) <= 0.01
+    assert {"onnxruntime/b1", "onnxruntime/b64"} <= set(int8.latency_ms)
+    assert int8.bytes == cnn_int8.bytes_int8
+
+
+def test_output_is_not_replaced_without_force(cnn_int8: QuantizeResult, trained_cnn: nn.Module, mnist) -> None:  # noqa: ANN001
+    before = cnn_int8.path.read_bytes()
+    with pytest.raises(OutputExistsError, match="force"):
+        quantize(trained_cnn, mnist, QuantizeConfig(), cnn_int8.path)
+    assert cnn_int8.path.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def text() -> tuple[nn.Module, sk.data.Dataset]:
+    data = sk.data.load("synthetic-text")
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("text_lstm", data, embed_dim=32, hidden=64)
+    sk.train.fit(model, data.train, epochs=2, lr=3e-3, progress=False)
+    return model, data
+
+
+def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN001
+    model, data = text
+    r = quantize(model, data, QuantizeConfig(), tmp_path / "lstm.onnx")
+    assert r.mode == "dynamic" and "Linear/MatMul and RNN" in r.reason
+    assert r.bytes_int8 < 0.35 * r.bytes_fp32
+    assert abs(r.accuracy_fp32 - r.accuracy_int8) <= 0.02
+
+
+def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    model = copy.deepcopy(trained_cnn)
+    with torch.no_grad():  # unit 0 of fc1 never fires; a huge fc2 weight on it wrecks per-tensor int8 of fc2 only
+        model.fc1.weight[0] = 0
+        model.fc1.bias[0] = -1.0
+        model.fc2.weight[:, 0] = 1000.0
+    cfg = QuantizeConfig(mode="dynamic", per_channel=False)
+    plain = quantize(model, mnist, cfg, tmp_path / "plain.onnx")
+    assert plain.drop > 20  # every other fc2 weight rounds to zero
+    r = quantize(model, mnist, QuantizeConfig(mode="dynamic", per_channel=False, max_drop=0.5), tmp_path / "s.onnx")
+    assert r.met_max_drop is True and r.drop <= 0.5 and len(r.excluded) == 1
+    fc2_node = min(r.sensitivity, key=r.sensitivity.get)
+    assert r.excluded == [fc2_node] and set(r.sensitivity) == {n for n, _ in quantizable_nodes_of(model, tmp_path)}
+
+
+def quantizable_nodes_of(model: nn.Module, tmp_path: Path) -> list[tuple[str, str]]:
+    from onnxruntime.quantization import quant_pre_process
+
+    raw, pre = tmp_path / "raw.onnx", tmp_path / "pre.onnx"
+    sk.export(model, raw, torch.rand(2, 1, 28, 28))
+    quant_pre_process(raw, pre)
+    return quantizable_nodes(pre)
+
+
+def test_choose_mode() -> None:
+    assert choose_mode({"conv": 70, "dense": 30, "rnn": 0})[0] == "static"
+    mode, why = choose_mode({"conv": 10, "dense": 30, "rnn": 60})
+    assert mode == "dynamic" and "90%" in why
+    assert choose_mode({"conv": 0, "dense": 0, "rnn": 0})[0] == "dynamic"
+
+
+def test_torch_dynamic_int8(text) -> None:  # noqa: ANN001
+    model, data = text
+    q = quantize_dynamic_torch(model)
+    assert type(model.fc) is nn.Linear and type(q.fc) is not nn.Linear  # the original is untouched
+    x = data.splits["test"][0][:200]
+    with torch.no_grad():
+        agree = (q(x).argmax(1) == model.eval()(x).argmax(1)).float().mean()
+    assert agree >= 0.95
+    with pytest.raises(SlimkitError, match="no Linear/LSTM/GRU layer"):
+        quantize_dynamic_torch(nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "float8"}, "unknown quantization mode"),
+        ({"calibration": "kl"}, "unknown calibration"),
+        ({"max_drop": -1.0}, "max_drop"),
+        ({"calibration_samples": 0}, "at least 1"),
+    ],
+)
+def test_bad_configs(kwargs: dict, message: str) -> None:
+    with pytest.raises(SlimkitError, match=message):
+        QuantizeConfig(**kwargs)
+
+
+def test_bad_inputs(tmp_path: Path, mnist) -> None:  # noqa: ANN001
+    with pytest.raises(SlimkitError, match="existing .onnx file"):
+        quantize(tmp_path / "model.txt", mnist, QuantizeConfig(), tmp_path / "o.onnx")
+    with pytest.raises(SlimkitError, match="slimkit Dataset"):
+        quantize(sk.zoo.create("lenet5"), mnist.test, QuantizeConfig(), tmp_path / "o.onnx")
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch, mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match=r"slimkit\[onnx\]"):
+        quantize(sk.zoo.create("lenet5"), mnist, QuantizeConfig(), tmp_path / "o.onnx")
+
+
+def test_importing_compress_does_not_import_onnx() -> None:
+    code = "import sys, slimkit.compress; print([m for m in ('onnx', 'onnxruntime') if m in sys.modules])"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
