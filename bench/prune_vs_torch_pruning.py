@@ -145,7 +145,14 @@ def part2() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("1", "2", "all"), default="all", help="which part to run")
+    part = parser.parse_args().part
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
           f"{torch.get_num_threads()} threads\n")  # fmt: skip
-    part1()
-    part2()
+    if part in ("1", "all"):
+        part1()
+    if part in ("2", "all"):
+        part2()
