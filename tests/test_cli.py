@@ -10,21 +10,6 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["slimkit", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-@pytest.fixture()
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.setenv("COLUMNS", "200")
-    return lambda *args: run(list(args), capsys, monkeypatch)
 
 
 def test_env(cli) -> None:  # noqa: ANN001

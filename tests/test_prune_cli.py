@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 
 import slimkit as sk
-from tests.test_cli import cli  # noqa: F401  (fixture)
 
 
-def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     sk.save(sk.zoo.create("seed_cnn"), tmp_path / "ckpt", example=torch.zeros(1, 1, 28, 28))
     code, out, err = cli("prune", tmp_path / "ckpt", "--target-macs", "0.25", "--global", "-o", tmp_path / "small")
@@ -32,7 +31,7 @@ def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: 
     assert code == 2 and "N:M such as 2:4" in err
 
 
-def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001
     code, _, err = cli(
         "train", "-m", "resnet_cifar", "-a", "depth=8", "-d", "digits", "--epochs", "2", "--lr", "3e-3", "-o",
         tmp_path / "ckpt",
