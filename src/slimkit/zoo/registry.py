@@ -17,14 +17,23 @@ from slimkit.core.registry import Registry
 _REGISTRY: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a model factory under ``name`` (``@register("my_net")``)."""
+_COMPOSITE: set[str] = set()  # built from other models' descriptions (e.g. ensembles), not standalone
+
+
+def register(name: str, *, composite: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model factory under ``name`` (``@register("my_net")``).
+
+    ``composite`` factories (an ensemble of other models) are rebuilt from checkpoints like any zoo
+    model but are not listed by :func:`list_models`, since they cannot be created without arguments.
+    """
+    if composite:
+        _COMPOSITE.add(name)
     return _REGISTRY.register(name)
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create`."""
-    return _REGISTRY.names()
+    """Names of the reference models accepted by :func:`create`."""
+    return [n for n in _REGISTRY.names() if n not in _COMPOSITE]
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,55 @@
+"""``slimkit fuse``: ensemble or average checkpoints, optionally distil the result into one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimkit.cli import app
+from slimkit.cli.common import Force, console, parse_kwargs
+
+
+@app.command("fuse")
+def fuse_command(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint folders of the members (two or more).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.")],
+    method: Annotated[
+        str, typer.Option(help="mean, vote, weighted, stack (ensembles) or uniform-soup, greedy-soup (averaging).")
+    ] = "mean",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="Dataset: fits weighted/stack/greedy, BN statistics, accuracy.")
+    ] = None,
+    distill_into: Annotated[
+        str | None, typer.Option(help="Distil the fused model into this zoo model (e.g. seed_cnn); saves the student.")
+    ] = None,
+    student_arg: Annotated[
+        list[str] | None, typer.Option("--student-arg", help="Student argument key=value, e.g. width=0.5 (repeatable).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 10,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the distillation term (the rest is cross-entropy).")] = 0.9,
+    lr: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-3,
+    l2: Annotated[float, typer.Option(help="Stacking: pull towards plain averaging.")] = 1e-2,
+    seed: Annotated[int, typer.Option(help="Seed for the student.")] = 0,
+    force: Force = False,
+) -> None:
+    """Fuse CHECKPOINTS with METHOD and save the result (with report.json) to OUTPUT."""
+    from slimkit.fuse.workflow import fuse_and_save
+
+    report = fuse_and_save(
+        checkpoints=list(checkpoints), method=method, output=output, data=data, distill_into=distill_into,
+        student_args=parse_kwargs(student_arg), distill_epochs=epochs, temperature=temperature, alpha=alpha, lr=lr,
+        l2=l2, seed=seed, force=force,
+    )  # fmt: skip
+    for i, m in enumerate(report.get("members", [])):
+        console.print(f"member {i}  val {100 * m['val_accuracy']:.2f}%  test {100 * m['test_accuracy']:.2f}%  "
+                      f"MACs {m['macs']:,}  ({m['path']})")  # fmt: skip
+    for key in ("fused", "distilled"):
+        if key in report:
+            r = report[key]
+            label = method if key == "fused" else f"distilled into {report['config']['distill_into']}"
+            console.print(f"{label}  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  "
+                          f"MACs {r['macs']:,}")  # fmt: skip
+    console.print(f"saved {output}  (load with slimkit.load)")

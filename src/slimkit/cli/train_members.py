@@ -1,0 +1,47 @@
+"""``slimkit train-members``: train several members of one zoo model, for ensembles or soups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimkit.cli import app
+from slimkit.cli.common import DataName, Force, console, parse_kwargs
+
+
+@app.command("train-members")
+def train_members_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model name, e.g. seed_cnn.")],
+    data: DataName,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (member-<i>/ checkpoints).")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of members.")] = 5,
+    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="Model argument key=value (repeatable).")] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start/--independent",
+            help="Fine-tune every member from one shared start (needed for soups) or train each from scratch.",
+        ),
+    ] = True,
+    start_epochs: Annotated[int, typer.Option(help="Epochs of the shared start.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs per member.")] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate (start, or independent members).")] = 1e-3,
+    finetune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: lr / 2).")] = None,
+    augment: Annotated[bool, typer.Option(help="Use the dataset's training augmentation.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the start; member i uses seed + 1 + i.")] = 0,
+    force: Force = False,
+) -> None:
+    """Train N members of MODEL on DATA and save them to OUTPUT/member-<i>/ with OUTPUT/members.json."""
+    from slimkit.fuse.workflow import train_members_and_save
+
+    summary = train_members_and_save(
+        model=model, data=data, n=n, output=output, model_args=parse_kwargs(arg), from_start=from_start,
+        start_epochs=start_epochs, epochs=epochs, lr=lr, finetune_lr=finetune_lr, augment=augment, seed=seed,
+        force=force,
+    )  # fmt: skip
+    rows = ([summary["start"]] if "start" in summary else []) + summary["members"]
+    for r in rows:
+        console.print(f"{r['path']:<10} val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%")
+    console.print(f"saved {output}")

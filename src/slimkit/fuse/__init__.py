@@ -1,0 +1,46 @@
+"""Fusion: a better model from the checkpoints you already have.
+
+- :func:`ensemble`: combine predictions (mean, vote, fitted weights, stacking) in one module that
+  evaluates, saves and exports to ONNX like any model;
+- :func:`uniform_soup`, :func:`greedy_soup`: average the weights of checkpoints fine-tuned from one
+  start (one model's cost), with BatchNorm statistics re-estimated;
+- :func:`distill_ensemble`: teach one student to reproduce an ensemble;
+- :func:`train_members`: members to fuse (independent, or fine-tuned from one start for soups).
+
+>>> import slimkit as sk
+>>> from slimkit import fuse
+>>> data = sk.data.load("digits")
+>>> small = {"depth": 8, "width": 0.5}
+>>> members = fuse.train_members("resnet_cifar", data, n=2, model_args=small, start_epochs=1, epochs=1).members
+>>> ens = fuse.ensemble(members, "mean", val=data)
+>>> soup = fuse.greedy_soup(members, data)
+"""
+
+from __future__ import annotations
+
+from slimkit.fuse.distill import distill_ensemble
+from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, member_logits
+from slimkit.fuse.members import Members, train_members
+from slimkit.fuse.soup import (
+    ArchitectureMismatchError,
+    check_same_architecture,
+    greedy_soup,
+    reestimate_bn,
+    uniform_soup,
+)
+
+__all__ = [
+    "METHODS",
+    "ArchitectureMismatchError",
+    "Ensemble",
+    "Members",
+    "build_ensemble",
+    "check_same_architecture",
+    "distill_ensemble",
+    "ensemble",
+    "greedy_soup",
+    "member_logits",
+    "reestimate_bn",
+    "train_members",
+    "uniform_soup",
+]

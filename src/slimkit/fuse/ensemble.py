@@ -1,0 +1,248 @@
+"""Prediction ensembles as one ``nn.Module``: mean, majority vote, fitted weights, stacking.
+
+The ensemble runs every member and combines their outputs inside ``forward``, so it evaluates,
+distils, saves and exports to ONNX like any single model. Its output is a logit vector: for
+``mean``, ``vote`` and ``weighted`` it is the log of the combined class probabilities (so
+``softmax(output)`` *is* the ensemble's distribution); for ``stack`` it is the stacker's logits.
+
+>>> import torch, slimkit as sk
+>>> from slimkit.fuse import ensemble
+>>> members = [sk.zoo.create("lenet5") for _ in range(3)]
+>>> ens = ensemble(members, "mean")
+>>> x = torch.rand(2, 1, 28, 28)
+>>> mean = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+>>> torch.allclose(ens(x).softmax(1), mean, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.model import arch_of, set_arch
+from slimkit.core.transform import TransformRecord, add_record
+from slimkit.zoo.registry import register
+
+__all__ = ["METHODS", "Ensemble", "build_ensemble", "ensemble", "member_logits"]
+
+METHODS = ("mean", "vote", "weighted", "stack")
+# Share of the mean probability mixed into a vote, so that tied votes go to the more confident class.
+VOTE_TIE_BREAK = 1e-3
+_TINY = 1e-12  # keeps log() finite where a combined probability underflows to 0
+
+
+class Ensemble(nn.Module):
+    """Runs ``members`` on the same input and combines their predictions with ``method``.
+
+    ``weights`` (a buffer, one per member, summing to 1) scale each member's probabilities for
+    ``mean`` (uniform), ``weighted`` (fitted on validation data) and ``vote`` (uniform: one
+    member, one vote). ``stack`` feeds the members' log-probabilities, concatenated, to a linear
+    layer ``head`` (multinomial logistic regression) with ``num_classes`` outputs.
+    Build one with :func:`ensemble`, which also fits the weights or the stacker.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], method: str = "mean", num_classes: int | None = None) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise SlimkitError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
+        if len(members) < 1:
+            raise SlimkitError("an ensemble needs at least one member")
+        if method == "stack" and not num_classes:
+            raise SlimkitError("a stacking ensemble needs num_classes")
+        self.members = nn.ModuleList(members)
+        self.method = method
+        self.num_classes = num_classes
+        m = len(members)
+        self.register_buffer("weights", torch.full((m,), 1.0 / m))
+        self.head = nn.Linear(m * num_classes, num_classes) if method == "stack" else None  # type: ignore[operator]
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits for ``x``: (M, B, K)."""
+        return torch.stack([member(x) for member in self.members])
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """The ensemble's output (B, K) from the members' logits (M, B, K)."""
+        if self.head is not None:
+            features = F.log_softmax(logits, dim=-1).transpose(0, 1).flatten(1)  # (B, M*K)
+            return self.head(features)
+        w = self.weights.view(-1, 1, 1)  # (M, 1, 1)
+        probs = (w * logits.softmax(dim=-1)).sum(0)  # (B, K)
+        if self.method == "vote":
+            one_hot = torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)  # (M, B, K)
+            probs = (1 - VOTE_TIE_BREAK) * (w * one_hot).sum(0) + VOTE_TIE_BREAK * probs
+        return probs.clamp_min(_TINY).log()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.member_logits(x))
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, members={len(self.members)}"
+
+
+def member_logits(members: Sequence[nn.Module], loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every member over ``loader`` (M, N, K) and the labels (N,), in eval mode."""
+    outs: list[list[torch.Tensor]] = [[] for _ in members]
+    labels = []
+    for member in members:
+        member.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            for out, member in zip(outs, members, strict=True):
+                out.append(member(x).float())
+            labels.append(y)
+    if not labels:
+        raise SlimkitError("the validation data is empty")
+    logits = [torch.cat(o) for o in outs]
+    sizes = {tuple(t.shape[1:]) for t in logits}
+    if len(sizes) != 1:
+        raise SlimkitError(f"the members do not agree on the output shape: {sorted(sizes)}")
+    return torch.stack(logits), torch.cat(labels)
+
+
+def fit_weights(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """Member weights on the simplex minimising the log loss of the weighted mean of probabilities."""
+    log_probs = F.log_softmax(logits, dim=-1)  # (M, N, K)
+    theta = torch.zeros(len(logits), requires_grad=True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    picked = log_probs.gather(-1, labels.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(-1)  # (M, N)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        # log sum_m w_m p_m(y), computed stably in log space
+        loss = -torch.logsumexp(F.log_softmax(theta, 0).view(-1, 1) + picked, dim=0).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return theta.detach().softmax(0)
+
+
+def fit_stack(head: nn.Linear, logits: torch.Tensor, labels: torch.Tensor, l2: float, steps: int = 200) -> None:
+    """Fit the stacker (multinomial logistic regression) on the members' log-probabilities.
+
+    It starts from the average of the members' log-probabilities (a geometric-mean ensemble) and
+    ``l2`` pulls it back there, so a small validation set cannot move it far.
+    """
+    m, _, k = logits.shape
+    features = F.log_softmax(logits, dim=-1).transpose(0, 1).flatten(1)  # (N, M*K)
+    start = torch.eye(k).repeat(1, m) / m  # (K, M*K): mean of the members' log-probabilities
+    with torch.no_grad():
+        head.weight.copy_(start)
+        head.bias.zero_()
+    opt = torch.optim.LBFGS(list(head.parameters()), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(features), labels) + l2 * (
+            (head.weight - start).square().sum() + head.bias.square().sum()
+        )
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def _loader(val: Any) -> DataLoader | None:
+    if val is None or isinstance(val, DataLoader):
+        return val
+    if hasattr(val, "loader"):
+        return val.loader("val", shuffle=False)
+    raise SlimkitError(f"val must be a DataLoader or a slimkit Dataset (its val split), got {type(val).__name__}")
+
+
+def ensemble(
+    members: Sequence[nn.Module],
+    method: str = "mean",
+    *,
+    val: DataLoader | Any = None,
+    l2: float = 1e-2,
+) -> Ensemble:
+    """Combine trained ``members`` into one :class:`Ensemble` module (members are used, not copied).
+
+    ``method``: ``mean`` (average of probabilities), ``vote`` (majority vote, ties to the higher
+    mean probability), ``weighted`` (probability weights fitted on ``val`` by log loss) or
+    ``stack`` (logistic regression on ``val`` log-probabilities, regularised by ``l2`` towards
+    plain averaging). ``val`` is a DataLoader or a Dataset (only its ``val`` split is read); the
+    fitted methods need it, the others use it to record each member's validation accuracy.
+
+    The result saves with ``slimkit.save`` when every member came from the zoo (or a slimkit
+    checkpoint) and reloads with ``slimkit.load(path)``.
+
+    >>> import slimkit as sk
+    >>> data = sk.data.load("digits")
+    >>> members = [sk.zoo.create_for("resnet_cifar", data, depth=8, width=0.5) for _ in range(2)]
+    >>> ens = ensemble(members, "weighted", val=data)
+    >>> round(float(ens.weights.sum()), 6)
+    1.0
+    """
+    if method not in METHODS:
+        raise SlimkitError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
+    if not members:
+        raise SlimkitError("an ensemble needs at least one member")
+    loader = _loader(val)
+    if method in ("weighted", "stack") and loader is None:
+        raise SlimkitError(f"the {method!r} ensemble is fitted on validation data: pass val=data (or a DataLoader)")
+    details: dict[str, Any] = {}
+    num_classes = None
+    if loader is not None:
+        logits, labels = member_logits(members, loader)
+        num_classes = int(logits.shape[-1])
+        details["val_samples"] = len(labels)
+        details["member_val_accuracy"] = [int((lg.argmax(1) == labels).sum()) / len(labels) for lg in logits]
+    ens = Ensemble(members, method, num_classes)
+    if method == "weighted":
+        ens.weights.copy_(fit_weights(logits, labels))
+    elif method == "stack":
+        fit_stack(ens.head, logits, labels, l2)  # type: ignore[arg-type]
+    if loader is not None:
+        with torch.no_grad():
+            details["val_accuracy"] = int((ens.combine(logits).argmax(1) == labels).sum()) / len(labels)
+    details["weights"] = [round(float(w), 6) for w in ens.weights]
+    _attach_arch(ens)
+    add_record(ens, TransformRecord("fuse.ensemble", {"method": method, "l2": l2}, details=details))
+    return ens.eval()
+
+
+def _attach_arch(ens: Ensemble) -> None:
+    """Describe the ensemble for ``slimkit.save`` if every member can be rebuilt without code."""
+    archs = [arch_of(m) for m in ens.members]
+    if any(a is None or not _rebuildable(a) for a in archs):
+        return  # not saveable; slimkit.save says so
+    arch = {
+        "kind": "zoo",
+        "name": "ensemble",
+        "kwargs": {"members": archs, "method": ens.method, "num_classes": ens.num_classes},
+    }
+    if "input" in archs[0]:
+        arch["input"] = archs[0]["input"]
+    set_arch(ens, arch)
+
+
+def _rebuildable(arch: dict[str, Any]) -> bool:
+    return arch.get("kind") == "zoo"
+
+
+@register("ensemble", composite=True)
+def build_ensemble(members: list[dict[str, Any]], method: str = "mean", num_classes: int | None = None) -> Ensemble:
+    """Rebuild an (untrained) ensemble from its members' architecture descriptions (checkpoint loading)."""
+    from slimkit.io.checkpoint import build
+
+    if not isinstance(members, list) or not all(isinstance(a, dict) for a in members):
+        raise ModelFileError("an ensemble spec needs 'members': a list of architecture descriptions")
+    built = []
+    for i, arch in enumerate(members):
+        if not _rebuildable(arch):
+            raise ModelFileError(f"ensemble member {i} is not a zoo model; slimkit cannot rebuild it")
+        model = build(arch, factory=None, where=f"ensemble member {i}")
+        set_arch(model, arch)
+        built.append(model)
+    ens = Ensemble(built, method, num_classes)
+    _attach_arch(ens)
+    return ens
