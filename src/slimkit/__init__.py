@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from slimkit import compress, data, fuse, prune, train, zoo
+from slimkit import compress, data, fuse, prune, simplify, train, zoo
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, TransformRecord, apply_, records
 from slimkit.evaluate import Report, compare, evaluate
@@ -37,6 +37,7 @@ __all__ = [
     "load",
     "prune",
     "save",
+    "simplify",
     "train",
     "zoo",
 ]
