@@ -118,12 +118,14 @@ def match_macs(fn, model: nn.Module, x: torch.Tensor, target: int) -> tuple[nn.M
     return best, hi
 
 
-def part2() -> None:
+def part2(models: list[str]) -> None:
     data = sk.data.load("mnist5k")
     print(f"## Part 2: accuracy on mnist5k at equal MACs ({FINETUNE_EPOCHS} fine-tuning epochs each)\n")
     print("| model | MACs kept | tool | ratio | MACs after | test acc before fine-tune | test acc after |")
     print("|---|---|---|---|---|---|---|")
-    for name, kwargs, epochs in (("seed_cnn", {}, 20), ("resnet_cifar", {"depth": 20}, 15)):
+    setups = {"seed_cnn": ({}, 20), "resnet_cifar": ({"depth": 20}, 15)}
+    for name in models:
+        kwargs, epochs = setups[name]
         torch.manual_seed(0)
         model = sk.zoo.create_for(name, data, **kwargs)
         sk.train.fit(model, data.train, val=data.val, epochs=epochs, augment=data.augment, progress=False)
@@ -149,10 +151,12 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("1", "2", "all"), default="all", help="which part to run")
-    part = parser.parse_args().part
+    parser.add_argument("--models", nargs="+", default=["seed_cnn", "resnet_cifar"], help="models of part 2")
+    args = parser.parse_args()
+    part = args.part
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
           f"{torch.get_num_threads()} threads\n")  # fmt: skip
     if part in ("1", "all"):
         part1()
     if part in ("2", "all"):
-        part2()
+        part2(args.models)
