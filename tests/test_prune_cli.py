@@ -26,7 +26,9 @@ def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: 
     assert report["after"]["macs"] == report["before"]["macs"]  # zeros are still multiplied
 
     code, _, err = cli("prune", tmp_path / "ckpt", "--finetune-epochs", "1", "-o", tmp_path / "x")
-    assert code == 2 and "fine-tuning needs data" in err
+    assert code == 2 and "need data: pass --data" in err
+    code, _, err = cli("prune", tmp_path / "ckpt", "--steps", "2", "-o", tmp_path / "x")
+    assert code == 2 and "need data: pass --data" in err
     code, _, err = cli("prune", tmp_path / "ckpt", "--nm", "2-4", "-o", tmp_path / "x")
     assert code == 2 and "N:M such as 2:4" in err
 

@@ -133,8 +133,8 @@ def prune_checkpoint(
     example = dataset.example if dataset is not None else example_input(model)
     if example is None:
         raise SlimkitError(f"{model_path} records no input shape: pass --data so the model can be traced")
-    if finetune_epochs and dataset is None:
-        raise SlimkitError("fine-tuning needs data: pass --data")
+    if (finetune_epochs or steps > 1) and dataset is None:
+        raise SlimkitError("fine-tuning and multi-step pruning need data: pass --data")
 
     def measure() -> Report:
         if dataset is not None:
