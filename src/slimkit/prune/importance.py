@@ -33,7 +33,10 @@ def _unit_scores(group: Group, per_slot: dict[int, torch.Tensor]) -> np.ndarray:
     for k, raw in per_slot.items():
         r = raw.double().numpy()
         r = r / (r.mean() + 1e-12)
-        total += np.array([r[unit[k]].mean() for unit in group.units])
+        parts = [unit[k] for unit in group.units]
+        counts = np.array([len(p) for p in parts])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        total += np.add.reduceat(r[np.concatenate(parts)], starts) / counts  # mean per unit
     return total / max(1, len(per_slot))
 
 
