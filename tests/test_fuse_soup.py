@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import slimkit as sk
+from slimkit.evaluate import accuracy
 from slimkit.fuse import (
     ArchitectureMismatchError,
     greedy_soup,
@@ -15,7 +16,6 @@ from slimkit.fuse import (
     train_members,
     uniform_soup,
 )
-from slimkit.fuse.soup import accuracy
 
 SMALL = {"depth": 8, "width": 0.5}
 

@@ -5,10 +5,9 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.evaluate import count_params
+from slimkit.evaluate import accuracy, count_params
 from slimkit.simplify import FeatureDistiller, derive_student, distill, parse_student, student_for
 from slimkit.simplify.distill import _WithAuxLoss
-from slimkit.simplify.drop import accuracy
 from tests.conftest import zoo_example
 
 

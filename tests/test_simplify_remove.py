@@ -11,7 +11,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.core.surgery import Skip
-from slimkit.evaluate import count_macs, count_params
+from slimkit.evaluate import accuracy, count_macs, count_params
 from slimkit.simplify import (
     RemoveLayersConfig,
     block_importance,
@@ -21,7 +21,7 @@ from slimkit.simplify import (
     remove_layers_,
     transfer_linear,
 )
-from slimkit.simplify.drop import accuracy, budget_count
+from slimkit.simplify.drop import budget_count
 from tests.conftest import zoo_example
 
 

@@ -26,7 +26,7 @@ from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_la
 from slimkit.evaluate.metrics import classification_metrics
 from slimkit.evaluate.report import Comparison, Report, compare
 
-__all__ = ["Comparison", "Report", "compare", "count_macs", "count_params", "evaluate", "predict"]
+__all__ = ["Comparison", "Report", "accuracy", "compare", "count_macs", "count_params", "evaluate", "predict"]
 
 
 def predict(model: Any, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +38,19 @@ def predict(model: Any, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
             probs.append(torch.softmax(model(x).float(), dim=1).numpy())
             labels.append(y.numpy())
     return np.concatenate(probs), np.concatenate(labels)
+
+
+def accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (eval mode, no gradients): the quick check used
+    inside search loops (soups, layer-drop); :func:`evaluate` gives the full report."""
+    correct, n = 0, 0
+    with eval_mode(model), torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    if not n:
+        raise SlimkitError("cannot measure accuracy: the data is empty")
+    return correct / n
 
 
 def evaluate(

@@ -25,8 +25,8 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.model import eval_mode
 from slimkit.core.transform import TransformRecord, add_record
+from slimkit.evaluate import accuracy
 
 __all__ = ["ArchitectureMismatchError", "check_same_architecture", "greedy_soup", "reestimate_bn", "uniform_soup"]
 
@@ -139,18 +139,6 @@ def _refresh_bn(soup: nn.Module, bn_data: DataLoader | None) -> None:
                 "bn_data (a Dataset or a DataLoader of training batches; CLI: --data)"
             )
         reestimate_bn(soup, bn_data)
-
-
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of ``model`` over ``loader``."""
-    correct, n = 0, 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            n += len(y)
-    if not n:
-        raise SlimkitError("the validation data is empty")
-    return correct / n
 
 
 def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Module:

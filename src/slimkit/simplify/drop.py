@@ -24,19 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.model import eval_mode
 from slimkit.core.transform import records, select
+from slimkit.evaluate import accuracy
 from slimkit.simplify.remove import identity_path, removable_blocks, remove_blocks_
-
-
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of ``model`` over ``loader`` (eval mode, no gradients)."""
-    correct, n = 0, 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            n += len(y)
-    return correct / n
 
 
 def block_importance(model: nn.Module, loader: DataLoader, candidates: list[str] | None = None) -> dict[str, float]:
