@@ -92,6 +92,15 @@ class Dataset:
         return f"Dataset({self.name!r}, {sizes}, input={self.input_shape}, classes={self.num_classes})"
 
 
+def as_loader(data: Any, split: str, *, what: str = "data") -> DataLoader | None:
+    """``data`` as an unshuffled loader: a DataLoader as is, a :class:`Dataset`'s ``split``, None as None."""
+    if data is None or isinstance(data, DataLoader):
+        return data
+    if hasattr(data, "loader"):  # a Dataset, or anything shaped like one
+        return data.loader(split, shuffle=False)
+    raise DataError(f"{what} must be a slimkit Dataset or a DataLoader, got {type(data).__name__}")
+
+
 def names() -> list[str]:
     """Names accepted by :func:`load` (besides paths to ``.npz`` files)."""
     return _REGISTRY.names()

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from slimkit.core.errors import ModelFileError, SlimkitError
 from slimkit.core.model import arch_of, set_arch
 from slimkit.core.transform import TransformRecord, add_record
+from slimkit.data.base import as_loader
 from slimkit.zoo.registry import register
 
 __all__ = ["METHODS", "Ensemble", "build_ensemble", "ensemble", "member_logits"]
@@ -149,14 +150,6 @@ def fit_stack(head: nn.Linear, logits: torch.Tensor, labels: torch.Tensor, l2: f
     opt.step(closure)
 
 
-def _loader(val: Any) -> DataLoader | None:
-    if val is None or isinstance(val, DataLoader):
-        return val
-    if hasattr(val, "loader"):
-        return val.loader("val", shuffle=False)
-    raise SlimkitError(f"val must be a DataLoader or a slimkit Dataset (its val split), got {type(val).__name__}")
-
-
 def ensemble(
     members: Sequence[nn.Module],
     method: str = "mean",
@@ -186,7 +179,7 @@ def ensemble(
         raise SlimkitError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
     if not members:
         raise SlimkitError("an ensemble needs at least one member")
-    loader = _loader(val)
+    loader = as_loader(val, "val", what="val")
     if method in ("weighted", "stack") and loader is None:
         raise SlimkitError(f"the {method!r} ensemble is fitted on validation data: pass val=data (or a DataLoader)")
     details: dict[str, Any] = {}

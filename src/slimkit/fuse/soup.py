@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import TransformRecord, add_record
+from slimkit.data.base import as_loader
 from slimkit.evaluate import accuracy
 
 __all__ = ["ArchitectureMismatchError", "check_same_architecture", "greedy_soup", "reestimate_bn", "uniform_soup"]
@@ -115,22 +116,6 @@ def reestimate_bn(model: nn.Module, loader: DataLoader, *, max_batches: int | No
     return model
 
 
-def _bn_loader(data: Any) -> DataLoader | None:
-    if data is None or isinstance(data, DataLoader):
-        return data
-    if hasattr(data, "loader"):
-        return data.loader("train", shuffle=False)
-    raise SlimkitError(f"data must be a slimkit Dataset or a DataLoader, got {type(data).__name__}")
-
-
-def _val_loader(data: Any) -> DataLoader:
-    if isinstance(data, DataLoader):
-        return data
-    if hasattr(data, "loader"):
-        return data.loader("val", shuffle=False)
-    raise SlimkitError(f"val must be a slimkit Dataset or a DataLoader, got {type(data).__name__}")
-
-
 def _refresh_bn(soup: nn.Module, bn_data: DataLoader | None) -> None:
     if has_batchnorm(soup):
         if bn_data is None:
@@ -155,7 +140,7 @@ def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Modu
     """
     check_same_architecture(models)
     soup = _average(models)
-    _refresh_bn(soup, _bn_loader(bn_data))
+    _refresh_bn(soup, as_loader(bn_data, "train"))
     add_record(
         soup,
         TransformRecord(
@@ -181,8 +166,10 @@ def greedy_soup(models: Sequence[nn.Module], val: Any, *, bn_data: Any = None) -
     True
     """
     check_same_architecture(models)
-    loader = _val_loader(val)
-    bn_loader = _bn_loader(bn_data if bn_data is not None or isinstance(val, DataLoader) else val)
+    loader = as_loader(val, "val", what="val")
+    if loader is None:
+        raise SlimkitError("greedy soup needs validation data (val=Dataset or DataLoader)")
+    bn_loader = as_loader(bn_data if bn_data is not None or isinstance(val, DataLoader) else val, "train")
     scores = [accuracy(m, loader) for m in models]
     order = sorted(range(len(models)), key=lambda i: -scores[i])  # stable: ties keep input order
     kept = [order[0]]
