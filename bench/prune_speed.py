@@ -1,7 +1,9 @@
 """Does structured pruning make models faster? ONNX Runtime latency speedup vs MACs reduction.
 
-resnet_cifar and mobilenet_v2 (32x32 inputs) pruned at ratio 0.5 by slimkit; latency is the
-median of 50 ONNX Runtime runs at batch 1 and 32, both models measured in the same process.
+resnet_cifar and mobilenet_v2 (32x32 inputs) pruned at ratio 0.5 by slimkit with kept widths
+rounded to 1, 8 and ``auto`` (this CPU's ONNX Runtime channel block: 16 with AVX-512, else 8);
+latency is the median of 50 ONNX Runtime runs at batch 1 and 32, the original and the pruned
+model run alternately in one process so that other load on the machine hits both alike.
 Goal: speedup / MACs reduction >= 0.8.
 
 Run: ``.venv/bin/python bench/prune_speed.py``
@@ -17,18 +19,18 @@ import torch
 
 import slimkit as sk
 from slimkit.evaluate import count_macs
-from slimkit.evaluate.cost import batch_of, measure_latency
+from slimkit.evaluate.cost import batch_of, measure_latencies
 from slimkit.io import OnnxModel
 from slimkit.prune import ChannelPruneConfig, prune_channels
 
 
-def ort_ms(model: torch.nn.Module, x: torch.Tensor, folder: Path, tag: str) -> dict[int, float]:
-    path = sk.export(model, folder / f"{tag}.onnx", x)
-    session = OnnxModel(path)
+def ort_pair(base: Path, pruned: Path, x: torch.Tensor) -> dict[int, list[float]]:
+    """Median ms of the two ONNX files at batch 1 and 32, run alternately."""
+    sessions = OnnxModel(base), OnnxModel(pruned)
     out = {}
-    for b in (1, 32):
-        xb = batch_of(x, b)
-        out[b] = measure_latency(lambda xb=xb: session(xb), warmup=10, runs=50)
+    for size in (1, 32):
+        xb = batch_of(x, size)
+        out[size] = measure_latencies([lambda s=s, xb=xb: s(xb) for s in sessions], warmup=10, runs=50)
     return out
 
 
@@ -41,15 +43,17 @@ def main() -> None:
             torch.manual_seed(0)
             model = sk.zoo.create(name, num_classes=10).eval()
             x = torch.rand(2, 3, 32, 32)
-            base = ort_ms(model, x, Path(tmp), f"{name}-fp32")
-            for round_to in (1, 8):
+            base = sk.export(model, Path(tmp) / f"{name}-fp32.onnx", x)
+            for round_to in (1, 8, "auto"):
                 pruned = copy.deepcopy(model)
-                prune_channels(pruned, ChannelPruneConfig(ratio=0.5, round_to=round_to), x)
+                config = ChannelPruneConfig(ratio=0.5, round_to=round_to)
+                prune_channels(pruned, config, x)
                 reduction = count_macs(model, x) / count_macs(pruned, x)
-                small = ort_ms(pruned, x, Path(tmp), f"{name}-pruned-{round_to}")
-                for b in (1, 32):
-                    speedup = base[b] / small[b]
-                    print(f"| {name} | {round_to} | {reduction:.2f}x | {b} | {base[b]:.2f} | {small[b]:.2f} "
+                path = sk.export(pruned, Path(tmp) / f"{name}-pruned-{round_to}.onnx", x)
+                label = f"auto ({config.block})" if round_to == "auto" else str(round_to)
+                for b, (fp32, small) in ort_pair(base, path, x).items():
+                    speedup = fp32 / small
+                    print(f"| {name} | {label} | {reduction:.2f}x | {b} | {fp32:.2f} | {small:.2f} "
                           f"| {speedup:.2f}x | {speedup / reduction:.2f} |")  # fmt: skip
 
 

@@ -11,7 +11,6 @@ Run: ``.venv/bin/python bench/prune_vs_torch_pruning.py`` (about 10 minutes on 2
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import torch
@@ -52,19 +51,26 @@ def sk_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
     prune_channels(model, ChannelPruneConfig(ratio=ratio, importance="l2"), x)
 
 
-def timed(fn, model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 3) -> tuple[nn.Module | None, float, str]:  # noqa: ANN001
-    times, pruned, error = [], None, ""
+def timed_pair(model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 5) -> dict[str, tuple]:
+    """Prune with both tools, alternating, ``repeats`` times; the fastest run of each (least disturbed by
+    other work on the machine). Returns ``{tool: (pruned model or None, seconds, error)}``."""
+    results: dict[str, tuple] = {}
+    times: dict[str, list[float]] = {"slimkit": [], "torch-pruning": []}
     for _ in range(repeats):
-        trial = copy.deepcopy(model)
-        start = time.perf_counter()
-        try:
-            fn(trial, x, ratio)
-            trial(x)  # a pruned model that cannot run counts as a failure
-        except Exception as exc:  # noqa: BLE001  (we report every failure of either tool)
-            return None, float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
-        times.append(time.perf_counter() - start)
-        pruned = trial
-    return pruned, statistics.median(times), error
+        for tool, fn in (("slimkit", sk_prune), ("torch-pruning", tp_prune)):
+            if tool in results and results[tool][0] is None:
+                continue
+            trial = copy.deepcopy(model)
+            start = time.perf_counter()
+            try:
+                fn(trial, x, ratio)
+                trial(x)  # a pruned model that cannot run counts as a failure
+            except Exception as exc:  # noqa: BLE001  (we report every failure of either tool)
+                results[tool] = (None, float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
+                continue
+            times[tool].append(time.perf_counter() - start)
+            results[tool] = (trial, min(times[tool]), "")
+    return results
 
 
 def part1() -> None:
@@ -80,10 +86,8 @@ def part1() -> None:
         p0, m0 = count_params(model), count_macs(model, x)
         for ratio in (0.3, 0.5):
             row = []
-            results = {}
-            for tool, fn in (("slimkit", sk_prune), ("torch-pruning", tp_prune)):
-                pruned, seconds, error = timed(fn, model, x, ratio)
-                results[tool] = (pruned, seconds, error)
+            results = timed_pair(model, x, ratio)
+            for tool, (pruned, _, error) in results.items():
                 if pruned is None and not any(f.startswith(f"{name} (") for f in failures[tool]):
                     failures[tool].append(f"{name} ({error})")
             for tool in ("slimkit", "torch-pruning"):

@@ -29,7 +29,8 @@ import torch
 
 import slimkit as sk
 from slimkit.compress import ClusterConfig, LowRankConfig, QuantizeConfig, quantize, tied
-from slimkit.compress.quantize import _calibration_reader, has_vnni
+from slimkit.compress.quantize import _calibration_reader
+from slimkit.core.hardware import has_vnni
 from slimkit.evaluate import count_params
 from slimkit.evaluate.cost import batch_of, measure_latency
 from slimkit.io import OnnxModel

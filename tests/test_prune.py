@@ -163,9 +163,9 @@ def test_removing_dead_units_keeps_outputs(kinds: list[str], width: int, seed: i
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for group in graph.groups:
-            dead = rng.choice(len(group.units), size=len(group.units) // 2, replace=False)
+            dead = rng.choice(len(group), size=len(group) // 2, replace=False)
             for u in dead:
-                for slot, idx in zip(group.slots, group.units[u], strict=True):
+                for slot, idx in zip(group.slots, group.unit(u), strict=True):
                     m = net.get_submodule(slot.module)
                     for p in m.parameters(recurse=False):
                         if slot.kind in ("out", "ch", "feat") or p.dim() > 1:
@@ -191,6 +191,21 @@ def test_global_ranking_target_macs_and_round_to() -> None:
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 4 == 0 for w in widths)
     assert len(set(record.details["groups"].values())) > 1  # non-uniform: groups shrink differently
+
+
+def test_round_to_auto_uses_the_cpu_channel_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` resolves to the ONNX Runtime channel block of the CPU and is recorded as a number."""
+    from slimkit.core import hardware
+
+    x = zoo_example("mobilenet_v2")
+    for flags, block in ((frozenset({"avx2", "avx512f"}), 16), (frozenset({"avx2"}), 8)):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(hardware, "is_x86", lambda: True)
+        model = sk.zoo.create("mobilenet_v2").eval()
+        record = prune_channels(model, ChannelPruneConfig(ratio=0.5, round_to="auto"), x)
+        assert record.details["round_to"] == block
+        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels >= block]
+        assert widths and all(w % block == 0 for w in widths)
 
 
 def test_target_params_on_text_model() -> None:
@@ -273,6 +288,8 @@ def test_torch_multihead_attention_heads_are_pruned(tmp_path: Path) -> None:
 def test_bad_configs() -> None:
     with pytest.raises(SlimkitError, match="must be in \\[0, 1\\)"):
         ChannelPruneConfig(ratio=1.0)
+    with pytest.raises(SlimkitError, match="round_to must be an integer >= 1 or 'auto'"):
+        ChannelPruneConfig(round_to="fast")
     with pytest.raises(SlimkitError, match="unknown importance"):
         ChannelPruneConfig(importance="l3")
     with pytest.raises(SlimkitError, match="needs labelled batches"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from pathlib import Path
 
 from slimkit.cli import app
 from slimkit.cli.common import console
@@ -19,6 +18,7 @@ def environment() -> dict[str, object]:
 
     import slimkit
     from slimkit import data, zoo
+    from slimkit.core.hardware import cpu_flags, simd_channels
 
     versions = {}
     for name in PACKAGES:
@@ -26,11 +26,7 @@ def environment() -> dict[str, object]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    flags: list[str] = []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        words = set(cpuinfo.read_text().split())
-        flags = [f for f in CPU_FLAGS if f in words]
+    flags = [f for f in CPU_FLAGS if f in cpu_flags()]
     return {
         "slimkit": slimkit.__version__,
         "python": platform.python_version(),
@@ -39,6 +35,7 @@ def environment() -> dict[str, object]:
         "torch threads": torch.get_num_threads(),
         "torch cpu capability": torch.backends.cpu.get_cpu_capability(),
         "cpu flags": " ".join(flags) or "unknown",
+        "SIMD channel block (round_to auto)": simd_channels(),
         "datasets": ", ".join(data.names()),
         "models": ", ".join(zoo.list_models()),
     }

@@ -20,7 +20,9 @@ def prune_command(
     target_macs: Annotated[float | None, typer.Option(help="Keep this share of the MACs (e.g. 0.25).")] = None,
     target_params: Annotated[float | None, typer.Option(help="Keep this share of the parameters.")] = None,
     global_ranking: Annotated[bool, typer.Option("--global", help="Rank units of all layers together.")] = False,
-    round_to: Annotated[int, typer.Option(help="Keep widths multiples of this.")] = 1,
+    round_to: Annotated[
+        str, typer.Option(help="Keep widths multiples of this; 'auto' = this CPU's SIMD channel block (8 or 16).")
+    ] = "1",
     protect: Annotated[list[str] | None, typer.Option(help="Layer (or re:pattern) never pruned; repeatable.")] = None,
     sparsity: Annotated[float | None, typer.Option(help="Unstructured magnitude sparsity instead (e.g. 0.9).")] = None,
     nm: Annotated[str | None, typer.Option(help="N:M sparsity instead, e.g. 2:4.")] = None,
@@ -51,9 +53,12 @@ def prune_command(
             raise SlimkitError(f"--nm takes N:M such as 2:4, got {nm!r}")
         config = NMSparsityConfig(n=int(n), m=int(m), protected=protect or [])
     else:
+        if round_to != "auto" and not round_to.isdigit():
+            raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
         config = ChannelPruneConfig(
             ratio=ratio, importance=importance, target_macs=target_macs, target_params=target_params,
-            global_ranking=global_ranking, round_to=round_to, protected=protect or [],
+            global_ranking=global_ranking, round_to=round_to if round_to == "auto" else int(round_to),
+            protected=protect or [],
         )  # fmt: skip
     result = prune_checkpoint(
         model, output, config=config, data=data, steps=steps, finetune_epochs=finetune_epochs, distill=distill,

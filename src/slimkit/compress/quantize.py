@@ -46,6 +46,7 @@ from torch import nn
 from slimkit.compress.onnxgraph import mac_shares, quantizable_nodes
 from slimkit.core.errors import SlimkitError
 from slimkit.core.files import atomic_path, check_output
+from slimkit.core.hardware import has_vnni
 from slimkit.core.optional import require
 from slimkit.core.transform import Config, register_config
 
@@ -266,19 +267,6 @@ def _quiet() -> Any:
             yield
     finally:
         root.setLevel(level)
-
-
-def has_vnni() -> bool:
-    """Whether this CPU has VNNI int8 dot-product instructions (non-x86 CPUs count as having them)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # unknown: keep full-range weights; the accuracy check guards the result
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def strip_metadata(path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -104,14 +104,25 @@ def batch_of(example: torch.Tensor, size: int) -> torch.Tensor:
 
 def measure_latency(run: Callable[[], object], *, warmup: int = 5, runs: int = 30) -> float:
     """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls."""
+    return measure_latencies([run], warmup=warmup, runs=runs)[0]
+
+
+def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[float]:
+    """Median wall time of each function in milliseconds, calling them in turn.
+
+    Interleaving makes the comparison fair when other work shares the machine: a busy spell slows
+    every function alike instead of the one that happened to run then.
+    """
     for _ in range(warmup):
-        run()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for fn, t in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 def torch_latency(

@@ -3,7 +3,7 @@
 >>> import torch, slimkit as sk
 >>> from slimkit.graph import analyze
 >>> g = analyze(sk.zoo.create("seed_cnn"), torch.zeros(1, 1, 28, 28))
->>> [(grp.name, len(grp.units)) for grp in g.groups]
+>>> [(grp.name, len(grp)) for grp in g.groups]
 [('conv1.out', 64), ('conv2.out', 64), ('fc1.out', 1024)]
 >>> print(g.skipped["fc2"])
 feeds the model output (its size is part of the model's interface)
@@ -18,7 +18,6 @@ rules cannot prove safe is left out and reported in :attr:`DependencyGraph.skipp
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import numpy as np
@@ -35,10 +34,19 @@ __all__ = ["DependencyGraph", "Group", "Slot", "analyze", "is_attention_block"]
 
 @dataclasses.dataclass
 class Group:
-    """Units pruned together. ``units[u][k]`` are the indices unit ``u`` removes from ``slots[k]``."""
+    """Units pruned together.
+
+    Unit ``u`` removes ``index[k][offsets[k][u]:offsets[k][u + 1]]`` from ``slots[k]`` (a unit is
+    usually one index per slot, but e.g. a flatten gives a conv channel a block of Linear inputs).
+    """
 
     slots: list[Slot]
-    units: list[list[np.ndarray]]
+    index: list[np.ndarray]
+    offsets: list[np.ndarray]
+
+    def __len__(self) -> int:
+        """The number of units."""
+        return len(self.offsets[0]) - 1
 
     @property
     def name(self) -> str:
@@ -49,8 +57,20 @@ class Group:
     def modules(self) -> list[str]:
         return sorted({s.module for s in self.slots})
 
+    def unit(self, u: int) -> list[np.ndarray]:
+        """The indices unit ``u`` removes from each slot."""
+        return [idx[off[u] : off[u + 1]] for idx, off in zip(self.index, self.offsets, strict=True)]
+
+    def indices(self, units: np.ndarray) -> list[np.ndarray]:
+        """The indices the given units remove from each slot (sorted)."""
+        chosen = np.zeros(len(self), dtype=bool)
+        chosen[units] = True
+        return [
+            np.sort(idx[np.repeat(chosen, np.diff(off))]) for idx, off in zip(self.index, self.offsets, strict=True)
+        ]
+
     def __repr__(self) -> str:
-        return f"Group({self.name}, units={len(self.units)}, members={[f'{s.module}.{s.kind}' for s in self.slots]})"
+        return f"Group({self.name}, units={len(self)}, members={[f'{s.module}.{s.kind}' for s in self.slots]})"
 
 
 @dataclasses.dataclass
@@ -81,44 +101,29 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
     for name in select(model, protected) if protected else []:
         tracer.block_module(name, "protected by the user")
     labels = space.components()
-    reason_of = {int(labels[b]): why for b, why in space.reasons.items()}
-
-    members: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)  # comp -> (slot#, index)
     slots = list(tracer.slots.values())
-    for k, slot in enumerate(slots):
-        for i, comp in enumerate(labels[slot.ids.numpy()]):
-            members[int(comp)].append((k, i))
+    # every (slot, index) entry with its component, slot number and index, in slot order
+    comp = labels[np.concatenate([s.ids.numpy() for s in slots])] if slots else np.zeros(0, dtype=np.int64)
+    slot_no = np.repeat(np.arange(len(slots)), [len(s.ids) for s in slots])
+    bounds = np.concatenate([[0], np.cumsum([len(s.ids) for s in slots])])
 
-    by_signature: dict[tuple, list[int]] = collections.defaultdict(list)
-    unprunable: dict[int, str] = {}
-    for comp, items in members.items():
-        if comp in reason_of:
-            unprunable[comp] = reason_of[comp]
-        elif not any(slots[k].producer for k, _ in items):
-            unprunable[comp] = "no layer produces this dimension (it is read from the model input)"
-        else:
-            by_signature[tuple(sorted(collections.Counter(k for k, _ in items).items()))].append(comp)
+    reason_of = {int(labels[b]): why for b, why in space.reasons.items()}
+    prunable = np.zeros(len(labels), dtype=bool)
+    prunable[comp[np.array([s.producer for s in slots], dtype=bool)[slot_no]]] = True
+    prunable[list(reason_of)] = False
 
-    groups = []
-    for signature, comps in by_signature.items():
-        order = [k for k, _ in signature]
-        units = []
-        for comp in comps:
-            per_slot: dict[int, list[int]] = collections.defaultdict(list)
-            for k, i in members[comp]:
-                per_slot[k].append(i)
-            units.append([np.array(sorted(per_slot[k])) for k in order])
-        units.sort(key=lambda u: int(u[0][0]))
-        groups.append(Group(slots=[slots[k] for k in order], units=units))
+    groups = [
+        _group(slots, comp, bounds, members)
+        for members in _by_signature(comp, slot_no, len(slots), np.flatnonzero(prunable))
+    ]
     groups.sort(key=lambda g: min(int(s.ids[0]) for s in g.slots))
 
     skipped: dict[str, str] = dict(tracer.unsupported)
-    for slot in slots:
-        if not slot.producer:
-            continue
-        comps = {int(c) for c in labels[slot.ids.numpy()]}
-        if all(c in unprunable for c in comps):
-            skipped.setdefault(slot.module, unprunable[min(comps)])
+    no_producer = "no layer produces this dimension (it is read from the model input)"
+    for k, slot in enumerate(slots):
+        comps = comp[bounds[k] : bounds[k + 1]]
+        if slot.producer and not prunable[comps].any():
+            skipped.setdefault(slot.module, reason_of.get(int(comps.min()), no_producer))
     seen = {s.module for s in slots}
     for name, m in model.named_modules():
         inside_seen = any(name.startswith(f"{s}.") for s in seen)
@@ -130,3 +135,46 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
         ):
             skipped[name] = "not reached by the analysis (it runs inside an operation the pruner cannot see into)"
     return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots)
+
+
+def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable: np.ndarray) -> list[np.ndarray]:
+    """Split the prunable components by signature (how many indices each slot gives them).
+
+    Components with one signature are the units of one group. The signature is hashed to group
+    in bulk; each group is then checked to share it exactly.
+    """
+    pairs, counts = np.unique(comp * n_slots + slot_no, return_counts=True)
+    pair_comp, pair_slot = np.divmod(pairs, n_slots)
+    weights = np.random.default_rng(0).integers(1, 2**63, size=n_slots, dtype=np.uint64) | np.uint64(1)
+    hashes = np.zeros(int(comp.max(initial=-1)) + 1, dtype=np.uint64)
+    np.add.at(hashes, pair_comp, weights[pair_slot] * (counts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + 1))
+    _, which = np.unique(hashes[prunable], return_inverse=True)
+    out = []
+    for g in range(int(which.max(initial=-1)) + 1):
+        members = prunable[which == g]
+        inside = np.isin(pair_comp, members)
+        signature = np.stack([pair_slot[inside], counts[inside]], axis=1)  # grouped by component
+        each, rest = divmod(len(signature), len(members))
+        if rest or (signature.reshape(len(members), each, 2) != signature[:each]).any():  # a hash collision
+            raise RuntimeError("internal error: dimension groups collided; please report this model")
+        out.append(members)
+    return out
+
+
+def _group(slots: list[Slot], comp: np.ndarray, bounds: np.ndarray, members: np.ndarray) -> Group:
+    """The group whose units are the components ``members``, ordered by their first index."""
+    in_group = np.zeros(int(comp.max()) + 1, dtype=bool)
+    in_group[members] = True
+    entries = np.flatnonzero(in_group[comp])  # in slot order, indices ascending within a slot
+    first = np.unique(comp[entries], return_index=True)[1]  # first entry: lowest slot, lowest index
+    rank = np.zeros(len(in_group), dtype=np.int64)
+    rank[comp[entries[first]][np.argsort(entries[first], kind="stable")]] = np.arange(len(members))
+    used, index, offsets = [], [], []
+    for k in np.unique(np.searchsorted(bounds, entries, side="right") - 1):
+        positions = np.flatnonzero(in_group[comp[bounds[k] : bounds[k + 1]]])
+        units = rank[comp[bounds[k] + positions]]
+        order = np.argsort(units, kind="stable")
+        used.append(slots[k])
+        index.append(positions[order])
+        offsets.append(np.concatenate([[0], np.cumsum(np.bincount(units, minlength=len(members)))]))
+    return Group(slots=used, index=index, offsets=offsets)

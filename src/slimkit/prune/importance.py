@@ -29,14 +29,12 @@ NEEDS_DATA = ("taylor", "activation", "apoz")
 
 def _unit_scores(group: Group, per_slot: dict[int, torch.Tensor]) -> np.ndarray:
     """Average over member slots of each unit's (mean-normalised) score."""
-    total = np.zeros(len(group.units))
+    total = np.zeros(len(group))
     for k, raw in per_slot.items():
         r = raw.double().numpy()
         r = r / (r.mean() + 1e-12)
-        parts = [unit[k] for unit in group.units]
-        counts = np.array([len(p) for p in parts])
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        total += np.add.reduceat(r[np.concatenate(parts)], starts) / counts  # mean per unit
+        offsets = group.offsets[k]
+        total += np.add.reduceat(r[group.index[k]], offsets[:-1]) / np.diff(offsets)  # mean per unit
     return total / max(1, len(per_slot))
 
 
@@ -107,7 +105,7 @@ def score(
         raise SlimkitError(f"importance {method!r} needs data: pass a few (x, y) batches (data=...)")
     if method == "random":
         rng = np.random.default_rng(seed)
-        return [rng.random(len(g.units)) for g in graph.groups]
+        return [rng.random(len(g)) for g in graph.groups]
     if method == "taylor":
         _taylor_gradients(model, batches)
         try:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
+from slimkit.core.hardware import simd_channels
 from slimkit.core.transform import (
     Config,
     TransformRecord,
@@ -49,7 +50,9 @@ class ChannelPruneConfig(Config):
     - ``target_macs`` / ``target_params``: keep this share of the original MACs / parameters
       (e.g. 0.25 = 4x fewer); the global ratio is searched to meet it (overrides ``ratio``).
     - ``importance``: see :mod:`slimkit.prune.importance`; ``protected`` layers are never touched.
-    - ``round_to``: kept unit counts are multiples of this (e.g. 8 for SIMD-friendly widths).
+    - ``round_to``: kept unit counts are multiples of this (e.g. 8 for SIMD-friendly widths);
+      ``"auto"`` uses the channel block of this CPU's ONNX Runtime kernels (16 with AVX-512, else 8),
+      below which pruning saves MACs on paper but not time.
     - ``max_ratio``: never remove more than this share of any group.
     """
 
@@ -60,7 +63,7 @@ class ChannelPruneConfig(Config):
     target_params: float | None = None
     importance: str = "l2"
     protected: list[str] = dataclasses.field(default_factory=list)
-    round_to: int = 1
+    round_to: int | str = 1
     max_ratio: float = 0.9
     calibration_batches: int = 4
     seed: int = 0
@@ -72,10 +75,15 @@ class ChannelPruneConfig(Config):
         for name, t in (("target_macs", self.target_macs), ("target_params", self.target_params)):
             if t is not None and not 0.0 < t <= 1.0:
                 raise SlimkitError(f"{name}={t} must be a share of the original in (0, 1]")
-        if self.round_to < 1:
-            raise SlimkitError(f"round_to must be >= 1, got {self.round_to}")
+        if self.round_to != "auto" and not (isinstance(self.round_to, int) and self.round_to >= 1):
+            raise SlimkitError(f"round_to must be an integer >= 1 or 'auto', got {self.round_to!r}")
         if self.importance not in imp.METHODS:
             raise SlimkitError(f"unknown importance {self.importance!r}; choose one of {', '.join(imp.METHODS)}")
+
+    @property
+    def block(self) -> int:
+        """``round_to`` as a number (``"auto"`` resolved for this CPU)."""
+        return simd_channels() if self.round_to == "auto" else int(self.round_to)
 
 
 def _keep_count(n: int, ratio: float, round_to: int) -> int:
@@ -105,14 +113,14 @@ def plan(
     if not config.global_ranking:
         out = []
         for group, s in zip(graph.groups, scores, strict=True):
-            keep = _keep_count(len(group.units), _group_ratio(model, group, cfg, named), config.round_to)
-            out.append(np.sort(np.argsort(s, kind="stable")[: len(group.units) - keep]))
+            keep = _keep_count(len(group), _group_ratio(model, group, cfg, named), config.block)
+            out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
     # global: normalise scores within each group, remove the lowest units overall
     pool = [(float(v) / (float(np.mean(s)) + 1e-12), g, u) for g, s in enumerate(scores) for u, v in enumerate(s)]
     pool.sort()
     budget = round(ratio * len(pool))
-    caps = [len(g.units) - _keep_count(len(g.units), config.max_ratio, config.round_to) for g in graph.groups]
+    caps = [len(g) - _keep_count(len(g), config.max_ratio, config.block) for g in graph.groups]
     chosen: dict[int, list[int]] = collections.defaultdict(list)
     for _, g, u in pool:
         if budget <= 0:
@@ -122,9 +130,9 @@ def plan(
             budget -= 1
     out = []
     for g, group in enumerate(graph.groups):
-        n = len(group.units)
+        n = len(group)
         remove = chosen[g]
-        keep = _keep_count(n, len(remove) / n, config.round_to)  # round the kept width
+        keep = _keep_count(n, len(remove) / n, config.block)  # round the kept width
         order = sorted(remove, key=lambda u: scores[g][u])
         out.append(np.sort(np.array(order[: n - keep], dtype=np.int64)))
     return out
@@ -132,19 +140,19 @@ def plan(
 
 def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndarray]) -> dict[str, str]:
     """Physically remove the chosen units; returns ``{group name: "64 -> 32"}`` for changed groups."""
-    drop: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+    drop: dict[tuple[str, str], list[np.ndarray]] = collections.defaultdict(list)
     changes = {}
     for group, units in zip(graph.groups, removal, strict=True):
         if len(units) == 0:
             continue
-        changes[group.name] = f"{len(group.units)} -> {len(group.units) - len(units)}"
-        for u in units:
-            for slot, idx in zip(group.slots, group.units[u], strict=True):
-                drop[(slot.module, slot.kind)].update(int(i) for i in idx)
+        changes[group.name] = f"{len(group)} -> {len(group) - len(units)}"
+        for slot, idx in zip(group.slots, group.indices(units), strict=True):
+            drop[(slot.module, slot.kind)].append(idx)
     per_module: dict[str, dict[str, torch.Tensor]] = collections.defaultdict(dict)
     for (module, kind), gone in drop.items():
-        size = graph.slots[(module, kind)].size
-        per_module[module][kind] = torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
+        keep = np.ones(graph.slots[(module, kind)].size, dtype=bool)
+        keep[np.concatenate(gone)] = False
+        per_module[module][kind] = torch.from_numpy(np.flatnonzero(keep))
     for module, keep in per_module.items():
         rebuild(model, module, keep)
     return changes
@@ -183,7 +191,12 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
         config=config.to_dict(),
         changed=sorted({s.module for g in graph.groups if g.name in changes for s in g.slots}),
         skipped=graph.skipped,
-        details={"groups": changes, "ratio": ratio, "params": {"before": params, "after": count_params(model)}},
+        details={
+            "groups": changes,
+            "ratio": ratio,
+            "round_to": config.block,
+            "params": {"before": params, "after": count_params(model)},
+        },
     )
 
 
