@@ -27,7 +27,9 @@ class IdSpace:
         a, b = a.reshape(-1).numpy(), b.reshape(-1).numpy()
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
-            pairs = np.unique((a[keep] << 32) | b[keep])  # activations repeat each pair many times
+            pairs = (a[keep] << 32) | b[keep]
+            # activations repeat each pair over every position: drop runs first (cheap), then duplicates
+            pairs = np.unique(pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))])
             self._a.append(pairs >> 32)
             self._b.append(pairs & 0xFFFFFFFF)
 
