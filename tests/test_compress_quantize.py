@@ -34,6 +34,34 @@ def test_auto_picks_static_for_seed_cnn_and_keeps_accuracy(cnn_int8: QuantizeRes
     assert "int8 (static)" in str(r)
 
 
+def test_int8_file_carries_no_debug_data_and_renaming_is_exact(
+    cnn_int8: QuantizeResult, mnist: sk.data.Dataset, tmp_path: Path
+) -> None:
+    import onnx
+
+    from slimkit.io import OnnxModel
+    from slimkit.io.onnx import strip_debug_info
+
+    model = onnx.load(str(cnn_int8.path))
+    graph = model.graph
+    assert not graph.metadata_props and not graph.value_info
+    assert all(not n.metadata_props and len(n.name) <= 4 for n in graph.node)
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # quantized biases carry no all-zero int32 zero points (optional inputs)
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
+            zero_point = inits[node.input[2]]
+            assert zero_point.data_type != onnx.TensorProto.INT32 or onnx.numpy_helper.to_array(zero_point).any()
+    # renaming on a copy with long names changes no output
+    long_names = tmp_path / "long.onnx"
+    sk.export(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)), long_names, mnist.example)
+    short = tmp_path / "short.onnx"
+    short.write_bytes(long_names.read_bytes())
+    strip_debug_info(short, rename=True)
+    x = mnist.splits["test"][0][:64]
+    assert torch.equal(OnnxModel(long_names)(x), OnnxModel(short)(x))
+    assert short.stat().st_size < long_names.stat().st_size
+
+
 def test_int8_model_is_measured_by_evaluate(cnn_int8: QuantizeResult, trained_cnn: nn.Module, mnist) -> None:  # noqa: ANN001
     fp32 = sk.evaluate(trained_cnn, mnist, latency=False)
     int8 = sk.evaluate(sk.load(cnn_int8.path), mnist, latency_runs=3)

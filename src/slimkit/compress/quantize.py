@@ -49,6 +49,7 @@ from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
 from slimkit.core.optional import require
 from slimkit.core.transform import Config, register_config
+from slimkit.io.onnx import strip_debug_info
 
 MODES = ("auto", "static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -62,8 +63,8 @@ class QuantizeConfig(Config):
     ``calibration_samples`` training samples calibrate static mode; ``max_drop`` (points of
     accuracy on ``split``) turns on sensitivity-guided exclusion of at most ``max_excluded``
     nodes; ``exclude`` names ONNX nodes that always stay in float. ``reduce_range`` (7-bit
-    weights) defaults to on for x86 CPUs without VNNI. ``strip_metadata`` drops the exporter's
-    per-node debugging metadata (stack traces, FX node names) from the int8 file.
+    weights) defaults to on for x86 CPUs without VNNI. ``strip_metadata`` drops debugging data
+    from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
     """
 
     mode: str = "auto"
@@ -226,8 +227,9 @@ class _Quantizer:
                     calibration_cache_path=self.cache,
                     extra_options={"CalibPercentile": cfg.percentile, "WeightSymmetric": True},
                 )
+        drop_zero_bias_offsets(out)
         if cfg.strip_metadata:
-            strip_metadata(out)
+            strip_debug_info(out, rename=True)
         return out
 
     def settings(self) -> dict[str, Any]:
@@ -269,14 +271,30 @@ def _quiet() -> Any:
         root.setLevel(level)
 
 
-def strip_metadata(path: Path) -> None:
-    """Remove per-node metadata (the exporter's stack traces, FX names): debugging data, not the model."""
+def drop_zero_bias_offsets(path: Path) -> None:
+    """Remove the all-zero int32 zero points ORT writes for quantized biases (optional inputs that
+    default to zero): one int32 per output channel of every layer, ~1% of a small int8 file."""
     onnx = require("onnx", extra="onnx")
     model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.save(model, str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+
+    def zero_int32(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type == onnx.TensorProto.INT32 and not onnx.numpy_helper.to_array(t).any()
+
+    changed = False
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and zero_int32(node.input[2]):
+            if inits.get(node.input[0]) is not None and inits[node.input[0]].data_type == onnx.TensorProto.INT32:
+                del node.input[2]
+                changed = True
+    if changed:
+        used = {name for node in graph.node for name in node.input}
+        kept = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        onnx.save(model, str(path))
 
 
 def _logits(path: Path, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
