@@ -22,7 +22,9 @@ def quantize_command(
     max_drop: Annotated[
         float | None, typer.Option(help="Largest allowed accuracy drop in points on the val split.")
     ] = None,
-    per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weights.")] = True,
+    per_channel: Annotated[
+        str, typer.Option(help="Per-channel int8 weights: on, off or auto (dynamic mode keeps the better on val).")
+    ] = "auto",
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -30,10 +32,15 @@ def quantize_command(
     """Quantize MODEL (checkpoint or fp32 .onnx) to int8 ONNX at OUTPUT and report accuracy before/after."""
     import slimkit as sk
     from slimkit.compress import QuantizeConfig, quantize
+    from slimkit.core.errors import SlimkitError
 
+    choices = {"on": True, "off": False, "auto": "auto"}
+    if per_channel not in choices:
+        raise SlimkitError(f"--per-channel takes on, off or auto, got {per_channel!r}")
     cfg = QuantizeConfig(
-        mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop, per_channel=per_channel
-    )
+        mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop,
+        per_channel=choices[per_channel],
+    )  # fmt: skip
     dataset = sk.data.load(data)
     source = model if model.suffix.lower() == ".onnx" else load_model(model, factory, trust_pickle)
     result = quantize(source, dataset, cfg, output, force=force)

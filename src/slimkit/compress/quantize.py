@@ -63,7 +63,10 @@ class QuantizeConfig(Config):
     ``calibration_samples`` training samples calibrate static mode; ``max_drop`` (points of
     accuracy on ``split``) turns on sensitivity-guided exclusion of at most ``max_excluded``
     nodes; ``exclude`` names ONNX nodes that always stay in float. ``reduce_range`` (7-bit
-    weights) defaults to on for x86 CPUs without VNNI. ``strip_metadata`` drops debugging data
+    weights) defaults to on for x86 CPUs without VNNI. ``per_channel="auto"`` uses per-channel
+    weight scales in static mode and, in dynamic mode, scores per-channel and per-tensor scales on
+    ``split`` and keeps the better (per-tensor is ONNX Runtime's default and sometimes wins on
+    recurrent weights). ``strip_metadata`` drops debugging data
     from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
     """
 
@@ -72,7 +75,7 @@ class QuantizeConfig(Config):
     calibration_samples: int = 512
     calibration_batch_size: int = 64
     percentile: float = 99.999
-    per_channel: bool = True
+    per_channel: bool | str = "auto"
     max_drop: float | None = None
     max_excluded: int = 8
     exclude: tuple[str, ...] = ()
@@ -90,6 +93,8 @@ class QuantizeConfig(Config):
             raise SlimkitError("calibration_samples and calibration_batch_size must be at least 1")
         if self.max_drop is not None and self.max_drop < 0:
             raise SlimkitError(f"max_drop must be >= 0 accuracy points, got {self.max_drop}")
+        if self.per_channel not in (True, False, "auto"):
+            raise SlimkitError(f"per_channel must be true, false or 'auto', got {self.per_channel!r}")
         if not 0 < self.percentile <= 100:
             raise SlimkitError(f"percentile must be in (0, 100], got {self.percentile}")
 
@@ -189,6 +194,7 @@ class _Quantizer:
         self.ref_logits = _logits(fp32, self.x_val)
         self.runs = 0
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
+        self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
 
     def run(self, exclude: list[str]) -> Path:
         q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
@@ -201,7 +207,7 @@ class _Quantizer:
                 q.quantize_dynamic(
                     self.fp32,
                     out,
-                    per_channel=cfg.per_channel,
+                    per_channel=self.per_channel,
                     weight_type=q.QuantType.QInt8,
                     nodes_to_exclude=exclude,
                     reduce_range=self.reduce_range,
@@ -218,7 +224,7 @@ class _Quantizer:
                     out,
                     self.reader,
                     quant_format=q.QuantFormat.QDQ,
-                    per_channel=cfg.per_channel,
+                    per_channel=self.per_channel,
                     reduce_range=self.reduce_range,
                     activation_type=q.QuantType.QUInt8,
                     weight_type=q.QuantType.QInt8,
@@ -235,7 +241,7 @@ class _Quantizer:
     def settings(self) -> dict[str, Any]:
         cfg = self.cfg
         out = {
-            "weights": "int8 per-channel" if cfg.per_channel else "int8 per-tensor",
+            "weights": "int8 per-channel" if self.per_channel else "int8 per-tensor",
             "reduce_range": self.reduce_range,
         }
         if self.mode == "static":
@@ -352,7 +358,16 @@ def quantize(
         acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
         best = qz.run(excluded)
-        acc, _ = qz.score(best)
+        acc, err = qz.score(best)
+        if mode == "dynamic" and cfg.per_channel == "auto":  # per-tensor too; keep the better on `split`
+            qz.per_channel = False
+            other = qz.run(excluded)
+            other_acc, other_err = qz.score(other)
+            if (other_acc, -other_err) > (acc, -err):
+                best, acc = other, other_acc
+                notes.append(f"per-tensor weight scales scored better than per-channel on the {cfg.split} split")
+            else:
+                qz.per_channel = True
         sensitivity: dict[str, float] = {}
         met = None
         if cfg.max_drop is not None:
