@@ -101,7 +101,16 @@ class RandomNet(nn.Module):
                 self.layers.append(
                     nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.ReLU6())
                 )
-            c = {"conv": width, "residual": c, "concat": width + width // 2 + 1, "depthwise": c}[kind]
+            elif kind == "grouped":  # ResNeXt-style: 1x1 to an even width, then a 2-group 3x3
+                g = 2 * width
+                self.layers.append(
+                    nn.Sequential(
+                        nn.Conv2d(c, g, 1), nn.ReLU(), nn.Conv2d(g, g, 3, padding=1, groups=2), nn.BatchNorm2d(g)
+                    )
+                )
+            c = {"conv": width, "residual": c, "concat": width + width // 2 + 1, "depthwise": c, "grouped": 2 * width}[
+                kind
+            ]
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.fc1 = nn.Linear(c * 4, 16)
         self.fc2 = nn.Linear(16, classes)
@@ -117,7 +126,7 @@ class RandomNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(self.pool(x), 1))))
 
 
-blocks = st.lists(st.sampled_from(["conv", "residual", "concat", "depthwise"]), min_size=1, max_size=4)
+blocks = st.lists(st.sampled_from(["conv", "residual", "concat", "depthwise", "grouped"]), min_size=1, max_size=4)
 
 
 def _randomized(net: nn.Module, seed: int) -> nn.Module:
@@ -168,7 +177,11 @@ def test_removing_dead_units_keeps_outputs(kinds: list[str], width: int, seed: i
                 for slot, idx in zip(group.slots, group.unit(u), strict=True):
                     m = net.get_submodule(slot.module)
                     for p in m.parameters(recurse=False):
-                        if slot.kind in ("out", "ch", "feat") or p.dim() > 1:
+                        if slot.kind == "in" and getattr(m, "groups", 1) > 1 and p.dim() > 1:
+                            per_out = p.shape[0] // m.groups  # input i is column i % per_in of its group's rows
+                            for k, pos in (divmod(int(i), p.shape[1]) for i in idx):
+                                p[k * per_out : (k + 1) * per_out, pos] = 0
+                        elif slot.kind in ("out", "ch", "feat") or p.dim() > 1:
                             view = p if slot.kind in ("out", "ch", "feat") else p.transpose(0, 1)
                             view[torch.as_tensor(idx)] = 0
                     if isinstance(m, nn.BatchNorm2d):
@@ -236,19 +249,20 @@ def test_protected_layers_and_skipped_reasons() -> None:
     assert record.skipped["fc1"] == "protected by the user"
     assert "model output" in record.skipped["fc2"]
 
-    class Grouped(nn.Module):
+    class Unsupported(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a = nn.Conv2d(3, 8, 3)
-            self.g = nn.Conv2d(8, 8, 3, groups=2)
-            self.fc = nn.Linear(8, 2)
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Bilinear(8, 8, 6)
+            self.fc = nn.Linear(6, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.g(self.a(x)).mean((2, 3)))
+            h = self.a(x)
+            return self.fc(self.b(h, h))
 
-    record = prune_channels(Grouped().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 3, 9, 9))
-    assert "grouped convolution g" in record.skipped["g"]
-    assert "grouped convolution g" in record.skipped["a"]  # its output feeds the grouped conv: left alone
+    record = prune_channels(Unsupported().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 4))
+    assert record.skipped["b"] == "Bilinear layers are not supported by the pruner"
+    assert "layer b of type Bilinear" in record.skipped["a"]  # its output feeds the unknown layer: left alone
 
 
 class TorchAttentionNet(nn.Module):

@@ -197,6 +197,20 @@ def set_module_attr(model: nn.Module, path: str, attr: str, value: int | float |
     _record(model, {"op": "set", "path": path, "attr": attr, "value": value})
 
 
+def tie_parameter(model: nn.Module, path: str, attr: str, source: str) -> None:
+    """Make ``path.attr`` the very parameter ``source`` (e.g. an output layer tied to an embedding
+    after both were rebuilt) and record it."""
+    try:
+        param = model.get_parameter(source)
+    except AttributeError:
+        raise SlimkitError(f"model has no parameter {source!r}") from None
+    target = model.get_submodule(path) if path else model
+    if not isinstance(getattr(target, attr, None), nn.Parameter) or getattr(target, attr).shape != param.shape:
+        raise SlimkitError(f"cannot tie {path}.{attr} to {source}: not a parameter of shape {tuple(param.shape)}")
+    setattr(target, attr, param)
+    _record(model, {"op": "tie", "path": path, "attr": attr, "source": source})
+
+
 def replay(model: nn.Module, changes: list[dict[str, Any]], where: str) -> None:
     """Apply recorded changes to a freshly built model (used by :func:`slimkit.load`)."""
     arch = copy.deepcopy(arch_of(model))
@@ -206,6 +220,8 @@ def replay(model: nn.Module, changes: list[dict[str, Any]], where: str) -> None:
                 replace_module(model, change["path"], build_module(change["module"]))
             elif change["op"] == "set":
                 set_module_attr(model, change["path"], change["attr"], change["value"])
+            elif change["op"] == "tie":
+                tie_parameter(model, change["path"], change["attr"], change["source"])
             else:
                 raise ModelFileError(f"unknown change {change['op']!r}")
         except (KeyError, TypeError, SlimkitError) as exc:

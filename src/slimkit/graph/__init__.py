@@ -80,6 +80,7 @@ class DependencyGraph:
     groups: list[Group]
     skipped: dict[str, str]
     slots: dict[tuple[str, str], Slot]
+    shared: list[list[tuple[str, str]]] = dataclasses.field(default_factory=list)  # tied parameters' owners
 
     def group_of(self, module: str) -> Group | None:
         """The group in which ``module`` produces units (e.g. a conv's output channels)."""
@@ -98,6 +99,7 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
     tracer = DimTracer(model, space)
     with eval_mode(model):
         tracer.run(example[:1])
+    shared = tracer.tie_shared_parameters()
     for name in select(model, protected) if protected else []:
         tracer.block_module(name, "protected by the user")
     labels = space.components()
@@ -134,7 +136,7 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
             and not inside_seen
         ):
             skipped[name] = "not reached by the analysis (it runs inside an operation the pruner cannot see into)"
-    return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots)
+    return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots, shared=shared)
 
 
 def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable: np.ndarray) -> list[np.ndarray]:

@@ -104,6 +104,21 @@ def _channel_ids(ids: torch.Tensor, dim: int, shape: torch.Size) -> torch.Tensor
     return ids.view(view).expand(shape)
 
 
+def _param_dims(m: nn.Module, attr: str) -> list[str | None] | None:
+    """The slot kind indexing each dimension of parameter ``attr`` of ``m`` (None: a dimension the
+    pruner never changes); None if the layer is not one whose parameters it understands."""
+    conv = isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d)
+    if type(m) is nn.Linear or (conv and m.groups == 1):
+        return {"weight": ["out", "in"] + [None] * (m.weight.dim() - 2), "bias": ["out"]}.get(attr)
+    if conv and m.groups == m.in_channels == m.out_channels:
+        return {"weight": ["ch"] + [None] * (m.weight.dim() - 1), "bias": ["ch"]}.get(attr)
+    if type(m) is nn.Embedding and attr == "weight":
+        return [None, "dim"]
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm) and attr in ("weight", "bias"):
+        return ["feat"]
+    return None
+
+
 def varies(ids: torch.Tensor, dim: int) -> bool:
     """Whether ``ids`` holds different ids along ``dim`` (i.e. ``dim`` is a feature dimension)."""
     if ids.shape[dim] <= 1:
@@ -140,6 +155,32 @@ class DimTracer:
         for (mod, _), slot in self.slots.items():
             if mod == name:
                 self.space.block(slot.ids, reason)
+
+    def tie_shared_parameters(self) -> list[list[tuple[str, str]]]:
+        """Parameters held by several layers (tied weights, a layer registered twice): the slots that
+        index one dimension of the shared tensor are tied; a dimension only some of them can change
+        is blocked. Returns the owners of each shared parameter as ``[(module, attribute), ...]``."""
+        owners: dict[int, list[tuple[str, str]]] = {}
+        for module_name, m in self.model.named_modules(remove_duplicate=False):
+            for attr, p in m.named_parameters(recurse=False):
+                owners.setdefault(id(p), []).append((module_name, attr))
+        shared = [o for o in owners.values() if len(o) > 1]
+        for group in shared:
+            names = " and ".join(f"{m}.{a}" for m, a in group)
+            dims = [_param_dims(self.modules.get(m) or self.model.get_submodule(m), a) for m, a in group]
+            if any(d is None for d in dims) or len({len(d) for d in dims}) > 1:
+                for m, _ in group:
+                    self.block_module(m, f"shares a parameter ({names}) in a way the pruner cannot follow")
+                continue
+            for kinds in zip(*dims, strict=True):
+                slots = [self.slots.get((m, k)) if k else None for (m, _), k in zip(group, kinds, strict=True)]
+                if all(slots):
+                    for other in slots[1:]:
+                        self.space.unify(other.ids, slots[0].ids)
+                else:
+                    for slot in filter(None, slots):
+                        self.space.block(slot.ids, f"a dimension of a shared parameter ({names}) is fixed")
+        return shared
 
     # ------------------------------------------------------------------ run
     def run(self, example: torch.Tensor) -> None:
@@ -359,9 +400,13 @@ class DimTracer:
                 if bool((ids < 0).any()):  # it reads channels nobody can remove (e.g. the model input)
                     self.space.block(ch, f"depthwise convolution {name} reads channels that cannot be pruned")
                 return _channel_ids(ch, 1, value.shape)
+            # grouped: a unit is one channel position in every group, so the groups stay equal in size
+            inp = self.slot(name, "in", m.in_channels, False)
             out = self.slot(name, "out", m.out_channels, True)
-            self.space.block(ids, f"input of grouped convolution {name} (groups={m.groups}) is not pruned")
-            self.space.block(out.ids, f"grouped convolution {name} (groups={m.groups}) is not pruned")
+            for slot in (inp, out):
+                per_group = slot.ids.view(m.groups, -1)
+                self.space.unify(per_group[1:], per_group[:1].expand(m.groups - 1, -1))
+            self.space.unify(ids, _channel_ids(inp.ids, 1, ids.shape))
             return _channel_ids(out.ids, 1, value.shape)
         if type(m) is nn.Linear:
             self.space.unify(ids, _channel_ids(self.slot(name, "in", m.in_features, False).ids, -1, ids.shape))

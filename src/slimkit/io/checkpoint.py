@@ -31,6 +31,11 @@ VERSION = 1
 SPEC, WEIGHTS = "spec.json", "weights.safetensors"
 
 
+def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    """Equal for tensors that are views of the same memory with one shape (tied weights)."""
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)
+
+
 def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, dict[str, str], dict[str, Any]]:
     """The model's state as safetensors bytes, the tied names (alias -> stored name) and encodings.
 
@@ -41,7 +46,7 @@ def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, di
     tied: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
     for name, t in effective_state(model).items():  # masked weights, not their parametrization
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        key = _storage_key(t)
         if t.numel() and key in seen:
             tied[name] = seen[key]
             continue
@@ -182,6 +187,10 @@ def load_weights(
         if source in state:
             state[alias] = state[source]
     expected = model.state_dict()
+    stored = {_storage_key(t): name for name, t in expected.items() if name in state}
+    for name, t in expected.items():  # a file that stores tied weights once (safetensors.torch.save_model)
+        if name not in state and _storage_key(t) in stored:
+            state[name] = state[stored[_storage_key(t)]]
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:

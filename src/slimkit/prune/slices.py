@@ -48,7 +48,9 @@ def slot_matrix(module: nn.Module, kind: str, get: Get) -> torch.Tensor:
         bias = [get(m.bias).reshape(-1, 1)] if m.bias is not None else []
         if kind in ("out", "ch"):
             return _cat([_rows(get(m.weight), 0), *bias])
-        return _rows(get(m.weight), 1)
+        g = getattr(m, "groups", 1)  # input channel i of group k is column i % (in / g) of that group's rows
+        w = get(m.weight).reshape(g, m.weight.shape[0] // g, m.weight.shape[1], -1).transpose(1, 2)
+        return w.reshape(g * m.weight.shape[1], -1)
     if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.LayerNorm):
         return _cat([get(p).reshape(-1, 1) for p in (m.weight, m.bias) if p is not None])
     if isinstance(m, nn.Embedding):
@@ -101,7 +103,8 @@ def rebuild(model: nn.Module, name: str, keep: dict[str, torch.Tensor]) -> None:
                 m.bias is not None, m.padding_mode,
             )  # fmt: skip
             w = m.weight[out_idx]
-            new.weight.copy_(w if depthwise else w[:, in_idx])
+            # grouped: every group keeps the same input positions (see slimkit.graph), listed by group 0
+            new.weight.copy_(w if depthwise else w[:, in_idx[in_idx < m.weight.shape[1]]])
             if m.bias is not None:
                 new.bias.copy_(m.bias[out_idx])
         elif isinstance(m, nn.Linear):

@@ -23,6 +23,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.hardware import simd_channels
+from slimkit.core.surgery import tie_parameter
 from slimkit.core.transform import (
     Config,
     TransformRecord,
@@ -155,6 +156,10 @@ def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndar
         per_module[module][kind] = torch.from_numpy(np.flatnonzero(keep))
     for module, keep in per_module.items():
         rebuild(model, module, keep)
+    for (source, source_attr), *others in graph.shared:  # rebuilt layers hold copies: tie them again
+        if any(m in per_module for m, _ in [(source, source_attr), *others]):
+            for module, attr in others:
+                tie_parameter(model, module, attr, f"{source}.{source_attr}" if source else source_attr)
     return changes
 
 
