@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -239,6 +240,20 @@ def test_every_importance_method(method: str, digits: sk.data.Dataset) -> None:
     assert record.details["groups"]
     acc = sk.evaluate(model, digits, latency=False).metrics["accuracy"]
     assert 0.0 <= acc <= 1.0 and base > 0.3
+
+
+def test_bn_recalibration_after_pruning_recovers_accuracy(digits: sk.data.Dataset) -> None:
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("resnet_cifar", digits, depth=8)
+    sk.train.fit(model, digits.train, epochs=3, progress=False)
+    acc = {}
+    for recalibrate in (False, True):
+        pruned = copy.deepcopy(model)
+        config = ChannelPruneConfig(ratio=0.5, recalibrate_bn=recalibrate)
+        record = prune_channels(pruned, config, digits.example, data=digits.train)
+        assert record.details["bn_recalibrated"] is recalibrate
+        acc[recalibrate] = sk.evaluate(pruned, digits, split="val", latency=False).metrics["accuracy"]
+    assert acc[True] > acc[False] + 0.05, acc
 
 
 def test_protected_layers_and_skipped_reasons() -> None:
