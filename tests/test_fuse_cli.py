@@ -32,6 +32,10 @@ def test_train_members_writes_checkpoints_from_one_start(cli, tmp_path: Path) ->
     assert "member-1" in stdout
     summary = json.loads((out / "members.json").read_text())
     assert [m["seed"] for m in summary["members"]] == [1, 2] and summary["config"]["from_start"]
+    assert summary["kind"] == "shared-start"
+    vals = [m["val_accuracy"] for m in summary["members"]]
+    assert summary["best_member"] == vals.index(max(vals))  # chosen on validation, not test
+    assert "<- best by validation" in stdout
     start, m0, m1 = (sk.load(out / name) for name in ("start", "member-0", "member-1"))
     assert not torch.equal(m0.conv1.weight, m1.conv1.weight)  # different fine-tunes
     for m, record in zip((m0, m1), summary["members"], strict=True):  # recorded figures are the models'
@@ -64,6 +68,17 @@ def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Pat
     assert report["fused"]["macs"] == report["members"][0]["macs"]
     sk.load(tmp_path / "soup")  # a soup is a plain zoo model
 
+    vals = [m["val_accuracy"] for m in report["members"]]
+    assert report["best_member"] == vals.index(max(vals))
+
+    code, stdout, err = cli("fuse", *ckpts, "--method", "mean", "-d", "digits", "--distill-into", "best-member",
+                            "--epochs", "1", "-o", tmp_path / "from-best")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "from-best" / "report.json").read_text())
+    best = report["members"][report["best_member"]]
+    assert report["config"]["lr"] == 3e-4 and report["distilled"]["macs"] == best["macs"]
+    assert report["distilled"]["start_val_accuracy"] == pytest.approx(best["val_accuracy"])
+
     code, stdout, err = cli("fuse", *ckpts, "--method", "mean", "-d", "digits", "--distill-into", "resnet_cifar",
                             "--student-arg", "depth=8", "--student-arg", "width=0.25", "--epochs", "1",
                             "-o", tmp_path / "student")  # fmt: skip
@@ -85,6 +100,7 @@ def test_fuse_user_errors_are_one_line(cli, members_dir: Path, tmp_path: Path) -
         ([*ckpts, "--method", "median"], "unknown fusion method 'median'"),
         ([ckpts[0], "--method", "mean"], "at least 2 checkpoints"),
         ([*ckpts, "--distill-into", "seed_cnn"], "pass --data"),
+        ([*ckpts, "-d", "digits", "--distill-into", "best-member", "--student-arg", "width=0.5"], "does not apply"),
     ]
     for args, message in cases:
         code, out, err = cli("fuse", *args, "-o", tmp_path / "out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimkit as sk
-from slimkit.evaluate import count_macs
-from slimkit.fuse import Ensemble, distill_ensemble, ensemble, member_logits, train_members
+from slimkit.evaluate import accuracy, count_macs
+from slimkit.fuse import Ensemble, best_member, distill_ensemble, ensemble, member_logits, train_members
 from slimkit.fuse.ensemble import VOTE_TIE_BREAK
 from slimkit.io import onnx_agreement
 
@@ -182,11 +183,28 @@ def test_distilled_student_learns_the_ensemble(members: list[nn.Module], digits:
             return float((student.eval()(x).argmax(1) == teacher(x).argmax(1)).float().mean())
 
     before = agreement()
-    history = distill_ensemble(teacher, student, digits, epochs=2)
+    history = distill_ensemble(teacher, student, digits, epochs=2, lr=1e-3)  # from scratch: a higher rate
     assert len(history.epochs) == 2
     assert agreement() > before + 0.3  # from chance level to mostly matching the ensemble
     assert count_macs(student, digits.example) == count_macs(members[0], digits.example)
-    assert sk.records(student)[-1].transform == "fuse.distill_ensemble"
+    record = sk.records(student)[-1]
+    assert record.transform == "fuse.distill_ensemble"
+    assert record.details["teacher_val_accuracy"] == pytest.approx(accuracy(teacher, digits.val))
+    assert record.details["start_val_accuracy"] < 0.3  # untrained
+    assert record.details["val_accuracy"] == pytest.approx(accuracy(student, digits.val))  # the kept epoch
+
+
+def test_distilling_into_a_copy_of_the_best_member_keeps_what_it_knows(
+    members: list[nn.Module], digits: sk.data.Dataset
+) -> None:
+    best, accs = best_member(members, digits)
+    student = copy.deepcopy(members[best])
+    distill_ensemble(ensemble(members, "mean"), student, digits, epochs=1)
+    details = sk.records(student)[-1].details
+    assert details["start_val_accuracy"] == pytest.approx(accs[best])
+    assert details["val_accuracy"] >= accs[best] - 0.05  # a gentle fine-tune, not a restart
+    with pytest.raises(sk.SlimkitError, match="needs a slimkit Dataset"):
+        distill_ensemble(ensemble(members, "mean"), student, digits.train)
 
 
 def test_errors_are_one_line(members: list[nn.Module], digits: sk.data.Dataset) -> None:

@@ -11,6 +11,7 @@ import slimkit as sk
 from slimkit.evaluate import accuracy
 from slimkit.fuse import (
     ArchitectureMismatchError,
+    best_member,
     greedy_soup,
     reestimate_bn,
     train_members,
@@ -87,6 +88,22 @@ def test_greedy_soup_never_falls_below_the_best_member(finetuned: list[nn.Module
     assert details["val_accuracy"] >= max(scores)
     kept_accs = [s["val_accuracy"] for s in details["steps"] if s["kept"]]
     assert kept_accs == sorted(kept_accs)  # each accepted ingredient kept or raised the soup's accuracy
+    for step in details["steps"][1:]:  # an ingredient is refused exactly when it lowers the soup's accuracy
+        best_so_far = max(s["val_accuracy"] for s in details["steps"][: details["steps"].index(step)] if s["kept"])
+        assert step["kept"] == (step["val_accuracy"] >= best_so_far)
+
+
+def test_greedy_soup_starts_from_the_best_member_by_validation_unchanged(
+    finetuned: list[nn.Module], digits: sk.data.Dataset
+) -> None:
+    torch.manual_seed(0)
+    bad = [sk.zoo.create_for("resnet_cifar", digits, **SMALL) for _ in range(2)]  # untrained: both refused
+    best, accs = best_member([bad[0], finetuned[0], bad[1]], digits)
+    assert best == 1 and accs[1] == pytest.approx(accuracy(finetuned[0], digits.val))
+    soup = greedy_soup([bad[0], finetuned[0], bad[1]], digits)
+    assert sk.records(soup)[-1].details["kept"] == [1]
+    for k, v in finetuned[0].state_dict().items():  # the best member as it was: no averaging, no BN update
+        assert torch.equal(soup.state_dict()[k], v), k
 
 
 def test_different_architectures_name_the_first_mismatching_tensor(digits: sk.data.Dataset) -> None:
@@ -103,3 +120,32 @@ def test_different_architectures_name_the_first_mismatching_tensor(digits: sk.da
         greedy_soup([deep, wide], digits)
     with pytest.raises(ArchitectureMismatchError, match="model 1 has a tensor"):
         uniform_soup([wide, deep], bn_data=digits)
+
+
+def test_best_member_is_chosen_on_validation_with_ties_to_the_first(digits: sk.data.Dataset) -> None:
+    torch.manual_seed(0)
+    models = [sk.zoo.create_for("resnet_cifar", digits, **SMALL) for _ in range(3)]
+    index, accs = best_member([models[0], models[1], models[0]], digits)
+    assert accs[0] == accs[2] and index == max(range(3), key=lambda i: (accs[i], -i)) and index != 2
+    val_only = DataLoader(TensorDataset(*digits.splits["val"]), batch_size=64)  # a DataLoader works too
+    assert best_member(models, val_only)[1] == pytest.approx(best_member(models, digits)[1])
+    with pytest.raises(sk.SlimkitError, match="needs validation data"):
+        best_member(models, None)
+    with pytest.raises(sk.SlimkitError, match="at least one model"):
+        best_member([], digits)
+
+
+def test_train_members_modes_seeds_and_errors(digits: sk.data.Dataset) -> None:
+    one = train_members("resnet_cifar", digits, n=2, model_args=SMALL, from_start=False, epochs=1, seed=1)
+    assert one.kind == "independent" and one.start is None and one.seeds == [1001, 1002]
+    zero = train_members("resnet_cifar", digits, n=2, model_args=SMALL, from_start=False, epochs=1)
+    assert zero.seeds == [1, 2]  # runs with different seeds share no member
+    assert not torch.equal(zero.members[0].conv1.weight, zero.members[1].conv1.weight)
+    for kwargs, message in [
+        ({"start_epochs": 0}, "use from_start=False"),
+        ({"n": 0}, "n must be between 1"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+    ]:
+        with pytest.raises(sk.SlimkitError, match=message) as exc:
+            train_members("resnet_cifar", digits, **{"n": 2, "model_args": SMALL, **kwargs})
+        assert "\n" not in str(exc.value)

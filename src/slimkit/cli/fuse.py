@@ -22,7 +22,11 @@ def fuse_command(
         str | None, typer.Option("--data", "-d", help="Dataset: fits weighted/stack/greedy, BN statistics, accuracy.")
     ] = None,
     distill_into: Annotated[
-        str | None, typer.Option(help="Distil the fused model into this zoo model (e.g. seed_cnn); saves the student.")
+        str | None,
+        typer.Option(
+            help="Distil the fused model into a new zoo model (e.g. seed_cnn), or into 'best-member' (a copy of the "
+            "member with the best validation accuracy); saves the student."
+        ),
     ] = None,
     student_arg: Annotated[
         list[str] | None, typer.Option("--student-arg", help="Student argument key=value, e.g. width=0.5 (repeatable).")
@@ -30,7 +34,9 @@ def fuse_command(
     epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 10,
     temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the distillation term (the rest is cross-entropy).")] = 0.9,
-    lr: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-3,
+    lr: Annotated[
+        float | None, typer.Option(help="Distillation learning rate (default: 3e-4 for best-member, else 1e-3).")
+    ] = None,
     l2: Annotated[float, typer.Option(help="Stacking: pull towards plain averaging.")] = 1e-2,
     seed: Annotated[int, typer.Option(help="Seed for the student.")] = 0,
     force: Force = False,
@@ -44,8 +50,9 @@ def fuse_command(
         l2=l2, seed=seed, force=force,
     )  # fmt: skip
     for i, m in enumerate(report.get("members", [])):
+        best = "  <- best by validation" if i == report["best_member"] else ""
         console.print(f"member {i}  val {100 * m['val_accuracy']:.2f}%  test {100 * m['test_accuracy']:.2f}%  "
-                      f"MACs {m['macs']:,}  ({m['path']})")  # fmt: skip
+                      f"MACs {m['macs']:,}  ({m['path']}){best}")  # fmt: skip
     for key in ("fused", "distilled"):
         if key in report:
             r = report[key]

@@ -22,7 +22,8 @@ def train_members_command(
         bool,
         typer.Option(
             "--from-start/--independent",
-            help="Fine-tune every member from one shared start (needed for soups) or train each from scratch.",
+            help="Fine-tune every member from one shared start (needed for soups) or train each from scratch "
+            "(diverse members, better for ensembles and distillation).",
         ),
     ] = True,
     start_epochs: Annotated[int, typer.Option(help="Epochs of the shared start.")] = 8,
@@ -30,7 +31,9 @@ def train_members_command(
     lr: Annotated[float, typer.Option(help="Learning rate (start, or independent members).")] = 1e-3,
     finetune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: lr / 2).")] = None,
     augment: Annotated[bool, typer.Option(help="Use the dataset's training augmentation.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the start; member i uses seed + 1 + i.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Run seed: the start uses 1000 * seed, member i uses 1000 * seed + 1 + i.")
+    ] = 0,
     force: Force = False,
 ) -> None:
     """Train N members of MODEL on DATA and save them to OUTPUT/member-<i>/ with OUTPUT/members.json."""
@@ -42,6 +45,8 @@ def train_members_command(
         force=force,
     )  # fmt: skip
     rows = ([summary["start"]] if "start" in summary else []) + summary["members"]
+    best = summary["members"][summary["best_member"]]["path"]
     for r in rows:
-        console.print(f"{r['path']:<10} val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%")
-    console.print(f"saved {output}")
+        mark = "  <- best by validation" if r["path"] == best else ""
+        console.print(f"{r['path']:<10} val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%{mark}")
+    console.print(f"saved {output} ({summary['kind']} members)")

@@ -4,23 +4,28 @@
   evaluates, saves and exports to ONNX like any model;
 - :func:`uniform_soup`, :func:`greedy_soup`: average the weights of checkpoints fine-tuned from one
   start (one model's cost), with BatchNorm statistics re-estimated;
-- :func:`distill_ensemble`: teach one student to reproduce an ensemble;
-- :func:`train_members`: members to fuse (independent, or fine-tuned from one start for soups).
+- :func:`distill_ensemble`: teach one student (best started from the best member) to reproduce an ensemble;
+- :func:`train_members`: members to fuse: independent (diverse, for ensembles and distillation) or
+  fine-tuned from one start (one loss basin, for soups);
+- :func:`best_member`: the member with the best validation accuracy, the baseline a fused model
+  must beat (choosing it by test accuracy would flatter the member).
 
 >>> import slimkit as sk
 >>> from slimkit import fuse
 >>> data = sk.data.load("digits")
 >>> small = {"depth": 8, "width": 0.5}
->>> members = fuse.train_members("resnet_cifar", data, n=2, model_args=small, start_epochs=1, epochs=1).members
->>> ens = fuse.ensemble(members, "mean", val=data)
->>> soup = fuse.greedy_soup(members, data)
+>>> independent = fuse.train_members("resnet_cifar", data, n=2, model_args=small, from_start=False, epochs=1)
+>>> ens = fuse.ensemble(independent.members, "mean", val=data)
+>>> shared = fuse.train_members("resnet_cifar", data, n=2, model_args=small, start_epochs=1, epochs=1)
+>>> soup = fuse.greedy_soup(shared.members, data)
+>>> best, val_accuracies = fuse.best_member(shared.members, data)
 """
 
 from __future__ import annotations
 
 from slimkit.fuse.distill import distill_ensemble
 from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, member_logits
-from slimkit.fuse.members import Members, train_members
+from slimkit.fuse.members import Members, best_member, train_members
 from slimkit.fuse.soup import (
     ArchitectureMismatchError,
     check_same_architecture,
@@ -34,6 +39,7 @@ __all__ = [
     "ArchitectureMismatchError",
     "Ensemble",
     "Members",
+    "best_member",
     "build_ensemble",
     "check_same_architecture",
     "distill_ensemble",

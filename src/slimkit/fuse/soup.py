@@ -28,6 +28,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import TransformRecord, add_record
 from slimkit.data.base import as_loader
 from slimkit.evaluate import accuracy
+from slimkit.train import reestimate_bn
 
 __all__ = ["ArchitectureMismatchError", "check_same_architecture", "greedy_soup", "reestimate_bn", "uniform_soup"]
 
@@ -87,35 +88,6 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def reestimate_bn(model: nn.Module, loader: DataLoader, *, max_batches: int | None = None) -> nn.Module:
-    """Recompute every BatchNorm's running mean and variance on ``loader``'s batches, in place.
-
-    The statistics are reset and then averaged over the batches with equal weight (momentum
-    ``None``); the rest of the model stays in eval mode (no dropout) and no weight changes.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return model
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    model.eval()
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for i, (x, _) in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                model(x)
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.train(was_training)
-    return model
-
-
 def _refresh_bn(soup: nn.Module, bn_data: DataLoader | None) -> None:
     if has_batchnorm(soup):
         if bn_data is None:
@@ -153,9 +125,14 @@ def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Modu
 def greedy_soup(models: Sequence[nn.Module], val: Any, *, bn_data: Any = None) -> nn.Module:
     """Greedy soup: add models in order of validation accuracy, keeping each only if the soup does not get worse.
 
+    The recipe of Wortsman et al. (2022): the soup starts as the best model by validation accuracy
+    (unchanged: no averaging, no BatchNorm update); each next model is averaged in (BatchNorm
+    statistics re-estimated) and kept when the soup's validation accuracy does not drop. So the
+    result's validation accuracy is never below the best single model's. The models should be
+    fine-tuned from one start (see :func:`~slimkit.fuse.train_members`).
+
     ``val`` is a Dataset (its ``val`` split) or a DataLoader; when ``val`` is a Dataset its
-    training split also serves ``bn_data`` unless given. The result's validation accuracy is never
-    below the best single model's (the soup starts from it). The record (``slimkit.records``) lists
+    training split also serves ``bn_data`` unless given. The record (``slimkit.records``) lists
     the order tried, the models kept and the validation accuracy after each step.
 
     >>> import slimkit as sk

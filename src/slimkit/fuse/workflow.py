@@ -6,6 +6,7 @@ the resolved configuration and a ``report.json``; they never print.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -19,13 +20,14 @@ from slimkit.core.transform import records
 from slimkit.evaluate import evaluate
 from slimkit.fuse.distill import distill_ensemble
 from slimkit.fuse.ensemble import METHODS, ensemble
-from slimkit.fuse.members import train_members
+from slimkit.fuse.members import best_member, train_members
 from slimkit.fuse.soup import greedy_soup, uniform_soup
 
 SOUPS = ("uniform-soup", "greedy-soup")
 ALL_METHODS = (*METHODS, *SOUPS)
+BEST_MEMBER = "best-member"  # distill_into value: start the student from a copy of the best member
 
-__all__ = ["ALL_METHODS", "fuse_and_save", "train_members_and_save"]
+__all__ = ["ALL_METHODS", "BEST_MEMBER", "fuse_and_save", "train_members_and_save"]
 
 
 def _measure(model: nn.Module, dataset: Any) -> dict[str, Any]:
@@ -59,7 +61,9 @@ def train_members_and_save(
     """Train ``n`` members (see :func:`slimkit.fuse.train_members`) and save them as ``output/member-<i>/``.
 
     With ``from_start`` the shared base is saved too (``output/start/``). ``output/members.json``
-    holds the configuration and each checkpoint's seed and validation / test accuracy.
+    holds the configuration, the kind of members (``shared-start`` for soups, ``independent`` for
+    ensembles), each checkpoint's seed and validation / test accuracy, and ``best_member``: the
+    index of the best member by validation accuracy (the fair baseline for a fused model).
     """
     from slimkit import data as data_mod
     from slimkit.io import save
@@ -71,7 +75,7 @@ def train_members_and_save(
         model, dataset, n, model_args=model_args, from_start=from_start, start_epochs=start_epochs, epochs=epochs,
         lr=lr, finetune_lr=finetune_lr, augment=augment, seed=seed, progress=progress,
     )  # fmt: skip
-    summary: dict[str, Any] = {"config": config, "members": []}
+    summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
     with atomic_path(output, force=force) as tmp:
         tmp.mkdir()
         if result.start is not None:
@@ -82,6 +86,9 @@ def train_members_and_save(
             history_json = json.dumps(dataclasses.asdict(history), indent=2) + "\n"
             save(member, tmp / name, example=dataset.example, extra_files={"history.json": history_json})
             summary["members"].append({"path": name, "seed": s, **_measure(member, dataset)})
+        summary["best_member"] = max(
+            range(len(summary["members"])), key=lambda i: (summary["members"][i]["val_accuracy"], -i)
+        )
         (tmp / "members.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -97,7 +104,7 @@ def fuse_and_save(
     distill_epochs: int = 10,
     temperature: float = 4.0,
     alpha: float = 0.9,
-    lr: float = 1e-3,
+    lr: float | None = None,
     l2: float = 1e-2,
     seed: int = 0,
     force: bool = False,
@@ -105,10 +112,12 @@ def fuse_and_save(
 ) -> dict[str, Any]:
     """Fuse checkpoints with ``method`` (an ensemble method or a soup), optionally distil, save ``output``.
 
-    ``output`` is the final model's checkpoint (the student when ``distill_into`` names a zoo
-    model) with a ``report.json`` of every member's and the fused model's accuracy and MACs
-    (measured when ``data`` is given). Every result (ensembles included) reloads with
-    ``slimkit.load(output)``.
+    ``output`` is the final model's checkpoint (the student when ``distill_into`` is given) with a
+    ``report.json`` of every member's and the fused model's accuracy and MACs (measured when
+    ``data`` is given) and ``best_member``, the index of the member with the best *validation*
+    accuracy: the baseline a fused model must beat. ``distill_into`` is a zoo model name (a new
+    student of that model, ``student_args``) or ``"best-member"`` (a copy of the best member).
+    Every result (ensembles included) reloads with ``slimkit.load(output)``.
     """
     from slimkit import data as data_mod
     from slimkit.io import load, save
@@ -122,6 +131,10 @@ def fuse_and_save(
         raise SlimkitError(f"method {method!r} is fitted on validation data: pass --data")
     if distill_into is not None and data is None:
         raise SlimkitError("--distill-into trains a student on data: pass --data")
+    if distill_into == BEST_MEMBER and student_args:
+        raise SlimkitError("--student-arg does not apply to --distill-into best-member (a copy of the member)")
+    if lr is None:  # a copy of a trained member is fine-tuned gently; a new student learns from scratch
+        lr = 3e-4 if distill_into == BEST_MEMBER else 1e-3
     config = {
         "checkpoints": [str(c) for c in checkpoints], "method": method, "data": data, "distill_into": distill_into,
         "student_args": student_args or {}, "distill_epochs": distill_epochs, "temperature": temperature,
@@ -137,18 +150,31 @@ def fuse_and_save(
     else:
         fused = ensemble(members, method, val=dataset, l2=l2)
     report: dict[str, Any] = {"config": config}
+    best = None
     if dataset is not None:
+        best = best_member(members, dataset)[0]
         report["members"] = [
             {"path": str(c), **_measure(m, dataset)} for c, m in zip(checkpoints, members, strict=True)
         ]
+        report["best_member"] = best
         report["fused"] = _measure(fused, dataset)
     report["records"] = [r.to_dict() for r in records(fused)]
     final = fused
     if distill_into is not None:
-        student = create_for(distill_into, dataset, **(student_args or {}))
+        if distill_into == BEST_MEMBER:
+            assert best is not None  # distill_into needs data (checked above)
+            student = copy.deepcopy(members[best])
+        else:
+            student = create_for(distill_into, dataset, **(student_args or {}))
         history = distill_ensemble(fused, student, dataset, epochs=distill_epochs, lr=lr, temperature=temperature,
                                    alpha=alpha, seed=seed, progress=progress)  # fmt: skip
-        report["distilled"] = {**_measure(student, dataset), "best_val_accuracy": history.best_val_accuracy}
+        distilled = records(student)[-1].details
+        report["distilled"] = {
+            **_measure(student, dataset),
+            "best_val_accuracy": history.best_val_accuracy,
+            "start_val_accuracy": distilled["start_val_accuracy"],
+            "teacher_val_accuracy": distilled["teacher_val_accuracy"],
+        }
         final = student
     example = dataset.example if dataset is not None else None
     save(final, output, example=example, force=force, extra_files={"report.json": json.dumps(report, indent=2) + "\n"})
