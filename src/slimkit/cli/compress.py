@@ -19,6 +19,9 @@ def compress_command(
     energy: Annotated[float | None, typer.Option(help="Low-rank: keep this fraction of the spectrum's energy.")] = None,
     method: Annotated[str, typer.Option(help="Low-rank method: svd, pca (data-aware) or pca-factor.")] = "svd",
     cluster: Annotated[int | None, typer.Option(help="Weight sharing: k centroids per layer (2..256).")] = None,
+    embedding_bits: Annotated[
+        int | None, typer.Option(help="Embedding tables: row-wise int8 or int4 (8 or 4).")
+    ] = None,
     layer: Annotated[list[str] | None, typer.Option(help="Layer name or re:pattern (repeatable; default all).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset for pca calibration / fine-tuning.")] = None,
     samples: Annotated[int, typer.Option(help="Training samples used to calibrate pca.")] = 2000,
@@ -29,20 +32,23 @@ def compress_command(
     trust_pickle: TrustPickle = False,
     force: Force = False,
 ) -> None:
-    """Factorize (--lowrank / --energy) or cluster (--cluster) MODEL and save a checkpoint."""
+    """Factorize (--lowrank / --energy), cluster (--cluster) or quantize the embedding tables
+    (--embedding-bits) of MODEL and save a checkpoint."""
     from torch import nn
 
     import slimkit as sk
-    from slimkit.compress import ClusterConfig, LowRankConfig, tied
+    from slimkit.compress import ClusterConfig, EmbeddingQuantConfig, LowRankConfig, tied
     from slimkit.evaluate import count_params
 
-    if sum(v is not None for v in (lowrank, energy, cluster)) != 1:
-        raise SlimkitError("give exactly one of --lowrank, --energy or --cluster")
+    if sum(v is not None for v in (lowrank, energy, cluster, embedding_bits)) != 1:
+        raise SlimkitError("give exactly one of --lowrank, --energy, --cluster or --embedding-bits")
     if epochs and data is None:
         raise SlimkitError("fine-tuning (--epochs) needs --data")
     layers = tuple(layer) if layer else None
     if cluster is not None:
         cfg: sk.Config = ClusterConfig(k=cluster, layers=layers)
+    elif embedding_bits is not None:
+        cfg = EmbeddingQuantConfig(bits=embedding_bits, layers=layers)
     else:
         cfg = LowRankConfig(method=method, ratio=lowrank, energy=energy, layers=layers)
         if method != "svd" and data is None:
@@ -59,6 +65,9 @@ def compress_command(
     console.print(str(record), markup=False)
     for name, info in record.details.get("layers", {}).items():
         console.print(f"  {name}: {info}", markup=False)
+    if embedding_bits is not None:
+        size = record.details["bytes"]
+        console.print(f"embedding tables {size['before']:,} -> {size['after']:,} bytes")
     if epochs:
         fit = {"val": dataset.val, "epochs": epochs, "lr": lr, "progress": False}
         if cluster is not None:

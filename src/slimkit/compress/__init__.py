@@ -1,7 +1,7 @@
 """Compression: low-rank factorization (SVD, activation PCA), int8 quantization, weight sharing.
 
-- :class:`LowRankConfig` and :class:`ClusterConfig` are in-place transforms: ``sk.apply_(model, cfg,
-  example_inputs=x)``.
+- :class:`LowRankConfig`, :class:`ClusterConfig` and :class:`EmbeddingQuantConfig` (row-wise
+  int8/int4 embedding tables) are in-place transforms: ``sk.apply_(model, cfg, example_inputs=x)``.
 - :func:`quantize` writes an int8 ONNX file with ONNX Runtime (static QDQ or dynamic) and returns
   a :class:`QuantizeResult`; :func:`quantize_dynamic_torch` gives a PyTorch dynamic-int8 copy.
 
@@ -11,11 +11,15 @@ onnx and onnxruntime are imported only when quantizing.
 from __future__ import annotations
 
 from slimkit.compress.cluster import ClusterConfig, tied
+from slimkit.compress.embedding import EmbeddingQuantConfig, QuantizedEmbedding, embedding_bytes
 from slimkit.compress.lowrank import LowRankConfig
 from slimkit.compress.quantize import QuantizeConfig, QuantizeResult, quantize, quantize_dynamic_torch
 
 __all__ = [
     "ClusterConfig",
+    "EmbeddingQuantConfig",
+    "QuantizedEmbedding",
+    "embedding_bytes",
     "LowRankConfig",
     "tied",
     "QuantizeConfig",

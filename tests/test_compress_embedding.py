@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+from torch import nn
+
+import slimkit as sk
+from slimkit.compress import EmbeddingQuantConfig, QuantizedEmbedding, embedding_bytes
+from slimkit.core.errors import SlimkitError
+from slimkit.io import onnx_agreement
+from tests.conftest import CliRun
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 40), dim=st.integers(1, 19), bits=st.sampled_from([4, 8]), seed=st.integers(0, 999))
+def test_each_row_is_within_half_a_step(rows: int, dim: int, bits: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    table = nn.Embedding(rows, dim)
+    with torch.no_grad():
+        table.weight.mul_(torch.rand(rows, 1) * 10)  # rows of very different ranges
+    q = QuantizedEmbedding.from_embedding(table, bits)
+    ids = torch.arange(rows)
+    step = q.scale.float()[:, None]
+    # half a quantization step, plus float16 rounding of the row's offset and of the step itself
+    bound = step / 2 + table.weight.abs().amax(1, keepdim=True) * 2e-3 + 1e-6
+    assert ((q(ids) - table.weight).abs() <= bound).all()
+    assert q(ids[:, None]).shape == (rows, 1, dim)  # any id shape
+
+
+def test_recsys_tables_4x_smaller_with_auc_kept(tmp_path: Path) -> None:
+    data = sk.data.load("synthetic-recsys")
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("recsys_mlp", data)
+    sk.train.fit(model, data.train, epochs=2, progress=False)
+    before = sk.evaluate(model, data, split="val", latency=False)
+    small = copy.deepcopy(model)
+    sk.apply_(small, EmbeddingQuantConfig(bits=4))
+    after = sk.evaluate(small, data, split="val", latency=False)
+    assert embedding_bytes(model) >= 4 * embedding_bytes(small)
+    assert before.metrics["auc"] - after.metrics["auc"] <= 0.005
+    assert after.bytes < 0.6 * before.bytes  # the checkpoint shrinks with the tables
+    # saves, reloads and exports with the same outputs
+    x = data.splits["val"][0][:256]
+    sk.save(small, tmp_path / "ckpt", example=x)
+    again = sk.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(again(x), small(x))
+    path = sk.export(small, tmp_path / "m.onnx", x)
+    assert onnx_agreement(small, path, x)["max_abs_diff"] < 1e-4
+
+
+def test_layers_skips_and_errors() -> None:
+    model = sk.zoo.create("recsys_mlp")
+    record = sk.records(sk.apply_(model, EmbeddingQuantConfig(bits=8, layers=("embeddings.0",), min_rows=2)))[-1]
+    assert record.changed == ["embeddings.0"] and isinstance(model.embeddings[0], QuantizedEmbedding)
+    assert isinstance(model.embeddings[1], nn.Embedding)
+    record = sk.records(sk.apply_(model, EmbeddingQuantConfig(bits=8, min_rows=100)))[-1]
+    assert "4 rows (min_rows=100)" in record.skipped["embeddings.3"]
+    with pytest.raises(SlimkitError, match="bits=4 or bits=8"):
+        EmbeddingQuantConfig(bits=2)
+    with pytest.raises(SlimkitError, match="no nn.Embedding"):
+        sk.apply_(sk.zoo.create("lenet5"), EmbeddingQuantConfig())
+    with pytest.raises(SlimkitError, match="no Embedding layer named 'nope'"):
+        sk.apply_(sk.zoo.create("recsys_mlp"), EmbeddingQuantConfig(layers=("nope",)))
+
+
+def test_cli_embedding_bits(tmp_path: Path, cli: CliRun) -> None:
+    ckpt = sk.save(sk.zoo.create("recsys_mlp"), tmp_path / "rec")
+    code, out, err = cli("compress", ckpt, "--embedding-bits", "4", "-o", tmp_path / "small")
+    assert code == 0, err
+    assert "embedding tables 97,536 -> 18,288 bytes" in out
+    assert isinstance(sk.load(tmp_path / "small").embeddings[0], QuantizedEmbedding)
