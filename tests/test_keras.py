@@ -345,6 +345,9 @@ def test_onnx_export_runs_in_slimkit(tmp_path, x_mnist):
     onnx_model = sk.load(path)
     out = np.asarray(onnx_model(torch.from_numpy(x_mnist)))  # NHWC, as the Keras model
     np.testing.assert_allclose(out, predict(small, x_mnist), atol=1e-5)
+    # slimkit's datasets are NCHW: a channels-last ONNX model takes them too (sk.evaluate works)
+    nchw = np.asarray(onnx_model(torch.from_numpy(x_mnist).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(nchw, out, atol=1e-6)
 
 
 def test_higher_ratio_never_adds_params():

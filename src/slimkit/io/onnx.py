@@ -107,13 +107,21 @@ class OnnxModel:
             raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         self.name = self.path.stem
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = list(self.session.get_inputs()[0].shape)  # ints, or names for dynamic dims
         index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes and axes, not weights
         self.params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type not in index_types)
         self.bytes = self.path.stat().st_size
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not self._fits(x.shape) and self._fits(x.permute(0, 2, 3, 1).shape):
+            x = x.permute(0, 2, 3, 1)  # a channels-last model (e.g. exported from Keras) fed NCHW data
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
         return torch.from_numpy(out)
+
+    def _fits(self, shape: torch.Size) -> bool:
+        return len(shape) == len(self.input_shape) and all(
+            not isinstance(want, int) or want == got for want, got in zip(self.input_shape, shape, strict=True)
+        )
 
 
 def onnx_agreement(model: nn.Module, path: Path, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
