@@ -93,6 +93,7 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN
     assert r.mode == "dynamic" and "Linear/MatMul and RNN" in r.reason
     assert r.bytes_int8 < 0.35 * r.bytes_fp32
     assert abs(r.accuracy_fp32 - r.accuracy_int8) <= 0.02
+    assert "embedding tables: row-wise int8 (a scale and offset per row)" in r.notes
     # per_channel="auto" keeps whichever of per-channel / per-tensor scores better on val
     fixed = [quantize(model, data, QuantizeConfig(per_channel=pc), tmp_path / f"{pc}.onnx") for pc in (True, False)]
     assert r.accuracy_int8 == max(f.accuracy_int8 for f in fixed)
@@ -148,6 +149,8 @@ def test_torch_dynamic_int8(text) -> None:  # noqa: ANN001
         ({"calibration": "kl"}, "unknown calibration"),
         ({"max_drop": -1.0}, "max_drop"),
         ({"calibration_samples": 0}, "at least 1"),
+        ({"embeddings": "int4"}, "embeddings must be"),
+        ({"per_channel": "yes"}, "per_channel must be"),
     ],
 )
 def test_bad_configs(kwargs: dict, message: str) -> None:

@@ -66,7 +66,10 @@ class QuantizeConfig(Config):
     weights) defaults to on for x86 CPUs without VNNI. ``per_channel="auto"`` uses per-channel
     weight scales in static mode and, in dynamic mode, scores per-channel and per-tensor scales on
     ``split`` and keeps the better (per-tensor is ONNX Runtime's default and sometimes wins on
-    recurrent weights). ``strip_metadata`` drops debugging data
+    recurrent weights). ``embeddings="rowwise"``: in dynamic mode, a PyTorch model's
+    ``nn.Embedding`` tables become row-wise int8 (:class:`slimkit.compress.EmbeddingQuantConfig`:
+    a scale per row, far finer than ONNX Runtime's per-tensor Gather quantization); ``"onnx"``
+    leaves them to ONNX Runtime. ``strip_metadata`` drops debugging data
     from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
     """
 
@@ -82,6 +85,7 @@ class QuantizeConfig(Config):
     split: str = "val"
     reduce_range: bool | None = None
     strip_metadata: bool = True
+    embeddings: str = "rowwise"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -93,6 +97,8 @@ class QuantizeConfig(Config):
             raise SlimkitError("calibration_samples and calibration_batch_size must be at least 1")
         if self.max_drop is not None and self.max_drop < 0:
             raise SlimkitError(f"max_drop must be >= 0 accuracy points, got {self.max_drop}")
+        if self.embeddings not in ("rowwise", "onnx"):
+            raise SlimkitError(f"embeddings must be 'rowwise' or 'onnx', got {self.embeddings!r}")
         if self.per_channel not in (True, False, "auto"):
             raise SlimkitError(f"per_channel must be true, false or 'auto', got {self.per_channel!r}")
         if not 0 < self.percentile <= 100:
@@ -182,7 +188,10 @@ def choose_mode(macs: dict[str, int]) -> tuple[str, str]:
 class _Quantizer:
     """One quantization run's files, data and settings (kept in a temporary folder)."""
 
-    def __init__(self, fp32: Path, workdir: Path, data: Any, cfg: QuantizeConfig, mode: str) -> None:
+    def __init__(
+        self, fp32: Path, workdir: Path, data: Any, cfg: QuantizeConfig, mode: str, reference: Path | None = None
+    ) -> None:
+        """``fp32`` is quantized; ``reference`` (default ``fp32``) gives the logits it is compared with."""
         self.fp32, self.workdir, self.cfg, self.mode = fp32, workdir, cfg, mode
         x_cal = data.splits["train"][0][: cfg.calibration_samples]
         from slimkit.io.onnx import OnnxModel
@@ -191,7 +200,7 @@ class _Quantizer:
         self.reader = _calibration_reader(self.input_name, x_cal, cfg.calibration_batch_size)
         self.cache = workdir / "calibration.json"
         self.x_val, self.y_val = data.splits[cfg.split]
-        self.ref_logits = _logits(fp32, self.x_val)
+        self.ref_logits = _logits(reference or fp32, self.x_val)
         self.runs = 0
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
         self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
@@ -303,6 +312,19 @@ def drop_zero_bias_offsets(path: Path) -> None:
         onnx.save(model, str(path))
 
 
+def _pre_process(path: Path, notes: list[str]) -> Path:
+    """ONNX Runtime's pre-processing (shape inference, graph cleanup) before quantization."""
+    q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    out = path.with_suffix(".pre.onnx")
+    try:
+        with _quiet():
+            q.quant_pre_process(path, out)
+    except Exception as exc:  # shape inference fails on some graphs; quantizing still works
+        notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the exported graph as is")
+        return path
+    return out
+
+
 def _logits(path: Path, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     from slimkit.io.onnx import OnnxModel
 
@@ -326,7 +348,7 @@ def quantize(
     """
     cfg = config or QuantizeConfig()
     require("onnxruntime", extra="onnx")
-    q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
     output = check_output(output, force)
     if not hasattr(data, "splits") or cfg.split not in data.splits:
         raise SlimkitError(f"quantize needs a slimkit Dataset with a {cfg.split!r} split, got {type(data).__name__}")
@@ -344,17 +366,22 @@ def quantize(
             export_onnx(model, raw, data.example)
         else:
             raise SlimkitError(f"cannot quantize a {type(model).__name__}: pass a torch.nn.Module or a .onnx path")
-        fp32 = workdir / "fp32.pre.onnx"
-        try:
-            with _quiet():
-                q.quant_pre_process(raw, fp32)
-        except Exception as exc:  # shape inference fails on some graphs; quantizing still works
-            notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the exported graph as is")
-            fp32 = raw
+        fp32 = _pre_process(raw, notes)
         mode, reason = cfg.mode, f"mode {cfg.mode} requested"
         if mode == "auto":
             mode, reason = choose_mode(mac_shares(fp32, data.example))
-        qz = _Quantizer(fp32, workdir, data, cfg, mode)
+        source = fp32
+        tables = isinstance(model, nn.Module) and any(isinstance(m, nn.Embedding) for m in model.modules())
+        if mode == "dynamic" and cfg.embeddings == "rowwise" and tables:
+            from slimkit.compress.embedding import EmbeddingQuantConfig
+            from slimkit.core.transform import apply_
+            from slimkit.io.onnx import export_onnx
+
+            rowwise = apply_(copy.deepcopy(model), EmbeddingQuantConfig(bits=8))
+            export_onnx(rowwise, workdir / "rowwise.onnx", data.example)
+            source = _pre_process(workdir / "rowwise.onnx", notes)
+            notes.append("embedding tables: row-wise int8 (a scale and offset per row)")
+        qz = _Quantizer(source, workdir, data, cfg, mode, reference=fp32)
         acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
         best = qz.run(excluded)
