@@ -23,10 +23,22 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.model import check_input, eval_mode, model_name
 from slimkit.core.optional import available
 from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency, torch_latency
+from slimkit.evaluate.fidelity import docstring_sentences, fidelity
 from slimkit.evaluate.metrics import classification_metrics
 from slimkit.evaluate.report import Comparison, Report, compare
 
-__all__ = ["Comparison", "Report", "accuracy", "compare", "count_macs", "count_params", "evaluate", "predict"]
+__all__ = [
+    "Comparison",
+    "Report",
+    "accuracy",
+    "compare",
+    "count_macs",
+    "count_params",
+    "docstring_sentences",
+    "evaluate",
+    "fidelity",
+    "predict",
+]
 
 
 def predict(model: Any, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
