@@ -1,7 +1,9 @@
 """Row-wise int8 / int4 embedding tables on recommenders: bytes vs AUC (issue 8).
 
 ``recsys_mlp`` trained on the real MovieLens-100k click task and on ``synthetic-recsys``; the
-tables are quantized with :class:`slimkit.compress.EmbeddingQuantConfig`, nothing is fine-tuned.
+tables are quantized row-wise (:class:`slimkit.compress.EmbeddingQuantConfig`) and/or factorized
+by SVD (:class:`slimkit.compress.LowRankConfig` on the tables with over 100 rows); nothing is
+fine-tuned.
 AUC and log-loss on the validation and test splits. Goal: tables >= 4x smaller, AUC drop <= 0.005.
 
     .venv/bin/python bench/recsys_embeddings.py
@@ -14,7 +16,7 @@ import copy
 import torch
 
 import slimkit as sk
-from slimkit.compress import EmbeddingQuantConfig, embedding_bytes
+from slimkit.compress import EmbeddingQuantConfig, LowRankConfig, embedding_bytes
 
 
 def main() -> None:
@@ -27,14 +29,24 @@ def main() -> None:
         sk.train.fit(model, data.train, val=data.val, epochs=epochs, progress=False)
         base_bytes = embedding_bytes(model)
         base = sk.evaluate(model, data, latency=False).metrics["auc"]
-        for bits in (None, 8, 4):
+        tables = [n for n, t in model.named_modules() if isinstance(t, torch.nn.Embedding) and t.num_embeddings > 100]
+        variants = {
+            "fp32": [],
+            "int8": [EmbeddingQuantConfig(bits=8)],
+            "int4": [EmbeddingQuantConfig(bits=4)],
+            "svd rank 8 (large tables)": [LowRankConfig(rank=8, layers=tuple(tables))],
+            "svd rank 8 + int4": [LowRankConfig(rank=8, layers=tuple(tables)), EmbeddingQuantConfig(bits=4)],
+        }
+        for label, configs in variants.items():
             m = copy.deepcopy(model)
-            if bits:
-                sk.apply_(m, EmbeddingQuantConfig(bits=bits))
+            for config in configs:
+                sk.apply_(m, config)
             val = sk.evaluate(m, data, split="val", latency=False).metrics
             test = sk.evaluate(m, data, latency=False).metrics
-            size, tables = embedding_bytes(m), f"int{bits}" if bits else "fp32"
-            print(f"| {name} | {tables} | {size:,} | {base_bytes / size:.2f}x | {val['auc']:.4f} "
+            size = embedding_bytes(m) + sum(  # the Linear after a factorized table belongs to the table
+                t.weight.numel() * 4 for n, t in m.named_modules() if any(n == f"{x}.1" for x in tables)
+            )
+            print(f"| {name} | {label} | {size:,} | {base_bytes / size:.2f}x | {val['auc']:.4f} "
                   f"| {test['auc']:.4f} | {base - test['auc']:+.4f} | {test['log_loss']:.4f} |")  # fmt: skip
 
 

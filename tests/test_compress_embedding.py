@@ -12,6 +12,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.compress import EmbeddingQuantConfig, QuantizedEmbedding, embedding_bytes
 from slimkit.core.errors import SlimkitError
+from slimkit.evaluate import count_params
 from slimkit.io import onnx_agreement
 from tests.conftest import CliRun
 
@@ -75,3 +76,24 @@ def test_cli_embedding_bits(tmp_path: Path, cli: CliRun) -> None:
     assert code == 0, err
     assert "embedding tables 97,536 -> 18,288 bytes" in out
     assert isinstance(sk.load(tmp_path / "small").embeddings[0], QuantizedEmbedding)
+
+
+def test_lowrank_tables_exact_at_full_rank_and_smaller_below() -> None:
+    from slimkit.compress import LowRankConfig
+
+    torch.manual_seed(0)
+    model = sk.zoo.create("recsys_mlp").eval()
+    x = torch.stack([torch.randint(0, n, (64,)) for n in (1000, 500, 20, 4)], 1)
+    before = model(x)
+    full = copy.deepcopy(model)
+    sk.apply_(full, LowRankConfig(rank=16, layers=("embeddings.0", "embeddings.1")))
+    assert torch.allclose(full(x), before, atol=1e-4)
+    small = copy.deepcopy(model)
+    record = sk.records(sk.apply_(small, LowRankConfig(rank=4, layers=("re:embeddings\\..",))))[-1]
+    assert record.changed == ["embeddings.0", "embeddings.1", "embeddings.2"]
+    assert "would not save parameters" in record.skipped["embeddings.3"]  # 4 rows: rank 4 is full rank
+    assert count_params(small) < count_params(model)
+    sk.apply_(small, EmbeddingQuantConfig(bits=4))  # composes: the narrow tables quantize too
+    assert isinstance(small.embeddings[0][0], QuantizedEmbedding)
+    pca = sk.apply_(copy.deepcopy(model), LowRankConfig(method="pca", rank=4, layers=("embeddings.0",)), x)
+    assert "factorized by svd" in sk.records(pca)[-1].skipped["embeddings.0"]

@@ -218,5 +218,5 @@ def test_bad_inputs_are_one_line_errors() -> None:
             LowRankConfig(method="pca", ratio=0.5, layers=("fc1",)),
             example_inputs=torch.rand(10, 1, 28, 28),
         )
-    with pytest.raises(SlimkitError, match="no Linear/Conv2d layer named"):
+    with pytest.raises(SlimkitError, match="no Linear/Conv2d/Embedding layer named"):
         sk.apply_(sk.zoo.create("lenet5"), LowRankConfig(layers=("fc9",)))

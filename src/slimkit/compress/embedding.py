@@ -50,9 +50,11 @@ class QuantizedEmbedding(nn.Module):
         w = table.weight.detach().float()
         lo, hi = w.min(1).values, w.max(1).values
         levels = 2**bits - 1
-        scale = ((hi - lo) / levels).half()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant rows (e.g. padding)
         offset = lo.half()
+        scale = ((hi - offset.float()) / levels).half()
+        short = scale.float() * levels < hi - offset.float()  # rounded down: step to the next float16 up
+        scale[short] = (scale[short].view(torch.int16) + 1).view(torch.float16)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant rows (e.g. padding)
         codes = ((w - offset.float()[:, None]) / scale.float()[:, None]).round().clamp(0, levels).to(torch.uint8)
         if bits == 4:
             if codes.shape[1] % 2:

@@ -45,6 +45,15 @@ def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
+def svd_embedding(table: nn.Embedding, rank: int) -> nn.Sequential:
+    """``Embedding(n, d)`` -> ``Embedding(n, r)``, ``Linear(r, d, bias=False)`` (exact at ``r = min(n, d)``)."""
+    w = table.weight.detach()  # (n, d)
+    rows, dim = w.shape
+    left, right, _ = _root_split(w, rank)  # (n, r), (r, d)
+    narrow = _set(nn.Embedding(rows, rank, padding_idx=table.padding_idx), left, None, w)
+    return nn.Sequential(narrow, _set(nn.Linear(rank, dim, bias=False), right.T, None, w))
+
+
 def _bias(layer: nn.Module) -> torch.Tensor | None:
     return None if layer.bias is None else layer.bias.detach().double()
 

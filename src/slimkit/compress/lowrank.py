@@ -54,6 +54,8 @@ METRICS = ("params", "macs")
 class LowRankConfig(Config):
     """Low-rank factorization. Give at most one of ``rank``, ``ratio``, ``energy``, ``budget``
     (default: ``ratio=0.5``). ``layers``: names or ``re:`` patterns (default: every Linear/Conv2d).
+    ``nn.Embedding`` tables named in ``layers`` are factorized too (svd): a table of ``r``-dim rows
+    followed by a ``Linear(r, dim)``, exact at ``r = min(rows, dim)``.
 
     ``budget`` is the fraction of the selected layers' ``budget_metric`` (params or MACs) to keep.
     ``conv``: ``"channel"`` (k x k conv with r filters + 1 x 1 conv) or ``"spatial"`` (k x 1 + 1 x k).
@@ -131,7 +133,7 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
     layer = model.get_submodule(name)
     w = layer.weight.detach()
     positions = st.positions if st is not None else 1
-    has_bias = int(layer.bias is not None)
+    has_bias = int(getattr(layer, "bias", None) is not None)
     if kind == "pca-units":
         consumer = model.get_submodule(st.consumer)
         d, o2 = w.shape[0], consumer.out_features
@@ -141,7 +143,10 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
         return _Plan(name, kind, d, spectrum, params, (w.shape[1] + o2) * positions, per, per * positions,
                      consumer=st.consumer)  # fmt: skip
     out = w.shape[0]
-    if isinstance(layer, nn.Linear):
+    macs = w.numel() * positions
+    if isinstance(layer, nn.Embedding):  # a lookup costs no MACs; the Linear after the narrow table does
+        full, per, per_macs, macs = min(w.shape), sum(w.shape), w.shape[1] * positions, 0
+    elif isinstance(layer, nn.Linear):
         full, per, per_macs = min(w.shape), sum(w.shape), sum(w.shape) * positions
     elif kind == "svd" and cfg.conv == "spatial":
         c, kh, kw = w.shape[1:]
@@ -156,7 +161,7 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
     else:
         spectrum = factor.output_pca(st.mean, st.cov)[0][:full]
         per, fixed = per + has_bias, out  # first layer's bias per rank; second layer's bias always
-    return _Plan(name, kind, full, spectrum, w.numel() + has_bias * out, w.numel() * positions, per, per_macs, fixed)
+    return _Plan(name, kind, full, spectrum, w.numel() + has_bias * out, macs, per, per_macs, fixed)
 
 
 def _as_matrix(w: torch.Tensor, conv: str) -> torch.Tensor:
@@ -212,7 +217,7 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
     training samples; at least as many as the rank) and give the MACs for ``budget_metric="macs"``.
     """
     record = TransformRecord("LowRankConfig", cfg.to_dict())
-    names = select(model, cfg.layers, (nn.Linear, nn.Conv2d))
+    names = select(model, cfg.layers, (nn.Linear, nn.Conv2d, nn.Embedding) if cfg.layers else (nn.Linear, nn.Conv2d))
     if not names:
         raise SlimkitError("the model has no Linear or Conv2d layer to factorize")
     candidates = []
@@ -277,6 +282,11 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
 
 
 def _unsupported(layer: nn.Module, cfg: LowRankConfig) -> str | None:
+    if isinstance(layer, nn.Embedding):
+        if cfg.method != "svd":
+            return "embedding tables are factorized by svd (activation PCA is for Linear / Conv layers)"
+        if layer.max_norm is not None or layer.sparse:
+            return "max_norm / sparse embeddings are not factorized"
     if isinstance(layer, nn.Conv2d):
         if layer.groups != 1:
             return f"grouped convolution (groups={layer.groups}) is not factorized"
@@ -289,7 +299,9 @@ def _unsupported(layer: nn.Module, cfg: LowRankConfig) -> str | None:
 
 def _apply(model: nn.Module, p: _Plan, rank: int, st: LayerStats | None, cfg: LowRankConfig) -> None:
     layer = model.get_submodule(p.name)
-    if p.kind == "svd":
+    if p.kind == "svd" and isinstance(layer, nn.Embedding):
+        replace_module(model, p.name, factor.svd_embedding(layer, rank))
+    elif p.kind == "svd":
         new = factor.svd_linear(layer, rank) if isinstance(layer, nn.Linear) else factor.svd_conv(layer, rank, cfg.conv)
         replace_module(model, p.name, new)
     elif p.kind == "pca-factor":
