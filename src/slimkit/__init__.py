@@ -19,10 +19,12 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, TransformRecord, apply_, records
 from slimkit.evaluate import Report, compare, evaluate
 from slimkit.io import export, load, save
+from slimkit.optimize.target import Target
 
 __all__ = [
     "Config",
     "Report",
+    "Target",
     "TransformRecord",
     "apply_",
     "records",

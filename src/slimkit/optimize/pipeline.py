@@ -1,0 +1,680 @@
+"""The closed loop: apply a recipe step, recover (fine-tune with distillation), validate, back off.
+
+One pass runs the recipe's steps in order on a copy of the model. A compressing step (pruning,
+low-rank) is followed by its recovery (the next ``FineTuneConfig`` of the recipe) and checked on
+the validation split; if the quality constraint breaks, the candidate gets a second recovery, then
+a milder version of the step is tried, and if that breaks too the step is skipped (backed off).
+When a pass ends with the cost target unmet (e.g. measured latency), the pruning budget is
+tightened by the measured shortfall and the recipe runs again, until the target holds or the time
+budget ends. Every candidate is kept (validation metric and costs) for the Pareto front.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.compress import LowRankConfig, QuantizeConfig
+from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import Config, apply_
+from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency
+from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
+from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, uniform
+from slimkit.optimize.target import Target
+from slimkit.prune import ChannelPruneConfig, prune_channels
+from slimkit.simplify import FoldConfig
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One model the loop built and validated: what made it, its validation metrics and costs."""
+
+    id: int
+    step: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    loss: float
+    costs: dict[str, float | None]
+    quality_ok: bool
+    cost_ok: dict[str, bool]
+    accepted: bool = False
+    seconds: float = 0.0
+    note: str = ""
+    widths: dict[str, int] = dataclasses.field(default_factory=dict)
+    passno: int = 1
+    pareto: bool = False
+
+    @property
+    def target_ok(self) -> bool:
+        return self.quality_ok and all(self.cost_ok.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "target_ok": self.target_ok}
+
+
+def pareto_front(candidates: list[Candidate], metric: str, cost: str = "macs") -> list[int]:
+    """Ids of the candidates no other candidate beats on both ``metric`` (higher) and ``cost`` (lower)."""
+    pts = [(c.id, c.metrics.get(metric), c.costs.get(cost)) for c in candidates]
+    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    front = []
+    for i, m, c in pts:
+        dominated = any((m2 >= m and c2 <= c) and (m2 > m or c2 < c) for _, m2, c2 in pts)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def ort_latency(path: Path, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
+                ) -> tuple[float, float | None]:  # fmt: skip
+    """Median ONNX Runtime latency (ms) of ``path`` on ``batch`` rows, and of ``reference`` timed in
+    alternation with it (the ratio of the two stays fair when other processes load the CPU)."""
+    import statistics
+
+    from slimkit.io.onnx import OnnxModel
+
+    x = batch_of(example, batch)
+    runners = [OnnxModel(path)] + ([OnnxModel(reference)] if reference is not None else [])
+    for r in runners:
+        measure_latency(lambda r=r: r(x), warmup=3, runs=1)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for k, r in enumerate(runners):
+            start = time.perf_counter()
+            r(x)
+            times[k].append((time.perf_counter() - start) * 1e3)
+    meds = [statistics.median(t) for t in times]
+    return meds[0], (meds[1] if reference is not None else None)
+
+
+def export_latency(model: nn.Module, example: torch.Tensor, batch: int, runs: int = 20,
+                   reference: Path | None = None) -> tuple[float, float | None]:  # fmt: skip
+    from slimkit.io.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model, path, example)
+        return ort_latency(path, example, batch, runs, reference)
+
+
+def group_widths(model: nn.Module, example: torch.Tensor, protected: tuple[str, ...] = ()) -> dict[str, int]:
+    """Units per prunable group, keyed by the group's producer layer."""
+    return dict(CostModel(model, example, protected).groups)
+
+
+def _widths(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Output width of each named layer (channels, features, hidden units)."""
+    out = {}
+    mods = dict(model.named_modules())
+    for n in names:
+        m = mods.get(n)
+        for attr in ("out_channels", "out_features", "hidden_size", "embedding_dim", "num_features"):
+            if m is not None and hasattr(m, attr):
+                out[n] = int(getattr(m, attr))
+                break
+    return out
+
+
+class Loop:
+    """State of one optimization run (one pass or several): the original, budgets, candidates.
+
+    Used by :func:`slimkit.optimize.optimize` and by each search trial; not a public API.
+    """
+
+    def __init__(
+        self,
+        original: nn.Module,
+        data: Any,
+        target: Target,
+        *,
+        workdir: Path,
+        deadline: float | None,
+        log: Log,
+        progress: bool,
+        sensitivity_cache: Callable[[nn.Module, SensitivityPruneConfig], Sensitivity] | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        base: dict[str, Any] | None = None,
+    ) -> None:
+        self.original = original.eval()
+        self.data = data
+        self.example = data.example
+        self.target = target
+        self.workdir = workdir
+        self.deadline = deadline
+        self.log = log
+        self.progress = progress
+        self.sensitivity_cache = sensitivity_cache
+        self.on_epoch = on_epoch
+        self.candidates: list[Candidate] = []
+        self.allocations: list[dict[str, Any]] = []
+        self.sensitivity: Sensitivity | None = None
+        self.layer_names = list(group_widths(original, self.example))
+        self.reference_onnx: Path | None = None
+        self.seed = 0
+        self.progress_dir: Path | None = None  # where finished steps are checkpointed (resumable runs)
+        self.restored: dict[str, Any] | None = None
+        self.round_to_used: int | str = 1
+        self.base = base or self.measure_base()
+        self.limits = target.limits(self.base["costs"])
+
+    # ---- measuring -------------------------------------------------------------------------
+    def measure_base(self) -> dict[str, Any]:
+        metrics, loss = self.val_metrics(self.original)
+        costs = self.torch_costs(self.original)
+        if "latency" in self.target.costs():
+            from slimkit.io.onnx import export_onnx
+
+            self.reference_onnx = self.workdir / "original.onnx"
+            export_onnx(self.original, self.reference_onnx, self.example)
+            costs["latency"] = ort_latency(self.reference_onnx, self.example, self.target.latency_batch, runs=40)[0]
+        return {"metrics": metrics, "loss": loss, "costs": costs}
+
+    def val_metrics(self, model: Any) -> tuple[dict[str, float], float]:
+        from slimkit.evaluate import predict
+        from slimkit.evaluate.metrics import classification_metrics
+
+        probs, labels = predict(model, self.data.val)
+        metrics, _ = classification_metrics(probs, labels, self.data.num_classes or probs.shape[1])
+        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        return metrics, loss
+
+    def torch_costs(self, model: nn.Module) -> dict[str, float | None]:
+        from slimkit.io.checkpoint import weights_bytes
+
+        return {"macs": count_macs(model, self.example), "params": count_params(model),
+                "bytes": len(weights_bytes(model)[0])}  # fmt: skip
+
+    def record(self, model: Any, step: str, config: Config | dict | None, *, onnx: Path | None = None,
+               fp32: nn.Module | None = None, started: float, passno: int) -> Candidate:  # fmt: skip
+        """Validate ``model`` (a module, or the int8 ``onnx`` file made from ``fp32``) and keep it."""
+        if onnx is not None:
+            from slimkit.io.onnx import OnnxModel
+
+            runner = OnnxModel(onnx)
+            metrics, loss = self.val_metrics(runner)
+            costs = self.torch_costs(fp32)
+            costs["bytes"] = onnx.stat().st_size
+            if "latency" in self.limits:
+                costs["latency"] = self.paired(
+                    *ort_latency(onnx, self.example, self.target.latency_batch, reference=self.reference_onnx)
+                )
+            widths = _widths(fp32, self.layer_names)
+        else:
+            metrics, loss = self.val_metrics(model)
+            costs = self.torch_costs(model)
+            if "latency" in self.limits:
+                costs["latency"] = self.paired(
+                    *export_latency(model, self.example, self.target.latency_batch, reference=self.reference_onnx)
+                )
+            widths = _widths(model, self.layer_names)
+        cfg = config.to_dict() if isinstance(config, Config) else dict(config or {})
+        c = Candidate(
+            id=len(self.candidates), step=step, config=cfg, metrics=metrics, loss=loss, costs=costs,
+            quality_ok=self.target.quality_ok(metrics, self.base["metrics"]),
+            cost_ok=self.target.cost_ok(costs, self.base["costs"]), seconds=time.monotonic() - started,
+            widths=widths, passno=passno,
+        )  # fmt: skip
+        self.candidates.append(c)
+        m = self.target.metric
+        drop = 100 * (self.base["metrics"][m] - metrics[m])
+        self.log(f"  [{c.id}] {step}: val {m} {100 * metrics[m]:.2f}% ({-drop:+.2f} pts), "
+                 f"MACs {costs['macs'] / self.base['costs']['macs']:.3f}x, "
+                 f"file {costs['bytes'] / self.base['costs']['bytes']:.3f}x"
+                 + (f", latency {costs['latency'] / self.base['costs']['latency']:.2f}x" if "latency" in costs else "")
+                 + ("" if c.quality_ok else "  [breaks the quality constraint]"))  # fmt: skip
+        return c
+
+    def paired(self, ms: float, reference_ms: float | None) -> float:
+        """A candidate's latency scaled to the original's baseline by their paired ratio."""
+        return ms if not reference_ms else ms / reference_ms * self.base["costs"]["latency"]
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    # ---- steps -----------------------------------------------------------------------------
+    def finetune(self, model: nn.Module, cfg: FineTuneConfig, epochs: int | None = None) -> None:
+        from slimkit.train import fit
+
+        fit(
+            model, self.data.train, val=self.data.val, epochs=epochs or cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+            teacher=self.original if cfg.distill else None, temperature=cfg.temperature, alpha=cfg.alpha,
+            patience=cfg.patience, augment=self.data.augment if cfg.augment else None, progress=self.progress,
+            on_epoch=self.on_epoch, seed=self.seed,
+        )  # fmt: skip
+
+    def run_pass(self, recipe: Recipe, passno: int = 1) -> dict[str, Any]:
+        """Run every recipe step once; returns the pass's final state (model, int8 path, candidate)."""
+        model = copy.deepcopy(self.original)
+        state: dict[str, Any] = {"model": model, "onnx": None, "candidate": None, "backed_off": []}
+        steps = list(recipe.steps)
+        i = 0
+        if self.restored is not None and self.restored["passno"] == passno:
+            r, self.restored = self.restored, None
+            state.update(model=r["model"], candidate=self.candidates[r["candidate"]], backed_off=r["backed_off"])
+            i = r["next_step"]
+            self.log(f"  resumed after step {i} of pass {passno} (saved progress)")
+        while i < len(steps):
+            if i and self.progress_dir is not None and not isinstance(steps[i - 1], QuantizeConfig):
+                self.save_progress(recipe, passno, i, state)
+            step = steps[i]
+            recovery = steps[i + 1] if i + 1 < len(steps) and isinstance(steps[i + 1], FineTuneConfig) else None
+            if self.out_of_time():
+                self.log(f"time budget reached: stopping before step {i + 1} ({type(step).__name__})")
+                state["stopped"] = "time budget"
+                break
+            if isinstance(step, COMPRESSING):
+                ok = self.compress_step(state, step, recovery, passno)
+                if not ok:
+                    state["backed_off"].append(type(step).__name__)
+                i += 2 if recovery is not None else 1
+                continue
+            started = time.monotonic()
+            if isinstance(step, FineTuneConfig):
+                self.finetune(state["model"], step)
+                state["candidate"] = self.accept(self.record(state["model"], "fine-tune", step, started=started,
+                                                             passno=passno))  # fmt: skip
+            elif isinstance(step, FoldConfig):
+                apply_(state["model"], step, example_inputs=self.example)
+                state["candidate"] = self.accept(self.record(state["model"], "fold", step, started=started,
+                                                             passno=passno))  # fmt: skip
+            elif isinstance(step, QuantizeConfig):
+                self.quantize_step(state, step, passno)
+            i += 1
+        if state["candidate"] is None:
+            state["candidate"] = self.accept(self.record(state["model"], "unchanged", None, started=time.monotonic(),
+                                                         passno=passno))  # fmt: skip
+        return state
+
+    def save_progress(self, recipe: Recipe, passno: int, next_step: int, state: dict[str, Any]) -> None:
+        """Checkpoint the pass after a finished step (one atomic folder: model + loop state)."""
+        from slimkit.io import save
+
+        folder = self.progress_dir / f"pass{passno:02d}-step{next_step:02d}"
+        if folder.exists():
+            return
+        info = {"recipe": recipe.to_dict(), "passno": passno, "next_step": next_step,
+                "candidate": state["candidate"].id if state["candidate"] is not None else None,
+                "backed_off": state["backed_off"], "candidates": [c.to_dict() for c in self.candidates],
+                "allocations": self.allocations}  # fmt: skip
+        save(state["model"], folder, example=self.example, extra_files={"progress.json": json.dumps(info, default=str)})
+
+    def restore_progress(self) -> Recipe | None:
+        """Load the latest saved progress (``--resume`` without a search); returns its pass's recipe."""
+        from slimkit.io import load
+
+        if self.progress_dir is None or not self.progress_dir.is_dir():
+            return None
+        folders = sorted(p for p in self.progress_dir.iterdir() if (p / "progress.json").is_file())
+        if not folders:
+            return None
+        info = json.loads((folders[-1] / "progress.json").read_text())
+        names = {f.name for f in dataclasses.fields(Candidate)}
+        self.candidates = [Candidate(**{k: v for k, v in d.items() if k in names}) for d in info["candidates"]]
+        self.allocations = info["allocations"]
+        if info["candidate"] is None:
+            return None
+        self.restored = {"passno": info["passno"], "next_step": info["next_step"], "candidate": info["candidate"],
+                         "backed_off": info["backed_off"], "model": load(folders[-1])}  # fmt: skip
+        return Recipe.from_dict(info["recipe"])
+
+    def accept(self, c: Candidate) -> Candidate:
+        c.accepted = True
+        return c
+
+    def _attempt(self, state: dict[str, Any], label: str, variants: list[tuple[str, Config | dict, Callable]],
+                 recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
+        """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality."""
+        for k, (desc, cfg, fn) in enumerate(variants):
+            if self.out_of_time():
+                self.log(f"time budget reached during {label}")
+                return False
+            started = time.monotonic()
+            cand = copy.deepcopy(state["model"])
+            fn(cand)
+            if recovery is not None:
+                self.finetune(cand, recovery)
+            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
+            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
+                c.note = "quality broken: fine-tuned again"
+                self.finetune(cand, recovery)
+                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
+            if c.quality_ok:
+                state["model"], state["candidate"] = cand, self.accept(c)
+                return True
+            c.note = "backed off: breaks the quality constraint"
+            self.log(f"  backing off {label}{desc}")
+        return False
+
+    def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None,
+                      passno: int) -> bool:  # fmt: skip
+        if isinstance(step, SensitivityPruneConfig):
+            return self.budget_prune(state, step, recovery, passno)
+        if isinstance(step, ChannelPruneConfig):
+            cfg = step
+            if step.target_macs is not None or step.target_params is not None:  # shares of the original
+                now = self.torch_costs(state["model"])
+                cfg = dataclasses.replace(
+                    step,
+                    target_macs=None if step.target_macs is None
+                    else min(1.0, step.target_macs * self.base["costs"]["macs"] / now["macs"]),
+                    target_params=None if step.target_params is None
+                    else min(1.0, step.target_params * self.base["costs"]["params"] / now["params"]),
+                )  # fmt: skip
+            mild = _milder(cfg)
+            variants = [("", cfg, lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train))]
+            if mild is not None:
+                variants.append(
+                    (" (milder)", mild, lambda m, c=mild: prune_channels(m, c, self.example, data=self.data.train))
+                )
+            return self._attempt(state, "prune", variants, recovery, passno)
+        if isinstance(step, LowRankConfig):
+            if step.layers is None:
+                step = self.pick_lowrank_layers(state["model"], step)
+                if not step.layers:
+                    self.log("  low-rank: every layer is too sensitive (or would not shrink): step skipped")
+                    return False
+            variants = [("", step, lambda m: apply_(m, step, example_inputs=self.example))]
+            mild = _milder(step)
+            if mild is not None:
+                variants.append((" (milder)", mild, lambda m: apply_(m, mild, example_inputs=self.example)))
+            return self._attempt(state, "low-rank", variants, recovery, passno)
+        raise SlimkitError(f"not a compressing step: {type(step).__name__}")
+
+    def budget_prune(self, state: dict[str, Any], step: SensitivityPruneConfig, recovery: FineTuneConfig | None,
+                     passno: int) -> bool:  # fmt: skip
+        """Sensitivity-allocated (or uniform / global) pruning to the step's budget, in rounds."""
+        model = state["model"]
+        limits = {k: getattr(step, f"target_{k}") * self.base["costs"][k]
+                  for k in ("macs", "params") if getattr(step, f"target_{k}") is not None}  # fmt: skip
+        if step.allocation == "global":
+            return self.global_prune(state, step, limits, recovery, passno)
+        costs = CostModel(model, self.example, step.protected)
+        sens = None
+        if step.allocation == "sensitivity":
+            sens = self.get_sensitivity(model, step)
+        final_w = self.resolve(model, costs, sens, step, limits)
+        start_widths = dict(costs.groups)
+        rounds, done_rounds, extra = step.rounds, 0, 1
+        while True:
+            current = group_widths(state["model"], self.example, step.protected)
+            if all(current.get(p, w) <= w for p, w in final_w.items()):
+                return True
+            done_rounds += 1
+            if done_rounds > rounds + extra:
+                return False
+            frac = min(1.0, done_rounds / rounds)
+            round_w = {p: max(final_w[p], _round_width(start_widths[p], round(start_widths[p] * (
+                final_w[p] / start_widths[p]) ** frac), self.round_to_used)) for p in final_w}  # fmt: skip
+            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
+            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
+            variants = []
+            for desc, widths in (("", round_w), (" (milder)", mid_w)):
+                ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
+                if not ratios or (desc and widths == round_w):
+                    continue
+                cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, importance=step.importance,
+                                         protected=list(step.protected))  # fmt: skip
+                variants.append((desc, cfg, lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train)))
+            if not variants:
+                return True
+            if not self._attempt(state, label, variants, recovery, passno):
+                return False
+
+    def resolve(self, model: nn.Module, costs: CostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
+                limits: dict[str, float]) -> dict[str, int]:  # fmt: skip
+        """Per-group final widths meeting ``limits`` on the real pruned model (estimates checked, tightened).
+
+        Widths rounded to ``step.round_to`` that cannot meet the budget fall back to unrounded widths.
+        """
+        self.round_to_used = step.round_to
+        try:
+            found = self._resolve(model, costs, sens, step, limits, step.round_to)
+        except SlimkitError:
+            found = None
+        if found is None and _block(step.round_to) > 1:
+            self.log(f"  widths in multiples of {_block(step.round_to)} cannot meet the budget: not rounding")
+            self.round_to_used = 1
+            found = self._resolve(model, costs, sens, step, limits, 1)
+        if found is None:
+            raise SlimkitError("cannot meet the pruning budget on the real model (see the allocation)")
+        widths, ratios = found
+        entry = {"allocation": step.allocation, "ratios": ratios, "widths": widths, "limits": limits,
+                 "estimated": costs.estimate(ratios), "base": costs.base}  # fmt: skip
+        if sens is not None:
+            uni = uniform(costs, limits, max_ratio=step.max_ratio)
+            entry["predicted_loss"] = sens.predicted_loss(ratios)
+            entry["uniform_ratios"] = uni
+            entry["uniform_predicted_loss"] = sens.predicted_loss(uni)
+            self.log(f"  allocation: predicted validation-loss increase {entry['predicted_loss']:.3f} "
+                     f"(uniform: {entry['uniform_predicted_loss']:.3f})")  # fmt: skip
+        self.allocations.append(entry)
+        return widths
+
+    def _resolve(
+        self,
+        model: nn.Module,
+        costs: CostModel,
+        sens: Sensitivity | None,
+        step: SensitivityPruneConfig,
+        limits: dict[str, float],
+        round_to: int | str,
+    ) -> tuple[dict[str, int], dict[str, float]] | None:
+        scale = 1.0
+        for _ in range(8):
+            lim = {k: v * scale for k, v in limits.items()}
+            ratios = uniform(costs, lim, max_ratio=step.max_ratio)
+            if sens is not None:  # greedy allocation, unless uniform ratios are predicted to lose less
+                greedy = allocate(sens, costs, lim, max_ratio=step.max_ratio, spread=step.spread)
+                ratios = greedy if sens.predicted_loss(greedy) <= sens.predicted_loss(ratios) else ratios
+            widths = {p: _round_width(n, n - math.floor(ratios.get(p, 0.0) * n + 1e-9), round_to,
+                                      nearest=True) for p, n in costs.groups.items()}  # fmt: skip
+            trial = copy.deepcopy(model)
+            exact = {p: (costs.groups[p] - w) / costs.groups[p] for p, w in widths.items() if w < costs.groups[p]}
+            if exact:
+                prune_channels(trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)),
+                               self.example)  # fmt: skip
+            real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
+            over = max(real[k] / lim_k for k, lim_k in limits.items())
+            if over <= 1.0 + 1e-9:
+                return self._grow(model, costs, sens, step, limits, widths, round_to), ratios
+            scale /= over * 1.005
+        return None
+
+    def _grow(self, model: nn.Module, costs: CostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
+              limits: dict[str, float], widths: dict[str, int], round_to: int | str) -> dict[str, int]:  # fmt: skip
+        """Give back whole channel blocks that rounding took beyond the budget, where they lower the
+        predicted loss most per unit of cost, while the (estimated, then real) budget still holds."""
+        block = _block(round_to)
+        if block <= 1:
+            return widths
+        n = costs.groups
+
+        def ratios_of(w: dict[str, int]) -> dict[str, float]:
+            return {p: (n[p] - v) / n[p] for p, v in w.items()}
+
+        def loss(w: dict[str, int]) -> float:
+            return sens.predicted_loss(ratios_of(w)) if sens is not None else -sum(v / n[p] for p, v in w.items())
+
+        grown = dict(widths)
+        while True:
+            best, best_score = None, math.inf
+            for p in grown:
+                if grown[p] + block > n[p]:
+                    continue
+                trial = {**grown, p: grown[p] + block}
+                est = costs.estimate(ratios_of(trial))
+                if any(est[k] > 0.995 * lim for k, lim in limits.items()):
+                    continue
+                added = sum(est[k] / costs.base[k] for k in limits) + 1e-12
+                score = (loss(trial) - loss(grown)) / added  # most loss removed per cost added
+                if score < best_score:
+                    best, best_score = trial, score
+            if best is None:
+                break
+            grown = best
+        if grown == widths:
+            return widths
+        trial = copy.deepcopy(model)
+        exact = {p: (n[p] - w) / n[p] for p, w in grown.items() if w < n[p]}
+        if exact:
+            prune_channels(trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)),
+                           self.example)  # fmt: skip
+        real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
+        return grown if all(real[k] <= lim for k, lim in limits.items()) else widths
+
+    def pick_lowrank_layers(self, model: nn.Module, step: LowRankConfig) -> LowRankConfig:
+        """Factorize only the layers whose low-rank sensitivity is small: factorizing one alone (SVD, at
+        the probed rank share nearest the step's) may cost at most half the allowed quality drop."""
+        from slimkit.optimize.sensitivity import lowrank_sensitivity
+
+        self.log("  low-rank sensitivity: factorizing each Linear / Conv2d alone (validation split)")
+        layers = lowrank_sensitivity(model, self.data, (0.5, 0.25, 0.125))
+        if self.sensitivity is None:
+            self.sensitivity = Sensitivity(key="lowrank", base=self.base_scores(model), groups={})
+        self.sensitivity.layers = layers
+        share = step.ratio if step.ratio is not None else 0.5
+        allowed = 0.5 * (self.target.max_drop if self.target.max_drop is not None else 1.0)
+        base_acc = self.sensitivity.base["accuracy"]
+        chosen = []
+        for name, entry in layers.items():
+            k = min(range(len(entry["ratios"])), key=lambda j: abs(entry["ratios"][j] - share))
+            if 100 * (base_acc - entry["accuracy"][k]) <= allowed:
+                chosen.append(name)
+        skipped = sorted(set(layers) - set(chosen))
+        self.log(f"  low-rank: factorizing {', '.join(chosen) or 'nothing'}"
+                 + (f"; too sensitive: {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+        return dataclasses.replace(step, layers=tuple(chosen))
+
+    def base_scores(self, model: nn.Module) -> dict[str, float]:
+        from slimkit.optimize.sensitivity import val_scores
+
+        return val_scores(model, self.data.val)
+
+    def get_sensitivity(self, model: nn.Module, step: SensitivityPruneConfig) -> Sensitivity:
+        if self.sensitivity_cache is not None:
+            sens = self.sensitivity_cache(model, step)
+        else:
+            from slimkit.optimize.sensitivity import measure_sensitivity
+
+            sens = measure_sensitivity(model, self.data, importance=step.importance, probe_ratios=step.probe_ratios,
+                                       protected=step.protected)  # fmt: skip
+        self.sensitivity = sens
+        return sens
+
+    def global_prune(self, state: dict[str, Any], step: SensitivityPruneConfig, limits: dict[str, float],
+                     recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
+        for r in range(1, step.rounds + 1):
+            now = self.torch_costs(state["model"])
+            frac = r / step.rounds
+            shares = {k: (lim / self.base["costs"][k]) ** frac * self.base["costs"][k] / now[k]
+                      for k, lim in limits.items()}  # fmt: skip
+            if all(s >= 1 for s in shares.values()):
+                continue
+            cfg = ChannelPruneConfig(
+                ratio=0.0, global_ranking=True, importance=step.importance, protected=list(step.protected),
+                max_ratio=step.max_ratio, round_to=step.round_to,
+                target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,
+                target_params=min(1.0, shares["params"]) if "params" in shares else None,
+            )  # fmt: skip
+            fn = lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train)  # noqa: E731
+            if not self._attempt(state, f"prune round {r}/{step.rounds} (global)", [("", cfg, fn)], recovery, passno):
+                return False
+        return True
+
+    def quantize_step(self, state: dict[str, Any], step: QuantizeConfig, passno: int) -> None:
+        from slimkit.compress import quantize
+
+        started = time.monotonic()
+        fp32 = state["model"]
+        c_fp32 = state["candidate"]
+        cfg = step
+        if step.max_drop is None and self.target.max_drop is not None and self.target.metric == "accuracy":
+            slack = self.target.slack(c_fp32.metrics, self.base["metrics"]) if c_fp32 is not None else 0.0
+            cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
+        path = self.workdir / f"int8-{len(self.candidates)}.onnx"
+        result = quantize(fp32, self.data, cfg, path, force=True)
+        c = self.record(None, f"int8 ({result.mode})", cfg, onnx=path, fp32=fp32, started=started, passno=passno)
+        c.note = result.reason
+        if c.quality_ok:
+            state["onnx"], state["candidate"], state["quantize"] = path, self.accept(c), result.to_dict()
+        else:
+            c.note = "backed off: int8 breaks the quality constraint; the fp32 model is kept"
+            self.log("  backing off int8 quantization")
+
+
+def _block(round_to: int | str) -> int:
+    if round_to != "auto":
+        return int(round_to)
+    try:
+        from slimkit.core.hardware import simd_channels
+    except ImportError:  # pragma: no cover (older trees)
+        return 8
+    return simd_channels()
+
+
+def _round_width(n: int, keep: int, round_to: int | str, *, nearest: bool = False) -> int:
+    """``keep`` rounded up (or to the nearest) multiple of ``round_to`` when the group has that many
+    units, at least 1."""
+    keep = max(1, keep)
+    round_to = _block(round_to)
+    if nearest and round_to > 1 and n >= round_to:
+        return min(n, max(round_to, round(keep / round_to) * round_to))
+    if round_to > 1 and n >= round_to:
+        keep = min(n, max(round_to, math.ceil(keep / round_to) * round_to))
+    return keep
+
+
+def _milder(cfg: Config) -> Config | None:
+    """A gentler version of a compressing config (halfway back to the original), or None."""
+    if isinstance(cfg, ChannelPruneConfig):
+        if cfg.target_macs is not None or cfg.target_params is not None:
+            return dataclasses.replace(
+                cfg,
+                target_macs=None if cfg.target_macs is None else math.sqrt(cfg.target_macs),
+                target_params=None if cfg.target_params is None else math.sqrt(cfg.target_params),
+            )
+        return dataclasses.replace(cfg, ratio=cfg.ratio / 2, ratios={k: v / 2 for k, v in cfg.ratios.items()})
+    if isinstance(cfg, LowRankConfig):
+        for k in ("ratio", "energy", "budget"):
+            v = getattr(cfg, k)
+            if v is not None:
+                return None if v >= 1 else dataclasses.replace(cfg, **{k: (1 + v) / 2})
+        if cfg.rank is not None:
+            return dataclasses.replace(cfg, rank=cfg.rank * 2)
+        return dataclasses.replace(cfg, ratio=0.75)
+    return None
+
+
+def tighten(recipe: Recipe, factor: float) -> Recipe | None:
+    """The recipe with its pruning budgets multiplied by ``factor`` (< 1), or None if it has none."""
+    steps, changed = [], False
+    for s in recipe.steps:
+        if isinstance(s, SensitivityPruneConfig | ChannelPruneConfig) and (s.target_macs or s.target_params):
+            s = dataclasses.replace(
+                s,
+                target_macs=None if s.target_macs is None else max(1e-3, s.target_macs * factor),
+                target_params=None if s.target_params is None else max(1e-3, s.target_params * factor),
+            )
+            changed = True
+        steps.append(s)
+    return Recipe(tuple(steps)) if changed else None
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    from slimkit.core.files import atomic_path
+
+    with atomic_path(dst, force=True) as tmp:
+        shutil.copy(src, tmp)

@@ -1,0 +1,376 @@
+"""``optimize``: meet a user's budget with the least accuracy lost, validate, test once, report."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import OutputExistsError, SlimkitError
+from slimkit.core.files import write_text_atomic
+from slimkit.evaluate import Report, compare
+from slimkit.optimize.pipeline import Candidate, Log, Loop, copy_file, pareto_front, tighten
+from slimkit.optimize.recipe import Recipe, SensitivityPruneConfig, auto_recipe
+from slimkit.optimize.sensitivity import Sensitivity, measure_sensitivity, sensitivity_key
+from slimkit.optimize.target import Target, format_duration, parse_target
+
+MAX_PASSES = 3
+OUTPUT_FILES = ("report.json", "report.html", "model.onnx", "model.int8.onnx", "recipe.json")
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """The outcome of :func:`optimize`.
+
+    ``model`` is the optimized float model (pruned / factorized / folded); ``int8_path`` the int8
+    ONNX file when the recipe quantized. ``before`` / ``after`` are measured once on the **test**
+    split (``after`` measures the deployed artifact: the int8 file when there is one).
+    ``candidates`` are every model the loop validated, ``chosen`` the id of the final one.
+    """
+
+    model: nn.Module
+    int8_path: Path | None
+    target: Target
+    recipe: Recipe
+    base_val: dict[str, Any]
+    before: Report
+    after: Report
+    candidates: list[Candidate]
+    chosen: int
+    target_met: bool
+    sensitivity: Sensitivity | None
+    allocations: list[dict[str, Any]]
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    seconds: float
+    output: Path | None = None
+    trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    quantize: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
+
+    @property
+    def comparison(self) -> Any:
+        """Test-split before / after: metric changes in points, cost ratios."""
+        return compare(self.before, self.after)
+
+    @property
+    def chosen_candidate(self) -> Candidate:
+        return self.candidates[self.chosen]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.to_dict(),
+            "target_text": str(self.target),
+            "target_met_on_validation": self.target_met,
+            "recipe": self.recipe.to_dict(),
+            "validation": {"original": self.base_val, "chosen": self.chosen_candidate.to_dict()},
+            "test": {
+                "before": self.before.to_dict(),
+                "after": self.after.to_dict(),
+                "change": dict(self.comparison),
+            },  # fmt: skip
+            "candidates": [c.to_dict() for c in self.candidates],
+            "chosen": self.chosen,
+            "pareto": {
+                "macs": pareto_front(self.candidates, self.target.metric, "macs"),
+                "bytes": pareto_front(self.candidates, self.target.metric, "bytes"),
+            },  # fmt: skip
+            "allocations": self.allocations,
+            "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
+            "widths": {"before": self.widths_before, "after": self.widths_after},
+            "quantize": self.quantize,
+            "speed": self.speed,
+            "trials": self.trials,
+            "notes": self.notes,
+            "seconds": self.seconds,
+            "files": {
+                "checkpoint": "checkpoint",
+                "onnx": "model.onnx",
+                "int8": "model.int8.onnx" if self.int8_path else None,
+            },  # fmt: skip
+        }
+
+    def save(self, path: str | Path, *, force: bool = False, html: bool = True) -> Path:
+        """Write ``checkpoint/``, ``model.onnx``, ``model.int8.onnx`` (if quantized), ``recipe.json``,
+        ``report.json`` and ``report.html`` into the folder ``path``; every file is written atomically."""
+        from slimkit.io import export, save
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        example = self.before_example
+        if (path / "report.json").exists() and not force and path != self.output:
+            raise OutputExistsError(f"{path} already holds a report; pass force=True (CLI: --force) to replace it")
+        save(self.model, path / "checkpoint", example=example, force=True)
+        export(self.model, path / "model.onnx", example, force=True)
+        if self.int8_path is not None and Path(self.int8_path).resolve() != (path / "model.int8.onnx").resolve():
+            copy_file(Path(self.int8_path), path / "model.int8.onnx")
+        write_text_atomic(path / "recipe.json", json.dumps(self.recipe.to_dict(), indent=2) + "\n", force=True)
+        write_text_atomic(path / "report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n", force=True)
+        if html:
+            from slimkit.optimize.report import write_html
+
+            write_html(self, path / "report.html")
+        return path
+
+    before_example: torch.Tensor | None = None
+
+    def summary(self) -> str:
+        c = self.chosen_candidate
+        lines = [f"target: {self.target}", f"recipe: {self.recipe}",
+                 f"target {'met' if self.target_met else 'NOT met'} on validation (candidate {c.id}: {c.step}); "
+                 f"{len(self.candidates)} candidates in {format_duration(self.seconds)}"]  # fmt: skip
+        if self.speed:
+            sp = self.speed
+            lines.append(f"{sp['deployed']} vs the fp32 ONNX original: file {sp['smaller']:.1f}x smaller, ONNX Runtime "
+                         f"batch {sp['batch']} throughput {sp['speedup']:.2f}x (timed in alternation)")  # fmt: skip
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _prepare_output(output: str | Path | None, resume: bool, force: bool) -> tuple[Path, bool]:
+    """The run folder (created) and whether it is a temporary one."""
+    if output is None:
+        return Path(tempfile.mkdtemp(prefix="slimkit-optimize-")), True
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise SlimkitError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (resume or force):
+        raise OutputExistsError(f"{out} already exists; pass --resume to continue the run or --force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    if force and not resume:
+        for name in (*OUTPUT_FILES, "study.db", "sensitivity.json"):
+            (out / name).unlink(missing_ok=True)
+        for name in ("progress", ".work"):  # (trials/ is cleared when a new study starts)
+            shutil.rmtree(out / name, ignore_errors=True)
+    return out, False
+
+
+class SensitivityCache:
+    """Sensitivity results kept in ``sensitivity.json`` in the run folder, keyed by model + settings."""
+
+    def __init__(self, path: Path, data: Any, log: Log) -> None:
+        self.path, self.data, self.log = path, data, log
+        self.entries: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                self.entries = {}
+
+    def __call__(self, model: nn.Module, step: SensitivityPruneConfig) -> Sensitivity:
+        key = sensitivity_key(model, step.importance, tuple(step.probe_ratios), getattr(self.data, "name", "data"),
+                              False)  # fmt: skip
+        if key in self.entries:
+            self.log("  sensitivity: reusing the cached analysis")
+            return Sensitivity.from_dict(self.entries[key])
+        self.log("  sensitivity: pruning each group alone at "
+                 f"{', '.join(f'{r:.0%}' for r in step.probe_ratios)} (validation split)")  # fmt: skip
+        sens = measure_sensitivity(model, self.data, importance=step.importance, probe_ratios=step.probe_ratios,
+                                   protected=step.protected)  # fmt: skip
+        self.entries[key] = sens.to_dict()
+        write_text_atomic(self.path, json.dumps(self.entries, indent=1) + "\n", force=True)
+        self.log(f"  sensitivity: {len(sens.groups)} groups in {sens.seconds:.1f} s (cached in {self.path.name})")
+        return sens
+
+
+def _rank(state: dict[str, Any], limits: dict[str, float], metric: str) -> tuple:
+    c: Candidate = state["candidate"]
+    overrun = max([c.costs[k] / lim for k, lim in limits.items() if c.costs.get(k) is not None] or [1.0])
+    return (c.target_ok, c.quality_ok, -max(1.0, overrun), c.metrics[metric])
+
+
+def optimize(
+    model: nn.Module,
+    data: Any,
+    target: Target | str | list[str],
+    *,
+    recipe: Recipe | str | Path | dict | None = "auto",
+    output: str | Path | None = None,
+    quantize: bool | None = None,
+    finetune_epochs: int = 4,
+    rounds: int = 2,
+    allocation: str = "sensitivity",
+    importance: str = "l2",
+    round_to: int | str | None = None,
+    trials: int = 0,
+    storage: str | None = None,
+    study_name: str = "slimkit-optimize",
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    force: bool = False,
+    html: bool = True,
+    log: Log | None = None,
+) -> OptimizeResult:
+    """Make ``model`` meet ``target`` with the least loss of quality; returns an :class:`OptimizeResult`.
+
+    ``data`` is a :class:`slimkit.data.Dataset` or its name: training data fine-tunes, the validation
+    split drives every decision, the test split is used once at the end. ``recipe`` is ``"auto"``
+    (built from the target: sensitivity pruning in ``rounds`` with ``finetune_epochs`` of distilled
+    fine-tuning, BatchNorm folding, int8 when the file or latency budget needs it), a
+    :class:`Recipe`, a dict or a JSON / YAML file. ``trials > 0`` searches recipe parameters with
+    Optuna (extra ``search``) in ``storage`` (default: ``study.db`` in ``output``); ``resume``
+    continues an interrupted run in ``output``. With ``output``, everything is saved there
+    (atomically, file by file); otherwise call :meth:`OptimizeResult.save`.
+
+    Example::
+
+        data = sk.data.load("mnist5k")
+        result = optimize(sk.load("runs/cnn"), data, Target(macs=0.25, bytes=0.05, max_drop=0.5))
+        result.save("runs/cnn-opt")
+    """
+    from slimkit import data as data_mod
+
+    started = time.monotonic()
+    log = log or (lambda s: None)
+    if isinstance(target, str | list):
+        target = parse_target(target)
+    if not isinstance(target, Target):
+        raise SlimkitError(f"target must be a slimkit.Target or strings like 'macs=0.25', got {type(target).__name__}")
+    if isinstance(data, str):
+        data = data_mod.load(data)
+    if not isinstance(model, nn.Module):
+        raise SlimkitError(f"optimize takes a torch.nn.Module, got {type(model).__name__}")
+    workdir, temporary = _prepare_output(output, resume, force)
+    deadline = None if target.time_budget is None else started + target.time_budget
+    torch.manual_seed(seed)
+    original = copy.deepcopy(model).eval()
+    cache = SensitivityCache(workdir / "sensitivity.json", data, log)
+    log(f"target: {target}")
+    scratch = workdir / ".work"  # int8 files of candidates; removed once the outputs are saved
+    scratch.mkdir(exist_ok=True)
+    loop = Loop(original, data, target, workdir=scratch, deadline=deadline, log=log, progress=progress,
+                sensitivity_cache=cache)  # fmt: skip
+    loop.seed = seed
+    m = target.metric
+    log(f"original on validation: {m} {100 * loop.base['metrics'][m]:.2f}%, MACs {loop.base['costs']['macs']:,}, "
+        f"params {loop.base['costs']['params']:,}")  # fmt: skip
+    if recipe is None or recipe == "auto":
+        recipe = auto_recipe(target, loop.base["costs"], quantize=quantize, finetune_epochs=finetune_epochs,
+                             rounds=rounds, allocation=allocation, importance=importance,
+                             round_to=round_to)  # fmt: skip
+    elif isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    elif isinstance(recipe, str | Path):
+        recipe = Recipe.load(recipe)
+    log(f"recipe: {recipe}")
+    notes: list[str] = []
+    trial_rows: list[dict[str, Any]] = []
+    if trials:
+        from slimkit.optimize.search import search
+
+        best, recipe, trial_rows = search(loop, recipe, trials=trials, storage=storage, study_name=study_name,
+                                          resume=resume, seed=seed, workdir=workdir)  # fmt: skip
+        states = [best]
+    else:
+        states = []
+        current = recipe
+        first = 1
+        if not temporary:
+            loop.progress_dir = workdir / "progress"
+            restored = loop.restore_progress() if resume else None
+            if restored is not None:
+                current, recipe, first = restored, restored, loop.restored["passno"]
+        for passno in range(first, MAX_PASSES + 1):
+            log(f"pass {passno}: {current}")
+            state = loop.run_pass(current, passno)
+            states.append(state)
+            c: Candidate = state["candidate"]
+            if c.target_ok:
+                break
+            if loop.out_of_time():
+                notes.append("the time budget ended before the target was met")
+                break
+            unmet = [k for k, ok in c.cost_ok.items() if not ok]
+            if not unmet or state["backed_off"] or not c.quality_ok or passno == MAX_PASSES:
+                break
+            factor = min(loop.limits[k] / c.costs[k] for k in unmet) * 0.97
+            nxt = tighten(current, factor)
+            if nxt is None:
+                notes.append(f"the recipe cannot reach the {', '.join(unmet)} budget (no pruning step to tighten)")
+                break
+            notes.append(f"pass {passno} missed the {', '.join(unmet)} budget: pruning budget tightened x{factor:.2f}")
+            log(f"  {notes[-1]}")
+            current = nxt
+            recipe = nxt
+    best = max(states, key=lambda s: _rank(s, loop.limits, m))
+    chosen: Candidate = best["candidate"]
+    if not chosen.target_ok:
+        notes.append("the target was NOT met on validation: the report shows the closest candidate")
+    result = _finish(loop, best, recipe, notes, trial_rows, started, workdir if not temporary else None, log)
+    if not temporary:
+        result.save(workdir, force=True, html=html)
+        if result.int8_path is not None:
+            result.int8_path = workdir / "model.int8.onnx"
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(workdir / "progress", ignore_errors=True)  # the run is complete: nothing to resume
+        log(f"saved {workdir}")
+    return result
+
+
+def _finish(loop: Loop, state: dict[str, Any], recipe: Recipe, notes: list[str], trials: list[dict[str, Any]],
+            started: float, output: Path | None, log: Log) -> OptimizeResult:  # fmt: skip
+    """Test-split measurement (once, at the end) of the original and the chosen model."""
+    from slimkit.evaluate import evaluate
+    from slimkit.io.onnx import OnnxModel
+
+    data, target = loop.data, loop.target
+    batches = tuple(sorted({1, target.latency_batch, 64}))
+    log("measuring on the test split (once): original, then the optimized model")
+    before = evaluate(loop.original, data, split="test", batch_sizes=batches)
+    model: nn.Module = state["model"]
+    int8 = state.get("onnx")
+    if int8 is not None:
+        after = evaluate(OnnxModel(int8), data, split="test", batch_sizes=batches)
+        after.model = f"{after.model} (int8 ONNX)"
+        after.macs = loop.torch_costs(model)["macs"]
+    else:
+        after = evaluate(model, data, split="test", batch_sizes=batches)
+    paired = _paired_speed(loop, model, int8, target.latency_batch)
+    for c in loop.candidates:
+        c.pareto = c.id in pareto_front(loop.candidates, target.metric, "macs")
+    chosen = state["candidate"]
+    from slimkit.optimize.pipeline import _widths
+
+    result = OptimizeResult(
+        model=model, int8_path=int8, target=target, recipe=recipe, base_val=loop.base, before=before, after=after,
+        candidates=loop.candidates, chosen=chosen.id, target_met=chosen.target_ok, sensitivity=loop.sensitivity,
+        allocations=loop.allocations, widths_before=_widths(loop.original, loop.layer_names),
+        widths_after=_widths(model, loop.layer_names), seconds=time.monotonic() - started, output=output,
+        trials=trials, notes=notes, quantize=state.get("quantize"), speed=paired,
+    )  # fmt: skip
+    result.before_example = data.example
+    return result
+
+
+def _paired_speed(loop: Loop, model: nn.Module, int8: Path | None, batch: int) -> dict[str, Any] | None:
+    """ONNX Runtime latency of the fp32 ONNX original and of the deployed model, timed in alternation
+    (a fair ratio on a busy machine); None without the ``onnx`` extra."""
+    from slimkit.core.optional import available
+    from slimkit.io.onnx import export_onnx
+    from slimkit.optimize.pipeline import ort_latency
+
+    if not (available("onnxruntime") and available("onnxscript")):
+        return None
+    reference = loop.reference_onnx
+    if reference is None or not reference.exists():
+        reference = loop.workdir / "original.onnx"
+        export_onnx(loop.original, reference, loop.example)
+    deployed = int8
+    if deployed is None:
+        deployed = loop.workdir / "final.onnx"
+        export_onnx(model, deployed, loop.example)
+    ms, ref_ms = ort_latency(deployed, loop.example, batch, runs=30, reference=reference)
+    return {"batch": batch, "original_fp32_onnx_ms": ref_ms, "optimized_ms": ms, "speedup": ref_ms / ms,
+            "deployed": "int8 ONNX" if int8 is not None else "fp32 ONNX",
+            "original_fp32_onnx_bytes": reference.stat().st_size, "optimized_onnx_bytes": deployed.stat().st_size,
+            "smaller": reference.stat().st_size / deployed.stat().st_size}  # fmt: skip

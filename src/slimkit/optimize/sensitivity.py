@@ -1,0 +1,353 @@
+"""Sensitivity analysis and non-uniform allocation of per-layer pruning ratios.
+
+:func:`measure_sensitivity` prunes each prunable group alone (and factorizes each Linear/Conv2d
+alone, if asked) at a few ratios and records the validation loss and accuracy. :func:`allocate`
+then picks one ratio per group so that the estimated MACs / params meet a budget with the least
+predicted loss increase: starting from the unpruned model it repeatedly raises the ratio of the
+group whose next step costs the least loss per unit of budget saved (losses of groups are assumed
+to add up; costs are estimated per layer as ``cost * keep(in) * keep(out)``, then checked exactly).
+
+>>> import torch, slimkit as sk
+>>> model = sk.zoo.create("seed_cnn")
+>>> costs = CostModel(model, torch.zeros(1, 1, 28, 28))
+>>> [g for g in costs.groups], costs.base["macs"]
+(['conv1', 'conv2', 'fc1'], 6498560)
+>>> round(costs.estimate({"conv2": 0.5})["macs"] / costs.base["macs"], 3)
+0.531
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.model import eval_mode
+from slimkit.evaluate.cost import count_macs, count_params
+from slimkit.graph import analyze
+from slimkit.prune import ChannelPruneConfig, prune_channels
+
+
+def val_scores(model: Any, loader: Any) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` (module or ONNX model) over ``loader``."""
+    total, correct, n = 0.0, 0, 0
+    ctx = eval_mode(model) if isinstance(model, nn.Module) else _null()
+    with ctx, torch.no_grad():
+        for x, y in loader:
+            logits = model(x).float()
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+    if not n:
+        raise SlimkitError("cannot measure the validation loss: the validation split is empty")
+    return {"loss": total / n, "accuracy": correct / n}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights and shapes (keys the sensitivity cache)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class CostModel:
+    """Estimated MACs and params of ``model`` after pruning groups by given ratios.
+
+    ``groups`` maps each prunable group's producer layer (the key of ``ChannelPruneConfig.ratios``)
+    to its unit count. A layer's cost is scaled by the kept share of every group it belongs to.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, protected: tuple[str, ...] | list[str] = ()) -> None:
+        graph = analyze(model, example, protected=list(protected) or None)
+        self.groups: dict[str, int] = {}
+        self.members: dict[str, list[str]] = {}  # layer -> producers of the groups it belongs to
+        self.group_names: dict[str, str] = {}
+        for g in graph.groups:
+            producer = next(s.module for s in g.slots if s.producer)
+            self.groups[producer] = len(g)
+            self.group_names[producer] = g.name
+            for s in g.slots:
+                self.members.setdefault(s.module, [])
+                if producer not in self.members[s.module]:
+                    self.members[s.module].append(producer)
+        self.skipped = dict(graph.skipped)
+        counter = FlopCounterMode(display=False)
+        with eval_mode(model), torch.no_grad(), counter:
+            model(example[:1])
+        flops = {k.partition(".")[2]: sum(v.values()) for k, v in counter.get_flop_counts().items() if "." in k}
+        self.layer_macs: dict[str, float] = {}
+        self.layer_params: dict[str, float] = {}
+        for name, m in model.named_modules():
+            if not name:
+                continue
+            own = sum(p.numel() for p in m.parameters(recurse=False))
+            leaf = not any(True for _ in m.children())
+            if leaf and name in flops:
+                self.layer_macs[name] = flops[name] / 2
+            if own:
+                self.layer_params[name] = own
+        self.base = {"macs": count_macs(model, example), "params": count_params(model)}
+        self.const = {
+            "macs": self.base["macs"] - sum(self.layer_macs.values()),
+            "params": self.base["params"] - sum(self.layer_params.values()),
+        }
+
+    def estimate(self, ratios: dict[str, float]) -> dict[str, float]:
+        """Estimated ``{"macs", "params"}`` when group ``p`` loses ``ratios[p]`` of its units."""
+        out = {}
+        for kind, table in (("macs", self.layer_macs), ("params", self.layer_params)):
+            total = self.const[kind]
+            for layer, cost in table.items():
+                keep = 1.0
+                for p in self.members.get(layer, ()):
+                    keep *= 1.0 - ratios.get(p, 0.0)
+                total += cost * keep
+            out[kind] = total
+        return out
+
+
+@dataclasses.dataclass
+class Sensitivity:
+    """Validation loss / accuracy of the model with one group (or layer) pruned at several ratios.
+
+    ``groups[p] = {"units": n, "ratios": [...], "loss": [...], "accuracy": [...]}`` for pruning;
+    ``layers`` the same for low-rank factorization (``ratios`` are rank shares kept).
+    """
+
+    key: str
+    base: dict[str, float]
+    groups: dict[str, dict[str, Any]]
+    layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sensitivity:
+        return cls(**d)
+
+    def loss_curve(self, producer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ratios, loss increase) with (0, 0) prepended, made non-decreasing."""
+        g = self.groups[producer]
+        r = np.array([0.0, *g["ratios"]])
+        loss = np.array([0.0, *(v - self.base["loss"] for v in g["loss"])])
+        order = np.argsort(r)
+        return r[order], np.maximum.accumulate(np.maximum(loss[order], 0.0))
+
+    def predicted_loss(self, ratios: dict[str, float]) -> float:
+        """Sum of the groups' interpolated loss increases (the allocation's objective)."""
+        total = 0.0
+        for p, r in ratios.items():
+            if p in self.groups and r > 0:
+                xs, ys = self.loss_curve(p)
+                total += float(np.interp(r, xs, ys, right=ys[-1] + (r - xs[-1]) * 10))
+        return total
+
+
+def sensitivity_key(model: nn.Module, importance: str, probe_ratios: tuple[float, ...], data_name: str,
+                    lowrank: bool) -> str:  # fmt: skip
+    text = f"{fingerprint(model)}|{importance}|{probe_ratios}|{data_name}|{lowrank}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure_sensitivity(
+    model: nn.Module,
+    data: Any,
+    *,
+    importance: str = "l2",
+    probe_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9),
+    protected: tuple[str, ...] | list[str] = (),
+    lowrank: bool = False,
+    rank_shares: tuple[float, ...] = (0.5, 0.25, 0.125),
+    progress: Any = None,
+) -> Sensitivity:
+    """Prune each group of ``model`` alone at ``probe_ratios``; validation loss and accuracy of each.
+
+    ``data`` is a :class:`slimkit.data.Dataset` (its ``val`` split is used, ``train`` batches feed
+    data-driven importances). With ``lowrank``, each Linear/Conv2d is also factorized alone (SVD)
+    keeping ``rank_shares`` of its rank. ``progress(done, total)`` is called after each probe.
+    """
+    import time
+
+    start = time.perf_counter()
+    example = data.example
+    val = data.val
+    base = val_scores(model, val)
+    costs = CostModel(model, example, protected)
+    total = len(costs.groups) * len(probe_ratios)
+    groups: dict[str, dict[str, Any]] = {}
+    done = 0
+    for producer, units in costs.groups.items():
+        entry: dict[str, Any] = {"units": units, "group": costs.group_names[producer], "ratios": [], "loss": [],
+                                 "accuracy": [], "macs": []}  # fmt: skip
+        for r in probe_ratios:
+            trial = copy.deepcopy(model)
+            cfg = ChannelPruneConfig(ratio=0.0, ratios={producer: r}, importance=importance, protected=list(protected))
+            prune_channels(trial, cfg, example, data=data.train)
+            s = val_scores(trial, val)
+            entry["ratios"].append(r)
+            entry["loss"].append(s["loss"])
+            entry["accuracy"].append(s["accuracy"])
+            entry["macs"].append(count_macs(trial, example))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        groups[producer] = entry
+    layers = lowrank_sensitivity(model, data, rank_shares) if lowrank else {}
+    key = sensitivity_key(model, importance, tuple(probe_ratios), getattr(data, "name", "data"), lowrank)
+    return Sensitivity(key=key, base=base, groups=groups, layers=layers, seconds=time.perf_counter() - start)
+
+
+def lowrank_sensitivity(model: nn.Module, data: Any, rank_shares: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """Validation loss / accuracy with each Linear / Conv2d factorized alone (SVD) at ``rank_shares``."""
+    from slimkit.compress import LowRankConfig
+    from slimkit.core.transform import apply_
+
+    out: dict[str, dict[str, Any]] = {}
+    example = data.example
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear | nn.Conv2d) or (isinstance(m, nn.Conv2d) and m.groups > 1):
+            continue
+        entry: dict[str, Any] = {"ratios": [], "loss": [], "accuracy": [], "params": []}
+        for share in rank_shares:
+            trial = copy.deepcopy(model)
+            apply_(trial, LowRankConfig(ratio=share, layers=(name,)), example_inputs=example)
+            if count_params(trial) >= count_params(model):
+                continue  # factorizing would not save parameters here
+            s = val_scores(trial, data.val)
+            entry["ratios"].append(share)
+            entry["loss"].append(s["loss"])
+            entry["accuracy"].append(s["accuracy"])
+            entry["params"].append(count_params(trial))
+        if entry["ratios"]:
+            out[name] = entry
+    return out
+
+
+def allocate(
+    sensitivity: Sensitivity,
+    costs: CostModel,
+    limits: dict[str, float],
+    *,
+    max_ratio: float = 0.9,
+    spread: float | None = 0.25,
+    step: float = 0.025,
+) -> dict[str, float]:
+    """Per-group ratios (keyed by producer layer) whose estimated costs meet ``limits``
+    (``{"macs": n, "params": n}``, absolute) with the least predicted loss increase.
+
+    ``spread`` keeps every ratio within that distance of the uniform ratio that meets the same
+    budget: the additive loss model comes from pruning one group at a time without fine-tuning, and
+    is only trusted near uniform widths (far from them it over-prunes cheap-looking layers, e.g. the
+    inner convolutions of residual blocks, whose capacity fine-tuning then misses).
+
+    Greedy first: raise, by ``step``, the ratio of the group with the lowest loss increase per share
+    of the still-unmet budgets saved, until every budget is met. Then local search from the greedy
+    and from the uniform solution: move ratio from one group to another while the budget holds and
+    the predicted loss falls. The result is never predicted worse than uniform ratios.
+    """
+    ratios = {p: 0.0 for p in costs.groups if p in sensitivity.groups}
+    curves = {p: sensitivity.loss_curve(p) for p in ratios}
+    uni = {p: r for p, r in uniform(costs, limits, max_ratio=max_ratio).items() if p in ratios}
+    lo = {p: 0.0 if spread is None else max(0.0, uni[p] - spread) for p in ratios}
+    hi = {p: max_ratio if spread is None else min(max_ratio, uni[p] + spread) for p in ratios}
+    ratios = dict(lo)
+
+    def loss(p: str, r: float) -> float:
+        xs, ys = curves[p]
+        return float(np.interp(r, xs, ys)) if r <= xs[-1] else float(ys[-1] + (r - xs[-1]) * 10)
+
+    now = costs.estimate(ratios)
+    for _ in range(int(len(ratios) * max_ratio / step) + 2):
+        unmet = [k for k, lim in limits.items() if now[k] > lim]
+        if not unmet:
+            break
+        best, best_score, best_costs = None, math.inf, None
+        for p, r in ratios.items():
+            nr = min(hi[p], r + step)
+            if nr <= r + 1e-9:
+                continue
+            trial = costs.estimate({**ratios, p: nr})
+            gain = sum((now[k] - trial[k]) / costs.base[k] for k in unmet)
+            if gain <= 1e-12:
+                continue
+            score = (loss(p, nr) - loss(p, r) + 1e-6) / gain
+            if score < best_score:
+                best, best_score, best_costs = p, score, trial
+        if best is None:
+            break
+        ratios[best] = min(hi[best], ratios[best] + step)
+        now = best_costs
+    if any(now[k] > lim for k, lim in limits.items()):
+        raise SlimkitError(
+            f"cannot meet the budget by pruning: even removing {max_ratio:.0%} of every prunable group leaves "
+            f"{', '.join(f'{k} {now[k]:,.0f} > {lim:,.0f}' for k, lim in limits.items() if now[k] > lim)}"
+        )
+    results = [_local_search(s, costs, limits, loss, lo, hi) for s in (ratios, uni)]
+    return min(results, key=lambda r: sum(loss(p, v) for p, v in r.items()))
+
+
+def _local_search(ratios: dict[str, float], costs: CostModel, limits: dict[str, float], loss: Any,
+                  lo: dict[str, float], hi: dict[str, float], iterations: int = 300) -> dict[str, float]:  # fmt: skip
+    """Move ratio between pairs of groups while the estimated budget holds and the predicted loss falls."""
+    ratios = dict(ratios)
+
+    def feasible(r: dict[str, float]) -> bool:
+        est = costs.estimate(r)
+        return all(est[k] <= lim for k, lim in limits.items())
+
+    for delta in (0.1, 0.05, 0.025, 0.0125):
+        for _ in range(iterations):
+            total = sum(loss(p, v) for p, v in ratios.items())
+            best, best_total = None, total - 1e-9
+            for i in ratios:
+                if ratios[i] - delta < lo[i] - 1e-9:
+                    continue
+                for j in ratios:
+                    if i == j or ratios[j] + delta > hi[j] + 1e-9:
+                        continue
+                    trial = {**ratios, i: ratios[i] - delta, j: ratios[j] + delta}
+                    t = sum(loss(p, v) for p, v in trial.items())
+                    if t < best_total and feasible(trial):
+                        best, best_total = trial, t
+            if best is None:
+                break
+            ratios = best
+    return ratios
+
+
+def uniform(costs: CostModel, limits: dict[str, float], *, max_ratio: float = 0.9) -> dict[str, float]:
+    """The same ratio for every group, the smallest whose estimated costs meet ``limits`` (bisection)."""
+
+    def meets(r: float) -> bool:
+        est = costs.estimate({p: r for p in costs.groups})
+        return all(est[k] <= lim for k, lim in limits.items())
+
+    if not meets(max_ratio):
+        raise SlimkitError(f"cannot meet the budget by pruning even {max_ratio:.0%} of every group")
+    lo, hi = 0.0, max_ratio
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return {p: hi for p in costs.groups}

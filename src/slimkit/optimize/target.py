@@ -1,0 +1,257 @@
+"""What the user wants: a cost budget, a quality constraint and a time budget (:class:`Target`).
+
+Costs are shares of the original model (``macs=0.25``: 4x fewer multiply-accumulates) or absolute
+values (``max_macs=1_500_000``). Quality is checked on the **validation** split: at most
+``max_drop`` points lost on ``metric`` and / or a floor per metric (``min_metrics={"f1": 0.97}``).
+
+>>> t = parse_target(["macs=0.25", "bytes=300KB", "latency=0.3@64"], max_drop=0.5)
+>>> t.macs, t.max_bytes, t.latency, t.latency_batch
+(0.25, 307200, 0.3, 64)
+>>> print(parse_target("macs=0.25", max_drop=0.5))
+MACs <= 25% of the original; accuracy drop <= 0.5 points (validation)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+from slimkit.core.errors import SlimkitError
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1}
+_BYTES = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_TIME = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Target:
+    """A budget: every cost given must hold, and the quality constraint must hold on validation data.
+
+    - ``macs`` / ``params`` / ``bytes`` / ``latency``: share of the original (in (0, 1]).
+      ``bytes`` is the deployable file (int8 ONNX when quantized, else the fp32 weights);
+      ``latency`` is ONNX Runtime at ``latency_batch`` rows.
+    - ``max_macs`` / ``max_params`` / ``max_bytes`` / ``max_latency_ms``: absolute limits.
+    - ``max_drop``: points of ``metric`` (validation) that may be lost; ``min_metrics``: floors
+      (fractions, e.g. ``{"f1": 0.97}``) of any reported metric.
+    - ``time_budget``: seconds for the whole run (None: no limit).
+    """
+
+    macs: float | None = None
+    params: float | None = None
+    bytes: float | None = None
+    latency: float | None = None
+    max_macs: int | None = None
+    max_params: int | None = None
+    max_bytes: int | None = None
+    max_latency_ms: float | None = None
+    latency_batch: int = 64
+    metric: str = "accuracy"
+    max_drop: float | None = None
+    min_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("macs", "params", "bytes", "latency"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 1:
+                raise SlimkitError(f"target {name}={v} must be a share of the original in (0, 1]; "
+                                   f"give an absolute limit with max_{name}")  # fmt: skip
+        for name in ("max_macs", "max_params", "max_bytes", "max_latency_ms"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise SlimkitError(f"target {name}={v} must be positive")
+        if self.latency_batch < 1:
+            raise SlimkitError(f"latency batch size must be at least 1, got {self.latency_batch}")
+        if self.metric not in METRICS:
+            raise SlimkitError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise SlimkitError(f"max_drop must be >= 0 points, got {self.max_drop}")
+        for k, v in self.min_metrics.items():
+            if k not in METRICS:
+                raise SlimkitError(f"unknown metric {k!r} in min_metrics; choose one of {', '.join(METRICS)}")
+            if not 0 <= v <= 1:
+                raise SlimkitError(f"min_metrics[{k!r}]={v} must be a fraction in [0, 1] (0.97 = 97%)")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise SlimkitError(f"time_budget must be positive seconds, got {self.time_budget}")
+        if not self.costs():
+            raise SlimkitError("the target names no cost: give at least one of macs, params, bytes, latency")
+
+    def costs(self) -> dict[str, tuple[str, float]]:
+        """``{cost: ("share" | "abs", value)}`` for every cost the target limits."""
+        out: dict[str, tuple[str, float]] = {}
+        for name, absolute in (("macs", "max_macs"), ("params", "max_params"), ("bytes", "max_bytes"),
+                               ("latency", "max_latency_ms")):  # fmt: skip
+            if getattr(self, name) is not None:
+                out[name] = ("share", getattr(self, name))
+            elif getattr(self, absolute) is not None:
+                out[name] = ("abs", getattr(self, absolute))
+        return out
+
+    def limits(self, base: dict[str, float | None]) -> dict[str, float]:
+        """Absolute limits given the original's costs ``base`` (``{"macs": ..., "latency": ms}``)."""
+        out = {}
+        for name, (kind, v) in self.costs().items():
+            if kind == "abs":
+                out[name] = float(v)
+            elif base.get(name) is None:
+                raise SlimkitError(f"cannot limit {name}: the original's {name} could not be measured")
+            else:
+                out[name] = float(v) * float(base[name])
+        return out
+
+    def cost_ok(self, costs: dict[str, float | None], base: dict[str, float | None]) -> dict[str, bool]:
+        """Whether each limited cost of a candidate holds (unmeasured costs count as not holding)."""
+        return {k: costs.get(k) is not None and costs[k] <= lim * (1 + 1e-9) for k, lim in self.limits(base).items()}
+
+    def quality_ok(self, metrics: dict[str, float], base: dict[str, float]) -> bool:
+        """Whether validation ``metrics`` satisfy the quality constraint relative to ``base``."""
+        if self.max_drop is not None and 100 * (base[self.metric] - metrics[self.metric]) > self.max_drop + 1e-9:
+            return False
+        return all(metrics.get(k, -math.inf) >= v - 1e-12 for k, v in self.min_metrics.items())
+
+    def slack(self, metrics: dict[str, float], base: dict[str, float]) -> float:
+        """Points of quality left before the constraint breaks (negative: broken; inf: no constraint)."""
+        out = math.inf
+        if self.max_drop is not None:
+            out = self.max_drop - 100 * (base[self.metric] - metrics[self.metric])
+        for k, v in self.min_metrics.items():
+            out = min(out, 100 * (metrics.get(k, -math.inf) - v))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Target:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise SlimkitError(f"Target has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        return cls(**d)
+
+    def __str__(self) -> str:
+        parts = []
+        names = {
+            "macs": "MACs",
+            "params": "params",
+            "bytes": "file",
+            "latency": f"ORT latency (batch {self.latency_batch})",
+        }
+        for name, (kind, v) in self.costs().items():
+            if kind == "share":
+                parts.append(f"{names[name]} <= {v:.0%} of the original")
+            else:
+                unit = " ms" if name == "latency" else (" bytes" if name == "bytes" else "")
+                parts.append(f"{names[name]} <= {v:,}{unit}")
+        quality = []
+        if self.max_drop is not None:
+            quality.append(f"{self.metric} drop <= {self.max_drop:g} points")
+        quality += [f"{k} >= {100 * v:.2f}%" for k, v in self.min_metrics.items()]
+        text = ", ".join(parts)
+        if quality:
+            text += "; " + ", ".join(quality) + " (validation)"
+        if self.time_budget is not None:
+            text += f"; within {format_duration(self.time_budget)}"
+        return text
+
+
+def _number(text: str, units: dict[str, float], what: str) -> tuple[float, bool]:
+    """``"1.5M"`` -> (1.5e6, True: had a unit); ``"0.25"`` -> (0.25, False)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if not m or m.group(2) not in units:
+        raise SlimkitError(f"cannot read {what} {text!r}; examples: 0.25 (share), 1.5M, 300KB, 2ms")
+    return float(m.group(1)) * units[m.group(2)], bool(m.group(2))
+
+
+def parse_target(
+    items: str | list[str],
+    *,
+    max_drop: float | None = None,
+    min_metrics: dict[str, float] | None = None,
+    metric: str = "accuracy",
+    time_budget: float | str | None = None,
+) -> Target:
+    """Build a :class:`Target` from CLI strings.
+
+    Each item is ``name=value`` with name in macs, params, bytes, latency; several items may share
+    one string, comma-separated. A value in (0, 1] is a share of the original; above 1 or with a unit
+    it is absolute (``macs=1.5M``, ``params=200k``, ``bytes=300KB``, ``latency=2ms@64``).
+    ``latency=0.3@64`` measures ONNX Runtime at batch 64 (default 64).
+    """
+    if isinstance(items, str):
+        items = [items]
+    kwargs: dict[str, Any] = {}
+    for item in (p.strip() for raw in items for p in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not value.strip():
+            raise SlimkitError(f"--target takes name=value such as macs=0.25, got {item!r}")
+        if name not in ("macs", "params", "bytes", "latency"):
+            raise SlimkitError(f"unknown target {name!r} in {item!r}; choose macs, params, bytes or latency")
+        if name in kwargs or f"max_{name}" in kwargs or (name == "latency" and "max_latency_ms" in kwargs):
+            raise SlimkitError(f"target {name} is given twice")
+        if name == "latency":
+            value, at, batch = value.partition("@")
+            if at:
+                if not batch.strip().isdigit() or int(batch) < 1:
+                    raise SlimkitError(f"latency batch size must be a positive integer, got {batch!r} in {item!r}")
+                kwargs["latency_batch"] = int(batch)
+            v, unit = _number(value, {"": 1, "ms": 1, "s": 1000}, "latency")
+            kwargs["max_latency_ms" if unit or v > 1 else "latency"] = v
+            continue
+        units = _BYTES if name == "bytes" else _SUFFIX
+        v, unit = _number(value, units, name)
+        if unit or v > 1:
+            kwargs[f"max_{name}"] = int(round(v))
+        elif v <= 0:
+            raise SlimkitError(f"target {name}={value} must be positive")
+        else:
+            kwargs[name] = v
+    if isinstance(time_budget, str):
+        time_budget = parse_duration(time_budget)
+    return Target(**kwargs, max_drop=max_drop, min_metrics=dict(min_metrics or {}), metric=metric,
+                  time_budget=time_budget)  # fmt: skip
+
+
+def parse_min_metrics(items: list[str] | None) -> dict[str, float]:
+    """``["f1=0.97", "recall=96"]`` -> ``{"f1": 0.97, "recall": 0.96}`` (values above 1 are percent)."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SlimkitError(f"--min-metric takes metric=value such as f1=0.97, got {item!r}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise SlimkitError(f"--min-metric value must be a number, got {value!r} in {item!r}") from None
+        out[name.strip()] = v / 100 if v > 1 else v
+    return out
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``"20m"``, ``"90s"``, ``"1h30m"``, ``"45"`` (seconds).
+
+    >>> parse_duration("1h30m"), parse_duration("20m"), parse_duration("90")
+    (5400.0, 1200.0, 90.0)
+    """
+    if isinstance(text, int | float):
+        return float(text)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*(h|min|m|s|)", text.strip().lower())
+    if not parts or re.sub(r"[0-9.\s]*(h|min|m|s)?", "", text.strip().lower()):
+        raise SlimkitError(f"cannot read the duration {text!r}; examples: 90s, 20m, 1h30m")
+    total = sum(float(v) * _TIME[u] for v, u in parts)
+    if total <= 0:
+        raise SlimkitError(f"the duration {text!r} must be positive")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
