@@ -89,37 +89,33 @@ def pareto_figure(result: OptimizeResult, cost: str) -> str:
     return _png(fig, f"Validation {m} vs {cost}: every candidate, the Pareto front and the chosen model")
 
 
-def sensitivity_figure(result: OptimizeResult) -> str:
+def _sensitivity_curves(curves: dict[str, Any], base: float, start: float, xlabel: str, what: str) -> str:
+    """Validation accuracy of each group/layer alone at several strengths (``start``: untouched)."""
     plt = _plt()
-    sens = result.sensitivity
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    base = 100 * sens.base["accuracy"]
-    for producer, g in sens.groups.items():
-        ax.plot([0, *g["ratios"]], [base, *(100 * a for a in g["accuracy"])], marker="o", ms=3, label=producer)
-    ax.set_xlabel("share of the group's units removed (alone, no fine-tuning)")
+    for name, g in curves.items():
+        ax.plot([start, *g["ratios"]], [100 * base, *(100 * a for a in g["accuracy"])], marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("per-layer sensitivity")
+    if start > 0:
+        ax.invert_xaxis()
+    ax.set_title(f"per-layer {what}")
     ax.grid(alpha=0.3)
-    if len(sens.groups) <= 16:
+    if len(curves) <= 16:
         ax.legend(fontsize=6, ncol=2)
-    return _png(fig, "Per-layer sensitivity: validation accuracy with one group pruned alone")
+    return _png(fig, f"Per-layer {what}: validation accuracy with one group or layer changed alone")
+
+
+def sensitivity_figure(result: OptimizeResult) -> str:
+    sens = result.sensitivity
+    xlabel = "share of the group's units removed (alone, no fine-tuning)"
+    return _sensitivity_curves(sens.groups, sens.base["accuracy"], 0.0, xlabel, "sensitivity")
 
 
 def lowrank_figure(result: OptimizeResult) -> str:
-    plt = _plt()
     sens = result.sensitivity
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    base = 100 * sens.base["accuracy"]
-    for name, g in sens.layers.items():
-        ax.plot([1.0, *g["ratios"]], [base, *(100 * a for a in g["accuracy"])], marker="o", ms=3, label=name)
-    ax.set_xlabel("share of the layer's rank kept (SVD, alone, no fine-tuning)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.invert_xaxis()
-    ax.set_title("per-layer low-rank sensitivity")
-    ax.grid(alpha=0.3)
-    if len(sens.layers) <= 16:
-        ax.legend(fontsize=6, ncol=2)
-    return _png(fig, "Per-layer low-rank sensitivity: validation accuracy with one layer factorized alone")
+    xlabel = "share of the layer's rank kept (SVD, alone, no fine-tuning)"
+    return _sensitivity_curves(sens.layers, sens.base["accuracy"], 1.0, xlabel, "low-rank sensitivity")
 
 
 def widths_figure(result: OptimizeResult) -> str:
