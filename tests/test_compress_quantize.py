@@ -62,6 +62,19 @@ def test_int8_file_carries_no_debug_data_and_renaming_is_exact(
     assert short.stat().st_size < long_names.stat().st_size
 
 
+def test_padding_a_one_channel_conv_input_is_exact(
+    cnn_int8: QuantizeResult, trained_cnn: nn.Module, mnist: sk.data.Dataset, tmp_path: Path
+) -> None:
+    from slimkit.compress.onnxgraph import pad_conv_inputs
+    from slimkit.io import OnnxModel
+
+    fp32 = sk.export(trained_cnn, tmp_path / "cnn.onnx", mnist.example)
+    assert pad_conv_inputs(fp32, tmp_path / "padded.onnx") == [n for n, _ in quantizable_nodes(fp32)][:1]
+    x = mnist.splits["test"][0][:64]
+    assert torch.allclose(OnnxModel(fp32)(x), OnnxModel(tmp_path / "padded.onnx")(x), atol=1e-5)
+    assert any("zero-padded to 4 channels" in n for n in cnn_int8.notes)
+
+
 def test_int8_model_is_measured_by_evaluate(cnn_int8: QuantizeResult, trained_cnn: nn.Module, mnist) -> None:  # noqa: ANN001
     fp32 = sk.evaluate(trained_cnn, mnist, latency=False)
     int8 = sk.evaluate(sk.load(cnn_int8.path), mnist, latency_runs=3)

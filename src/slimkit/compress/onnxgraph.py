@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from slimkit.core.optional import require
@@ -83,3 +84,43 @@ def quantizable_nodes(path: Path) -> list[tuple[str, str]]:
     return [
         (n.name, n.op_type) for n in model.graph.node if n.op_type in QUANTIZABLE and any(i in weights for i in n.input)
     ]
+
+
+def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> list[str]:
+    """Write ``path`` to ``out`` with the input of every convolution that reads fewer than
+    ``channels`` channels zero-padded to ``channels`` (and zero weights added for them): exact, and
+    ONNX Runtime's int8 convolution kernels run a 1-channel layer (e.g. a grayscale image's first
+    conv: 9-term dot products) about 3x slower than a 4-channel one. Returns the padded nodes."""
+    onnx = require("onnx", extra="onnx")
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    padded = []
+    for node in list(graph.node):
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or group != 1 or uses[weight.name] != 1 or weight.dims[1] >= channels:
+            continue
+        w = numpy_helper.to_array(weight)
+        extra = channels - w.shape[1]
+        weight.CopyFrom(
+            numpy_helper.from_array(np.concatenate([w, np.zeros_like(w[:, :1]).repeat(extra, 1)], 1), weight.name)
+        )
+        pads = [0] * (2 * w.ndim)
+        pads[w.ndim + 1] = extra  # at the end of the channel axis
+        pads_name, wide = f"{node.name}_channel_pads", f"{node.input[0]}_to_{channels}_channels"
+        graph.initializer.append(numpy_helper.from_array(np.array(pads, dtype=np.int64), pads_name))
+        position = list(graph.node).index(node)
+        graph.node.insert(
+            position, helper.make_node("Pad", [node.input[0], pads_name], [wide], name=f"{node.name}_pad")
+        )
+        node.input[0] = wide
+        padded.append(node.name)
+    onnx.save(model, str(out))
+    return padded

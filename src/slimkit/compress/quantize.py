@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.compress.onnxgraph import mac_shares, quantizable_nodes
+from slimkit.compress.onnxgraph import mac_shares, pad_conv_inputs, quantizable_nodes
 from slimkit.core.errors import SlimkitError
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
@@ -381,6 +381,11 @@ def quantize(
             export_onnx(rowwise, workdir / "rowwise.onnx", data.example)
             source = _pre_process(workdir / "rowwise.onnx", notes)
             notes.append("embedding tables: row-wise int8 (a scale and offset per row)")
+        if mode == "static":
+            padded = pad_conv_inputs(source, workdir / "padded.onnx")
+            if padded:
+                source = workdir / "padded.onnx"
+                notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
         qz = _Quantizer(source, workdir, data, cfg, mode, reference=fp32)
         acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
