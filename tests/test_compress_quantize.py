@@ -69,7 +69,7 @@ def test_padding_a_one_channel_conv_input_is_exact(
     from slimkit.io import OnnxModel
 
     fp32 = sk.export(trained_cnn, tmp_path / "cnn.onnx", mnist.example)
-    assert pad_conv_inputs(fp32, tmp_path / "padded.onnx") == [n for n, _ in quantizable_nodes(fp32)][:1]
+    assert list(pad_conv_inputs(fp32, tmp_path / "padded.onnx")) == [n for n, _ in quantizable_nodes(fp32)][:1]
     x = mnist.splits["test"][0][:64]
     assert torch.allclose(OnnxModel(fp32)(x), OnnxModel(tmp_path / "padded.onnx")(x), atol=1e-5)
     assert any("zero-padded to 4 channels" in n for n in cnn_int8.notes)

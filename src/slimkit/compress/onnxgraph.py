@@ -86,11 +86,11 @@ def quantizable_nodes(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> list[str]:
+def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> dict[str, str]:
     """Write ``path`` to ``out`` with the input of every convolution that reads fewer than
     ``channels`` channels zero-padded to ``channels`` (and zero weights added for them): exact, and
     ONNX Runtime's int8 convolution kernels run a 1-channel layer (e.g. a grayscale image's first
-    conv: 9-term dot products) about 3x slower than a 4-channel one. Returns the padded nodes."""
+    conv: 9-term dot products) about 3x slower than a 4-channel one. Returns ``{conv: its Pad node}``."""
     onnx = require("onnx", extra="onnx")
     from onnx import helper, numpy_helper
 
@@ -101,7 +101,7 @@ def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> list[str]:
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    padded = []
+    padded = {}
     for node in list(graph.node):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
@@ -121,6 +121,6 @@ def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> list[str]:
             position, helper.make_node("Pad", [node.input[0], pads_name], [wide], name=f"{node.name}_pad")
         )
         node.input[0] = wide
-        padded.append(node.name)
+        padded[node.name] = f"{node.name}_pad"
     onnx.save(model, str(out))
     return padded

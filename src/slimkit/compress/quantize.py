@@ -204,13 +204,14 @@ class _Quantizer:
         self.runs = 0
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
         self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
+        self.float_nodes: list[str] = []  # helper nodes that stay in float (not the user's choice)
 
     def run(self, exclude: list[str]) -> Path:
         q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
         self.runs += 1
         out = self.workdir / f"int8-{self.runs}.onnx"
         cfg = self.cfg
-        exclude = [*exclude, *(f"{n}_MatMul" for n in exclude)]  # ORT splits Gemm into MatMul + Add first
+        exclude = [*exclude, *(f"{n}_MatMul" for n in exclude), *self.float_nodes]  # ORT splits Gemm first
         with _quiet():
             if self.mode == "dynamic":
                 q.quantize_dynamic(
@@ -381,12 +382,12 @@ def quantize(
             export_onnx(rowwise, workdir / "rowwise.onnx", data.example)
             source = _pre_process(workdir / "rowwise.onnx", notes)
             notes.append("embedding tables: row-wise int8 (a scale and offset per row)")
-        if mode == "static":
-            padded = pad_conv_inputs(source, workdir / "padded.onnx")
-            if padded:
-                source = workdir / "padded.onnx"
-                notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
+        padded = pad_conv_inputs(source, workdir / "padded.onnx") if mode == "static" else {}
+        if padded:
+            source = workdir / "padded.onnx"
+            notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
         qz = _Quantizer(source, workdir, data, cfg, mode, reference=fp32)
+        qz.float_nodes = list(padded.values())  # pad in float, then quantize once
         acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
         best = qz.run(excluded)
