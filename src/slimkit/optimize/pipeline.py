@@ -29,7 +29,7 @@ from torch import nn
 from slimkit.compress import LowRankConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, apply_
-from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency
+from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latencies
 from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, uniform
 from slimkit.optimize.target import Target
@@ -82,21 +82,11 @@ def ort_latency(path: Path, example: torch.Tensor, batch: int, runs: int = 20, r
                 ) -> tuple[float, float | None]:  # fmt: skip
     """Median ONNX Runtime latency (ms) of ``path`` on ``batch`` rows, and of ``reference`` timed in
     alternation with it (the ratio of the two stays fair when other processes load the CPU)."""
-    import statistics
-
     from slimkit.io.onnx import OnnxModel
 
     x = batch_of(example, batch)
     runners = [OnnxModel(path)] + ([OnnxModel(reference)] if reference is not None else [])
-    for r in runners:
-        measure_latency(lambda r=r: r(x), warmup=3, runs=1)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for k, r in enumerate(runners):
-            start = time.perf_counter()
-            r(x)
-            times[k].append((time.perf_counter() - start) * 1e3)
-    meds = [statistics.median(t) for t in times]
+    meds = measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=runs)
     return meds[0], (meds[1] if reference is not None else None)
 
 
