@@ -2,8 +2,9 @@
 
 ``recsys_mlp`` trained on the real MovieLens-100k click task and on ``synthetic-recsys``; the
 tables are quantized row-wise (:class:`slimkit.compress.EmbeddingQuantConfig`) and/or factorized
-by SVD (:class:`slimkit.compress.LowRankConfig` on the tables with over 100 rows); nothing is
-fine-tuned.
+by SVD (:class:`slimkit.compress.LowRankConfig` on the tables with over 100 rows) and/or ids
+seen rarely in the training set share one row (:class:`slimkit.compress.EmbeddingBucketConfig`);
+nothing is fine-tuned.
 AUC and log-loss on the validation and test splits. Goal: tables >= 4x smaller, AUC drop <= 0.005.
 
     .venv/bin/python bench/recsys_embeddings.py
@@ -16,7 +17,7 @@ import copy
 import torch
 
 import slimkit as sk
-from slimkit.compress import EmbeddingQuantConfig, LowRankConfig, embedding_bytes
+from slimkit.compress import EmbeddingBucketConfig, EmbeddingQuantConfig, LowRankConfig, embedding_bytes
 
 
 def main() -> None:
@@ -36,11 +37,14 @@ def main() -> None:
             "int4": [EmbeddingQuantConfig(bits=4)],
             "svd rank 8 (large tables)": [LowRankConfig(rank=8, layers=tuple(tables))],
             "svd rank 8 + int4": [LowRankConfig(rank=8, layers=tuple(tables)), EmbeddingQuantConfig(bits=4)],
+            "ids seen < 5 times share a row": [EmbeddingBucketConfig(min_count=5)],
+            "ids seen < 5 times share a row + int4": [EmbeddingBucketConfig(min_count=5), EmbeddingQuantConfig(bits=4)],
+            "half the ids share a row + int4": [EmbeddingBucketConfig(keep=0.5), EmbeddingQuantConfig(bits=4)],
         }
         for label, configs in variants.items():
             m = copy.deepcopy(model)
-            for config in configs:
-                sk.apply_(m, config)
+            for config in configs:  # usage is counted on the training inputs
+                sk.apply_(m, config, example_inputs=data.splits["train"][0])
             val = sk.evaluate(m, data, split="val", latency=False).metrics
             test = sk.evaluate(m, data, latency=False).metrics
             size = embedding_bytes(m) + sum(  # the Linear after a factorized table belongs to the table

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from torch import nn
 
 import slimkit as sk
-from slimkit.compress import EmbeddingQuantConfig, QuantizedEmbedding, embedding_bytes
+from slimkit.compress import (
+    BucketedEmbedding,
+    EmbeddingBucketConfig,
+    EmbeddingQuantConfig,
+    QuantizedEmbedding,
+    embedding_bytes,
+)
 from slimkit.core.errors import SlimkitError
 from slimkit.evaluate import count_params
 from slimkit.io import onnx_agreement
@@ -78,6 +84,23 @@ def test_cli_embedding_bits(tmp_path: Path, cli: CliRun) -> None:
     assert isinstance(sk.load(tmp_path / "small").embeddings[0], QuantizedEmbedding)
 
 
+def test_cli_embedding_keep(tmp_path: Path, cli: CliRun) -> None:
+    data = sk.data.load("synthetic-recsys")
+    ckpt = sk.save(sk.zoo.create_for("recsys_mlp", data), tmp_path / "rec")
+    code, _, err = cli("compress", ckpt, "--embedding-keep", "0.5", "-o", tmp_path / "small")
+    assert code != 0 and "--embedding-keep counts how often each id is used: pass --data" in err
+    code, out, err = cli(
+        "compress", ckpt, "--embedding-keep", "0.5", "--data", "synthetic-recsys", "-o", tmp_path / "small"
+    )
+    assert code == 0, err
+    small = sk.load(tmp_path / "small")
+    for i, n in enumerate(data.meta["cardinalities"]):
+        table = small.embeddings[i]
+        if n >= 100:  # min_rows
+            assert isinstance(table, BucketedEmbedding) and table.table.num_embeddings == round(n / 2) + 1
+    assert "embedding tables" in out
+
+
 def test_lowrank_tables_exact_at_full_rank_and_smaller_below() -> None:
     from slimkit.compress import LowRankConfig
 
@@ -97,3 +120,58 @@ def test_lowrank_tables_exact_at_full_rank_and_smaller_below() -> None:
     assert isinstance(small.embeddings[0][0], QuantizedEmbedding)
     pca = sk.apply_(copy.deepcopy(model), LowRankConfig(method="pca", rank=4, layers=("embeddings.0",)), x)
     assert "factorized by svd" in sk.records(pca)[-1].skipped["embeddings.0"]
+
+
+def test_bucketing_keeps_used_rows_exact_and_shares_the_rest(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = sk.zoo.create("recsys_mlp")  # tables of 1000, 500, 20 and 4 ids
+    x = torch.stack([torch.randint(0, n, (3000,)) for n in (1000, 500, 20, 4)], dim=1)
+    x[:, 0] = torch.randint(0, 100, (3000,))  # table 0: only ids < 100 are ever used
+    before = copy.deepcopy(model)
+    record = sk.records(sk.apply_(model, EmbeddingBucketConfig(min_count=1), example_inputs=x))[-1]
+    assert record.changed == ["embeddings.0"]  # tables 2 and 3 are small; every id of table 1 is used
+    assert set(record.skipped) == {"embeddings.1", "embeddings.2", "embeddings.3"}
+    table = model.get_submodule("embeddings.0")
+    assert isinstance(table, BucketedEmbedding) and table.table.num_embeddings == 101
+    assert record.details["tables"]["embeddings.0"]["uses_in_bucket"] == 0
+    with torch.no_grad():
+        assert torch.equal(model(x), before(x))  # every id seen keeps its own row
+        unseen = before.embeddings[0].weight[100:].mean(0)  # never used: the plain mean of their rows
+        assert torch.allclose(table(torch.tensor([500, 999])), unseen.expand(2, -1), atol=1e-6)
+    assert embedding_bytes(model) < embedding_bytes(before)
+    # composes with row-wise int8 (the shared table is an nn.Embedding), saves, reloads and exports
+    sk.apply_(model, EmbeddingQuantConfig(bits=8, min_rows=100))
+    assert isinstance(model.get_submodule("embeddings.0.table"), QuantizedEmbedding)
+    sk.save(model, tmp_path / "ckpt", example=x[:8])
+    again = sk.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    path = sk.export(model, tmp_path / "m.onnx", x[:64])
+    assert onnx_agreement(model, path, x[:64])["max_abs_diff"] < 1e-4
+
+
+def test_bucketing_by_fraction_weights_the_shared_row_by_use() -> None:
+    table = nn.Embedding(200, 3)
+    model = nn.Sequential(table)
+    ids = torch.cat([torch.arange(200).repeat_interleave(torch.arange(200, 0, -1)), torch.tensor([199] * 50)])
+    record = sk.records(sk.apply_(model, EmbeddingBucketConfig(keep=0.25), example_inputs=ids))[-1]
+    new = model[0]
+    assert new.table.num_embeddings == 51  # the 50 most used ids (0..49) + the bucket
+    assert torch.equal(new.remap[:50], torch.arange(50, dtype=torch.int32))
+    assert (new.remap[50:] == 50).all()
+    counts = torch.bincount(ids, minlength=200)[50:].double()
+    expected = (counts[:, None] * table.weight[50:].double()).sum(0) / counts.sum()
+    assert torch.allclose(new.table.weight[50].double(), expected, atol=1e-6)
+    assert record.details["tables"]["0"]["rows"] == 51
+
+
+def test_bucketing_errors() -> None:
+    with pytest.raises(SlimkitError, match="exactly one of keep"):
+        EmbeddingBucketConfig()
+    with pytest.raises(SlimkitError, match="fraction"):
+        EmbeddingBucketConfig(keep=1.5)
+    model = sk.zoo.create("recsys_mlp")
+    with pytest.raises(SlimkitError, match="example_inputs"):
+        sk.apply_(model, EmbeddingBucketConfig(keep=0.5))
+    with pytest.raises(SlimkitError, match="no embedding table"):
+        sk.apply_(nn.Sequential(nn.Linear(2, 2)), EmbeddingBucketConfig(keep=0.5), example_inputs=torch.zeros(1, 2))

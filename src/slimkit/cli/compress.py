@@ -22,6 +22,10 @@ def compress_command(
     embedding_bits: Annotated[
         int | None, typer.Option(help="Embedding tables: row-wise int8 or int4 (8 or 4).")
     ] = None,
+    embedding_keep: Annotated[
+        float | None,
+        typer.Option(help="Embedding tables: ids outside this most used fraction (counted on --data) share one row."),
+    ] = None,
     layer: Annotated[list[str] | None, typer.Option(help="Layer name or re:pattern (repeatable; default all).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset for pca calibration / fine-tuning.")] = None,
     samples: Annotated[int, typer.Option(help="Training samples used to calibrate pca.")] = 2000,
@@ -32,16 +36,16 @@ def compress_command(
     trust_pickle: TrustPickle = False,
     force: Force = False,
 ) -> None:
-    """Factorize (--lowrank / --energy), cluster (--cluster) or quantize the embedding tables
-    (--embedding-bits) of MODEL and save a checkpoint."""
+    """Factorize (--lowrank / --energy), cluster (--cluster), quantize the embedding tables
+    (--embedding-bits) or let their rare ids share a row (--embedding-keep) of MODEL; save a checkpoint."""
     from torch import nn
 
     import slimkit as sk
-    from slimkit.compress import ClusterConfig, EmbeddingQuantConfig, LowRankConfig, tied
+    from slimkit.compress import ClusterConfig, EmbeddingBucketConfig, EmbeddingQuantConfig, LowRankConfig, tied
     from slimkit.evaluate import count_params
 
-    if sum(v is not None for v in (lowrank, energy, cluster, embedding_bits)) != 1:
-        raise SlimkitError("give exactly one of --lowrank, --energy, --cluster or --embedding-bits")
+    if sum(v is not None for v in (lowrank, energy, cluster, embedding_bits, embedding_keep)) != 1:
+        raise SlimkitError("give exactly one of --lowrank, --energy, --cluster, --embedding-bits or --embedding-keep")
     if epochs and data is None:
         raise SlimkitError("fine-tuning (--epochs) needs --data")
     layers = tuple(layer) if layer else None
@@ -49,6 +53,10 @@ def compress_command(
         cfg: sk.Config = ClusterConfig(k=cluster, layers=layers)
     elif embedding_bits is not None:
         cfg = EmbeddingQuantConfig(bits=embedding_bits, layers=layers)
+    elif embedding_keep is not None:
+        cfg = EmbeddingBucketConfig(keep=embedding_keep, layers=layers)
+        if data is None:
+            raise SlimkitError("--embedding-keep counts how often each id is used: pass --data")
     else:
         cfg = LowRankConfig(method=method, ratio=lowrank, energy=energy, layers=layers)
         if method != "svd" and data is None:
@@ -59,13 +67,13 @@ def compress_command(
     dataset = sk.data.load(data) if data else None
     output = output or model.with_name(f"{model.stem}-compressed")
     before = count_params(module)
-    x = dataset.splits["train"][0][:samples] if dataset else None
+    x = dataset.splits["train"][0][: None if embedding_keep is not None else samples] if dataset else None
     sk.apply_(module, cfg, example_inputs=x)
     record = sk.records(module)[-1]
     console.print(str(record), markup=False)
     for name, info in record.details.get("layers", {}).items():
         console.print(f"  {name}: {info}", markup=False)
-    if embedding_bits is not None:
+    if embedding_bits is not None or embedding_keep is not None:
         size = record.details["bytes"]
         console.print(f"embedding tables {size['before']:,} -> {size['after']:,} bytes")
     if epochs:
