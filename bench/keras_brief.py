@@ -26,6 +26,7 @@ import slimkit.keras as skk  # noqa: E402
 from slimkit.evaluate.metrics import classification_metrics  # noqa: E402
 
 L = keras.layers
+CLI_SECTION = "## `slimkit optimize model.keras`"
 
 
 def brief_model() -> keras.Model:
@@ -77,6 +78,11 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=2, help="fine-tuning epochs after the three steps")
     ap.add_argument("--calib", type=int, default=2000, help="calibration samples for the PCA step")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--save-original",
+        type=Path,
+        help="also save the trained original (.keras) for `slimkit optimize ORIGINAL.keras -d mnist5k ...`",
+    )
     args = ap.parse_args()
     keras.utils.set_random_seed(0)
     data = sk.data.load("mnist5k")
@@ -90,6 +96,8 @@ def main() -> None:
     model.fit(*train, epochs=args.epochs, batch_size=64, validation_data=val, verbose=2)
     times["train"] = time.perf_counter() - t
     rows.append(measure("original (brief's CNN)", model, test, f"{args.epochs} epochs"))
+    if args.save_original:
+        skk.save(model, args.save_original, force=True)
 
     t = time.perf_counter()
     step1, rec1 = skk.remove_layers(model, ["pool1", "pool2"])  # shapes repaired: fc1 1600 -> 36864 inputs
@@ -154,7 +162,10 @@ def write(rows: list[dict], times: dict, agree: float, args: argparse.Namespace)
         "The PCA and pruning steps work as intended (the 'alt' rows apply them to the model with its pools).",
     ]
     out = Path(__file__).with_name("RESULTS-keras.md")
-    out.write_text("\n".join(lines) + "\n")
+    kept = ""  # the CLI section (written by hand from a `slimkit optimize model.keras` run) survives reruns
+    if out.exists() and CLI_SECTION in out.read_text():
+        kept = "\n" + out.read_text()[out.read_text().index(CLI_SECTION) :]
+    out.write_text("\n".join(lines) + "\n" + kept)
     print(f"wrote {out}")
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model, print_keras_result
 from slimkit.core.errors import SlimkitError
 
 
@@ -49,6 +49,20 @@ def compress_command(
     if epochs and data is None:
         raise SlimkitError("fine-tuning (--epochs) needs --data")
     layers = tuple(layer) if layer else None
+    if is_keras(model):
+        from slimkit.keras.workflows import lowrank_file, unsupported
+
+        supported = "--lowrank RATIO --method pca --data D (Dense layers; --layer, --samples, --epochs, --lr)"
+        if lowrank is None:
+            raise unsupported("compress", "--energy / --cluster / --embedding-bits", supported)
+        if method != "pca":
+            raise unsupported("compress", f"--method {method}", supported)
+        if data is None:
+            raise SlimkitError("--method pca is data-aware: pass --data for calibration")
+        result = lowrank_file(model, output, ratio=lowrank, layers=layers, data=data, samples=samples, epochs=epochs,
+                              lr=lr, force=force)  # fmt: skip
+        print_keras_result(result)
+        return
     if cluster is not None:
         cfg: sk.Config = ClusterConfig(k=cluster, layers=layers)
     elif embedding_bits is not None:

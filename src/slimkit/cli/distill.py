@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, load_model, parse_kwargs
+from slimkit.cli.common import (
+    DataName,
+    Factory,
+    Force,
+    ModelPath,
+    TrustPickle,
+    console,
+    is_keras,
+    load_model,
+    parse_kwargs,
+    print_keras_result,
+)
 
 
 @app.command("distill")
@@ -38,6 +49,17 @@ def distill_command(
     from slimkit.simplify.workflow import distill_and_save
 
     features = {k: str(v) for k, v in parse_kwargs(feature).items()} or None
+    if is_keras(teacher):
+        from slimkit.keras.workflows import distill_file, unsupported
+
+        supported = "--width (a student derived from the teacher), --temperature, --alpha, --epochs, --lr, --seed"
+        for flag, used in (("--student", student), ("--depth", depth), ("--feature", features)):
+            if used:
+                raise unsupported("distill", flag, supported)
+        result = distill_file(teacher, output, data=data, width=width, temperature=temperature, alpha=alpha,
+                              epochs=epochs, lr=lr, seed=seed, force=force)  # fmt: skip
+        print_keras_result(result)
+        return
     result = distill_and_save(
         load_model(teacher, factory, trust_pickle), output, data=data, student=student, width=width, depth=depth,
         temperature=temperature, alpha=alpha, features=features, beta=beta, epochs=epochs, lr=lr, seed=seed,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import DataName, Factory, ModelPath, TrustPickle, console, is_keras, load_model
 
 
 @app.command("evaluate")
@@ -26,9 +26,14 @@ def evaluate_command(
     import slimkit as sk
 
     dataset = sk.data.load(data)
-    report = sk.evaluate(
-        load_model(model, factory, trust_pickle), dataset, split=split, latency=latency, latency_runs=runs
-    )
+    if is_keras(model):  # measured through its ONNX export (ONNX Runtime latency), data laid out for it
+        from slimkit.keras.workflows import evaluate as evaluate_keras
+
+        report = evaluate_keras(model, dataset, split=split, latency=latency, latency_runs=runs)
+    else:
+        report = sk.evaluate(
+            load_model(model, factory, trust_pickle), dataset, split=split, latency=latency, latency_runs=runs
+        )
     console.print(report)
     if json_out is not None:
         report.to_json(json_out)

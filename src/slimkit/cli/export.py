@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
 
 
 @app.command("export")
@@ -24,6 +24,15 @@ def export_command(
     import slimkit as sk
     from slimkit.io import onnx_agreement
 
+    if is_keras(model):
+        from slimkit.keras.workflows import export_file
+
+        out = export_file(model, output, data=data, force=force)
+        console.print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB; input layout as the Keras model's)")
+        if "top1_agreement" in out:
+            console.print(f"ONNX Runtime vs Keras on {data} test: top-1 agreement {100 * out['top1_agreement']:.2f}%, "
+                          f"max |diff| {out['max_abs_diff']:.2e}")  # fmt: skip
+        return
     module = load_model(model, factory, trust_pickle)
     dataset = sk.data.load(data) if data else None
     sk.export(module, output, dataset.example if dataset else None, force=force)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
 
 
 @app.command("optimize")
@@ -64,6 +64,11 @@ def optimize_command(
         raise SlimkitError(f"--trials must be >= 0, got {trials}")
     if resume and not output.exists():
         raise SlimkitError(f"cannot resume: {output} does not exist")
+    if is_keras(model):
+        return _optimize_keras(model, data, output, tgt, recipe=recipe, quantize=quantize,
+                               finetune_epochs=finetune_epochs, rounds=rounds, allocation=allocation,
+                               round_to=_round_to(round_to), trials=trials, storage=storage, resume=resume, seed=seed,
+                               force=force)  # fmt: skip
     net = load_model(model, factory, trust_pickle)
     if not hasattr(net, "parameters"):
         raise SlimkitError(f"{model} is not a PyTorch model (optimize needs a checkpoint, .pt2 or a pickle)")
@@ -82,6 +87,30 @@ def optimize_command(
     console.print(result.comparison)
     console.print(result.summary())
     files = "checkpoint/, model.onnx" + (", model.int8.onnx" if result.int8_path else "")
+    console.print(f"outputs in {output}/: {files}, report.json, report.html")
+
+
+def _optimize_keras(model: Path, data: str, output: Path, tgt: object, *, trials: int, storage: str | None,
+                    resume: bool, **kwargs: object) -> None:  # fmt: skip
+    """``slimkit optimize model.keras``: the Keras loop (slimkit.keras.optimize); same outputs, model.keras."""
+    from slimkit.keras.optimize import optimize
+    from slimkit.keras.workflows import unsupported
+
+    supported = "--target, --max-drop, --min-metric, --metric, --recipe, --time-budget, --quantize, " \
+        "--finetune-epochs, --rounds, --allocation sensitivity/uniform, --round-to, --seed, --force"  # fmt: skip
+    for flag, used in (("--trials", trials > 0), ("--storage", storage is not None), ("--resume", resume)):
+        if used:
+            raise unsupported("optimize", flag, supported)
+    with console.status("optimizing") as status:
+
+        def log(line: str) -> None:
+            status.update(line.strip()[:100])
+            console.print(line)
+
+        result = optimize(model, data, tgt, output=output, log=log, **kwargs)  # type: ignore[arg-type]
+    console.print(result.comparison)
+    console.print(result.summary())
+    files = "model.keras, model.onnx" + (", model.int8.onnx" if result.int8_path else "")
     console.print(f"outputs in {output}/: {files}, report.json, report.html")
 
 

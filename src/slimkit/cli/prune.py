@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console
+from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, is_keras, print_keras_result
 
 
 @app.command("prune")
 def prune_command(
     model: ModelPath,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Checkpoint folder to write (a .keras model: .keras file or folder).")
+    ],
     ratio: Annotated[float, typer.Option(help="Share of channels/units removed per group.")] = 0.5,
     importance: Annotated[str, typer.Option(help="l1, l2, taylor, bn_scale, activation, apoz or random.")] = "l2",
     target_macs: Annotated[float | None, typer.Option(help="Keep this share of the MACs (e.g. 0.25).")] = None,
@@ -45,6 +47,26 @@ def prune_command(
 
     if sparsity is not None and nm is not None:
         raise SlimkitError("choose one of --sparsity and --nm")
+    if is_keras(model):
+        from slimkit.keras.workflows import prune_file, unsupported
+
+        supported = "--ratio, --target-macs, --target-params, --importance l1/l2, --round-to, --protect, --data, " \
+            "--finetune-epochs, --distill, --lr"  # fmt: skip
+        for flag, used in (("--sparsity", sparsity is not None), ("--nm", nm is not None), ("--global", global_ranking),
+                           ("--steps", steps != 1)):  # fmt: skip
+            if used:
+                raise unsupported("prune", flag, supported)
+        if importance not in ("l1", "l2"):
+            raise unsupported("prune", f"--importance {importance}", supported)
+        if round_to != "auto" and not round_to.isdigit():
+            raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
+        result = prune_file(
+            model, output, ratio=ratio, importance=importance, target_macs=target_macs, target_params=target_params,
+            round_to=round_to if round_to == "auto" else int(round_to), protect=protect or [], data=data,
+            finetune_epochs=finetune_epochs, distill=distill, lr=lr, force=force,
+        )  # fmt: skip
+        print_keras_result(result)
+        return
     if sparsity is not None:
         config = MagnitudePruneConfig(sparsity=sparsity, protected=protect or [])
     elif nm is not None:

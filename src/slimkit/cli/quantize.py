@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
 
 
 @app.command("quantize")
@@ -42,6 +42,11 @@ def quantize_command(
         per_channel=choices[per_channel],
     )  # fmt: skip
     dataset = sk.data.load(data)
-    source = model if model.suffix.lower() == ".onnx" else load_model(model, factory, trust_pickle)
-    result = quantize(source, dataset, cfg, output, force=force)
+    if is_keras(model):  # its fp32 ONNX export, quantized with the data laid out for it
+        from slimkit.keras.workflows import quantize_file
+
+        result = quantize_file(model, dataset, cfg, output, force=force)
+    else:
+        source = model if model.suffix.lower() == ".onnx" else load_model(model, factory, trust_pickle)
+        result = quantize(source, dataset, cfg, output, force=force)
     console.print(str(result), markup=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, load_model
+from slimkit.cli.common import Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model, print_keras_result
 
 
 @app.command("simplify")
@@ -35,6 +35,16 @@ def simplify_command(
     """Simplify MODEL and save it to OUTPUT (report.json holds every change and the costs before/after)."""
     from slimkit.simplify.workflow import simplify_and_save
 
+    if is_keras(model):
+        from slimkit.keras.workflows import simplify_file, unsupported
+
+        if drop_blocks is not None:
+            raise unsupported("simplify", "--drop-blocks", "--fold, --remove, --remove-type (Keras class names), "
+                              "--repair, --data, --epochs, --lr")  # fmt: skip
+        result = simplify_file(model, output, fold=fold, remove=remove or [], remove_types=remove_type or [],
+                               repair=repair, data=data, epochs=epochs, lr=lr, force=force)  # fmt: skip
+        print_keras_result(result)
+        return
     result = simplify_and_save(
         load_model(model, factory, trust_pickle), output, fold=fold, remove=remove, remove_types=remove_type,
         repair=repair, drop_blocks=drop_blocks, data=data, epochs=epochs, lr=lr, seed=seed, force=force,

@@ -13,16 +13,27 @@ as ``.keras`` and reload it with ``keras.models.load_model`` (no custom objects)
 - :func:`pca_dense`: Dense ``n`` -> ``r`` units by activation PCA, next Dense refit by least squares.
 - :func:`remove_layers`: drop single-input layers (the brief's pooling) and repair the shapes after.
 - :func:`fold_batchnorm`: fold BatchNormalization into the preceding linear Conv/Dense.
+- :func:`ensemble`: members combined into one Functional model (``mean``, ``weighted``, ``vote``);
+  :func:`uniform_soup`, :func:`greedy_soup`: weight averaging with BatchNorm re-estimation.
+- :func:`distill` / :func:`distiller`: a student trained towards a teacher (or an ensemble) with a
+  Keras training step (``compute_loss``), usable with your own ``compile``/``fit``.
+- :func:`optimize` (:mod:`slimkit.keras.optimize`): the closed loop of :func:`slimkit.optimize.optimize`
+  for Keras models (sensitivity pruning, Keras ``fit`` recovery, BN folding, int8 ONNX, the report).
+- :func:`save` / :func:`export_onnx`: atomic ``.keras`` and ONNX files; :func:`for_model` lays a slimkit
+  dataset out for the model (channels-last images).
 
 Backend: ``KERAS_BACKEND=torch`` is chosen when the variable is unset (set it yourself before
 importing keras to use another; tensorflow and jax are not required). Importing ``slimkit`` does
 not import keras; calling any of these functions does. ONNX: ``model.export("m.onnx",
 format="onnx")`` (Keras 3, torch backend) gives a file that ``slimkit.load`` runs; its input is
-channels-last (NHWC).
+channels-last (NHWC) and :class:`slimkit.io.OnnxModel` also accepts NCHW batches for it.
 
-Not yet (issue 7, later slices): ``.keras`` files in the CLI verbs, SVD / two-layer low-rank Dense,
-ensembles, weight soups and distillation as Keras models; ``slimkit.evaluate`` of a Keras model or
-of its NHWC ONNX export on slimkit's NCHW datasets.
+The CLI takes ``.keras`` files (``slimkit prune / optimize / compress --lowrank --method pca /
+simplify / distill / evaluate / export / quantize model.keras ...``); options with no Keras
+implementation (e.g. ``--sparsity``, ``--trials``) give a one-line error naming what is supported.
+
+Not yet: SVD / two-layer low-rank Dense, stacking ensembles, unstructured / N:M sparsity,
+taylor / activation importances for Keras models.
 
 >>> import slimkit.keras as sk_keras
 >>> keras = sk_keras.keras_module()
@@ -33,20 +44,45 @@ of its NHWC ONNX export on slimkit's NCHW datasets.
 (2, (72, 2))
 """
 
+from typing import Any
+
 from slimkit.keras._graph import SUPPORTED, check_supported, keras_module, load
+from slimkit.keras.data import for_model
+from slimkit.keras.distill import distill, distiller
+from slimkit.keras.files import export_onnx, save
+from slimkit.keras.fuse import check_same_architecture, ensemble, greedy_soup, reestimate_bn, uniform_soup
 from slimkit.keras.prune import KerasResult, pca_dense, prune_units, unit_scores
 from slimkit.keras.simplify import fold_batchnorm, remove_layers, resample_grid
+
+
+def optimize(*args: Any, **kwargs: Any) -> Any:
+    """:func:`slimkit.keras.optimize.optimize` (imported on first use: it loads the optimize machinery)."""
+    from slimkit.keras.optimize import optimize as run
+
+    return run(*args, **kwargs)
+
 
 __all__ = [
     "SUPPORTED",
     "KerasResult",
+    "check_same_architecture",
     "check_supported",
+    "distill",
+    "distiller",
+    "ensemble",
+    "export_onnx",
     "fold_batchnorm",
+    "for_model",
+    "greedy_soup",
     "keras_module",
     "load",
+    "optimize",
     "pca_dense",
     "prune_units",
+    "reestimate_bn",
     "remove_layers",
     "resample_grid",
+    "save",
+    "uniform_soup",
     "unit_scores",
 ]

@@ -1,0 +1,293 @@
+"""The CLI verbs' jobs for ``.keras`` files: load, transform natively in Keras, measure, save.
+
+Each function is what ``slimkit VERB model.keras ...`` runs (the CLI only parses and prints).
+Measurements go through the model's ONNX export and ONNX Runtime (:func:`evaluate`), with the
+dataset laid out for the model (channels-last images), so reports compare like with like.
+Options a verb has only for PyTorch models raise a one-line error naming what Keras supports.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.files import check_output, write_text_atomic
+from slimkit.core.transform import TransformRecord
+from slimkit.evaluate.report import Report
+from slimkit.keras._graph import load
+from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_widths
+from slimkit.keras.data import arrays, for_model
+from slimkit.keras.files import export_onnx, save
+
+__all__ = ["evaluate", "export_file", "lowrank_file", "prune_file", "quantize_file", "simplify_file", "unsupported"]
+
+
+def unsupported(verb: str, what: str, supported: str) -> SlimkitError:
+    """The error for an option a verb has only for PyTorch models."""
+    return SlimkitError(f"slimkit {verb}: {what} is not available for .keras models; supported for Keras: {supported}")
+
+
+def evaluate(
+    model: Any, data: Any, *, split: str = "test", latency: bool = True, batch_sizes: tuple[int, ...] = (1, 64),
+    latency_runs: int = 30,
+) -> Report:  # fmt: skip
+    """:func:`slimkit.evaluate` of a Keras model: quality and ONNX Runtime latency of its fp32 ONNX
+    export on ``split`` (data laid out for the model); params and MACs of the Keras model."""
+    from slimkit.evaluate import evaluate as evaluate_onnx
+    from slimkit.io.onnx import OnnxModel
+
+    model = load(model)
+    ds = for_model(data, model)
+    with tempfile.TemporaryDirectory(prefix="slimkit-keras-") as tmp:
+        path = export_onnx(model, Path(tmp) / f"{model.name}.onnx")
+        report = evaluate_onnx(OnnxModel(path), ds, split=split, latency=latency, batch_sizes=batch_sizes,
+                               latency_runs=latency_runs)  # fmt: skip
+    report.model = f"{model.name} (Keras, fp32 ONNX)"
+    report.params, report.macs = count_params(model), count_macs(model)
+    return report
+
+
+def _budget_ratios(model: Any, limits: dict[str, float], protected: Sequence[str], importance: str,
+                   round_to: int | str) -> dict[str, float]:  # fmt: skip
+    """Uniform ratios whose pruned model meets ``limits`` (estimated, then checked on the real model)."""
+    from slimkit.keras.prune import prune_units
+    from slimkit.optimize.pipeline import _round_width
+    from slimkit.optimize.sensitivity import uniform
+
+    costs = KerasCostModel(model, tuple(protected))
+    if not costs.groups:
+        raise SlimkitError(f"{model.name} has no prunable unit group (all feed the output, are protected or blocked)")
+    goal = dict(limits)
+    for _ in range(6):
+        ratios = uniform(costs, goal)
+        widths = {p: _round_width(n, n - round(n * ratios[p]), round_to, nearest=True) for p, n in costs.groups.items()}
+        cut = {p: (n - widths[p]) / n for p, n in costs.groups.items() if widths[p] < n}
+        trial = prune_units(model, cut, importance).model
+        real = {"macs": count_macs(trial), "params": count_params(trial)}
+        over = max(real[k] / lim for k, lim in limits.items())
+        if over <= 1 + 1e-9:
+            return cut
+        goal = {k: v / over * 0.99 for k, v in goal.items()}
+    raise SlimkitError(f"cannot meet the budget {limits} by pruning {model.name}'s unit groups")
+
+
+def _write(model: Any, output: Path, report: dict[str, Any] | None, force: bool) -> Path:
+    """``output.keras`` as a file, or a folder with ``model.keras`` (+ ``report.json``)."""
+    import json
+
+    if output.suffix.lower() == ".keras":
+        return save(model, output, force=force)
+    check_output(output / "model.keras", force)
+    output.mkdir(parents=True, exist_ok=True)
+    save(model, output / "model.keras", force=True)
+    if report is not None:
+        write_text_atomic(output / "report.json", json.dumps(report, indent=2, default=str) + "\n", force=True)
+    return output
+
+
+def _recover(original: Any, model: Any, data: Any, epochs: int, lr: float, distill: bool) -> None:
+    from slimkit.keras.distill import fit
+
+    ds = for_model(data, model)
+    fit(model, arrays(ds, "train"), arrays(ds, "val"), epochs=epochs, lr=lr, teacher=original if distill else None,
+        augment=ds.augment)  # fmt: skip
+
+
+def _before_after(original: Any, model: Any, data: Any, records: list[TransformRecord]) -> dict[str, Any]:
+    out: dict[str, Any] = {"records": records}
+    if data is not None:
+        out["before"] = evaluate(original, data, latency=False)
+        out["after"] = evaluate(model, data, latency=False)
+    else:
+        out["before"] = out["after"] = None
+    out["params"] = (count_params(original), count_params(model))
+    out["macs"] = (count_macs(original), count_macs(model))
+    return out
+
+
+def _report(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "before": result["before"].to_dict() if result["before"] else None,
+        "after": result["after"].to_dict() if result["after"] else None,
+        "records": [r.to_dict() if hasattr(r, "to_dict") else str(r) for r in result["records"]],
+        "params": result["params"], "macs": result["macs"],
+    }  # fmt: skip
+
+
+def prune_file(
+    path: str | Path,
+    output: str | Path,
+    *,
+    ratio: float = 0.5,
+    importance: str = "l2",
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    round_to: int | str = 1,
+    protect: Sequence[str] = (),
+    data: Any = None,
+    finetune_epochs: int = 0,
+    distill: bool = True,
+    lr: float = 5e-4,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Prune a ``.keras`` model's Conv filters / Dense units (uniform ``ratio`` or a MACs / params
+    budget), optionally fine-tune with Keras ``fit`` (distilled from the original), save ``output``."""
+    from slimkit.keras.prune import prune_units
+
+    output = Path(output)
+    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    model = load(path)
+    if finetune_epochs and data is None:
+        raise SlimkitError("fine-tuning (--finetune-epochs) needs --data")
+    if target_macs is not None or target_params is not None:
+        limits = {}
+        if target_macs is not None:
+            limits["macs"] = target_macs * count_macs(model)
+        if target_params is not None:
+            limits["params"] = target_params * count_params(model)
+        ratios = _budget_ratios(model, limits, protect, importance, round_to)
+    else:
+        ratios = dict.fromkeys(group_widths(model, tuple(protect)), ratio)
+    small, record = prune_units(model, ratios, importance=importance)
+    for name, why in KerasCostModel(model, tuple(protect)).skipped.items():  # left alone, with the reason
+        record.skipped.setdefault(name, why)
+    if finetune_epochs:
+        _recover(model, small, data, finetune_epochs, lr, distill)
+    result = _before_after(model, small, data, [record])
+    result["output"] = _write(small, output, _report(result), force)
+    return result
+
+
+def lowrank_file(
+    path: str | Path, output: str | Path | None, *, ratio: float, layers: Sequence[str] | None, data: Any,
+    samples: int = 2000, epochs: int = 0, lr: float = 1e-4, force: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Narrow Dense layers of a ``.keras`` model to ``ratio`` of their units by activation PCA
+    (:func:`slimkit.keras.pca_dense`, the next Dense refit); every narrowable Dense without ``layers``."""
+    from slimkit.keras._graph import Graph
+    from slimkit.keras.prune import pca_dense
+
+    model = load(path)
+    output = Path(output) if output else Path(path).with_name(f"{Path(path).stem}-compressed.keras")
+    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    if not 0 < ratio < 1:
+        raise SlimkitError(f"--lowrank must be in (0, 1) (the share of units kept), got {ratio}")
+    ds = for_model(data, model)
+    x = arrays(ds, "train")[0][:samples]
+    dense = [c.name for c in Graph(model).calls if c.kind == "Dense"]
+    names = list(layers) if layers else dense
+    small, records, skipped = model, [], {}
+    for name in names:
+        units = small.get_layer(name).units if name in dense else 0
+        try:
+            small, rec = pca_dense(small, name, max(1, round(units * ratio)), x)
+            records.append(rec)
+        except SlimkitError as exc:
+            if layers:
+                raise
+            skipped[name] = str(exc)
+    if not records:
+        raise SlimkitError(f"no Dense layer of {model.name} can be narrowed: " + "; ".join(skipped.values()))
+    records[-1].skipped.update(skipped)
+    if epochs:
+        _recover(model, small, data, epochs, lr, distill=False)
+    result = _before_after(model, small, data, records)
+    result["output"] = _write(small, output, _report(result), force)
+    return result
+
+
+def simplify_file(
+    path: str | Path, output: str | Path, *, fold: bool = False, remove: Sequence[str] = (),
+    remove_types: Sequence[str] = (), repair: str = "transfer", data: Any = None, epochs: int = 0, lr: float = 1e-3,
+    force: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Remove layers (by name or Keras class name) with shape repair and / or fold BatchNormalization
+    of a ``.keras`` model; optionally fine-tune; save ``output``."""
+    from slimkit.keras._graph import Graph
+    from slimkit.keras.simplify import fold_batchnorm, remove_layers
+
+    output = Path(output)
+    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    model = load(path)
+    if not (fold or remove or remove_types):
+        raise SlimkitError("give --fold, --remove NAME or --remove-type CLASS (Keras class names, e.g. MaxPooling2D)")
+    if epochs and data is None:
+        raise SlimkitError("fine-tuning (--epochs) needs --data")
+    calls = Graph(model).calls
+    names = list(remove)
+    for kind in remove_types:
+        found = [c.name for c in calls if c.kind == kind]
+        if not found:
+            kinds = sorted({c.kind for c in calls})
+            raise SlimkitError(f"{model.name} has no {kind} layer; its layer types: {', '.join(kinds)}")
+        names += found
+    small, records = model, []
+    if names:
+        small, rec = remove_layers(small, names, repair=repair)
+        records.append(rec)
+    if fold:
+        small, rec = fold_batchnorm(small)
+        records.append(rec)
+    if epochs:
+        _recover(model, small, data, epochs, lr, distill=False)
+    result = _before_after(model, small, data, records)
+    result["output"] = _write(small, output, _report(result), force)
+    return result
+
+
+def export_file(path: str | Path, output: str | Path, *, data: Any = None, force: bool = False) -> dict[str, Any]:
+    """The ``.keras`` model as ONNX; with ``data``, top-1 agreement of ONNX Runtime with Keras on its test split."""
+    import numpy as np
+    import torch
+
+    from slimkit.io.onnx import OnnxModel
+
+    model = load(path)
+    output = export_onnx(model, output, force=force)
+    out: dict[str, Any] = {"output": output}
+    if data is not None:
+        x = arrays(for_model(data, model), "test")[0]
+        onnx = OnnxModel(output)
+        a = np.asarray(model.predict(x, batch_size=256, verbose=0))
+        b = np.concatenate([onnx(torch.from_numpy(xb)).numpy() for xb in np.array_split(x, -(-len(x) // 256))])
+        out["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).mean())
+        out["max_abs_diff"] = float(np.abs(a - b).max())
+    return out
+
+
+def quantize_file(path: str | Path, data: Any, config: Any, output: str | Path, *, force: bool = False) -> Any:
+    """int8 ONNX of a ``.keras`` model: its fp32 ONNX export quantized by :func:`slimkit.compress.quantize`
+    (static calibration and the accuracy check on the dataset laid out for the model)."""
+    from slimkit.compress import quantize
+
+    model = load(path)
+    check_output(output, force)
+    ds = for_model(data, model)
+    with tempfile.TemporaryDirectory(prefix="slimkit-keras-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "model.onnx")
+        return quantize(fp32, ds, config, output, force=force)
+
+
+def distill_file(
+    path: str | Path, output: str | Path, *, data: Any, width: float = 0.5, temperature: float = 4.0,
+    alpha: float = 0.5, epochs: int = 10, lr: float = 1e-3, seed: int = 0, force: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Distil a ``.keras`` teacher into a student derived from it (every prunable group narrowed to
+    ``width`` by l2 importance, weights kept) with Keras ``fit``; save the student to ``output``."""
+    from slimkit.keras.distill import distill
+    from slimkit.keras.prune import prune_units
+
+    output = Path(output)
+    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    if not 0 < width <= 1:
+        raise SlimkitError(f"--width must be in (0, 1], got {width}")
+    teacher = load(path)
+    student, derive = prune_units(teacher, dict.fromkeys(group_widths(teacher), 1 - width) if width < 1 else 0.0)
+    student, record = distill(teacher, student, for_model(data, teacher), epochs=epochs, lr=lr,
+                              temperature=temperature, alpha=alpha, seed=seed)  # fmt: skip
+    result = _before_after(teacher, student, data, [derive, record])
+    result["output"] = _write(student, output, _report(result), force)
+    return result

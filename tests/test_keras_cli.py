@@ -1,0 +1,135 @@
+"""The CLI verbs on ``.keras`` files (KERAS_BACKEND=torch): prune, optimize, and the others' dispatch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+skk = pytest.importorskip("slimkit.keras")
+pytest.importorskip("onnxruntime")
+L = keras.layers
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:  # noqa: ANN001
+    """A small brief-style CNN for scikit-learn's 8x8 digits (channels-last), trained briefly."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            L.MaxPooling2D(2, name="pool1"),
+            L.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+            L.Flatten(name="flatten"),
+            L.Dense(32, activation="relu", name="fc1"),
+            L.Dense(10, activation="softmax", name="fc2"),
+        ],
+        name="digits_cnn",
+    )
+    x, y = skk.data.arrays(skk.for_model(digits, model), "train")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    path = tmp_path_factory.mktemp("keras") / "cnn.keras"
+    model.save(path)
+    return path
+
+
+def test_for_model_lays_out_channels_last(digits) -> None:  # noqa: ANN001
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Flatten(), L.Dense(10)])
+    ds = skk.for_model(digits, model)
+    assert ds.input_shape == (8, 8, 1) and digits.input_shape == (1, 8, 8)
+    np.testing.assert_array_equal(ds.splits["val"][0].numpy()[..., 0], digits.splits["val"][0].numpy()[:, 0])
+    from slimkit.core.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="takes inputs"):
+        skk.for_model(digits, keras.Sequential([keras.Input((5, 5, 1)), L.Flatten(), L.Dense(10)]))
+
+
+def test_cli_prune_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from slimkit.keras.cost import count_macs
+
+    code, out, err = cli("prune", model_file, "--target-macs", "0.5", "--importance", "l1", "-d", "digits",
+                         "-o", tmp_path / "small.keras")  # fmt: skip
+    assert code == 0, err
+    small = keras.models.load_model(tmp_path / "small.keras")  # plain Keras
+    original = keras.models.load_model(model_file)
+    assert count_macs(small) <= 0.5 * count_macs(original)
+    assert "accuracy" in out and "MACs" in out and "fc2: feeds the model output" in " ".join(out.split())
+    code, out, err = cli("prune", model_file, "--ratio", "0.25", "-o", tmp_path / "folder")
+    assert code == 0, err
+    report = json.loads((tmp_path / "folder" / "report.json").read_text())
+    assert report["params"][1] < report["params"][0] and (tmp_path / "folder" / "model.keras").is_file()
+    for flags, what in ((["--sparsity", "0.5"], "--sparsity"), (["--importance", "taylor"], "--importance taylor"),
+                        (["--global"], "--global")):  # fmt: skip
+        code, _, err = cli("prune", model_file, *flags, "-o", tmp_path / "x.keras")
+        assert code == 2 and f"{what} is not available for .keras models; supported for Keras: --ratio" in err
+
+
+def test_cli_optimize_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out_dir = tmp_path / "opt"
+    code, out, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--max-drop", "3",
+                         "--finetune-epochs", "1", "--rounds", "1", "--quantize", "-o", out_dir)  # fmt: skip
+    assert code == 0, err
+    for name in ("model.keras", "model.onnx", "model.int8.onnx", "report.json", "report.html", "recipe.json"):
+        assert (out_dir / name).is_file(), name
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["framework"] == "keras" and report["files"]["keras"] == "model.keras"
+    chosen = report["candidates"][report["chosen"]]
+    assert chosen["costs"]["macs"] <= 0.5 * report["validation"]["original"]["costs"]["macs"]
+    assert report["test"]["after"]["macs"] < report["test"]["before"]["macs"]
+    assert "int8" in report["test"]["after"]["model"]
+    assert "<img" in (out_dir / "report.html").read_text()
+    assert "outputs in" in out and "model.keras" in out
+    small = keras.models.load_model(out_dir / "model.keras")
+    assert small.get_layer("conv1").filters < 16 or small.get_layer("conv2").filters < 16
+    code, _, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--trials", "2",
+                       "-o", tmp_path / "x")  # fmt: skip
+    assert code == 2 and "--trials is not available for .keras models" in err
+
+
+def test_cli_other_verbs_take_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    code, out, err = cli("evaluate", model_file, "-d", "digits", "--runs", "3")
+    assert code == 0, err and "accuracy" in out and "onnxruntime/b1" in out
+    code, out, err = cli("export", model_file, "-o", tmp_path / "m.onnx", "-d", "digits")
+    assert code == 0, err
+    assert "top-1 agreement 100.00%" in out
+    code, out, err = cli("quantize", model_file, "-d", "digits", "-o", tmp_path / "m.int8.onnx")
+    assert code == 0, err
+    assert (tmp_path / "m.int8.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size
+    code, out, err = cli("compress", model_file, "--lowrank", "0.5", "--method", "pca", "-d", "digits",
+                         "-o", tmp_path / "c.keras")  # fmt: skip
+    assert code == 0, err
+    assert keras.models.load_model(tmp_path / "c.keras").get_layer("fc1").units == 16
+    code, _, err = cli("compress", model_file, "--cluster", "16", "-o", tmp_path / "c2.keras")
+    assert code == 2 and "not available for .keras models" in err
+    code, out, err = cli("simplify", model_file, "--remove-type", "MaxPooling2D", "-o", tmp_path / "s.keras")
+    assert code == 0, err
+    assert "pool1" not in [layer.name for layer in keras.models.load_model(tmp_path / "s.keras").layers]
+    code, _, err = cli("distill", model_file, "-d", "digits", "--student", "lenet5", "-o", tmp_path / "d.keras")
+    assert code == 2 and "--student is not available for .keras models" in err
+    code, _, err = cli("export", model_file, "-o", tmp_path / "m.pt2")
+    assert code == 2 and ".pt2 is for PyTorch" in err
+
+
+def test_cli_unsupported_layer_is_reported(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    x = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, name="conv")(x)
+    h = L.LayerNormalization(name="norm")(h)
+    h = L.Conv2D(8, 3, name="conv2")(h)
+    out = L.Dense(10, activation="softmax", name="out")(L.Flatten()(h))
+    path = tmp_path / "ln.keras"
+    keras.Model(x, out, name="ln").save(path)
+    code, out_text, err = cli("prune", path, "--ratio", "0.5", "-o", tmp_path / "ln-small.keras")
+    assert code == 0, err
+    text = " ".join(out_text.split())
+    assert "conv: consumed by norm (LayerNormalization), which slimkit cannot slice" in text
+    small = keras.models.load_model(tmp_path / "ln-small.keras")
+    assert small.get_layer("conv").filters == 8 and small.get_layer("conv2").filters == 4
