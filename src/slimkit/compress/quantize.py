@@ -316,9 +316,11 @@ def drop_zero_bias_offsets(path: Path) -> None:
 def _pre_process(path: Path, notes: list[str]) -> Path:
     """ONNX Runtime's pre-processing (shape inference, graph cleanup) before quantization."""
     q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    path = path.resolve()
     out = path.with_suffix(".pre.onnx")
     try:
-        with _quiet():
+        # in the work folder: on graphs it cannot fully infer, ONNX Runtime leaves a debug copy in the cwd
+        with _quiet(), contextlib.chdir(path.parent):
             q.quant_pre_process(path, out)
     except Exception as exc:  # shape inference fails on some graphs; quantizing still works
         notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the exported graph as is")
