@@ -122,11 +122,12 @@ def match_macs(fn, model: nn.Module, x: torch.Tensor, target: int) -> tuple[nn.M
     return best, hi
 
 
-def part2(models: list[str]) -> None:
+def part2(models: list[str], seeds: list[int]) -> None:
     data = sk.data.load("mnist5k")
     print(f"## Part 2: accuracy on mnist5k at equal MACs ({FINETUNE_EPOCHS} fine-tuning epochs each)\n")
-    print("| model | MACs kept | tool | ratio | MACs after | test acc before fine-tune | test acc after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | MACs kept | tool | ratio | MACs after | test acc before fine-tune "
+          f"| test acc after (fine-tuning seeds {', '.join(map(str, seeds))}) | mean |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     setups = {"seed_cnn": ({}, 20), "resnet_cifar": ({"depth": 20}, 15)}
 
     def sk_prune_with_data(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
@@ -141,17 +142,21 @@ def part2(models: list[str]) -> None:
         base = sk.evaluate(model, data, latency=False).metrics["accuracy"]
         x = data.example[:1]
         m0 = count_macs(model, x)
-        print(f"| {name} | 1.00 | (trained) | 0 | {m0:,} | {100 * base:.2f}% | {100 * base:.2f}% |")
+        print(f"| {name} | 1.00 | (trained) | 0 | {m0:,} | {100 * base:.2f}% | | {100 * base:.2f}% |")
         for keep in (0.5, 0.25):
             for tool, fn in (("slimkit", sk_prune_with_data), ("torch-pruning", tp_prune)):
                 pruned, ratio = match_macs(fn, model, x, int(keep * m0))
                 acc0 = sk.evaluate(pruned, data, latency=False).metrics["accuracy"]
-                torch.manual_seed(1)
-                sk.train.fit(pruned, data.train, epochs=FINETUNE_EPOCHS, lr=5e-4, augment=data.augment, progress=False)
-                acc = sk.evaluate(pruned, data, latency=False).metrics["accuracy"]
+                accs = []
+                for seed in seeds:  # the same pruned model, fine-tuned with each seed
+                    tuned = copy.deepcopy(pruned)
+                    fit = {"epochs": FINETUNE_EPOCHS, "lr": 5e-4, "augment": data.augment, "progress": False}
+                    sk.train.fit(tuned, data.train, seed=seed, **fit)
+                    accs.append(100 * sk.evaluate(tuned, data, latency=False).metrics["accuracy"])
                 macs = count_macs(pruned, x)
+                each = " / ".join(f"{a:.2f}" for a in accs)
                 print(f"| {name} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
-                      f"| {100 * acc0:.2f}% | {100 * acc:.2f}% |", flush=True)  # fmt: skip
+                      f"| {100 * acc0:.2f}% | {each} | {sum(accs) / len(accs):.2f}% |", flush=True)  # fmt: skip
     print()
 
 
@@ -161,6 +166,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("1", "2", "all"), default="all", help="which part to run")
     parser.add_argument("--models", nargs="+", default=["seed_cnn", "resnet_cifar"], help="models of part 2")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="fine-tuning seeds of part 2")
     args = parser.parse_args()
     part = args.part
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
@@ -168,4 +174,4 @@ if __name__ == "__main__":
     if part in ("1", "all"):
         part1()
     if part in ("2", "all"):
-        part2(args.models)
+        part2(args.models, args.seeds)

@@ -19,6 +19,7 @@ rules cannot prove safe is left out and reported in :attr:`DependencyGraph.skipp
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import torch
@@ -128,12 +129,12 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
             skipped.setdefault(slot.module, reason_of.get(int(comps.min()), no_producer))
     seen = {s.module for s in slots}
     for name, m in model.named_modules():
-        inside_seen = any(name.startswith(f"{s}.") for s in seen)
+        parents = itertools.accumulate(name.split(".")[:-1], lambda a, b: f"{a}.{b}")
         if (
             any(True for _ in m.parameters(recurse=False))
             and name not in seen
             and name not in skipped
-            and not inside_seen
+            and not any(p in seen for p in parents)
         ):
             skipped[name] = "not reached by the analysis (it runs inside an operation the pruner cannot see into)"
     return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots, shared=shared)

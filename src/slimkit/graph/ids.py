@@ -10,6 +10,15 @@ import torch
 UNTRACKED = -1  # values that carry no prunable dimension (inputs, constants, index tensors)
 
 
+def collapse(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of same-shape tensors ``ts`` cut to length 1 along every dimension where all of them repeat
+    (stride 0, as broadcast per-channel ids do over batch and space): the pairs they form are the same."""
+    for d, n in enumerate(ts[0].shape):
+        if n > 1 and all(t.stride(d) == 0 for t in ts):
+            ts = tuple(t.narrow(d, 0, 1) for t in ts)
+    return ts
+
+
 class IdSpace:
     def __init__(self) -> None:
         self.size = 0
@@ -24,7 +33,7 @@ class IdSpace:
 
     def unify(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Tie the ids of ``a`` and ``b`` position by position (they must have one shape)."""
-        a, b = a.reshape(-1).numpy(), b.reshape(-1).numpy()
+        a, b = (t.reshape(-1).numpy() for t in collapse(a, b))
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
             pairs = (a[keep] << 32) | b[keep]
@@ -35,6 +44,7 @@ class IdSpace:
 
     def block(self, ids: torch.Tensor, reason: str) -> None:
         """Mark every tracked id in ``ids`` (and so its whole component) as not prunable."""
+        (ids,) = collapse(ids)
         tracked = torch.unique(ids[ids >= 0])
         if len(tracked):
             blocker = int(self.alloc(1)[0])

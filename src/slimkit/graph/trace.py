@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
-from slimkit.graph.ids import UNTRACKED, IdSpace
+from slimkit.graph.ids import UNTRACKED, IdSpace, collapse
 
 
 @dataclasses.dataclass
@@ -280,9 +280,10 @@ class DimTracer:
         operands = [(a, i) for a, i in zip([*args, *kwargs.values()], [*ids_args, *ids_kwargs.values()], strict=True)]
         tensors = [(a, i) for a, i in operands if _is_tensor(a) and a.dim() > 0]
         shape = value.shape
-        tracked = [i.expand(shape) for a, i in tensors if (i >= 0).any()]
-        for a, i in tensors:
-            if (i >= 0).any():
+        is_tracked = [bool((collapse(i)[0] >= 0).any()) for _, i in tensors]
+        tracked = [i.expand(shape) for (_, i), yes in zip(tensors, is_tracked, strict=True) if yes]
+        for (a, _), yes in zip(tensors, is_tracked, strict=True):
+            if yes:
                 continue
             # a constant (parameter, input) broadcast against a feature dimension would need slicing too
             lead = len(shape) - a.dim()
@@ -293,11 +294,11 @@ class DimTracer:
                             self.space.block(t, f"combined with an untracked tensor of shape {tuple(a.shape)}: {where}")
         if not tracked:
             return _untracked(value)
-        out = tracked[0]
-        for t in tracked[1:]:
+        out, *rest = collapse(*tracked)  # per-channel ids stay per-channel (broadcast) through the op
+        for t in rest:
             self.space.unify(out, t)
             out = torch.maximum(out, t)
-        return out
+        return out.expand(shape)
 
     def _move(
         self, node: fx.Node, args: tuple, kwargs: dict, ids_args: tuple, ids_kwargs: dict, value: Any, where: str

@@ -9,6 +9,7 @@ layer, copies the kept weights and records the replacement (so checkpoints repla
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,6 +90,28 @@ def _idx(keep: torch.Tensor | None, n: int) -> torch.Tensor:
     return torch.arange(n) if keep is None else keep
 
 
+def _resized(m: nn.Module, tensors: dict[str, torch.Tensor | None], **attrs: Any) -> nn.Module:
+    """A copy of layer ``m`` holding ``tensors`` (parameters and buffers by name) and plain ``attrs``,
+    made without ``__init__``: constructing a layer initialises weights that would be overwritten."""
+    new = type(m).__new__(type(m))
+    new.__dict__ = {**m.__dict__, **attrs}
+    new._parameters, new._buffers, new._modules = m._parameters.copy(), m._buffers.copy(), m._modules.copy()
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if name in m._parameters:
+            new._parameters[name] = nn.Parameter(t, requires_grad=m._parameters[name].requires_grad)
+        else:
+            new._buffers[name] = t
+    return new
+
+
+def _linear(m: nn.Linear, out_idx: torch.Tensor, in_idx: torch.Tensor) -> nn.Linear:
+    bias = None if m.bias is None else m.bias[out_idx]
+    return _resized(m, {"weight": m.weight[out_idx][:, in_idx], "bias": bias},
+                    in_features=len(in_idx), out_features=len(out_idx))  # fmt: skip
+
+
 def rebuild(model: nn.Module, name: str, keep: dict[str, torch.Tensor]) -> None:
     """Replace layer ``name`` by a smaller copy keeping only ``keep[kind]`` indices of each slot."""
     m = model.get_submodule(name)
@@ -97,40 +120,25 @@ def rebuild(model: nn.Module, name: str, keep: dict[str, torch.Tensor]) -> None:
             depthwise = "ch" in keep
             out_idx = _idx(keep.get("ch", keep.get("out")), m.out_channels)
             in_idx = _idx(keep.get("ch", keep.get("in")), m.in_channels)
-            groups = len(out_idx) if depthwise else m.groups
-            new = type(m)(
-                len(in_idx), len(out_idx), m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                m.bias is not None, m.padding_mode,
-            )  # fmt: skip
             w = m.weight[out_idx]
             # grouped: every group keeps the same input positions (see slimkit.graph), listed by group 0
-            new.weight.copy_(w if depthwise else w[:, in_idx[in_idx < m.weight.shape[1]]])
-            if m.bias is not None:
-                new.bias.copy_(m.bias[out_idx])
+            w = w if depthwise else w[:, in_idx[in_idx < m.weight.shape[1]]]
+            bias = None if m.bias is None else m.bias[out_idx]
+            new = _resized(m, {"weight": w, "bias": bias}, in_channels=len(in_idx), out_channels=len(out_idx),
+                           groups=len(out_idx) if depthwise else m.groups)  # fmt: skip
         elif isinstance(m, nn.Linear):
-            out_idx, in_idx = _idx(keep.get("out"), m.out_features), _idx(keep.get("in"), m.in_features)
-            new = nn.Linear(len(in_idx), len(out_idx), bias=m.bias is not None)
-            new.weight.copy_(m.weight[out_idx][:, in_idx])
-            if m.bias is not None:
-                new.bias.copy_(m.bias[out_idx])
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            new = _linear(m, _idx(keep.get("out"), m.out_features), _idx(keep.get("in"), m.in_features))
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.LayerNorm):
             idx = keep["feat"]
-            new = type(m)(len(idx), m.eps, m.momentum, m.affine, m.track_running_stats)
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(m, attr) is not None:
-                    getattr(new, attr).copy_(getattr(m, attr)[idx])
-            if m.num_batches_tracked is not None:
-                new.num_batches_tracked.copy_(m.num_batches_tracked)
-        elif isinstance(m, nn.LayerNorm):
-            idx = keep["feat"]
-            new = nn.LayerNorm(len(idx), m.eps, m.elementwise_affine, bias=m.bias is not None)
-            for attr in ("weight", "bias"):
-                if getattr(m, attr) is not None:
-                    getattr(new, attr).copy_(getattr(m, attr)[idx])
+            sliced = {a: getattr(m, a)[idx] for a in ("weight", "bias", "running_mean", "running_var")
+                      if getattr(m, a, None) is not None}  # fmt: skip
+            if getattr(m, "num_batches_tracked", None) is not None:
+                sliced["num_batches_tracked"] = m.num_batches_tracked.clone()
+            size = {"normalized_shape": (len(idx),)} if isinstance(m, nn.LayerNorm) else {"num_features": len(idx)}
+            new = _resized(m, sliced, **size)
         elif isinstance(m, nn.Embedding):
             idx = keep["dim"]
-            new = nn.Embedding(m.num_embeddings, len(idx), padding_idx=m.padding_idx)
-            new.weight.copy_(m.weight[:, idx])
+            new = _resized(m, {"weight": m.weight[:, idx]}, embedding_dim=len(idx))
         elif isinstance(m, nn.RNNBase):
             new = _rebuild_rnn(m, keep)
         elif is_attention_block(m):
@@ -170,18 +178,8 @@ def _rebuild_attention(model: nn.Module, name: str, m: nn.Module, keep: dict[str
     inner = (heads[:, None] * d_head + torch.arange(d_head)).reshape(-1)  # rows of the kept heads
     for proj in ("q_proj", "k_proj", "v_proj"):
         old = getattr(m, proj)
-        cols = _idx(keep.get(f"{proj}.in"), old.in_features)
-        new = nn.Linear(len(cols), len(inner), bias=old.bias is not None)
-        new.weight.copy_(old.weight[inner][:, cols])
-        if old.bias is not None:
-            new.bias.copy_(old.bias[inner])
-        replace_module(model, f"{name}.{proj}", new)
+        replace_module(model, f"{name}.{proj}", _linear(old, inner, _idx(keep.get(f"{proj}.in"), old.in_features)))
     old = m.out_proj
-    rows = _idx(keep.get("out_proj.out"), old.out_features)
-    new = nn.Linear(len(inner), len(rows), bias=old.bias is not None)
-    new.weight.copy_(old.weight[rows][:, inner])
-    if old.bias is not None:
-        new.bias.copy_(old.bias[rows])
-    replace_module(model, f"{name}.out_proj", new)
+    replace_module(model, f"{name}.out_proj", _linear(old, _idx(keep.get("out_proj.out"), old.out_features), inner))
     if len(heads) != m.heads:
         set_module_attr(model, name, "heads", len(heads))
