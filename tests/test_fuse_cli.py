@@ -59,6 +59,27 @@ def test_fuse_stack_saves_a_loadable_ensemble(cli, members_dir: Path, tmp_path: 
     assert report["fused"]["macs"] == sum(m["macs"] for m in report["members"]) + stacker
 
 
+def test_independent_affine_members_fused_by_selection(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "m"
+    code, stdout, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "3", *SMALL, "--independent",
+                            "--affine", "--checkpoint", "last", "--epochs", "1", "-o", out)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "members.json").read_text())
+    assert summary["kind"] == "independent" and not (out / "start").exists()
+    assert summary["config"]["augment"] == "affine" and summary["config"]["checkpoint"] == "last"
+    ckpts = [out / f"member-{i}" for i in range(3)]
+    code, stdout, err = cli("fuse", *ckpts, "--method", "select", "-d", "digits", "-o", tmp_path / "ens")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ens" / "report.json").read_text())
+    assert report["fused"]["val_accuracy"] >= max(m["val_accuracy"] for m in report["members"])
+    ens = sk.load(tmp_path / "ens")
+    assert isinstance(ens, Ensemble) and ens.method == "select"
+    assert float(ens.weights.sum()) == pytest.approx(1.0, abs=1e-6)
+    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--checkpoint", "best", "-o",
+                       tmp_path / "bad")  # fmt: skip
+    assert code == 2 and "unknown checkpoint rule 'best'" in err and err.count("\n") == 1
+
+
 def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
     ckpts = [members_dir / f"member-{i}" for i in range(3)]
     code, _, err = cli("fuse", *ckpts, "--method", "greedy-soup", "-d", "digits", "-o", tmp_path / "soup")
@@ -78,6 +99,7 @@ def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Pat
     best = report["members"][report["best_member"]]
     assert report["config"]["lr"] == 3e-4 and report["distilled"]["macs"] == best["macs"]
     assert report["distilled"]["start_val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert report["distilled"]["val_accuracy"] >= best["val_accuracy"]  # the start is kept unless beaten
 
     code, stdout, err = cli("fuse", *ckpts, "--method", "mean", "-d", "digits", "--distill-into", "resnet_cifar",
                             "--student-arg", "depth=8", "--student-arg", "width=0.25", "--epochs", "1",
@@ -97,6 +119,7 @@ def test_fuse_user_errors_are_one_line(cli, members_dir: Path, tmp_path: Path) -
     cases = [
         ([*ckpts, tmp_path / "narrow", "--method", "uniform-soup", "-d", "digits"], "tensor 'conv1.weight'"),
         ([*ckpts, "--method", "weighted"], "pass --data"),
+        ([*ckpts, "--method", "select"], "pass --data"),
         ([*ckpts, "--method", "median"], "unknown fusion method 'median'"),
         ([ckpts[0], "--method", "mean"], "at least 2 checkpoints"),
         ([*ckpts, "--distill-into", "seed_cnn"], "pass --data"),

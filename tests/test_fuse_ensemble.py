@@ -118,7 +118,7 @@ class _ValOnly:
         return getattr(self.data, name)
 
 
-@pytest.mark.parametrize("method", ["weighted", "stack"])
+@pytest.mark.parametrize("method", ["weighted", "select", "stack"])
 def test_fitted_methods_read_only_the_validation_split(
     members: list[nn.Module], digits: sk.data.Dataset, method: str
 ) -> None:

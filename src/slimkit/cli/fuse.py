@@ -16,7 +16,8 @@ def fuse_command(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint folders of the members (two or more).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.")],
     method: Annotated[
-        str, typer.Option(help="mean, vote, weighted, stack (ensembles) or uniform-soup, greedy-soup (averaging).")
+        str,
+        typer.Option(help="mean, vote, weighted, select, stack (ensembles) or uniform-soup, greedy-soup (averaging)."),
     ] = "mean",
     data: Annotated[
         str | None, typer.Option("--data", "-d", help="Dataset: fits weighted/stack/greedy, BN statistics, accuracy.")

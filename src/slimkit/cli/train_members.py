@@ -31,6 +31,21 @@ def train_members_command(
     lr: Annotated[float, typer.Option(help="Learning rate (start, or independent members).")] = 1e-3,
     finetune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: lr / 2).")] = None,
     augment: Annotated[bool, typer.Option(help="Use the dataset's training augmentation.")] = True,
+    affine: Annotated[
+        bool,
+        typer.Option(
+            "--affine/--no-affine",
+            help="Train on small random rotations, scalings and shifts of the images instead of the dataset's "
+            "augmentation (diverse, less overfit members).",
+        ),
+    ] = False,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Weights each member keeps: 'last' (end of the cosine schedule; validation left for the fusion "
+            "choices) or 'best-val' (best validation epoch)."
+        ),
+    ] = "last",
     seed: Annotated[
         int, typer.Option(help="Run seed: the start uses 1000 * seed, member i uses 1000 * seed + 1 + i.")
     ] = 0,
@@ -41,8 +56,8 @@ def train_members_command(
 
     summary = train_members_and_save(
         model=model, data=data, n=n, output=output, model_args=parse_kwargs(arg), from_start=from_start,
-        start_epochs=start_epochs, epochs=epochs, lr=lr, finetune_lr=finetune_lr, augment=augment, seed=seed,
-        force=force,
+        start_epochs=start_epochs, epochs=epochs, lr=lr, finetune_lr=finetune_lr,
+        augment="affine" if affine else augment, checkpoint=checkpoint, seed=seed, force=force,
     )  # fmt: skip
     rows = ([summary["start"]] if "start" in summary else []) + summary["members"]
     best = summary["members"][summary["best_member"]]["path"]

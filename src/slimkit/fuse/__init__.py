@@ -1,12 +1,13 @@
 """Fusion: a better model from the checkpoints you already have.
 
-- :func:`ensemble`: combine predictions (mean, vote, fitted weights, stacking) in one module that
-  evaluates, saves and exports to ONNX like any model;
+- :func:`ensemble`: combine predictions (mean, vote, fitted weights, Caruana et al.'s ensemble
+  selection, stacking) in one module that evaluates, saves and exports to ONNX like any model;
 - :func:`uniform_soup`, :func:`greedy_soup`: average the weights of checkpoints fine-tuned from one
   start (one model's cost), with BatchNorm statistics re-estimated;
 - :func:`distill_ensemble`: teach one student (best started from the best member) to reproduce an ensemble;
 - :func:`train_members`: members to fuse: independent (diverse, for ensembles and distillation) or
-  fine-tuned from one start (one loss basin, for soups);
+  fine-tuned from one start (one loss basin, for soups); :func:`random_affine` distorts their
+  training images;
 - :func:`best_member`: the member with the best validation accuracy, the baseline a fused model
   must beat (choosing it by test accuracy would flatter the member).
 
@@ -23,8 +24,9 @@
 
 from __future__ import annotations
 
+from slimkit.fuse.augment import random_affine
 from slimkit.fuse.distill import distill_ensemble
-from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, member_logits
+from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, fit_selection, member_logits
 from slimkit.fuse.members import Members, best_member, train_members
 from slimkit.fuse.soup import (
     ArchitectureMismatchError,
@@ -44,8 +46,10 @@ __all__ = [
     "check_same_architecture",
     "distill_ensemble",
     "ensemble",
+    "fit_selection",
     "greedy_soup",
     "member_logits",
+    "random_affine",
     "reestimate_bn",
     "train_members",
     "uniform_soup",

@@ -16,6 +16,7 @@ another (smaller) architecture starts from scratch and needs more epochs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
@@ -38,6 +39,7 @@ def distill_ensemble(
     temperature: float = 4.0,
     alpha: float = 0.9,
     augment: bool = True,
+    keep_start: bool = True,
     seed: int = 0,
     progress: bool = False,
 ) -> History:
@@ -48,14 +50,18 @@ def distill_ensemble(
     returns log-probabilities, which are valid logits), Adam with a cosine decay from ``lr``.
     The default ``lr`` suits a student started from a trained member (the usual case: a copy of
     :func:`~slimkit.fuse.best_member`); raise it (e.g. ``1e-3``) for a student trained from scratch.
-    The best validation epoch is kept. The record (``slimkit.records``) holds the validation
-    accuracy of the teacher, of the student before distillation and after it; the student is not
-    reset when distillation lowers it, so compare the two.
+    The best validation epoch is kept; with ``keep_start`` the student's starting weights count
+    as epoch 0, so when no distillation epoch beats them on validation accuracy the student is put
+    back as it was (``history.best_epoch == 0``): a student started from the best member is then
+    never below that member on validation. The record (``slimkit.records``) holds the validation
+    accuracy of the teacher, of the student before distillation and after it, and whether the
+    start was kept.
     """
     if not hasattr(data, "train") or not hasattr(data, "val"):
         raise SlimkitError("distill_ensemble needs a slimkit Dataset (train and val splits) as data")
     teacher = ensemble.eval()
     before = accuracy(student, data.val)
+    start_state = copy.deepcopy(student.state_dict()) if keep_start else None
     history = fit(
         student,
         data.train,
@@ -69,12 +75,21 @@ def distill_ensemble(
         seed=seed,
         progress=progress,
     )
-    config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "augment": augment, "seed": seed}
+    after = history.best_val_accuracy or 0.0
+    kept_start = False
+    if start_state is not None and after <= before:  # no epoch beat the start: put it back
+        student.load_state_dict(start_state)
+        history.best_epoch, kept_start = 0, True
+    config = {
+        "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "augment": augment,
+        "keep_start": keep_start, "seed": seed,
+    }  # fmt: skip
     details = {
         "teacher_val_accuracy": accuracy(teacher, data.val),
         "start_val_accuracy": before,
-        "val_accuracy": history.best_val_accuracy,
+        "val_accuracy": before if kept_start else after,
         "best_epoch": history.best_epoch,
+        "kept_start": kept_start,
     }
     add_record(student, TransformRecord("fuse.distill_ensemble", config, details=details))
     return history

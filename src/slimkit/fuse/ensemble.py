@@ -1,8 +1,8 @@
-"""Prediction ensembles as one ``nn.Module``: mean, majority vote, fitted weights, stacking.
+"""Prediction ensembles as one ``nn.Module``: mean, majority vote, fitted weights, ensemble selection, stacking.
 
 The ensemble runs every member and combines their outputs inside ``forward``, so it evaluates,
 distils, saves and exports to ONNX like any single model. Its output is a logit vector: for
-``mean``, ``vote`` and ``weighted`` it is the log of the combined class probabilities (so
+``mean``, ``vote``, ``weighted`` and ``select`` it is the log of the combined class probabilities (so
 ``softmax(output)`` *is* the ensemble's distribution); for ``stack`` it is the stacker's logits.
 
 >>> import torch, slimkit as sk
@@ -31,9 +31,10 @@ from slimkit.core.transform import TransformRecord, add_record
 from slimkit.data.base import as_loader
 from slimkit.zoo.registry import register
 
-__all__ = ["METHODS", "Ensemble", "build_ensemble", "ensemble", "member_logits"]
+__all__ = ["METHODS", "SELECT_METRICS", "Ensemble", "build_ensemble", "ensemble", "fit_selection", "member_logits"]
 
-METHODS = ("mean", "vote", "weighted", "stack")
+METHODS = ("mean", "vote", "weighted", "select", "stack")
+SELECT_METRICS = ("accuracy", "log-loss")
 # Share of the mean probability mixed into a vote, so that tied votes go to the more confident class.
 VOTE_TIE_BREAK = 1e-3
 _TINY = 1e-12  # keeps log() finite where a combined probability underflows to 0
@@ -43,9 +44,10 @@ class Ensemble(nn.Module):
     """Runs ``members`` on the same input and combines their predictions with ``method``.
 
     ``weights`` (a buffer, one per member, summing to 1) scale each member's probabilities for
-    ``mean`` (uniform), ``weighted`` (fitted on validation data) and ``vote`` (uniform: one
-    member, one vote). ``stack`` feeds the members' log-probabilities, concatenated, to a linear
-    layer ``head`` (multinomial logistic regression) with ``num_classes`` outputs.
+    ``mean`` (uniform), ``weighted`` (fitted on validation data), ``select`` (how often ensemble
+    selection picked each member) and ``vote`` (uniform: one member, one vote). ``stack`` feeds
+    the members' log-probabilities, concatenated, to a linear layer ``head`` (multinomial
+    logistic regression) with ``num_classes`` outputs.
     Build one with :func:`ensemble`, which also fits the weights or the stacker.
     """
 
@@ -125,6 +127,88 @@ def fit_weights(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) ->
     return theta.detach().softmax(0)
 
 
+def _selection_score(probs: torch.Tensor, labels: torch.Tensor, metric: str) -> tuple[float, ...]:
+    """Higher is better: (-log loss,) for ``log-loss``, (accuracy, -log loss) for ``accuracy``."""
+    nll = -float(probs.gather(1, labels.view(-1, 1)).clamp_min(_TINY).log().mean())
+    if metric == "log-loss":
+        return (-nll,)
+    return (float((probs.argmax(1) == labels).float().mean()), -nll)
+
+
+def _select(probs: torch.Tensor, labels: torch.Tensor, pool: list[int], rounds: int, init: int, metric: str) -> dict:
+    """One run of forward selection with replacement over members ``pool``; counts (M,) of the best prefix."""
+    singles = {i: _selection_score(probs[i], labels, metric) for i in pool}
+    ranked = sorted(pool, key=lambda i: singles[i], reverse=True)  # stable: ties keep index order
+    counts = torch.zeros(len(probs))
+    for i in ranked[:init]:  # sorted initialisation with the best ``init`` members
+        counts[i] += 1
+    total = probs[ranked[:init]].sum(0)  # (N, K) sum of the chosen members' probabilities
+    best_score, best_counts = _selection_score(total / counts.sum(), labels, metric), counts.clone()
+    path = [{"added": ranked[:init], "score": list(best_score)}]
+    for _ in range(rounds):
+        n = float(counts.sum()) + 1
+        scored = [(_selection_score((total + probs[i]) / n, labels, metric), -i) for i in pool]
+        score, neg_i = max(scored)  # ties: the lowest index
+        total = total + probs[-neg_i]
+        counts[-neg_i] += 1
+        path.append({"added": [-neg_i], "score": list(score)})
+        if score > best_score:  # the best prefix wins; ties keep the smaller ensemble
+            best_score, best_counts = score, counts.clone()
+    return {"counts": best_counts, "score": best_score, "path": path}
+
+
+def fit_selection(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    rounds: int = 20,
+    init: int = 1,
+    metric: str = "log-loss",
+    bags: int = 0,
+    bag_fraction: float = 0.5,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Ensemble selection (Caruana et al., ICML 2004) on validation logits (M, N, K): member weights and details.
+
+    Start from the ``init`` best members (sorted initialisation); ``rounds`` times, add (with
+    replacement) the member whose addition gives the best validation ``metric`` for the mean of
+    the chosen members' probabilities; keep the best of these nested ensembles. A member's weight
+    is the share of picks it got, so weak members get little or none. ``metric`` ``log-loss``
+    (the default) compares validation log loss, a proper score that still tells members apart
+    on a few hundred validation samples; ``accuracy`` compares validation accuracy first and log
+    loss on ties (on small validation sets it tends to keep little more than the best member).
+    With ``init=1`` and no bagging the result is never worse than the best single member on the
+    validation metric: it starts as that member and keeps a larger ensemble only when it scores
+    better.
+
+    ``bags`` > 0: Caruana's bagged selection, for many members: run the selection ``bags`` times,
+    each on a random ``bag_fraction`` of the members, and average the weights (less overfitting
+    of the validation set, but no guarantee against the best member).
+    """
+    if metric not in SELECT_METRICS:
+        raise SlimkitError(f"unknown selection metric {metric!r}; choose one of {', '.join(SELECT_METRICS)}")
+    m = len(logits)
+    if rounds < 0 or not 1 <= init <= m:
+        raise SlimkitError(f"ensemble selection needs rounds >= 0 and 1 <= init <= {m} (members), got {rounds}, {init}")
+    if bags < 0 or not 0 < bag_fraction <= 1:
+        raise SlimkitError(f"ensemble selection needs bags >= 0 and 0 < bag_fraction <= 1, got {bags}, {bag_fraction}")
+    probs = logits.float().softmax(-1)  # (M, N, K)
+    if bags == 0:
+        run = _select(probs, labels, list(range(m)), rounds, init, metric)
+        weights = run["counts"] / run["counts"].sum()
+        return weights, {"picks": [int(c) for c in run["counts"]], "path": run["path"]}
+    g = torch.Generator().manual_seed(seed)
+    size = max(init, round(bag_fraction * m))
+    weights = torch.zeros(m)
+    bagged = []
+    for _ in range(bags):
+        pool = sorted(torch.randperm(m, generator=g)[:size].tolist())
+        run = _select(probs, labels, pool, rounds, init, metric)
+        weights += run["counts"] / run["counts"].sum()
+        bagged.append({"members": pool, "picks": [int(c) for c in run["counts"]]})
+    return weights / bags, {"bags": bagged}
+
+
 def fit_stack(head: nn.Linear, logits: torch.Tensor, labels: torch.Tensor, l2: float, steps: int = 200) -> None:
     """Fit the stacker (multinomial logistic regression) on the members' log-probabilities.
 
@@ -156,14 +240,25 @@ def ensemble(
     *,
     val: DataLoader | Any = None,
     l2: float = 1e-2,
+    rounds: int = 20,
+    metric: str = "log-loss",
+    bags: int = 0,
+    seed: int = 0,
 ) -> Ensemble:
     """Combine trained ``members`` into one :class:`Ensemble` module (members are used, not copied).
 
     ``method``: ``mean`` (average of probabilities), ``vote`` (majority vote, ties to the higher
-    mean probability), ``weighted`` (probability weights fitted on ``val`` by log loss) or
+    mean probability), ``weighted`` (probability weights fitted on ``val`` by log loss),
+    ``select`` (Caruana et al.'s ensemble selection on ``val``: members picked greedily, with
+    replacement, starting from the best one; weights are the shares of picks; ``rounds``,
+    ``metric``, ``bags`` and ``seed`` are passed to :func:`fit_selection`) or
     ``stack`` (logistic regression on ``val`` log-probabilities, regularised by ``l2`` towards
-    plain averaging). ``val`` is a DataLoader or a Dataset (only its ``val`` split is read); the
-    fitted methods need it, the others use it to record each member's validation accuracy.
+    plain averaging). ``select`` is the robust choice when members differ in quality: a weak
+    member that ``mean`` would weigh equally is picked rarely or never, and without bagging the
+    result is never worse than the best member on the validation metric (log loss by default).
+
+    ``val`` is a DataLoader or a Dataset (only its ``val`` split is read); the fitted methods
+    need it, the others use it to record each member's validation accuracy.
 
     The result saves with ``slimkit.save`` when every member came from the zoo (or a slimkit
     checkpoint) and reloads with ``slimkit.load(path)``.
@@ -180,7 +275,7 @@ def ensemble(
     if not members:
         raise SlimkitError("an ensemble needs at least one member")
     loader = as_loader(val, "val", what="val")
-    if method in ("weighted", "stack") and loader is None:
+    if method in ("weighted", "select", "stack") and loader is None:
         raise SlimkitError(f"the {method!r} ensemble is fitted on validation data: pass val=data (or a DataLoader)")
     details: dict[str, Any] = {}
     num_classes = None
@@ -192,6 +287,11 @@ def ensemble(
     ens = Ensemble(members, method, num_classes)
     if method == "weighted":
         ens.weights.copy_(fit_weights(logits, labels))
+    elif method == "select":
+        weights, details["selection"] = fit_selection(
+            logits, labels, rounds=rounds, metric=metric, bags=bags, seed=seed
+        )
+        ens.weights.copy_(weights)
     elif method == "stack":
         fit_stack(ens.head, logits, labels, l2)  # type: ignore[arg-type]
     if loader is not None:
@@ -199,7 +299,10 @@ def ensemble(
             details["val_accuracy"] = int((ens.combine(logits).argmax(1) == labels).sum()) / len(labels)
     details["weights"] = [round(float(w), 6) for w in ens.weights]
     _attach_arch(ens)
-    add_record(ens, TransformRecord("fuse.ensemble", {"method": method, "l2": l2}, details=details))
+    config: dict[str, Any] = {"method": method, "l2": l2}
+    if method == "select":
+        config.update(rounds=rounds, metric=metric, bags=bags, seed=seed)
+    add_record(ens, TransformRecord("fuse.ensemble", config, details=details))
     return ens.eval()
 
 

@@ -25,14 +25,17 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
-from slimkit.data.base import as_loader
+from slimkit.data.base import Augment, as_loader
 from slimkit.evaluate import accuracy
+from slimkit.fuse.augment import random_affine
 from slimkit.train import History, fit
 from slimkit.zoo import create_for
 
 __all__ = ["Members", "best_member", "train_members"]
 
 SEED_STRIDE = 1000  # run ``seed`` uses seeds seed * 1000 (start) and seed * 1000 + 1 + i (member i)
+CHECKPOINTS = ("best-val", "last")  # which weights of each training a member keeps
+AUGMENTS = ("affine",)  # augmentations by name, besides True (the dataset's own) and False (none)
 
 
 @dataclasses.dataclass
@@ -73,6 +76,21 @@ def best_member(models: Sequence[nn.Module], val: Any) -> tuple[int, list[float]
     return max(range(len(models)), key=lambda i: (accs[i], -i)), accs
 
 
+def resolve_augment(augment: bool | str | Augment, data: Any) -> Augment | None:
+    """The batch transform meant by ``augment`` (see :func:`train_members`) for ``data``."""
+    if augment is True:
+        return data.augment
+    if augment is False or augment is None:
+        return None
+    if augment == "affine":
+        if len(getattr(data, "input_shape", ())) != 3:
+            raise SlimkitError("augment='affine' distorts images (C, H, W); this dataset's inputs are not images")
+        return random_affine()
+    if callable(augment):
+        return augment
+    raise SlimkitError(f"unknown augmentation {augment!r}; choose True, False, {', '.join(map(repr, AUGMENTS))}")
+
+
 def train_members(
     model: str,
     data: Any,
@@ -84,7 +102,8 @@ def train_members(
     epochs: int = 8,
     lr: float = 1e-3,
     finetune_lr: float | None = None,
-    augment: bool = True,
+    augment: bool | str | Augment = True,
+    checkpoint: str = "last",
     seed: int = 0,
     progress: bool = False,
     on_member: Callable[[int, nn.Module, History], None] | None = None,
@@ -97,7 +116,16 @@ def train_members(
     ensembles): train each member from its own initialisation (same seeds) for ``epochs`` at
     ``lr``, so runs with different ``seed`` never share a member; give it
     the budget of a start plus a fine-tune (``start_epochs + epochs``) for a like-for-like
-    comparison. Each training keeps its best validation epoch.
+    comparison.
+
+    ``augment``: ``True`` uses the dataset's own training augmentation (``data.augment``), ``False``
+    none, ``"affine"`` small random rotations, scalings and shifts of image inputs
+    (:func:`slimkit.fuse.augment.random_affine`), or pass any batch transform.
+    ``checkpoint``: ``"last"`` (the default) keeps the final, cosine-annealed weights and leaves
+    the validation set untouched for the choices made later (the best member, ensemble
+    selection, greedy soup); ``"best-val"`` keeps each training's best validation epoch, which
+    on a small validation set can be an early, high-learning-rate epoch that merely ties the
+    later ones (on mnist5k such members were the ensemble's weakest).
     ``on_member(i, model, history)`` is called after each member (e.g. to save it).
 
     >>> import slimkit as sk
@@ -116,10 +144,16 @@ def train_members(
             f"start_epochs must be at least 1 to train a shared start, got {start_epochs}; "
             "for members trained from scratch use from_start=False (CLI: --independent)"
         )
-    aug = data.augment if augment else None
+    if checkpoint not in CHECKPOINTS:
+        raise SlimkitError(f"unknown checkpoint rule {checkpoint!r}; choose one of {', '.join(CHECKPOINTS)}")
+    aug = resolve_augment(augment, data)
+    restore_best = checkpoint == "best-val"
 
     def train(net: nn.Module, n_epochs: int, rate: float, s: int) -> History:
-        return fit(net, data.train, val=data.val, epochs=n_epochs, lr=rate, augment=aug, seed=s, progress=progress)
+        return fit(
+            net, data.train, val=data.val, epochs=n_epochs, lr=rate, augment=aug, seed=s, restore_best=restore_best,
+            progress=progress,
+        )  # fmt: skip
 
     start, start_history = None, None
     if from_start:

@@ -53,7 +53,8 @@ def train_members_and_save(
     epochs: int = 8,
     lr: float = 1e-3,
     finetune_lr: float | None = None,
-    augment: bool = True,
+    augment: bool | str = True,
+    checkpoint: str = "last",
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -73,7 +74,7 @@ def train_members_and_save(
     dataset = data_mod.load(data)
     result = train_members(
         model, dataset, n, model_args=model_args, from_start=from_start, start_epochs=start_epochs, epochs=epochs,
-        lr=lr, finetune_lr=finetune_lr, augment=augment, seed=seed, progress=progress,
+        lr=lr, finetune_lr=finetune_lr, augment=augment, checkpoint=checkpoint, seed=seed, progress=progress,
     )  # fmt: skip
     summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
     with atomic_path(output, force=force) as tmp:
@@ -127,7 +128,7 @@ def fuse_and_save(
         raise SlimkitError(f"unknown fusion method {method!r}; choose one of {', '.join(ALL_METHODS)}")
     if len(checkpoints) < 2:
         raise SlimkitError(f"fusion needs at least 2 checkpoints, got {len(checkpoints)}")
-    if method in ("weighted", "stack", "greedy-soup") and data is None:
+    if method in ("weighted", "select", "stack", "greedy-soup") and data is None:
         raise SlimkitError(f"method {method!r} is fitted on validation data: pass --data")
     if distill_into is not None and data is None:
         raise SlimkitError("--distill-into trains a student on data: pass --data")
