@@ -46,9 +46,9 @@ from slimkit.keras.files import export_onnx, save
 from slimkit.keras.fuse import probabilities
 from slimkit.keras.prune import IMPORTANCE, prune_units
 from slimkit.keras.simplify import fold_batchnorm
-from slimkit.optimize.pipeline import Candidate, Log, _round_width, copy_file, ort_latency, pareto_front, tighten
+from slimkit.optimize.pipeline import BackOff, Candidate, Log, _round_width, copy_file, ort_latency, pareto_front
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig, auto_recipe
-from slimkit.optimize.run import MAX_PASSES, OptimizeResult, _prepare_output, _rank
+from slimkit.optimize.run import OptimizeResult, _prepare_output, _rank, run_passes
 from slimkit.optimize.sensitivity import Sensitivity, allocate, uniform
 from slimkit.optimize.target import Target, parse_target
 from slimkit.prune import ChannelPruneConfig
@@ -115,7 +115,7 @@ def _nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
 
 
-class KerasLoop:
+class KerasLoop(BackOff):
     """State of one Keras optimization run: the original, the data (laid out for it), budgets, candidates."""
 
     def __init__(self, original: Any, data: Any, target: Target, *, workdir: Path, deadline: float | None,
@@ -263,28 +263,9 @@ class KerasLoop:
         c.accepted = True
         return c
 
-    def _attempt(self, state: dict[str, Any], label: str, variants: list[tuple[str, Config | dict, Any]],
-                 recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
-        """Try ``variants`` (strongest first): ``fn(model) -> new model``; keep the first that holds quality."""
-        for k, (desc, cfg, fn) in enumerate(variants):
-            if self.out_of_time():
-                self.log(f"time budget reached during {label}")
-                return False
-            started = time.monotonic()
-            cand = fn(state["model"])
-            if recovery is not None:
-                self.finetune(cand, recovery)
-            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
-            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
-                c.note = "quality broken: fine-tuned again"
-                self.finetune(cand, recovery)
-                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
-            if c.quality_ok:
-                state["model"], state["candidate"] = cand, self.accept(c)
-                return True
-            c.note = "backed off: breaks the quality constraint"
-            self.log(f"  backing off {label}{desc}")
-        return False
+    def _candidate(self, model: Any, fn: Any) -> Any:
+        """Keras transforms return a new model: ``fn(model)`` is the candidate."""
+        return fn(model)
 
     def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None,
                       passno: int) -> bool:  # fmt: skip
@@ -510,29 +491,7 @@ def optimize(
     check_recipe(recipe)
     log(f"recipe: {recipe}")
     notes: list[str] = []
-    states = []
-    current = recipe
-    for passno in range(1, MAX_PASSES + 1):
-        log(f"pass {passno}: {current}")
-        state = loop.run_pass(current, passno)
-        states.append(state)
-        c: Candidate = state["candidate"]
-        if c.target_ok:
-            break
-        if loop.out_of_time():
-            notes.append("the time budget ended before the target was met")
-            break
-        unmet = [k for k, ok in c.cost_ok.items() if not ok]
-        if not unmet or state["backed_off"] or not c.quality_ok or passno == MAX_PASSES:
-            break
-        factor = min(loop.limits[k] / c.costs[k] for k in unmet) * 0.97
-        nxt = tighten(current, factor)
-        if nxt is None:
-            notes.append(f"the recipe cannot reach the {', '.join(unmet)} budget (no pruning step to tighten)")
-            break
-        notes.append(f"pass {passno} missed the {', '.join(unmet)} budget: pruning budget tightened x{factor:.2f}")
-        log(f"  {notes[-1]}")
-        current = recipe = nxt
+    states, recipe = run_passes(loop, recipe, notes, log)
     best = max(states, key=lambda s: _rank(s, loop.limits, m))
     if not best["candidate"].target_ok:
         notes.append("the target was NOT met on validation: the report shows the closest candidate")

@@ -118,7 +118,36 @@ def _widths(model: nn.Module, names: list[str]) -> dict[str, int]:
     return out
 
 
-class Loop:
+class BackOff:
+    """The back-off search of a compressing step, shared by the PyTorch :class:`Loop` and the Keras loop
+    (:mod:`slimkit.keras.optimize`): they provide ``out_of_time``, ``log``, ``finetune``, ``record``,
+    ``accept`` and ``_candidate`` (a changed copy of the state's model)."""
+
+    def _attempt(self, state: dict[str, Any], label: str, variants: list[tuple[str, Config | dict, Callable]],
+                 recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
+        """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality."""
+        for k, (desc, cfg, fn) in enumerate(variants):
+            if self.out_of_time():
+                self.log(f"time budget reached during {label}")
+                return False
+            started = time.monotonic()
+            cand = self._candidate(state["model"], fn)
+            if recovery is not None:
+                self.finetune(cand, recovery)
+            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
+            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
+                c.note = "quality broken: fine-tuned again"
+                self.finetune(cand, recovery)
+                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
+            if c.quality_ok:
+                state["model"], state["candidate"] = cand, self.accept(c)
+                return True
+            c.note = "backed off: breaks the quality constraint"
+            self.log(f"  backing off {label}{desc}")
+        return False
+
+
+class Loop(BackOff):
     """State of one optimization run (one pass or several): the original, budgets, candidates.
 
     Used by :func:`slimkit.optimize.optimize` and by each search trial; not a public API.
@@ -324,29 +353,11 @@ class Loop:
         c.accepted = True
         return c
 
-    def _attempt(self, state: dict[str, Any], label: str, variants: list[tuple[str, Config | dict, Callable]],
-                 recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
-        """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality."""
-        for k, (desc, cfg, fn) in enumerate(variants):
-            if self.out_of_time():
-                self.log(f"time budget reached during {label}")
-                return False
-            started = time.monotonic()
-            cand = copy.deepcopy(state["model"])
-            fn(cand)
-            if recovery is not None:
-                self.finetune(cand, recovery)
-            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
-            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
-                c.note = "quality broken: fine-tuned again"
-                self.finetune(cand, recovery)
-                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
-            if c.quality_ok:
-                state["model"], state["candidate"] = cand, self.accept(c)
-                return True
-            c.note = "backed off: breaks the quality constraint"
-            self.log(f"  backing off {label}{desc}")
-        return False
+    def _candidate(self, model: nn.Module, fn: Callable[[nn.Module], Any]) -> nn.Module:
+        """``fn`` changes a model in place: it gets a copy, the state's model is never changed."""
+        cand = copy.deepcopy(model)
+        fn(cand)
+        return cand
 
     def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None,
                       passno: int) -> bool:  # fmt: skip

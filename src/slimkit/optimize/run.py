@@ -272,36 +272,13 @@ def optimize(
                                           resume=resume, seed=seed, workdir=workdir)  # fmt: skip
         states = [best]
     else:
-        states = []
-        current = recipe
         first = 1
         if not temporary:
             loop.progress_dir = workdir / "progress"
             restored = loop.restore_progress() if resume else None
             if restored is not None:
-                current, recipe, first = restored, restored, loop.restored["passno"]
-        for passno in range(first, MAX_PASSES + 1):
-            log(f"pass {passno}: {current}")
-            state = loop.run_pass(current, passno)
-            states.append(state)
-            c: Candidate = state["candidate"]
-            if c.target_ok:
-                break
-            if loop.out_of_time():
-                notes.append("the time budget ended before the target was met")
-                break
-            unmet = [k for k, ok in c.cost_ok.items() if not ok]
-            if not unmet or state["backed_off"] or not c.quality_ok or passno == MAX_PASSES:
-                break
-            factor = min(loop.limits[k] / c.costs[k] for k in unmet) * 0.97
-            nxt = tighten(current, factor)
-            if nxt is None:
-                notes.append(f"the recipe cannot reach the {', '.join(unmet)} budget (no pruning step to tighten)")
-                break
-            notes.append(f"pass {passno} missed the {', '.join(unmet)} budget: pruning budget tightened x{factor:.2f}")
-            log(f"  {notes[-1]}")
-            current = nxt
-            recipe = nxt
+                recipe, first = restored, loop.restored["passno"]
+        states, recipe = run_passes(loop, recipe, notes, log, first=first)
     best = max(states, key=lambda s: _rank(s, loop.limits, m))
     chosen: Candidate = best["candidate"]
     if not chosen.target_ok:
@@ -315,6 +292,35 @@ def optimize(
         shutil.rmtree(workdir / "progress", ignore_errors=True)  # the run is complete: nothing to resume
         log(f"saved {workdir}")
     return result
+
+
+def run_passes(loop: Any, recipe: Recipe, notes: list[str], log: Log, first: int = 1) -> tuple[list[dict], Recipe]:
+    """Run ``recipe`` pass after pass (``loop``: the PyTorch or the Keras loop) until the target holds,
+    time runs out or a pass cannot help; each next pass tightens the pruning budget by what the last
+    one missed. Returns every pass's state and the last recipe run."""
+    states = []
+    for passno in range(first, MAX_PASSES + 1):
+        log(f"pass {passno}: {recipe}")
+        state = loop.run_pass(recipe, passno)
+        states.append(state)
+        c: Candidate = state["candidate"]
+        if c.target_ok:
+            break
+        if loop.out_of_time():
+            notes.append("the time budget ended before the target was met")
+            break
+        unmet = [k for k, ok in c.cost_ok.items() if not ok]
+        if not unmet or state["backed_off"] or not c.quality_ok or passno == MAX_PASSES:
+            break
+        factor = min(loop.limits[k] / c.costs[k] for k in unmet) * 0.97
+        nxt = tighten(recipe, factor)
+        if nxt is None:
+            notes.append(f"the recipe cannot reach the {', '.join(unmet)} budget (no pruning step to tighten)")
+            break
+        notes.append(f"pass {passno} missed the {', '.join(unmet)} budget: pruning budget tightened x{factor:.2f}")
+        log(f"  {notes[-1]}")
+        recipe = nxt
+    return states, recipe
 
 
 def _finish(loop: Loop, state: dict[str, Any], recipe: Recipe, notes: list[str], trials: list[dict[str, Any]],
