@@ -354,3 +354,59 @@ def test_higher_ratio_never_adds_params():
     model = residual_net()
     counts = [sk_keras.prune_units(model, r).model.count_params() for r in (0.0, 0.25, 0.5, 0.75)]
     assert counts == sorted(counts, reverse=True) and counts[0] == model.count_params() > counts[-1]
+
+
+@pytest.mark.slow
+def test_the_briefs_keras_workflow_end_to_end(tmp_path):
+    """The brief's exact CNN on mnist5k: remove both pools, PCA Dense 1024 -> 512, prune Conv1 64 -> 32
+    by l1, fine-tune with ``fit``; every step predicts, saves and reloads identically; the final
+    accuracy is within 1 point of the original (figures: ``bench/keras_brief.py``)."""
+    import slimkit as sk
+
+    keras.utils.set_random_seed(0)
+    data = sk.data.load("mnist5k")
+    train, val, test = (
+        (data.splits[s][0].numpy().transpose(0, 2, 3, 1).copy(), data.splits[s][1].numpy())
+        for s in ("train", "val", "test")
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(64, (3, 3), activation="relu", name="conv1"),
+            L.MaxPooling2D((2, 2), name="pool1"),
+            L.Conv2D(64, (3, 3), activation="relu", name="conv2"),
+            L.MaxPooling2D((2, 2), name="pool2"),
+            L.Flatten(name="flatten"),
+            L.Dense(1024, activation="relu", name="fc1"),
+            L.Dense(10, activation="softmax", name="fc2"),
+        ]
+    )
+
+    def fit(m, lr, epochs):
+        m.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        m.fit(*train, epochs=epochs, batch_size=64, validation_data=val, verbose=0)
+
+    def checked(step, m):
+        probs = predict(m, test[0])
+        path = tmp_path / f"{len(accuracies)}.keras"
+        m.save(path)
+        assert np.allclose(predict(keras.models.load_model(path), test[0][:64]), probs[:64], atol=1e-5), step
+        accuracies[step] = float((probs.argmax(1) == test[1]).mean())
+        print(f"{step}: test accuracy {100 * accuracies[step]:.2f}%")
+
+    accuracies: dict[str, float] = {}
+    fit(model, 1e-3, 5)
+    checked("original", model)
+    m, record = sk_keras.remove_layers(model, ["pool1", "pool2"])
+    assert m.get_layer("fc1").kernel.shape == (24 * 24 * 64, 1024)  # the Dense after them repaired
+    checked("pools removed", m)
+    m, _ = sk_keras.pca_dense(m, "fc1", 512, train[0][:2000])
+    assert m.get_layer("fc1").units == 512 and m.get_layer("fc2").kernel.shape == (512, 10)
+    checked("PCA fc1 1024 -> 512", m)
+    m, _ = sk_keras.prune_units(m, {"conv1": 0.5}, importance="l1")
+    assert m.get_layer("conv1").filters == 32 and m.get_layer("conv2").kernel.shape[2] == 32
+    checked("conv1 64 -> 32 (l1)", m)
+    fit(m, 3e-4, 3)
+    checked("fine-tuned", m)
+    assert abs(accuracies["fine-tuned"] - accuracies["original"]) <= 0.01 + 1e-9  # 1 point: 10 of 1,000 digits
+    assert model.get_layer("conv1").filters == 64  # every step returned a new model
