@@ -133,3 +133,22 @@ def test_cli_unsupported_layer_is_reported(cli, tmp_path: Path) -> None:  # noqa
     assert "conv: consumed by norm (LayerNormalization), which slimkit cannot slice" in text
     small = keras.models.load_model(tmp_path / "ln-small.keras")
     assert small.get_layer("conv").filters == 8 and small.get_layer("conv2").filters == 4
+
+
+def test_cli_fuse_keras(cli, model_file: Path, tmp_path: Path, digits) -> None:  # noqa: ANN001
+    member = keras.models.load_model(model_file)
+    x, _ = skk.data.arrays(skk.for_model(digits, member), "test")
+    expected = np.asarray(member.predict(x, verbose=0))
+    for method in ("mean", "uniform-soup"):  # two copies of one model: both fuse to that model
+        out = tmp_path / f"{method}.keras"
+        code, text, err = cli("fuse", model_file, model_file, "--method", method, "-d", "digits", "-o", out)
+        assert code == 0, err
+        assert "accuracy" in text
+        fused = keras.models.load_model(out)
+        np.testing.assert_allclose(np.asarray(fused.predict(x, verbose=0)), expected, atol=1e-5)
+    code, _, err = cli("fuse", model_file, model_file, "--method", "stack", "-o", tmp_path / "s.keras")
+    assert code == 2 and "--method stack is not available for .keras models" in err
+    code, _, err = cli("fuse", model_file, tmp_path, "-o", tmp_path / "x.keras")
+    assert code == 2 and "all .keras files or all PyTorch checkpoints" in err
+    code, _, err = cli("fuse", model_file, model_file, "--distill-into", "best-member", "-o", tmp_path / "d.keras")
+    assert code == 2 and "--distill-into is not available for .keras models" in err

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Force, console, parse_kwargs
+from slimkit.cli.common import Force, console, is_keras, parse_kwargs, print_keras_result
+from slimkit.core.errors import SlimkitError
 
 
 @app.command("fuse")
 def fuse_command(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint folders of the members (two or more).")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoint folders (or .keras files) of the members (two or more).")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.")],
     method: Annotated[
         str,
@@ -42,7 +45,17 @@ def fuse_command(
     seed: Annotated[int, typer.Option(help="Seed for the student.")] = 0,
     force: Force = False,
 ) -> None:
-    """Fuse CHECKPOINTS with METHOD and save the result (with report.json) to OUTPUT."""
+    """Fuse CHECKPOINTS (or .keras files) with METHOD and save the result (with report.json) to OUTPUT."""
+    if any(is_keras(c) for c in checkpoints):
+        from slimkit.keras.workflows import fuse_file, unsupported
+
+        if not all(is_keras(c) for c in checkpoints):
+            raise SlimkitError("fuse takes members of one kind: all .keras files or all PyTorch checkpoints")
+        if distill_into is not None:
+            raise unsupported("fuse", "--distill-into", "mean, vote, weighted, uniform-soup, greedy-soup "
+                              "(distil in Python with slimkit.keras.distill)")  # fmt: skip
+        print_keras_result(fuse_file(checkpoints, output, method=method, data=data, force=force))
+        return
     from slimkit.fuse.workflow import fuse_and_save
 
     report = fuse_and_save(

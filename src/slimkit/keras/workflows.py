@@ -22,7 +22,16 @@ from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_w
 from slimkit.keras.data import arrays, for_model
 from slimkit.keras.files import export_onnx, save
 
-__all__ = ["evaluate", "export_file", "lowrank_file", "prune_file", "quantize_file", "simplify_file", "unsupported"]
+__all__ = [
+    "evaluate",
+    "export_file",
+    "fuse_file",
+    "lowrank_file",
+    "prune_file",
+    "quantize_file",
+    "simplify_file",
+    "unsupported",
+]
 
 
 def unsupported(verb: str, what: str, supported: str) -> SlimkitError:
@@ -290,4 +299,37 @@ def distill_file(
                               temperature=temperature, alpha=alpha, seed=seed)  # fmt: skip
     result = _before_after(teacher, student, data, [derive, record])
     result["output"] = _write(student, output, _report(result), force)
+    return result
+
+
+def fuse_file(
+    paths: Sequence[str | Path], output: str | Path, *, method: str, data: Any = None, force: bool = False
+) -> dict[str, Any]:
+    """Fuse ``.keras`` members (``slimkit fuse a.keras b.keras ...``): an ensemble (mean, vote,
+    weighted) or a soup (uniform-soup, greedy-soup); with ``data``, compared on the test split with
+    the member that is best on validation."""
+    from slimkit.keras.fuse import METHODS, ensemble, greedy_soup, uniform_soup
+
+    output = Path(output)
+    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    if method not in (*METHODS, "uniform-soup", "greedy-soup"):
+        raise unsupported("fuse", f"--method {method}", f"{', '.join(METHODS)}, uniform-soup, greedy-soup")
+    if data is None and method in ("weighted", "greedy-soup"):
+        raise SlimkitError(f"--method {method} is fitted on the validation split: pass --data")
+    members = [load(p) for p in paths]
+    ds = for_model(data, members[0]) if data is not None else None
+    if method == "uniform-soup":
+        fused, record = uniform_soup(members, bn_data=ds)
+    elif method == "greedy-soup":
+        fused, record = greedy_soup(members, ds, bn_data=ds)
+    else:
+        fused, record = ensemble(members, method, val=ds)
+    best = 0
+    if data is not None:  # the baseline: the member a user would pick without fusing (best on validation)
+        val = [evaluate(m, data, split="val", latency=False).metrics["accuracy"] for m in members]
+        best = max(range(len(members)), key=lambda i: val[i])
+        record.details["member_val_accuracy"] = val
+    result = _before_after(members[best], fused, data, [record])
+    result["output"] = _write(fused, output, {"method": method, "members": [str(p) for p in paths],
+                                              "best_member": best, **_report(result)}, force)  # fmt: skip
     return result
