@@ -47,7 +47,7 @@ from slimkit.compress.onnxgraph import mac_shares, pad_conv_inputs, quantizable_
 from slimkit.core.errors import SlimkitError
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
-from slimkit.core.optional import require
+from slimkit.core.optional import quiet, require
 from slimkit.core.transform import Config, register_config
 from slimkit.io.onnx import strip_debug_info
 
@@ -212,7 +212,7 @@ class _Quantizer:
         out = self.workdir / f"int8-{self.runs}.onnx"
         cfg = self.cfg
         exclude = [*exclude, *(f"{n}_MatMul" for n in exclude), *self.float_nodes]  # ORT splits Gemm first
-        with _quiet():
+        with quiet():
             if self.mode == "dynamic":
                 q.quantize_dynamic(
                     self.fp32,
@@ -272,21 +272,6 @@ class _Quantizer:
         return acc, float(((logits - self.ref_logits) ** 2).mean())
 
 
-@contextlib.contextmanager
-def _quiet() -> Any:
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def drop_zero_bias_offsets(path: Path) -> None:
     """Remove the all-zero int32 zero points ORT writes for quantized biases (optional inputs that
     default to zero): one int32 per output channel of every layer, ~1% of a small int8 file."""
@@ -320,7 +305,7 @@ def _pre_process(path: Path, notes: list[str]) -> Path:
     out = path.with_suffix(".pre.onnx")
     try:
         # in the work folder: on graphs it cannot fully infer, ONNX Runtime leaves a debug copy in the cwd
-        with _quiet(), contextlib.chdir(path.parent):
+        with quiet(), contextlib.chdir(path.parent):
             q.quant_pre_process(path, out)
     except Exception as exc:  # shape inference fails on some graphs; quantizing still works
         notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the exported graph as is")

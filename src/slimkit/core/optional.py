@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 from slimkit.core.errors import MissingExtraError
@@ -25,3 +29,18 @@ def require(module: str, extra: str, package: str | None = None) -> ModuleType:
 def available(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it."""
     return importlib.util.find_spec(module) is not None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the warnings and log lines optional engines print while they work (ONNX Runtime's
+    quantization tools log every node they touch)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)

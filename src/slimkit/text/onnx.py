@@ -7,11 +7,8 @@ original where ONNX Runtime's per-tensor default gave 0.962 and static QDQ 0.35.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from torch import nn
 
 from slimkit.core.errors import ModelFileError, SlimkitError
 from slimkit.core.files import atomic_path, check_output
-from slimkit.core.optional import require
+from slimkit.core.optional import quiet, require
 from slimkit.text.hf import encoder_of
 
 __all__ = ["OnnxEncoder", "PooledEncoder", "TorchEncoder", "export_onnx", "quantize_onnx", "tokenize"]
@@ -115,19 +112,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any, 
     return Path(path)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_onnx(
     source: str | os.PathLike[str], output: str | os.PathLike[str], *, per_channel: bool = True, force: bool = False
 ) -> Path:
@@ -142,7 +126,7 @@ def quantize_onnx(
     if not source.is_file():
         raise ModelFileError(f"{source} does not exist; export the fp32 model first")
     check_output(output, force)
-    with _quiet(), atomic_path(output, force=force) as target:
+    with quiet(), atomic_path(output, force=force) as target:
         q.quantize_dynamic(str(source), str(target), per_channel=per_channel, weight_type=q.QuantType.QInt8)
     return Path(output)
 
