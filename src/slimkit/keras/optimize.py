@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -36,8 +35,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.compress import QuantizeConfig
-from slimkit.core.errors import OutputExistsError, SlimkitError
-from slimkit.core.files import write_text_atomic
+from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
 from slimkit.keras._graph import Graph, keras_module, load, rebuild
 from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_widths, weights_bytes, widths
@@ -46,7 +44,7 @@ from slimkit.keras.files import export_onnx, save
 from slimkit.keras.fuse import probabilities
 from slimkit.keras.prune import IMPORTANCE, prune_units
 from slimkit.keras.simplify import fold_batchnorm
-from slimkit.optimize.pipeline import BackOff, Candidate, Log, _round_width, copy_file, ort_latency, pareto_front
+from slimkit.optimize.pipeline import BackOff, Candidate, Log, _round_width, ort_latency, pareto_front
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig, auto_recipe
 from slimkit.optimize.run import OptimizeResult, _prepare_output, _rank, run_passes
 from slimkit.optimize.sensitivity import Sensitivity, allocate, uniform
@@ -74,24 +72,10 @@ class KerasOptimizeResult(OptimizeResult):
         d["files"] = {"keras": "model.keras", "onnx": "model.onnx", "int8": int8}
         return d
 
-    def save(self, path: str | Path, *, force: bool = False, html: bool = True) -> Path:
-        """Write ``model.keras``, ``model.onnx``, ``model.int8.onnx`` (if quantized), ``recipe.json``,
-        ``report.json`` and ``report.html`` into the folder ``path``, each atomically."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if (path / "report.json").exists() and not force and path != self.output:
-            raise OutputExistsError(f"{path} already holds a report; pass force=True (CLI: --force) to replace it")
+    def _save_model(self, path: Path) -> None:
+        """``model.keras`` and its fp32 ``model.onnx`` in ``path``."""
         save(self.model, path / "model.keras", force=True)
         export_onnx(self.model, path / "model.onnx", force=True)
-        if self.int8_path is not None and Path(self.int8_path).resolve() != (path / "model.int8.onnx").resolve():
-            copy_file(Path(self.int8_path), path / "model.int8.onnx")
-        write_text_atomic(path / "recipe.json", json.dumps(self.recipe.to_dict(), indent=2) + "\n", force=True)
-        write_text_atomic(path / "report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n", force=True)
-        if html:
-            from slimkit.optimize.report import write_html
-
-            write_html(self, path / "report.html")
-        return path
 
 
 def check_recipe(recipe: Recipe) -> None:

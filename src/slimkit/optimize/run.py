@@ -100,17 +100,14 @@ class OptimizeResult:
         }
 
     def save(self, path: str | Path, *, force: bool = False, html: bool = True) -> Path:
-        """Write ``checkpoint/``, ``model.onnx``, ``model.int8.onnx`` (if quantized), ``recipe.json``,
-        ``report.json`` and ``report.html`` into the folder ``path``; every file is written atomically."""
-        from slimkit.io import export, save
-
+        """Write the model (``checkpoint/``; ``model.keras`` for Keras), ``model.onnx``, ``model.int8.onnx``
+        (if quantized), ``recipe.json``, ``report.json`` and ``report.html`` into the folder ``path``; every
+        file is written atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        example = self.before_example
         if (path / "report.json").exists() and not force and path != self.output:
             raise OutputExistsError(f"{path} already holds a report; pass force=True (CLI: --force) to replace it")
-        save(self.model, path / "checkpoint", example=example, force=True)
-        export(self.model, path / "model.onnx", example, force=True)
+        self._save_model(path)
         if self.int8_path is not None and Path(self.int8_path).resolve() != (path / "model.int8.onnx").resolve():
             copy_file(Path(self.int8_path), path / "model.int8.onnx")
         write_text_atomic(path / "recipe.json", json.dumps(self.recipe.to_dict(), indent=2) + "\n", force=True)
@@ -120,6 +117,13 @@ class OptimizeResult:
 
             write_html(self, path / "report.html")
         return path
+
+    def _save_model(self, path: Path) -> None:
+        """The optimized model's own files in ``path``: ``checkpoint/`` and ``model.onnx``."""
+        from slimkit.io import export, save
+
+        save(self.model, path / "checkpoint", example=self.before_example, force=True)
+        export(self.model, path / "model.onnx", self.before_example, force=True)
 
     before_example: torch.Tensor | None = None
 
