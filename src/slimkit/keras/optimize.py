@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 from pathlib import Path
@@ -282,31 +281,13 @@ class KerasLoop(BackOff):
             self.sensitivity = sens
             self.log(f"  sensitivity: {len(sens.groups)} groups in {sens.seconds:.1f} s")
         final_w = self.resolve(model, costs, sens, step, limits)
-        start_widths = dict(costs.groups)
-        rounds, done_rounds, extra = step.rounds, 0, 1
-        while True:
-            current = group_widths(state["model"], step.protected)
-            if all(current.get(p, w) <= w for p, w in final_w.items()):
-                return True
-            done_rounds += 1
-            if done_rounds > rounds + extra:
-                return False
-            frac = min(1.0, done_rounds / rounds)
-            round_w = {p: max(final_w[p], _round_width(start_widths[p], round(start_widths[p] * (
-                final_w[p] / start_widths[p]) ** frac), self.round_to_used)) for p in final_w}  # fmt: skip
-            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
-            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
-            variants = []
-            for desc, target_w in (("", round_w), (" (milder)", mid_w)):
-                ratios = {p: (current[p] - w) / current[p] for p, w in target_w.items() if w < current[p]}
-                if not ratios or (desc and target_w == round_w):
-                    continue
-                cfg = {"ratios": ratios, "importance": step.importance}
-                variants.append((desc, cfg, lambda m, r=ratios: prune_units(m, r, step.importance).model))
-            if not variants:
-                return True
-            if not self._attempt(state, label, variants, recovery, passno):
-                return False
+
+        def variant(ratios: dict[str, float]) -> tuple[dict, Any]:
+            cfg = {"ratios": ratios, "importance": step.importance}
+            return cfg, lambda m: prune_units(m, ratios, step.importance).model
+
+        return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno, variant,
+                                    lambda m: group_widths(m, step.protected))  # fmt: skip
 
     def resolve(self, model: Any, costs: KerasCostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
                 limits: dict[str, float]) -> dict[str, int]:  # fmt: skip

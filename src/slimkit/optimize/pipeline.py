@@ -146,6 +146,38 @@ class BackOff:
             self.log(f"  backing off {label}{desc}")
         return False
 
+    def prune_in_rounds(
+        self, state: dict[str, Any], step: SensitivityPruneConfig, final_w: dict[str, int], start_w: dict[str, int],
+        recovery: FineTuneConfig | None, passno: int, variant: Callable[[dict[str, float]], tuple[Any, Callable]],
+        widths_of: Callable[[Any], dict[str, int]],
+    ) -> bool:  # fmt: skip
+        """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
+        each with a milder fallback; ``variant(ratios)`` gives a round's ``(config, fn)``, ``widths_of``
+        the model's current widths."""
+        rounds, done_rounds, extra = step.rounds, 0, 1
+        while True:
+            current = widths_of(state["model"])
+            if all(current.get(p, w) <= w for p, w in final_w.items()):
+                return True
+            done_rounds += 1
+            if done_rounds > rounds + extra:
+                return False
+            frac = min(1.0, done_rounds / rounds)
+            round_w = {p: max(final_w[p], _round_width(start_w[p], round(start_w[p] * (
+                final_w[p] / start_w[p]) ** frac), self.round_to_used)) for p in final_w}  # fmt: skip
+            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
+            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
+            variants = []
+            for desc, widths in (("", round_w), (" (milder)", mid_w)):
+                ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
+                if not ratios or (desc and widths == round_w):
+                    continue
+                variants.append((desc, *variant(ratios)))
+            if not variants:
+                return True
+            if not self._attempt(state, label, variants, recovery, passno):
+                return False
+
 
 class Loop(BackOff):
     """State of one optimization run (one pass or several): the original, budgets, candidates.
@@ -407,32 +439,14 @@ class Loop(BackOff):
         if step.allocation == "sensitivity":
             sens = self.get_sensitivity(model, step)
         final_w = self.resolve(model, costs, sens, step, limits)
-        start_widths = dict(costs.groups)
-        rounds, done_rounds, extra = step.rounds, 0, 1
-        while True:
-            current = group_widths(state["model"], self.example, step.protected)
-            if all(current.get(p, w) <= w for p, w in final_w.items()):
-                return True
-            done_rounds += 1
-            if done_rounds > rounds + extra:
-                return False
-            frac = min(1.0, done_rounds / rounds)
-            round_w = {p: max(final_w[p], _round_width(start_widths[p], round(start_widths[p] * (
-                final_w[p] / start_widths[p]) ** frac), self.round_to_used)) for p in final_w}  # fmt: skip
-            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
-            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
-            variants = []
-            for desc, widths in (("", round_w), (" (milder)", mid_w)):
-                ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
-                if not ratios or (desc and widths == round_w):
-                    continue
-                cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, importance=step.importance,
-                                         protected=list(step.protected))  # fmt: skip
-                variants.append((desc, cfg, lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train)))
-            if not variants:
-                return True
-            if not self._attempt(state, label, variants, recovery, passno):
-                return False
+
+        def variant(ratios: dict[str, float]) -> tuple[Config, Callable]:
+            cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, importance=step.importance,
+                                     protected=list(step.protected))  # fmt: skip
+            return cfg, lambda m: prune_channels(m, cfg, self.example, data=self.data.train)
+
+        return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno, variant,
+                                    lambda m: group_widths(m, self.example, step.protected))  # fmt: skip
 
     def resolve(self, model: nn.Module, costs: CostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
                 limits: dict[str, float]) -> dict[str, int]:  # fmt: skip
