@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -278,6 +279,23 @@ def test_protected_layers_and_skipped_reasons() -> None:
     record = prune_channels(Unsupported().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 4))
     assert record.skipped["b"] == "Bilinear layers are not supported by the pruner"
     assert "layer b of type Bilinear" in record.skipped["a"]  # its output feeds the unknown layer: left alone
+
+
+def test_math_on_traced_sizes_still_prunes() -> None:
+    """Tracing first skips fx's wrapping of ``math`` (faster) and falls back to it when needed."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.fc = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            return self.fc(h / math.sqrt(h.shape[-1]))
+
+    model = Scaled().eval()
+    prune_channels(model, ChannelPruneConfig(ratio=0.5), torch.rand(2, 4))
+    assert model.a.out_features == 4 and model.fc.in_features == 4
 
 
 class TorchAttentionNet(nn.Module):

@@ -9,6 +9,7 @@ their operands' ids; anything the rules cannot prove safe blocks the ids it touc
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any
 
@@ -77,7 +78,14 @@ _RULE_BLOCKS = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoder, nn.Tra
 
 class _Tracer(fx.Tracer):
     """Traces into every module with children (torch.nn containers like TransformerEncoder
-    included), except the blocks that have a rule of their own."""
+    included), except the blocks that have a rule of their own.
+
+    ``math_on_proxies=False`` skips fx's wrapping of the ``math`` module (56 functions patched and
+    restored per trace, ~10% of tracing a small model); models that apply ``math`` functions to
+    traced values need it, so tracing falls back to it on failure."""
+
+    def __init__(self, math_on_proxies: bool = True) -> None:
+        super().__init__(autowrap_modules=(math,) if math_on_proxies else ())
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if is_attention_block(m) or isinstance(m, _RULE_BLOCKS):
@@ -137,7 +145,10 @@ class DimTracer:
         self.unsupported: dict[str, str] = {}  # layer -> why it was left alone
         self.modules = dict(model.named_modules())
         try:
-            self.graph = _Tracer().trace(model)
+            try:
+                self.graph = _Tracer(math_on_proxies=False).trace(model)
+            except Exception:  # noqa: BLE001  (e.g. math.sqrt on a traced size: retry with math wrapped)
+                self.graph = _Tracer().trace(model)
         except Exception as exc:  # torch.fx raises many types on untraceable Python
             raise SlimkitError(
                 f"cannot trace {type(model).__name__} with torch.fx ({str(exc).splitlines()[0]}); "
