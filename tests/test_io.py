@@ -204,3 +204,55 @@ def test_corrupt_onnx_and_pt2(tmp_path: Path) -> None:
         bad.write_bytes(b"garbage")
         with pytest.raises(ModelFileError, match="not a loadable"):
             sk.load(bad)
+
+
+def _ops_reading(path: Path, producers: set[str]) -> list[str]:
+    """Op types of the Transpose nodes that read the output of a node of a type in ``producers``."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    return [
+        made_by.get(n.input[0], "input")
+        for n in graph.node
+        if n.op_type == "Transpose" and made_by.get(n.input[0]) in producers
+    ]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_export_leaves_no_transposes_of_activations_around_rnns(cell: str, tmp_path: Path) -> None:
+    """A batch-first RNN exports with transposes of its input, output and the masked mean; all three
+    are rewritten (ids transposed instead of rows, a reshape, the mask transposed) without changing
+    any output."""
+    import onnx
+
+    from slimkit.io.transposes import drop_transposes
+
+    model = sk.zoo.create("text_lstm", cell=cell).eval()
+    x = zoo_example("text_lstm", batch=6)
+    x[:, -3:] = 0  # padding, so that the masked mean matters
+    path = sk.export(model, tmp_path / "m.onnx", x)
+    assert _ops_reading(path, {"Gather", "LSTM", "GRU", "Reshape", "Squeeze"}) == []
+    assert onnx_agreement(model, path, x)["max_abs_diff"] < 1e-5
+    assert OnnxModel(path)(x[:1]).shape == (1, 2)  # still any batch size
+    assert drop_transposes(onnx.load(str(path))) == 0  # nothing left to rewrite
+
+
+def test_real_transposes_stay(tmp_path: Path) -> None:
+    """A transpose that moves a dimension larger than 1, or whose gathered rows are read twice, is kept."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc = torch.nn.Embedding(20, 4), torch.nn.Linear(5, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            rows = self.emb(ids)  # (B, T, 4)
+            moved = rows.transpose(0, 1)  # rows read twice: the gather stays
+            return self.fc(torch.cat([moved.sum(0), rows.mean(1)[:, :1]], 1)).transpose(0, 1)  # a real (B, 3) -> (3, B)
+
+    model = Net().eval()
+    x = torch.randint(0, 20, (6, 5))
+    path = sk.export(model, tmp_path / "m.onnx", x)
+    assert sorted(_ops_reading(path, {"Gather", "Gemm"})) == ["Gather", "Gemm"]
+    assert onnx_agreement(model, path, x)["max_abs_diff"] < 1e-5

@@ -55,6 +55,12 @@ MODES = ("auto", "static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 
+TABLES = {
+    "rowwise": "row-wise int8 (a scale and offset per row)",
+    "onnx": "per-tensor int8 (ONNX Runtime's Gather quantization)",
+}
+
+
 @register_config
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantizeConfig(Config):
@@ -66,10 +72,13 @@ class QuantizeConfig(Config):
     weights) defaults to on for x86 CPUs without VNNI. ``per_channel="auto"`` uses per-channel
     weight scales in static mode and, in dynamic mode, scores per-channel and per-tensor scales on
     ``split`` and keeps the better (per-tensor is ONNX Runtime's default and sometimes wins on
-    recurrent weights). ``embeddings="rowwise"``: in dynamic mode, a PyTorch model's
-    ``nn.Embedding`` tables become row-wise int8 (:class:`slimkit.compress.EmbeddingQuantConfig`:
-    a scale per row, far finer than ONNX Runtime's per-tensor Gather quantization); ``"onnx"``
-    leaves them to ONNX Runtime. ``strip_metadata`` drops debugging data
+    recurrent weights). ``embeddings`` (dynamic mode, a PyTorch model's ``nn.Embedding``
+    tables): ``"rowwise"`` makes them row-wise int8 (:class:`slimkit.compress.EmbeddingQuantConfig`:
+    a scale per row, far finer than ONNX Runtime's per-tensor Gather quantization, but its lookups
+    dequantize in four element-wise passes, ~4x the time of one per-tensor dequantization);
+    ``"onnx"`` leaves them to ONNX Runtime; ``"auto"`` scores both on ``split`` and keeps
+    per-tensor tables unless row-wise ones are more accurate (the layers that read the rows
+    quantize their inputs per tensor at run time anyway). ``strip_metadata`` drops debugging data
     from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
     """
 
@@ -85,7 +94,7 @@ class QuantizeConfig(Config):
     split: str = "val"
     reduce_range: bool | None = None
     strip_metadata: bool = True
-    embeddings: str = "rowwise"
+    embeddings: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -97,8 +106,8 @@ class QuantizeConfig(Config):
             raise SlimkitError("calibration_samples and calibration_batch_size must be at least 1")
         if self.max_drop is not None and self.max_drop < 0:
             raise SlimkitError(f"max_drop must be >= 0 accuracy points, got {self.max_drop}")
-        if self.embeddings not in ("rowwise", "onnx"):
-            raise SlimkitError(f"embeddings must be 'rowwise' or 'onnx', got {self.embeddings!r}")
+        if self.embeddings not in ("auto", "rowwise", "onnx"):
+            raise SlimkitError(f"embeddings must be 'auto', 'rowwise' or 'onnx', got {self.embeddings!r}")
         if self.per_channel not in (True, False, "auto"):
             raise SlimkitError(f"per_channel must be true, false or 'auto', got {self.per_channel!r}")
         if not 0 < self.percentile <= 100:
@@ -358,36 +367,42 @@ def quantize(
         mode, reason = cfg.mode, f"mode {cfg.mode} requested"
         if mode == "auto":
             mode, reason = choose_mode(mac_shares(fp32, data.example))
-        source = fp32
         tables = isinstance(model, nn.Module) and any(isinstance(m, nn.Embedding) for m in model.modules())
-        if mode == "dynamic" and cfg.embeddings == "rowwise" and tables:
+        sources = {"onnx": fp32}  # ONNX Runtime quantizes Gather tables per tensor
+        if mode == "dynamic" and cfg.embeddings != "onnx" and tables:
             from slimkit.compress.embedding import EmbeddingQuantConfig
             from slimkit.core.transform import apply_
             from slimkit.io.onnx import export_onnx
 
             rowwise = apply_(copy.deepcopy(model), EmbeddingQuantConfig(bits=8))
             export_onnx(rowwise, workdir / "rowwise.onnx", data.example)
-            source = _pre_process(workdir / "rowwise.onnx", notes)
-            notes.append("embedding tables: row-wise int8 (a scale and offset per row)")
-        padded = pad_conv_inputs(source, workdir / "padded.onnx") if mode == "static" else {}
+            sources = {"rowwise": _pre_process(workdir / "rowwise.onnx", notes)} | (
+                sources if cfg.embeddings == "auto" else {}
+            )
+        padded = pad_conv_inputs(fp32, workdir / "padded.onnx") if mode == "static" else {}
         if padded:
-            source = workdir / "padded.onnx"
+            sources = {"onnx": workdir / "padded.onnx"}
             notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
-        qz = _Quantizer(source, workdir, data, cfg, mode, reference=fp32)
+        qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, reference=fp32)
         qz.float_nodes = list(padded.values())  # pad in float, then quantize once
         acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
-        best = qz.run(excluded)
-        acc, err = qz.score(best)
-        if mode == "dynamic" and cfg.per_channel == "auto":  # per-tensor too; keep the better on `split`
-            qz.per_channel = False
-            other = qz.run(excluded)
-            other_acc, other_err = qz.score(other)
-            if (other_acc, -other_err) > (acc, -err):
-                best, acc = other, other_acc
-                notes.append(f"per-tensor weight scales scored better than per-channel on the {cfg.split} split")
-            else:
-                qz.per_channel = True
+        # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
+        scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)
+        scored = []  # ((accuracy, faster tables, -logit error), path, tables, per-channel); best first
+        for kind, source in sources.items():
+            for per_channel in scales:
+                qz.fp32, qz.per_channel = source, per_channel
+                path = qz.run(excluded)
+                acc, err = qz.score(path)
+                scored.append(((acc, kind == "onnx", -err), path, kind, per_channel))
+        (acc, _, _), best, kind, qz.per_channel = max(scored, key=lambda c: c[0])
+        qz.fp32 = sources[kind]
+        if "rowwise" in sources:
+            chosen = f" (scored on the {cfg.split} split against row-wise)" if len(sources) > 1 else ""
+            notes.append(f"embedding tables: {TABLES[kind]}" + (chosen if kind == "onnx" else ""))
+        if len(scales) > 1 and not qz.per_channel:
+            notes.append(f"per-tensor weight scales scored better than per-channel on the {cfg.split} split")
         sensitivity: dict[str, float] = {}
         met = None
         if cfg.max_drop is not None:

@@ -76,6 +76,9 @@ _FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.triu_indi
 _RULE_BLOCKS = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer)
 
 
+_PLAIN = (int, float, bool, str, type(None))
+
+
 class _Tracer(fx.Tracer):
     """Traces into every module with children (torch.nn containers like TransformerEncoder
     included), except the blocks that have a rule of their own.
@@ -86,6 +89,16 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, math_on_proxies: bool = True) -> None:
         super().__init__(autowrap_modules=(math,) if math_on_proxies else ())
+
+    def create_arg(self, a: Any) -> Any:
+        """fx's own, with the common cases first (it runs ~20 type checks per argument)."""
+        if type(a) in _PLAIN:
+            return a
+        if isinstance(a, fx.Proxy):
+            return a.node
+        if type(a) in (tuple, list):
+            return type(a)(self.create_arg(x) for x in a)
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if is_attention_block(m) or isinstance(m, _RULE_BLOCKS):

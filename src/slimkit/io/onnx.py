@@ -16,6 +16,7 @@ from torch import nn
 from slimkit.core.errors import ModelFileError, SlimkitError
 from slimkit.core.model import eval_mode
 from slimkit.core.optional import require
+from slimkit.io.transposes import drop_transposes
 
 
 @contextlib.contextmanager
@@ -44,7 +45,8 @@ def dynamic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, 
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
-    """Export to a single self-contained ONNX file with a dynamic batch dimension."""
+    """Export to a single self-contained ONNX file with a dynamic batch dimension, without the
+    transposes ONNX Runtime would run as copies (see :mod:`slimkit.io.transposes`)."""
     require("onnxscript", extra="onnx")
     x, dynamic = dynamic_batch(example)
     with eval_mode(model), quiet():
@@ -52,6 +54,9 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
             torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=dynamic)
         except Exception as exc:  # the exporter raises many types; name the model and the cause
             raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from exc
+    proto = require("onnx", extra="onnx").load(str(path))
+    if drop_transposes(proto):
+        require("onnx", extra="onnx").save(proto, str(path))
     strip_debug_info(path)
 
 
