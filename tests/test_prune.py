@@ -298,6 +298,15 @@ def test_math_on_traced_sizes_still_prunes() -> None:
     assert model.a.out_features == 4 and model.fc.in_features == 4
 
 
+def test_pruning_leaves_no_tracing_attributes_on_the_model() -> None:
+    """torch.fx stores a forward's tensor constants (recsys_mlp's pair indices) on the traced model."""
+    model = sk.zoo.create("recsys_mlp").eval()
+    before = set(vars(model))
+    prune_channels(model, ChannelPruneConfig(ratio=0.5), zoo_example("recsys_mlp"))
+    assert model.top[0].out_features < 128
+    assert not [k for k in set(vars(model)) - before if k.startswith("_tensor_constant")]
+
+
 class TorchAttentionNet(nn.Module):
     """nn.TransformerEncoder plus a cross-attention nn.MultiheadAttention (not batch-first)."""
 

@@ -157,6 +157,7 @@ class DimTracer:
         self.slots: dict[tuple[str, str], Slot] = {}
         self.unsupported: dict[str, str] = {}  # layer -> why it was left alone
         self.modules = dict(model.named_modules())
+        before = set(vars(model))
         try:
             try:
                 self.graph = _Tracer(math_on_proxies=False).trace(model)
@@ -167,6 +168,8 @@ class DimTracer:
                 f"cannot trace {type(model).__name__} with torch.fx ({str(exc).splitlines()[0]}); "
                 "pruning needs a model without data-dependent Python control flow"
             ) from None
+        finally:  # fx stores the forward's tensor constants as attributes of the model: keep them here
+            self.constants = {k: model.__dict__.pop(k) for k in set(vars(model)) - before}
 
     # ------------------------------------------------------------------ slots
     def slot(self, module: str, kind: str, size: int, producer: bool) -> Slot:
@@ -223,7 +226,8 @@ class DimTracer:
                     value = next(inputs, None)
                     env[node] = (value, _untracked(value))
                 elif node.op == "get_attr":
-                    value = _fetch(self.model, node.target)
+                    value = self.constants.get(node.target)
+                    value = _fetch(self.model, node.target) if value is None else value
                     env[node] = (value, _untracked(value))
                 elif node.op == "output":
                     for ids in _flat_tensors(load_ids(node.args[0])):
