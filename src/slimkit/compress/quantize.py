@@ -389,7 +389,7 @@ def quantize(
         excluded = list(cfg.exclude)
         # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
         scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)
-        scored = []  # ((accuracy, faster tables, -logit error), path, tables, per-channel); best first
+        scored = []  # ((accuracy, faster tables, -logit error), path, tables, per-channel)
         for kind, source in sources.items():
             for per_channel in scales:
                 qz.fp32, qz.per_channel = source, per_channel
