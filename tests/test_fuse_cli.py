@@ -78,6 +78,13 @@ def test_independent_affine_members_fused_by_selection(cli, tmp_path: Path) -> N
     code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--checkpoint", "best", "-o",
                        tmp_path / "bad")  # fmt: skip
     assert code == 2 and "unknown checkpoint rule 'best'" in err and err.count("\n") == 1
+    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "1", *SMALL, "--independent",
+                       "--elastic", "--epochs", "1", "-o", tmp_path / "elastic")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "elastic" / "members.json").read_text())["config"]["augment"] == "elastic"
+    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--affine", "--elastic", "-o",
+                       tmp_path / "both")  # fmt: skip
+    assert code == 2 and "choose one of --affine and --elastic" in err
 
 
 def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001

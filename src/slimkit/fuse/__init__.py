@@ -6,8 +6,9 @@
   start (one model's cost), with BatchNorm statistics re-estimated;
 - :func:`distill_ensemble`: teach one student (best started from the best member) to reproduce an ensemble;
 - :func:`train_members`: members to fuse: independent (diverse, for ensembles and distillation) or
-  fine-tuned from one start (one loss basin, for soups); :func:`random_affine` distorts their
-  training images;
+  fine-tuned from one start (one loss basin, for soups); :func:`random_affine` and
+  :func:`elastic` (Simard et al. 2003) distort their training images, one augmentation for all
+  members or one each;
 - :func:`best_member`: the member with the best validation accuracy, the baseline a fused model
   must beat (choosing it by test accuracy would flatter the member).
 
@@ -24,7 +25,7 @@
 
 from __future__ import annotations
 
-from slimkit.fuse.augment import random_affine
+from slimkit.fuse.augment import elastic, random_affine
 from slimkit.fuse.distill import distill_ensemble
 from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, fit_selection, member_logits
 from slimkit.fuse.members import Members, best_member, train_members
@@ -45,6 +46,7 @@ __all__ = [
     "build_ensemble",
     "check_same_architecture",
     "distill_ensemble",
+    "elastic",
     "ensemble",
     "fit_selection",
     "greedy_soup",

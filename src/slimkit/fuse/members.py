@@ -27,7 +27,7 @@ from torch import nn
 from slimkit.core.errors import SlimkitError
 from slimkit.data.base import Augment, as_loader
 from slimkit.evaluate import accuracy
-from slimkit.fuse.augment import random_affine
+from slimkit.fuse.augment import elastic, random_affine
 from slimkit.train import History, fit
 from slimkit.zoo import create_for
 
@@ -35,7 +35,8 @@ __all__ = ["Members", "best_member", "train_members"]
 
 SEED_STRIDE = 1000  # run ``seed`` uses seeds seed * 1000 (start) and seed * 1000 + 1 + i (member i)
 CHECKPOINTS = ("best-val", "last")  # which weights of each training a member keeps
-AUGMENTS = ("affine",)  # augmentations by name, besides True (the dataset's own) and False (none)
+AUGMENTS = ("affine", "elastic")  # augmentations by name, besides True (the dataset's own) and False (none)
+AugmentSpec = bool | str | Augment | None  # one member's augmentation (see train_members)
 
 
 @dataclasses.dataclass
@@ -76,16 +77,16 @@ def best_member(models: Sequence[nn.Module], val: Any) -> tuple[int, list[float]
     return max(range(len(models)), key=lambda i: (accs[i], -i)), accs
 
 
-def resolve_augment(augment: bool | str | Augment, data: Any) -> Augment | None:
-    """The batch transform meant by ``augment`` (see :func:`train_members`) for ``data``."""
+def resolve_augment(augment: AugmentSpec, data: Any) -> Augment | None:
+    """The batch transform meant by ``augment`` (one member's; see :func:`train_members`) for ``data``."""
     if augment is True:
         return data.augment
     if augment is False or augment is None:
         return None
-    if augment == "affine":
+    if augment in AUGMENTS:
         if len(getattr(data, "input_shape", ())) != 3:
-            raise SlimkitError("augment='affine' distorts images (C, H, W); this dataset's inputs are not images")
-        return random_affine()
+            raise SlimkitError(f"augment={augment!r} distorts images (C, H, W); this dataset's inputs are not images")
+        return random_affine() if augment == "affine" else elastic()
     if callable(augment):
         return augment
     raise SlimkitError(f"unknown augmentation {augment!r}; choose True, False, {', '.join(map(repr, AUGMENTS))}")
@@ -102,7 +103,7 @@ def train_members(
     epochs: int = 8,
     lr: float = 1e-3,
     finetune_lr: float | None = None,
-    augment: bool | str | Augment = True,
+    augment: AugmentSpec | Sequence[AugmentSpec] = True,
     checkpoint: str = "last",
     seed: int = 0,
     progress: bool = False,
@@ -120,7 +121,11 @@ def train_members(
 
     ``augment``: ``True`` uses the dataset's own training augmentation (``data.augment``), ``False``
     none, ``"affine"`` small random rotations, scalings and shifts of image inputs
-    (:func:`slimkit.fuse.augment.random_affine`), or pass any batch transform.
+    (:func:`slimkit.fuse.augment.random_affine`), ``"elastic"`` Simard et al.'s elastic
+    distortion (:func:`slimkit.fuse.augment.elastic`), or any batch transform. A list or tuple of
+    ``n`` of these gives member ``i`` augmentation ``augment[i]`` (the shared start, if any, uses
+    ``augment[0]``): members trained on different distortions make more different mistakes,
+    which is what a prediction ensemble gains from.
     ``checkpoint``: ``"last"`` (the default) keeps the final, cosine-annealed weights and leaves
     the validation set untouched for the choices made later (the best member, ensemble
     selection, greedy soup); ``"best-val"`` keeps each training's best validation epoch, which
@@ -146,10 +151,15 @@ def train_members(
         )
     if checkpoint not in CHECKPOINTS:
         raise SlimkitError(f"unknown checkpoint rule {checkpoint!r}; choose one of {', '.join(CHECKPOINTS)}")
-    aug = resolve_augment(augment, data)
+    if isinstance(augment, (list, tuple)):
+        if len(augment) != n:
+            raise SlimkitError(f"augment lists one augmentation per member: expected {n}, got {len(augment)}")
+        augs = [resolve_augment(a, data) for a in augment]
+    else:
+        augs = [resolve_augment(augment, data)] * n
     restore_best = checkpoint == "best-val"
 
-    def train(net: nn.Module, n_epochs: int, rate: float, s: int) -> History:
+    def train(net: nn.Module, n_epochs: int, rate: float, s: int, aug: Augment | None) -> History:
         return fit(
             net, data.train, val=data.val, epochs=n_epochs, lr=rate, augment=aug, seed=s, restore_best=restore_best,
             progress=progress,
@@ -159,17 +169,17 @@ def train_members(
     if from_start:
         torch.manual_seed(SEED_STRIDE * seed)
         start = create_for(model, data, **(model_args or {}))
-        start_history = train(start, start_epochs, lr, SEED_STRIDE * seed)
+        start_history = train(start, start_epochs, lr, SEED_STRIDE * seed, augs[0])
     members, histories, seeds = [], [], []
     for i in range(n):
         s = SEED_STRIDE * seed + 1 + i
         if start is not None:
             member = copy.deepcopy(start)
-            history = train(member, epochs, finetune_lr if finetune_lr is not None else lr / 2, s)
+            history = train(member, epochs, finetune_lr if finetune_lr is not None else lr / 2, s, augs[i])
         else:
             torch.manual_seed(s)
             member = create_for(model, data, **(model_args or {}))
-            history = train(member, epochs, lr, s)
+            history = train(member, epochs, lr, s, augs[i])
         members.append(member)
         histories.append(history)
         seeds.append(s)

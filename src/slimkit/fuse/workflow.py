@@ -53,7 +53,7 @@ def train_members_and_save(
     epochs: int = 8,
     lr: float = 1e-3,
     finetune_lr: float | None = None,
-    augment: bool | str = True,
+    augment: bool | str | list[bool | str] = True,
     checkpoint: str = "last",
     seed: int = 0,
     force: bool = False,
