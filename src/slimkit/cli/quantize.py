@@ -25,6 +25,13 @@ def quantize_command(
     per_channel: Annotated[
         str, typer.Option(help="Per-channel int8 weights: on, off or auto (dynamic mode keeps the better on val).")
     ] = "auto",
+    embeddings: Annotated[
+        str,
+        typer.Option(
+            help="Embedding tables (dynamic mode): rowwise (int8, a scale per row), onnx (ONNX Runtime's per-tensor, "
+            "faster lookups) or auto (per-tensor unless row-wise scores better on val)."
+        ),
+    ] = "auto",
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -39,7 +46,7 @@ def quantize_command(
         raise SlimkitError(f"--per-channel takes on, off or auto, got {per_channel!r}")
     cfg = QuantizeConfig(
         mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop,
-        per_channel=choices[per_channel],
+        per_channel=choices[per_channel], embeddings=embeddings,
     )  # fmt: skip
     dataset = sk.data.load(data)
     if is_keras(model):  # its fp32 ONNX export, quantized with the data laid out for it
