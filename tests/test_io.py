@@ -240,6 +240,11 @@ def test_export_leaves_no_transposes_of_activations_around_rnns(cell: str, tmp_p
 
 def test_real_transposes_stay(tmp_path: Path) -> None:
     """A transpose that moves a dimension larger than 1, or whose gathered rows are read twice, is kept."""
+    bidirectional = sk.zoo.create("text_lstm", bidirectional=True).eval()
+    x = zoo_example("text_lstm", batch=6)
+    path = sk.export(bidirectional, tmp_path / "bi.onnx", x)
+    assert _ops_reading(path, {"LSTM"}) == ["LSTM"]  # num_directions is 2: moving it is a real transpose
+    assert onnx_agreement(bidirectional, path, x)["max_abs_diff"] < 1e-5
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
