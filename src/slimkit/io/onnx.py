@@ -8,6 +8,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,10 +55,11 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
             torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=dynamic)
         except Exception as exc:  # the exporter raises many types; name the model and the cause
             raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from exc
-    proto = require("onnx", extra="onnx").load(str(path))
-    if drop_transposes(proto):
-        require("onnx", extra="onnx").save(proto, str(path))
-    strip_debug_info(path)
+    onnx = require("onnx", extra="onnx")
+    proto = onnx.load(str(path))
+    drop_transposes(proto)
+    _strip(proto)
+    onnx.save(proto, str(path))
 
 
 def strip_debug_info(path: Path, *, rename: bool = False) -> None:
@@ -68,6 +70,12 @@ def strip_debug_info(path: Path, *, rename: bool = False) -> None:
     names are ~5% of the file. ONNX Runtime needs none of it."""
     onnx = require("onnx", extra="onnx")
     model = onnx.load(str(path))
+    _strip(model, rename)
+    onnx.save(model, str(path))
+
+
+def _strip(model: Any, rename: bool = False) -> None:
+    """:func:`strip_debug_info` on an ``onnx.ModelProto``, in place."""
     graph = model.graph
     del graph.value_info[:]
     del graph.metadata_props[:]
@@ -88,7 +96,6 @@ def strip_debug_info(path: Path, *, rename: bool = False) -> None:
             node.name = f"n{i}"
             node.input[:] = [short(n) for n in node.input]
             node.output[:] = [short(n) for n in node.output]
-    onnx.save(model, str(path))
 
 
 class OnnxModel:
