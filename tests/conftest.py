@@ -46,6 +46,9 @@ def trained_cnn(mnist: sk.data.Dataset) -> torch.nn.Module:
     return model
 
 
+SMALL = {"depth": 8, "width": 0.5}  # resnet_cifar small enough for member-training tests
+
+
 # One input batch per zoo model, with the shapes the model's defaults expect.
 def zoo_example(name: str, batch: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)

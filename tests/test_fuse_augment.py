@@ -7,8 +7,7 @@ import torch
 
 import slimkit as sk
 from slimkit.fuse import elastic, random_affine, train_members
-
-SMALL = {"depth": 8, "width": 0.5}
+from tests.conftest import SMALL
 
 
 def _displacement(distort, size: int = 28, batch: int = 16) -> torch.Tensor:  # noqa: ANN001

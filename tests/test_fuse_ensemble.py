@@ -16,8 +16,7 @@ from slimkit.evaluate import accuracy, count_macs
 from slimkit.fuse import Ensemble, best_member, distill_ensemble, ensemble, member_logits, train_members
 from slimkit.fuse.ensemble import VOTE_TIE_BREAK
 from slimkit.io import onnx_agreement
-
-SMALL = {"depth": 8, "width": 0.5}
+from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ from slimkit.fuse import (
     train_members,
 )
 from slimkit.io import onnx_agreement
-
-SMALL = {"depth": 8, "width": 0.5}
+from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="module")

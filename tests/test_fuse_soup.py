@@ -17,8 +17,7 @@ from slimkit.fuse import (
     train_members,
     uniform_soup,
 )
-
-SMALL = {"depth": 8, "width": 0.5}
+from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="module")
