@@ -52,7 +52,7 @@ def sk_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
     prune_channels(model, ChannelPruneConfig(ratio=ratio, importance="l2"), x)
 
 
-def timed_pair(model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 5) -> dict[str, tuple]:
+def timed_pair(model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 9) -> dict[str, tuple]:
     """Prune with both tools, alternating, ``repeats`` times; the fastest run of each (least disturbed by
     other work on the machine). Returns ``{tool: (pruned model or None, seconds, error)}``."""
     results: dict[str, tuple] = {}
@@ -99,7 +99,7 @@ def part1() -> None:
                 row.append("fails" if pruned is None else f"{count_macs(pruned, x) / m0:.2f}x")
             s_t, t_t = results["slimkit"][1], results["torch-pruning"][1]
             ratio_text = f"{s_t / t_t:.2f}" if t_t == t_t and s_t == s_t else "n/a"
-            print(f"| {name} | {ratio} | {' | '.join(row)} | {s_t:.3f} s | {t_t:.3f} s | {ratio_text} |")
+            print(f"| {name} | {ratio} | {' | '.join(row)} | {s_t * 1e3:.1f} ms | {t_t * 1e3:.1f} ms | {ratio_text} |")
     print()
     for tool, names in failures.items():
         print(f"- {tool} fails on: {', '.join(names) if names else 'none'}")

@@ -366,3 +366,26 @@ def test_slot_rows_cover_lstm_gates() -> None:
     # per layer and direction: 4 gates x (in + 6 + 2 biases) + 6 recurrent columns (+ 4*6*2 inputs for layer 2)
     per_unit = 2 * (4 * (4 + 6 + 2) + 4 * 6) + 2 * (4 * (12 + 6 + 2) + 4 * 6 + 2 * 4 * 6)
     assert rows.shape == (6, per_unit)
+
+
+@pytest.mark.parametrize("order", ["data-flow", "shuffled"])
+def test_id_components_match_scipy(order: str) -> None:
+    """The union-find gives scipy's partition, also on a graph whose ids need many passes (then scipy
+    itself finishes it)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from slimkit.graph.ids import IdSpace
+
+    rng = np.random.default_rng(0)
+    space = IdSpace()
+    ids = space.alloc(3000)
+    path = ids if order == "data-flow" else ids[torch.from_numpy(rng.permutation(3000))]
+    space.unify(path[:1000], path[1:1001])  # one long chain
+    a, b = torch.from_numpy(rng.integers(1500, 3000, (2, 400)))
+    space.unify(a, b)  # scattered pairs
+    labels = space.components()
+    edges = (np.concatenate(space._a), np.concatenate(space._b))
+    expected = connected_components(coo_matrix((np.ones(len(edges[0])), edges), shape=(3000, 3000)), directed=False)[1]
+    pairs = np.unique(np.stack([labels, expected]), axis=1)  # one-to-one iff the partitions are equal
+    assert len(pairs[0]) == len(np.unique(labels)) == len(np.unique(expected))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import slimkit as sk
 from slimkit.core.errors import SlimkitError
@@ -90,3 +91,13 @@ def test_bad_arguments(digits: sk.data.Dataset) -> None:
         sk.train.fit(model, digits.train, optimizer="lbfgs", progress=False)
     with pytest.raises(SlimkitError, match="epochs must be at least 1"):
         sk.train.fit(model, digits.train, epochs=0, progress=False)
+
+
+def test_eval_mode_restores_each_modules_own_mode() -> None:
+    from slimkit.core.model import eval_mode
+
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Dropout(0.5), nn.Sequential(nn.Dropout(0.1)))
+    model[1].eval()  # a user froze one layer
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, False, True, True]

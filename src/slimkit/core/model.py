@@ -50,13 +50,16 @@ def model_name(model: object) -> str:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``model`` in eval mode (BatchNorm statistics stay untouched)."""
-    was_training = model.training
-    model.eval()
+    """Temporarily put ``model`` in eval mode (BatchNorm statistics stay untouched); each module's
+    own mode is restored afterwards."""
+    training = [m for m in model.modules() if m.training]
+    if training:
+        model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def check_input(model: nn.Module, x: torch.Tensor) -> None:

@@ -144,24 +144,29 @@ def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable:
     """Split the prunable components by signature (how many indices each slot gives them).
 
     Components with one signature are the units of one group. The signature is hashed to group
-    in bulk; each group is then checked to share it exactly.
+    in bulk; each component is then checked to have its group's signature exactly.
     """
+    if not len(prunable):
+        return []
     pairs, counts = np.unique(comp * n_slots + slot_no, return_counts=True)
     pair_comp, pair_slot = np.divmod(pairs, n_slots)
     weights = np.random.default_rng(0).integers(1, 2**63, size=n_slots, dtype=np.uint64) | np.uint64(1)
     hashes = np.zeros(int(comp.max(initial=-1)) + 1, dtype=np.uint64)
     np.add.at(hashes, pair_comp, weights[pair_slot] * (counts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + 1))
-    _, which = np.unique(hashes[prunable], return_inverse=True)
-    out = []
-    for g in range(int(which.max(initial=-1)) + 1):
-        members = prunable[which == g]
-        inside = np.isin(pair_comp, members)
-        signature = np.stack([pair_slot[inside], counts[inside]], axis=1)  # grouped by component
-        each, rest = divmod(len(signature), len(members))
-        if rest or (signature.reshape(len(members), each, 2) != signature[:each]).any():  # a hash collision
-            raise RuntimeError("internal error: dimension groups collided; please report this model")
-        out.append(members)
-    return out
+    _, first, which = np.unique(hashes[prunable], return_index=True, return_inverse=True)
+    # every component must have exactly the signature of its group's first one (else: a collision)
+    starts = np.searchsorted(pair_comp, np.arange(len(hashes) + 1))
+    ref = prunable[first][which]
+    n = np.diff(starts)[prunable]
+    same = np.array_equal(n, np.diff(starts)[ref])
+    if same:
+        step = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # position within each signature
+        mine, theirs = np.repeat(starts[prunable], n) + step, np.repeat(starts[ref], n) + step
+        same = np.array_equal(pair_slot[mine], pair_slot[theirs]) and np.array_equal(counts[mine], counts[theirs])
+    if not same:
+        raise RuntimeError("internal error: dimension groups collided; please report this model")
+    order = np.argsort(which, kind="stable")
+    return np.split(prunable[order], np.cumsum(np.bincount(which))[:-1])
 
 
 def _group(slots: list[Slot], comp: np.ndarray, bounds: np.ndarray, members: np.ndarray) -> Group:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 UNTRACKED = -1  # values that carry no prunable dimension (inputs, constants, index tensors)
+_DEDUPE_ABOVE = 4096  # edge lists longer than this are de-duplicated before they are kept
+_LABEL_PASSES = 8  # label-propagation passes before a union-find is handed over to scipy
 
 
 def collapse(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -35,12 +37,15 @@ class IdSpace:
         """Tie the ids of ``a`` and ``b`` position by position (they must have one shape)."""
         a, b = (t.reshape(-1).numpy() for t in collapse(a, b))
         keep = (a >= 0) & (b >= 0) & (a != b)
-        if keep.any():
-            pairs = (a[keep] << 32) | b[keep]
+        a, b = a[keep], b[keep]
+        if len(a) > _DEDUPE_ABOVE:
+            pairs = (a << 32) | b
             # activations repeat each pair over every position: drop runs first (cheap), then duplicates
             pairs = np.unique(pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))])
-            self._a.append(pairs >> 32)
-            self._b.append(pairs & 0xFFFFFFFF)
+            a, b = pairs >> 32, pairs & 0xFFFFFFFF
+        if len(a):
+            self._a.append(a)
+            self._b.append(b)
 
     def block(self, ids: torch.Tensor, reason: str) -> None:
         """Mark every tracked id in ``ids`` (and so its whole component) as not prunable."""
@@ -52,11 +57,23 @@ class IdSpace:
             self.unify(tracked, torch.full_like(tracked, blocker))
 
     def components(self) -> np.ndarray:
-        """Component label of every id."""
+        """Component label of every id (the smallest id of its component)."""
+        a = np.concatenate(self._a) if self._a else np.zeros(0, dtype=np.int64)
+        b = np.concatenate(self._b) if self._b else np.zeros(0, dtype=np.int64)
+        # min-label propagation with pointer jumping: a few passes on layer graphs, where ids are
+        # allocated in data-flow order; scipy finishes the rare graph that needs more
+        labels = np.arange(self.size)
+        for _ in range(_LABEL_PASSES):
+            smaller = np.minimum(labels[a], labels[b])
+            new = labels.copy()
+            np.minimum.at(new, a, smaller)
+            np.minimum.at(new, b, smaller)
+            new = new[new]
+            if np.array_equal(new, labels):
+                return labels
+            labels = new
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        a = np.concatenate(self._a) if self._a else np.zeros(0, dtype=np.int64)
-        b = np.concatenate(self._b) if self._b else np.zeros(0, dtype=np.int64)
         graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.size, self.size))
         return connected_components(graph, directed=False)[1]

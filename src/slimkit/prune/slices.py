@@ -140,13 +140,12 @@ def rebuild(model: nn.Module, name: str, keep: dict[str, torch.Tensor]) -> None:
             idx = keep["dim"]
             new = _resized(m, {"weight": m.weight[:, idx]}, embedding_dim=len(idx))
         elif isinstance(m, nn.RNNBase):
-            new = _rebuild_rnn(m, keep)
+            new = _rebuild_rnn(m, keep).train(m.training)
         elif is_attention_block(m):
             _rebuild_attention(model, name, m, keep)
             return
         else:
             raise TypeError(f"no rebuild rule for {type(m).__name__}")
-    new.train(m.training)
     replace_module(model, name, new)
 
 
