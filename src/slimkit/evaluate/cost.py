@@ -107,11 +107,12 @@ def measure_latency(run: Callable[[], object], *, warmup: int = 5, runs: int = 3
     return measure_latencies([run], warmup=warmup, runs=runs)[0]
 
 
-def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[float]:
-    """Median wall time of each function in milliseconds, calling them in turn.
+def latency_samples(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[list[float]]:
+    """Wall times (ms) of ``runs`` calls of each function, calling them in turn.
 
     Interleaving makes the comparison fair when other work shares the machine: a busy spell slows
-    every function alike instead of the one that happened to run then.
+    every function alike instead of the one that happened to run then, and run ``i`` of one
+    function can be paired with run ``i`` of another.
     """
     for _ in range(warmup):
         for fn in fns:
@@ -121,8 +122,13 @@ def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, r
         for fn, t in zip(fns, times, strict=True):
             start = time.perf_counter()
             fn()
-            t.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+            t.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[float]:
+    """Median wall time of each function in milliseconds, calling them in turn (:func:`latency_samples`)."""
+    return [statistics.median(t) for t in latency_samples(fns, warmup=warmup, runs=runs)]
 
 
 def torch_latency(
