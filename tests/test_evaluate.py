@@ -94,3 +94,16 @@ def test_evaluate_on_a_dataloader_and_recsys_metrics() -> None:
     report = sk.evaluate(model, data.loader("test"), latency=False)
     assert report.data == "data" and report.samples == 2000
     assert report.metrics["auc"] > 0.65  # the hidden factor model is learnable
+
+
+def test_latency_samples_are_paired_runs_in_ms() -> None:
+    import time
+
+    from slimkit.evaluate.cost import latency_samples, measure_latencies
+
+    calls: list[str] = []
+    fns = [lambda: calls.append("a"), lambda: (calls.append("b"), time.sleep(0.002))]
+    quick, slow = latency_samples(fns, warmup=1, runs=5)
+    assert len(quick) == len(slow) == 5 and calls == ["a", "b"] * 6  # interleaved, warm-up included
+    assert all(s >= 2.0 > q for q, s in zip(quick, slow, strict=True))  # milliseconds
+    assert measure_latencies(fns, warmup=0, runs=3)[1] >= 2.0
