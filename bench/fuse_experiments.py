@@ -18,6 +18,18 @@ judged on all seeds' test digits pooled, against the per-seed baselines, with a 
 McNemar test on the digits where the two disagree. ``--cv 0`` uses ``sk.data.load("mnist5k",
 seed=k)`` (1,000 test digits per seed, test sets overlapping across seeds).
 
+``--bag cv`` trains the independent members as cross-validation members
+(``train_members(bag="cv")``): each seed's train and val digits are pooled and dealt into 5
+stratified parts, member i trains on all parts but part i and is validated on part i. The 5
+members together see every non-test digit; each sees 4/5 of them. The baseline is then the member
+with the best accuracy on its own held-out part (``Members.best``), the only digits it has not
+trained on; the fitted ensembles (weighted, select, stack), whose validation digits would be
+training digits of most members, are not built. ``--bag bootstrap``: each member trains on its own
+bootstrap sample of the training split (as many draws as digits); validation and baseline as
+without bagging. With either, a single unbagged ``seed_cnn`` of the same recipe, trained on all the
+digits the members drew from (cv: train + val; bootstrap: train), is printed and pooled for
+reference (not a bar).
+
 Every method is compared with the best member *of the members it uses*, chosen on VALIDATION
 accuracy (what a user can know); that member's test accuracy is the baseline. The best member by
 test accuracy is printed for reference only (the maximum of 5 noisy estimates: a selection-biased
@@ -36,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import tempfile
 import time
@@ -48,7 +61,9 @@ import slimkit as sk
 from slimkit.data.base import Dataset
 from slimkit.evaluate import accuracy, count_macs
 from slimkit.fuse import (
+    BAGS,
     METHODS,
+    Members,
     best_member,
     distill_ensemble,
     elastic,
@@ -123,10 +138,16 @@ def agreement(model: torch.nn.Module, data: sk.data.Dataset, tmp: Path, name: st
     return onnx_agreement(model, path, data.splits["test"][0])["top1_agreement"]
 
 
-def show_members(seed: int, kind: str, members: list[torch.nn.Module], data: sk.data.Dataset,
+def show_members(seed: int, kind: str, members: list[torch.nn.Module] | Members, data: sk.data.Dataset,
                  recipes: list[str] | None = None) -> tuple[int, float, float]:  # fmt: skip
-    """Print each member's val / test accuracy; return the best-by-validation member's (index, val, test)."""
-    best, vals = best_member(members, data)
+    """Print each member's val / test accuracy; return the best-by-validation member's (index, val, test).
+
+    For bagged ``Members`` "val" is each member's own validation data (its held-out part under ``bag="cv"``).
+    """
+    if isinstance(members, Members):
+        (best, vals), members = members.best(), members.members
+    else:
+        best, vals = best_member(members, data)
     tests = [test_acc(m, data) for m in members]
     for i, (v, t) in enumerate(zip(vals, tests, strict=True)):
         mark = "  <- best by validation (baseline)" if i == best else ""
@@ -137,9 +158,11 @@ def show_members(seed: int, kind: str, members: list[torch.nn.Module], data: sk.
     return best, vals[best], tests[best]
 
 
-def show(seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, extra: str = "") -> tuple[float, float]:
+def show(seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, extra: str = "",
+         trained_on_val: bool = False) -> tuple[float, float]:  # fmt: skip
+    """Print val and test accuracy (val as "n/a" when the members trained on the val digits)."""
     val, test = accuracy(model, data.val), test_acc(model, data)
-    print(f"seed {seed}: {name:<26} val {pct(val)}  test {pct(test)}{extra}")
+    print(f"seed {seed}: {name:<26} val {'n/a   ' if trained_on_val else pct(val)}  test {pct(test)}{extra}")
     return val, test
 
 
@@ -158,31 +181,50 @@ def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -
     budget = args.start_epochs + args.epochs
     names = args.augment.split(",")
     names = names * 5 if len(names) == 1 else names
-    indep = train_members("seed_cnn", data, n=5, from_start=False, epochs=budget, seed=seed,
-                          augment=[augmentation(a) for a in names], checkpoint=args.checkpoint).members  # fmt: skip
-    print(f"seed {seed}: independent members trained ({budget} epochs each), {time.perf_counter() - t0:.0f} s")
-    best_index, ind_val, ind_test = show_members(seed, "independent", indep, data, names)
-    print(f"seed {seed}: independent  {shared_errors(indep, data)}")
-    fused = {method: ensemble(indep, method, val=data) for method in METHODS}
-    fused["select-bagged"] = ensemble(indep, "select", val=data, bags=20, seed=seed)
+    bag = None if args.bag == "none" else args.bag
+    result = train_members("seed_cnn", data, n=5, from_start=False, epochs=budget, seed=seed,
+                           augment=[augmentation(a) for a in names], checkpoint=args.checkpoint, bag=bag)  # fmt: skip
+    indep = result.members
+    sizes = ", ".join(str(d.sizes()["train"]) for d in result.datasets)
+    print(f"seed {seed}: independent members trained ({budget} epochs each; bag {args.bag}; training digits "
+          f"{sizes}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    best_index, ind_val, ind_test = show_members(seed, "independent", result if bag else indep, data, names)
+    if bag != "cv":  # under cv the common val digits are training digits of 4 of the 5 members
+        print(f"seed {seed}: independent  {shared_errors(indep, data)}")
+        fused = {method: ensemble(indep, method, val=data) for method in METHODS}
+        fused["select-bagged"] = ensemble(indep, "select", val=data, bags=20, seed=seed)
+    else:
+        fused = {method: ensemble(indep, method) for method in ("mean", "vote")}
     scores = {}
     for method, m in fused.items():
         extra = f"  (weights {[round(float(w), 2) for w in m.weights]})" if method.startswith("select") else ""
         mark = "  <- the bar's ensemble (fixed in advance)" if method == args.bar_ensemble else ""
-        scores[method] = show(seed, f"ensemble {method} (indep.)", m, data, extra + mark)
+        scores[method] = show(seed, f"ensemble {method} (indep.)", m, data, extra + mark, trained_on_val=bag == "cv")
     pooled = {
         "members": torch.stack([correct(m, data) for m in indep]),  # (5, N)
         "baseline": correct(indep[best_index], data),
         **{method: correct(m, data) for method, m in fused.items()},
     }
+    if bag:  # reference: one unbagged model of the same recipe on all the digits the members drew from
+        t1 = time.perf_counter()
+        pooled_data = data
+        if bag == "cv":
+            pooled_data = dataclasses.replace(data, splits={**data.splits, "train": tuple(
+                torch.cat([a, b]) for a, b in zip(data.splits["train"], data.splits["val"], strict=True))})  # fmt: skip
+        single = train_members("seed_cnn", pooled_data, n=1, from_start=False, epochs=budget, seed=seed,
+                               augment=augmentation(names[0]), checkpoint="last").members[0]  # fmt: skip
+        what = "non-test" if bag == "cv" else "training"
+        print(f"seed {seed}: (reference) single unbagged seed_cnn on all {pooled_data.sizes()['train']:,} {what} "
+              f"digits (seed {1000 * seed + 1}, {budget} epochs, {names[0]}): test {pct(test_acc(single, data))}, "
+              f"{time.perf_counter() - t1:.0f} s")  # fmt: skip
+        pooled["single-all-digits"] = correct(single, data)
     for method in scores:
         if method != args.bar_ensemble:
             verdict = "above" if scores[method][1] > ind_test else "not above"
             print(f"seed {seed}: (reference, not a bar) ensemble {method} {pct(scores[method][1])} is {verdict} "
                   f"the baseline {pct(ind_test)}")  # fmt: skip
     checks = {f"ensemble ({args.bar_ensemble}) > best independent member": scores[args.bar_ensemble][1] > ind_test}
-    agree_models = [("ensemble-mean", fused["mean"]), ("ensemble-vote", fused["vote"]),
-                    ("ensemble-select", fused["select"])]  # fmt: skip
+    agree_models = [(f"ensemble-{m}", fused[m]) for m in ("mean", "vote", "select") if m in fused]
     if seed in args.soup_seeds:
         checks.update(soups_and_distillation(seed, args, data, indep, fused, ind_test, agree_models))
     agree = {name: agreement(m, data, tmp, f"{name}-{seed}") for name, m in agree_models}
@@ -250,12 +292,20 @@ def report_pooled(args: argparse.Namespace, pooled: dict[int, dict]) -> bool:
         wins, losses = int((ens & ~base).sum()), int((~ens & base).sum())
         p = mcnemar_p(wins, losses)
         mark = "  <- the bar's ensemble" if method == args.bar_ensemble else "  (reference)"
-        print(f"pooled: ensemble {method:<14} {pct(float(ens.float().mean()))}  vs baseline "
+        what = "single model" if method == "single-all-digits" else "ensemble"
+        print(f"pooled: {what} {method:<14} {pct(float(ens.float().mean()))}  vs baseline "
               f"{float(ens.float().mean() - base.float().mean()) * 100:+.2f} points, vs average member "
               f"{float(ens.float().mean() - members.mean()) * 100:+.2f}; digits only it gets right {wins}, only the "
               f"baseline {losses}; one-sided exact McNemar p = {p:.4f}{mark}")  # fmt: skip
         if method == args.bar_ensemble:
             verdict = wins > losses and p < args.alpha
+    if "single-all-digits" in cat:
+        ens, single = cat[args.bar_ensemble], cat["single-all-digits"]
+        wins, losses = int((ens & ~single).sum()), int((~ens & single).sum())
+        print(f"pooled: (reference) ensemble {args.bar_ensemble} vs the single unbagged model on all the digits: "
+              f"{float(ens.float().mean() - single.float().mean()) * 100:+.2f} points; digits only the ensemble gets "
+              f"right {wins}, only the single model {losses}; one-sided exact McNemar p = "
+              f"{mcnemar_p(wins, losses):.4f}")  # fmt: skip
     print(f"pooled: [{'PASS' if verdict else 'FAIL'}] ensemble ({args.bar_ensemble}) > best independent member "
           f"over {n:,} test digits, McNemar p < {args.alpha:g}")  # fmt: skip
     return verdict
@@ -279,6 +329,9 @@ def main() -> None:
                         "affine-strong, affine+elastic")  # fmt: skip
     parser.add_argument("--soup-augment", default="affine", help="shared-start members' augmentation")
     parser.add_argument("--checkpoint", choices=["last", "best-val"], default="last", help="members' weights kept")
+    parser.add_argument("--bag", choices=["none", *BAGS], default="none",
+                        help="independent members' training data: all on the training split (none), "
+                        "cross-validation parts of train + val (cv), or bootstrap samples of train")  # fmt: skip
     parser.add_argument("--bar-ensemble", choices=list(METHODS), default="mean", help="the ensemble in the bar")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the pooled bar")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core for others)")
@@ -289,6 +342,9 @@ def main() -> None:
         augmentation(name)
     args.seeds = args.seeds if args.seeds is not None else list(range(args.cv)) if args.cv else [0, 1, 2]
     args.soup_seeds = args.seeds if args.soup_seeds is None else args.soup_seeds
+    if args.bag == "cv" and args.soup_seeds:
+        parser.error("--bag cv runs the ensemble bar only (the distilled student would be chosen on validation "
+                     "digits the members trained on); pass --soup-seeds with no values")  # fmt: skip
     if args.cv and not all(0 <= s < args.cv for s in args.seeds):
         parser.error(f"with --cv {args.cv} the seeds are fold numbers 0..{args.cv - 1}")
     torch.set_num_threads(args.threads)
@@ -296,12 +352,17 @@ def main() -> None:
     if args.cv:
         split = (f"{args.cv}-fold cross-validation over the 5,000 digits (seed k: test on fold k, 500 val digits "
                  f"from the rest, train on the other {5000 - 5000 // args.cv - 500:,})")  # fmt: skip
+        if args.bag == "cv":
+            split += (f"; bag cv: member i trains on 4/5 of the {5000 - 5000 // args.cv:,} train + val digits and "
+                      "is validated on the other 1/5, its own part")  # fmt: skip
     print(f"mnist5k, 5 x seed_cnn per kind; {split}; independent members {args.start_epochs + args.epochs} epochs; "
           f"shared start {args.start_epochs} + {args.epochs} epochs (seeds {args.soup_seeds}); distillation "
-          f"{args.distill_epochs} epochs per trial; members: augment {args.augment}, checkpoint {args.checkpoint}; "
+          f"{args.distill_epochs} epochs per trial; members: augment {args.augment}, checkpoint {args.checkpoint}, "
+          f"bag {args.bag}; "
           f"shared-start augment {args.soup_augment}; bar ensemble {args.bar_ensemble}; "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print("baseline for every bar: the best member by VALIDATION accuracy among the members the method uses")
+    print("baseline for every bar: the best member by VALIDATION accuracy among the members the method uses"
+          + (" (bag cv: each member's accuracy on its own held-out part)" if args.bag == "cv" else ""))  # fmt: skip
     results, pooled = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

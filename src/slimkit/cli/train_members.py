@@ -55,6 +55,14 @@ def train_members_command(
             "choices) or 'best-val' (best validation epoch)."
         ),
     ] = "last",
+    bag: Annotated[
+        str | None,
+        typer.Option(
+            help="Train each member on different data (with --independent): 'cv' trains member i on the train and "
+            "val samples except its own 1/N part, its validation set; 'bootstrap' on a bootstrap sample of the "
+            "training split. The best member is then chosen on each member's own validation data."
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Run seed: the start uses 1000 * seed, member i uses 1000 * seed + 1 + i.")
     ] = 0,
@@ -68,12 +76,15 @@ def train_members_command(
     summary = train_members_and_save(
         model=model, data=data, n=n, output=output, model_args=parse_kwargs(arg), from_start=from_start,
         start_epochs=start_epochs, epochs=epochs, lr=lr, finetune_lr=finetune_lr,
-        augment="elastic" if elastic else "affine" if affine else augment, checkpoint=checkpoint, seed=seed,
-        force=force,
+        augment="elastic" if elastic else "affine" if affine else augment, checkpoint=checkpoint, bag=bag,
+        seed=seed, force=force,
     )  # fmt: skip
     rows = ([summary["start"]] if "start" in summary else []) + summary["members"]
     best = summary["members"][summary["best_member"]]["path"]
     for r in rows:
         mark = "  <- best by validation" if r["path"] == best else ""
-        console.print(f"{r['path']:<10} val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%{mark}")
+        own = f"  own val {100 * r['held_out_accuracy']:.2f}%" if "held_out_accuracy" in r else ""
+        console.print(
+            f"{r['path']:<10} val {100 * r['val_accuracy']:.2f}%{own}  test {100 * r['test_accuracy']:.2f}%{mark}"
+        )
     console.print(f"saved {output} ({summary['kind']} members)")

@@ -8,7 +8,9 @@
 - :func:`train_members`: members to fuse: independent (diverse, for ensembles and distillation) or
   fine-tuned from one start (one loss basin, for soups); :func:`random_affine` and
   :func:`elastic` (Simard et al. 2003) distort their training images, one augmentation for all
-  members or one each;
+  members or one each; ``bag="cv"`` / ``"bootstrap"`` trains each member on different data
+  (:func:`bag_datasets`, Breiman's bagging) and :meth:`Members.best` picks the best member on its
+  own held-out data;
 - :func:`best_member`: the member with the best validation accuracy, the baseline a fused model
   must beat (choosing it by test accuracy would flatter the member).
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 from slimkit.fuse.augment import elastic, random_affine
 from slimkit.fuse.distill import distill_ensemble
 from slimkit.fuse.ensemble import METHODS, Ensemble, build_ensemble, ensemble, fit_selection, member_logits
-from slimkit.fuse.members import Members, best_member, train_members
+from slimkit.fuse.members import BAGS, Members, bag_datasets, best_member, train_members
 from slimkit.fuse.soup import (
     ArchitectureMismatchError,
     check_same_architecture,
@@ -38,10 +40,12 @@ from slimkit.fuse.soup import (
 )
 
 __all__ = [
+    "BAGS",
     "METHODS",
     "ArchitectureMismatchError",
     "Ensemble",
     "Members",
+    "bag_datasets",
     "best_member",
     "build_ensemble",
     "check_same_architecture",

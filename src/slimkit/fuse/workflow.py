@@ -55,6 +55,7 @@ def train_members_and_save(
     finetune_lr: float | None = None,
     augment: bool | str | list[bool | str] = True,
     checkpoint: str = "last",
+    bag: str | None = None,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -64,7 +65,10 @@ def train_members_and_save(
     With ``from_start`` the shared base is saved too (``output/start/``). ``output/members.json``
     holds the configuration, the kind of members (``shared-start`` for soups, ``independent`` for
     ensembles), each checkpoint's seed and validation / test accuracy, and ``best_member``: the
-    index of the best member by validation accuracy (the fair baseline for a fused model).
+    index of the best member by validation accuracy (the fair baseline for a fused model). With
+    ``bag`` (see :func:`slimkit.fuse.train_members`) each member also records
+    ``held_out_accuracy``, its accuracy on its own validation data, and ``best_member`` is chosen
+    on that (under ``bag="cv"`` the dataset's ``val`` split is training data for most members).
     """
     from slimkit import data as data_mod
     from slimkit.io import save
@@ -74,9 +78,11 @@ def train_members_and_save(
     dataset = data_mod.load(data)
     result = train_members(
         model, dataset, n, model_args=model_args, from_start=from_start, start_epochs=start_epochs, epochs=epochs,
-        lr=lr, finetune_lr=finetune_lr, augment=augment, checkpoint=checkpoint, seed=seed, progress=progress,
+        lr=lr, finetune_lr=finetune_lr, augment=augment, checkpoint=checkpoint, bag=bag, seed=seed,
+        progress=progress,
     )  # fmt: skip
     summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
+    held_out = result.best()[1] if bag is not None else None
     with atomic_path(output, force=force) as tmp:
         tmp.mkdir()
         if result.start is not None:
@@ -87,9 +93,10 @@ def train_members_and_save(
             history_json = json.dumps(dataclasses.asdict(history), indent=2) + "\n"
             save(member, tmp / name, example=dataset.example, extra_files={"history.json": history_json})
             summary["members"].append({"path": name, "seed": s, **_measure(member, dataset)})
-        summary["best_member"] = max(
-            range(len(summary["members"])), key=lambda i: (summary["members"][i]["val_accuracy"], -i)
-        )
+            if held_out is not None:
+                summary["members"][-1]["held_out_accuracy"] = held_out[i]
+        rule = "val_accuracy" if held_out is None else "held_out_accuracy"
+        summary["best_member"] = max(range(len(summary["members"])), key=lambda i: (summary["members"][i][rule], -i))
         (tmp / "members.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
