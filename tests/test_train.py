@@ -101,3 +101,8 @@ def test_eval_mode_restores_each_modules_own_mode() -> None:
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert [m.training for m in model.modules()] == [True, True, False, True, True]
+    model.eval()
+    with eval_mode(model):
+        model.train()  # e.g. fine-tuning inside the block
+        model[2] = nn.Linear(3, 3)  # a layer added by the block
+    assert not any(m.training for m in model.modules())

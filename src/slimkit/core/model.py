@@ -50,16 +50,19 @@ def model_name(model: object) -> str:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``model`` in eval mode (BatchNorm statistics stay untouched); each module's
-    own mode is restored afterwards."""
-    training = [m for m in model.modules() if m.training]
-    if training:
+    """Temporarily put ``model`` in eval mode (BatchNorm statistics stay untouched). Afterwards every
+    module is back in its own mode, whatever the block did; modules added by the block take the
+    model's."""
+    modes = {m: m.training for m in model.modules()}
+    if any(modes.values()):
         model.eval()
     try:
         yield model
     finally:
-        for m in training:
-            m.training = True
+        for m in model.modules():
+            mode = modes.get(m, modes[model])
+            if m.training != mode:
+                m.training = mode
 
 
 def check_input(model: nn.Module, x: torch.Tensor) -> None:
