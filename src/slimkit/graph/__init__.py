@@ -156,9 +156,9 @@ def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable:
     _, first, which = np.unique(hashes[prunable], return_index=True, return_inverse=True)
     # every component must have exactly the signature of its group's first one (else: a collision)
     starts = np.searchsorted(pair_comp, np.arange(len(hashes) + 1))
-    ref = prunable[first][which]
-    n = np.diff(starts)[prunable]
-    same = np.array_equal(n, np.diff(starts)[ref])
+    ref, sizes = prunable[first][which], np.diff(starts)
+    n = sizes[prunable]
+    same = np.array_equal(n, sizes[ref])
     if same:
         step = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # position within each signature
         mine, theirs = np.repeat(starts[prunable], n) + step, np.repeat(starts[ref], n) + step

@@ -57,7 +57,7 @@ class IdSpace:
             self.unify(tracked, torch.full_like(tracked, blocker))
 
     def components(self) -> np.ndarray:
-        """Component label of every id (the smallest id of its component)."""
+        """Component label of every id (ids with one label are one component)."""
         a = np.concatenate(self._a) if self._a else np.zeros(0, dtype=np.int64)
         b = np.concatenate(self._b) if self._b else np.zeros(0, dtype=np.int64)
         # min-label propagation with pointer jumping: a few passes on layer graphs, where ids are
