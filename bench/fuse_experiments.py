@@ -262,7 +262,7 @@ def soups_and_distillation(seed: int, args: argparse.Namespace, data: sk.data.Da
         kept = ", the start kept" if history.best_epoch == 0 else ""
         print(f"seed {seed}: distillation trial lr {lr:g} T {temperature:g} alpha {alpha:g}: "
               f"val {pct(val)} (epoch {history.best_epoch}{kept})")  # fmt: skip
-    chosen = max(range(len(trials)), key=lambda i: (trials[i][0], -i))  # on validation; ties: first
+    chosen = [t[0] for t in trials].index(max(t[0] for t in trials))  # on validation; ties: first
     student, (lr, temperature, alpha) = trials[chosen][1], trials[chosen][2]
     one = data.example[:1]
     macs = {"member": count_macs(indep[0], one), "student": count_macs(student, one)}

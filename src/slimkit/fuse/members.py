@@ -84,7 +84,7 @@ class Members:
         different samples of equal size).
         """
         accs = self.held_out_accuracies()
-        return max(range(len(accs)), key=lambda i: (accs[i], -i)), accs
+        return accs.index(max(accs)), accs
 
 
 def best_member(models: Sequence[nn.Module], val: Any) -> tuple[int, list[float]]:
@@ -106,7 +106,7 @@ def best_member(models: Sequence[nn.Module], val: Any) -> tuple[int, list[float]
     if loader is None:
         raise SlimkitError("best_member needs validation data (val=Dataset or DataLoader)")
     accs = [accuracy(m, loader) for m in models]
-    return max(range(len(models)), key=lambda i: (accs[i], -i)), accs
+    return accs.index(max(accs)), accs
 
 
 def bag_datasets(data: Dataset, n: int, bag: str, seed: int = 0) -> list[Dataset]:

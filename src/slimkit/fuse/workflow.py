@@ -95,8 +95,8 @@ def train_members_and_save(
             summary["members"].append({"path": name, "seed": s, **_measure(member, dataset)})
             if held_out is not None:
                 summary["members"][-1]["held_out_accuracy"] = held_out[i]
-        rule = "val_accuracy" if held_out is None else "held_out_accuracy"
-        summary["best_member"] = max(range(len(summary["members"])), key=lambda i: (summary["members"][i][rule], -i))
+        scores = held_out or [m["val_accuracy"] for m in summary["members"]]
+        summary["best_member"] = scores.index(max(scores))  # ties: the first
         (tmp / "members.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
