@@ -4,14 +4,19 @@ Part 1: every zoo model at ratios 0.3 and 0.5: parameters and MACs after, prunin
 and which models each tool fails on. Part 2: seed_cnn and resnet_cifar (1 channel) trained on
 mnist5k, pruned by each tool to the same MACs budget (2x and 4x fewer; a tool whose channel
 steps land more than 2% above the other's MACs is pruned again to them), fine-tuned with the
-same budget, test accuracy. Both tools use L2 magnitude importance and uniform per-layer ratios.
+same budget (each pruned model both plainly and distilling from the unpruned model, which is what
+slimkit's own fine-tuning does by default), test accuracy; then each slimkit row against each
+torch-pruning row over the same (trained model, fine-tuning seed) pairs (``--train-seeds``,
+``--seeds``; paired t-test). Both tools use L2 magnitude importance and uniform per-layer ratios.
 
-Run: ``.venv/bin/python bench/prune_vs_torch_pruning.py`` (about 10 minutes on 2 cores).
+Run: ``.venv/bin/python bench/prune_vs_torch_pruning.py`` (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import statistics
 import time
 
 import torch
@@ -123,29 +128,31 @@ def match_macs(fn, model: nn.Module, x: torch.Tensor, target: int) -> tuple[nn.M
     return best, hi
 
 
-def part2(models: list[str], seeds: list[int]) -> None:
+def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: list[float], distill: bool) -> None:
     data = sk.data.load("mnist5k")
     print(f"## Part 2: accuracy on mnist5k at equal MACs ({FINETUNE_EPOCHS} fine-tuning epochs each)\n")
-    print("| model | MACs kept | tool | ratio | MACs after | test acc before fine-tune "
+    print("| model | trained with seed | MACs kept | tool | ratio | MACs after | test acc before fine-tune "
           f"| test acc after (fine-tuning seeds {', '.join(map(str, seeds))}) | mean |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     setups = {"seed_cnn": ({}, 20), "resnet_cifar": ({"depth": 20}, 15)}
+    accuracies: dict[tuple[str, float, str], list[float]] = {}  # (model, keep, tool) -> one per (train seed, seed)
 
     def sk_prune_with_data(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
         # as a user calls it: with training batches, so BatchNorm statistics are re-estimated after pruning
         prune_channels(model, ChannelPruneConfig(ratio=ratio, importance="l2"), x, data=data.train)
 
-    for name in models:
+    for name, train_seed in itertools.product(models, train_seeds):
         kwargs, epochs = setups[name]
-        torch.manual_seed(0)
+        torch.manual_seed(train_seed)
         model = sk.zoo.create_for(name, data, **kwargs)
-        sk.train.fit(model, data.train, val=data.val, epochs=epochs, augment=data.augment, progress=False)
+        fit = {"augment": data.augment, "progress": False}
+        sk.train.fit(model, data.train, val=data.val, epochs=epochs, seed=train_seed, **fit)
         base = sk.evaluate(model, data, latency=False).metrics["accuracy"]
         x = data.example[:1]
         m0 = count_macs(model, x)
-        print(f"| {name} | 1.00 | (trained) | 0 | {m0:,} | {100 * base:.2f}% | | {100 * base:.2f}% |")
+        print(f"| {name} | {train_seed} | 1.00 | (trained) | 0 | {m0:,} | {100 * base:.2f}% | | {100 * base:.2f}% |")
         tools = {"slimkit": sk_prune_with_data, "torch-pruning": tp_prune}
-        for keep in (0.5, 0.25):
+        for keep in keeps:
             # each tool bisects its uniform ratio to at most keep * MACs; channel counts move in steps,
             # so if one lands more than 2% higher, it is pruned again to the other's MACs (equal MACs)
             found = {tool: match_macs(fn, model, x, int(keep * m0)) for tool, fn in tools.items()}
@@ -153,18 +160,49 @@ def part2(models: list[str], seeds: list[int]) -> None:
             high, low = sorted(achieved, key=achieved.get, reverse=True)
             if achieved[high] > 1.02 * achieved[low]:
                 found[high] = match_macs(tools[high], model, x, achieved[low])
+            # slimkit's own fine-tuning (`slimkit prune --finetune-epochs`, `prune_iteratively`) distils
+            # from the unpruned model by default; torch-pruning leaves fine-tuning to the user: each tool's
+            # model is fine-tuned both ways
+            runs = []
             for tool, (pruned, ratio) in found.items():
+                runs.append((tool, pruned, ratio, None))
+                if distill:
+                    runs.append((f"{tool} + distillation", pruned, ratio, model))
+            for tool, pruned, ratio, teacher in runs:
                 acc0 = sk.evaluate(pruned, data, latency=False).metrics["accuracy"]
                 accs = []
                 for seed in seeds:  # the same pruned model, fine-tuned with each seed
                     tuned = copy.deepcopy(pruned)
-                    fit = {"epochs": FINETUNE_EPOCHS, "lr": 5e-4, "augment": data.augment, "progress": False}
-                    sk.train.fit(tuned, data.train, seed=seed, **fit)
+                    sk.train.fit(tuned, data.train, epochs=FINETUNE_EPOCHS, lr=5e-4, seed=seed, teacher=teacher, **fit)
                     accs.append(100 * sk.evaluate(tuned, data, latency=False).metrics["accuracy"])
+                accuracies.setdefault((name, keep, tool), []).extend(accs)
                 macs = count_macs(pruned, x)
                 each = " / ".join(f"{a:.2f}" for a in accs)
-                print(f"| {name} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
-                      f"| {100 * acc0:.2f}% | {each} | {sum(accs) / len(accs):.2f}% |", flush=True)  # fmt: skip
+                print(f"| {name} | {train_seed} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
+                      f"| {100 * acc0:.2f}% | {each} | {statistics.mean(accs):.2f}% |", flush=True)  # fmt: skip
+    print()
+    summarise(accuracies)
+
+
+def summarise(accuracies: dict[tuple[str, float, str], list[float]]) -> None:
+    """Each slimkit row against each torch-pruning row over the same (trained model, fine-tuning
+    seed) pairs."""
+    from scipy import stats
+
+    print("| model | MACs kept | slimkit | torch-pruning | runs | mean slimkit | mean torch-pruning | difference "
+          "| wins / ties / losses | paired t-test p |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (name, keep, ours), accs in accuracies.items():
+        if not ours.startswith("slimkit"):
+            continue
+        for theirs in [t for n, k, t in accuracies if (n, k) == (name, keep) and t.startswith("torch-pruning")]:
+            ref = accuracies[name, keep, theirs]
+            diffs = [a - b for a, b in zip(accs, ref, strict=True)]
+            wins, losses = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+            p = stats.ttest_rel(accs, ref).pvalue if len(diffs) > 1 and any(diffs) else float("nan")
+            print(f"| {name} | {keep:.2f} | {ours} | {theirs} | {len(accs)} | {statistics.mean(accs):.2f}% | "
+                  f"{statistics.mean(ref):.2f}% | {statistics.mean(diffs):+.2f} | {wins} / "
+                  f"{len(diffs) - wins - losses} / {losses} | {p:.3f} |")  # fmt: skip
     print()
 
 
@@ -175,6 +213,14 @@ if __name__ == "__main__":
     parser.add_argument("--part", choices=("1", "2", "all"), default="all", help="which part to run")
     parser.add_argument("--models", nargs="+", default=["seed_cnn", "resnet_cifar"], help="models of part 2")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="fine-tuning seeds of part 2")
+    parser.add_argument("--train-seeds", nargs="+", type=int, default=[0], help="seeds of part 2's trained models")
+    parser.add_argument("--keeps", nargs="+", type=float, default=[0.5, 0.25], help="MACs budgets of part 2")
+    parser.add_argument(
+        "--no-distill",
+        dest="distill",
+        action="store_false",
+        help="part 2 without the rows fine-tuned by distillation from the unpruned model (slimkit's default)",
+    )
     args = parser.parse_args()
     part = args.part
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
@@ -182,4 +228,4 @@ if __name__ == "__main__":
     if part in ("1", "all"):
         part1()
     if part in ("2", "all"):
-        part2(args.models, args.seeds)
+        part2(args.models, args.seeds, args.train_seeds, args.keeps, args.distill)

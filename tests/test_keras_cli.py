@@ -68,7 +68,7 @@ def test_cli_prune_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa
     report = json.loads((tmp_path / "folder" / "report.json").read_text())
     assert report["params"][1] < report["params"][0] and (tmp_path / "folder" / "model.keras").is_file()
     for flags, what in ((["--sparsity", "0.5"], "--sparsity"), (["--importance", "taylor"], "--importance taylor"),
-                        (["--global"], "--global")):  # fmt: skip
+                        (["--global"], "--global"), (["--aggregate", "sum"], "--aggregate")):  # fmt: skip
         code, _, err = cli("prune", model_file, *flags, "-o", tmp_path / "x.keras")
         assert code == 2 and f"{what} is not available for .keras models; supported for Keras: --ratio" in err
 

@@ -69,6 +69,22 @@ def test_the_briefs_conv1_64_to_32_by_l1() -> None:
     assert torch.equal(model.conv2.weight, original.conv2.weight[:, kept])
 
 
+def test_sum_aggregate_ranks_by_the_norm_of_every_weight_a_unit_removes() -> None:
+    torch.manual_seed(0)
+    model = sk.zoo.create("seed_cnn").eval()
+    # conv1's filter and bias, and the conv2 input slice that reads the channel: one vector per unit
+    own = model.conv1.weight.detach().pow(2).flatten(1).sum(1) + model.conv1.bias.detach().pow(2)
+    read = model.conv2.weight.detach().pow(2).sum((0, 2, 3))
+    score = (own + read).sqrt()
+    config = ChannelPruneConfig(ratio=0.0, ratios={"conv1": 0.5}, importance="l2", aggregate="sum")
+    prune_channels(model, config, zoo_example("seed_cnn"))
+    kept = torch.sort(torch.argsort(score, descending=True)[:32]).values
+    torch.manual_seed(0)
+    assert torch.equal(model.conv1.weight, sk.zoo.create("seed_cnn").conv1.weight[kept])
+    with pytest.raises(SlimkitError, match="unknown aggregate 'max'"):
+        ChannelPruneConfig(aggregate="max")
+
+
 def test_pruned_brief_model_recovers_on_mnist(trained_cnn: nn.Module, mnist: sk.data.Dataset) -> None:
     import copy
 

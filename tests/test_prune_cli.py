@@ -31,6 +31,11 @@ def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: 
     assert code == 2 and "need data: pass --data" in err
     code, _, err = cli("prune", tmp_path / "ckpt", "--nm", "2-4", "-o", tmp_path / "x")
     assert code == 2 and "N:M such as 2:4" in err
+    code, _, err = cli("prune", tmp_path / "ckpt", "--aggregate", "sum", "-o", tmp_path / "summed")
+    assert code == 0, err
+    assert json.loads((tmp_path / "summed" / "report.json").read_text())["records"][0]["config"]["aggregate"] == "sum"
+    code, _, err = cli("prune", tmp_path / "ckpt", "--aggregate", "max", "-o", tmp_path / "x")
+    assert code == 2 and "unknown aggregate 'max'; choose one of normalized, sum" in err
 
 
 def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001

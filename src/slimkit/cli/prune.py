@@ -19,6 +19,9 @@ def prune_command(
     ],
     ratio: Annotated[float, typer.Option(help="Share of channels/units removed per group.")] = 0.5,
     importance: Annotated[str, typer.Option(help="l1, l2, taylor, bn_scale, activation, apoz or random.")] = "l2",
+    aggregate: Annotated[
+        str, typer.Option(help="Combine a group's layers: 'normalized' (equal say) or 'sum' (norm of all its weights).")
+    ] = "normalized",
     target_macs: Annotated[float | None, typer.Option(help="Keep this share of the MACs (e.g. 0.25).")] = None,
     target_params: Annotated[float | None, typer.Option(help="Keep this share of the parameters.")] = None,
     global_ranking: Annotated[bool, typer.Option("--global", help="Rank units of all layers together.")] = False,
@@ -53,7 +56,7 @@ def prune_command(
         supported = "--ratio, --target-macs, --target-params, --importance l1/l2, --round-to, --protect, --data, " \
             "--finetune-epochs, --distill, --lr"  # fmt: skip
         for flag, used in (("--sparsity", sparsity is not None), ("--nm", nm is not None), ("--global", global_ranking),
-                           ("--steps", steps != 1)):  # fmt: skip
+                           ("--steps", steps != 1), ("--aggregate", aggregate != "normalized")):  # fmt: skip
             if used:
                 raise unsupported("prune", flag, supported)
         if importance not in ("l1", "l2"):
@@ -78,9 +81,9 @@ def prune_command(
         if round_to != "auto" and not round_to.isdigit():
             raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
         config = ChannelPruneConfig(
-            ratio=ratio, importance=importance, target_macs=target_macs, target_params=target_params,
-            global_ranking=global_ranking, round_to=round_to if round_to == "auto" else int(round_to),
-            protected=protect or [],
+            ratio=ratio, importance=importance, aggregate=aggregate, target_macs=target_macs,
+            target_params=target_params, global_ranking=global_ranking,
+            round_to=round_to if round_to == "auto" else int(round_to), protected=protect or [],
         )  # fmt: skip
     result = prune_checkpoint(
         model, output, config=config, data=data, steps=steps, finetune_epochs=finetune_epochs, distill=distill,

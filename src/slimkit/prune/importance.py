@@ -1,6 +1,12 @@
 """How much each prunable unit matters. Scores are per unit of a :class:`slimkit.graph.Group`,
-aggregated over every member layer (each member normalised by its mean, then averaged), so a
-residual channel is judged by all the convolutions and norms that share it.
+aggregated over every member layer, so a residual channel is judged by all the convolutions and
+norms that share it. Two ways to aggregate (``aggregate``):
+
+- ``"normalized"``: each member's scores divided by their mean, then averaged over the members:
+  every layer of the group has an equal say, however many weights it has.
+- ``"sum"``: the members' scores added up; for ``l2`` the L2 norm of all the weights a unit removes
+  (summed squares), for ``l1`` their summed magnitudes: layers with more weights per unit weigh
+  more. This is torch-pruning's and NNI's group magnitude.
 
 Methods: ``l1``, ``l2`` (weight magnitude), ``taylor`` (|w * dL/dw|, first-order Taylor estimate of
 the loss change; needs labelled batches), ``bn_scale`` (|gamma| of the BatchNorms in the group,
@@ -25,20 +31,28 @@ from slimkit.prune.slices import slot_matrix
 
 METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random")
 NEEDS_DATA = ("taylor", "activation", "apoz")
+AGGREGATES = ("normalized", "sum")
 
 
-def _unit_scores(group: Group, per_slot: dict[int, torch.Tensor]) -> np.ndarray:
-    """Average over member slots of each unit's (mean-normalised) score."""
+def _unit_scores(group: Group, per_slot: dict[int, torch.Tensor], aggregate: str, power: int = 1) -> np.ndarray:
+    """Each unit's score over the member slots: the average of each slot's mean-normalised score
+    (``"normalized"``), or ``(sum of score ** power) ** (1 / power)`` over every index the unit
+    removes (``"sum"``; ``power=2`` turns per-row L2 norms into the norm of all of them)."""
     total = np.zeros(len(group))
     for k, raw in per_slot.items():
         r = raw.double().numpy()
-        r = r / (r.mean() + 1e-12)
         offsets = group.offsets[k]
-        total += np.add.reduceat(r[group.index[k]], offsets[:-1]) / np.diff(offsets)  # mean per unit
+        if aggregate == "sum":
+            total += np.add.reduceat(r[group.index[k]] ** power, offsets[:-1])
+        else:
+            r = r / (r.mean() + 1e-12)
+            total += np.add.reduceat(r[group.index[k]], offsets[:-1]) / np.diff(offsets)  # mean per unit
+    if aggregate == "sum":
+        return total ** (1 / power)
     return total / max(1, len(per_slot))
 
 
-def _weight_scores(model: nn.Module, group: Group, method: str, grads: bool) -> np.ndarray:
+def _weight_scores(model: nn.Module, group: Group, method: str, grads: bool, aggregate: str) -> np.ndarray:
     def get(p: nn.Parameter) -> torch.Tensor:
         if grads:
             return (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
@@ -48,16 +62,18 @@ def _weight_scores(model: nn.Module, group: Group, method: str, grads: bool) -> 
     for k, slot in enumerate(group.slots):
         rows = slot_matrix(model.get_submodule(slot.module), slot.kind, get)
         per_slot[k] = rows.abs().sum(1) if method in ("l1", "taylor") else rows.pow(2).sum(1).sqrt()
-    return _unit_scores(group, per_slot)
+    return _unit_scores(group, per_slot, aggregate, power=2 if method == "l2" else 1)
 
 
-def _bn_scores(model: nn.Module, group: Group) -> np.ndarray:
+def _bn_scores(model: nn.Module, group: Group, aggregate: str) -> np.ndarray:
     per_slot = {}
     for k, slot in enumerate(group.slots):
         m = model.get_submodule(slot.module)
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.weight is not None:
             per_slot[k] = m.weight.detach().abs()
-    return _unit_scores(group, per_slot) if per_slot else _weight_scores(model, group, "l2", grads=False)
+    return (
+        _unit_scores(group, per_slot, aggregate) if per_slot else _weight_scores(model, group, "l2", False, aggregate)
+    )
 
 
 def _input_statistics(model: nn.Module, graph: DependencyGraph, batches: Iterable, method: str) -> dict:
@@ -96,11 +112,18 @@ def _taylor_gradients(model: nn.Module, batches: Iterable) -> None:
 
 
 def score(
-    model: nn.Module, graph: DependencyGraph, method: str = "l2", batches: list | None = None, seed: int = 0
+    model: nn.Module,
+    graph: DependencyGraph,
+    method: str = "l2",
+    batches: list | None = None,
+    seed: int = 0,
+    aggregate: str = "normalized",
 ) -> list[np.ndarray]:
     """One array of unit scores per group of ``graph`` (higher = more important)."""
     if method not in METHODS:
         raise SlimkitError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
+    if aggregate not in AGGREGATES:
+        raise SlimkitError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
     if method in NEEDS_DATA and not batches:
         raise SlimkitError(f"importance {method!r} needs data: pass a few (x, y) batches (data=...)")
     if method == "random":
@@ -109,7 +132,7 @@ def score(
     if method == "taylor":
         _taylor_gradients(model, batches)
         try:
-            return [_weight_scores(model, g, method, grads=True) for g in graph.groups]
+            return [_weight_scores(model, g, method, True, aggregate) for g in graph.groups]
         finally:
             model.zero_grad(set_to_none=True)
     if method in ("activation", "apoz"):
@@ -117,8 +140,10 @@ def score(
         out = []
         for g in graph.groups:
             per_slot = {k: stats[s.module] for k, s in enumerate(g.slots) if s.kind == "in" and s.module in stats}
-            out.append(_unit_scores(g, per_slot) if per_slot else _weight_scores(model, g, "l2", grads=False))
+            out.append(
+                _unit_scores(g, per_slot, aggregate) if per_slot else _weight_scores(model, g, "l2", False, aggregate)
+            )
         return out
     if method == "bn_scale":
-        return [_bn_scores(model, g) for g in graph.groups]
-    return [_weight_scores(model, g, method, grads=False) for g in graph.groups]
+        return [_bn_scores(model, g, aggregate) for g in graph.groups]
+    return [_weight_scores(model, g, method, False, aggregate) for g in graph.groups]

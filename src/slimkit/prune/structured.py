@@ -52,6 +52,8 @@ class ChannelPruneConfig(Config):
     - ``target_macs`` / ``target_params``: keep this share of the original MACs / parameters
       (e.g. 0.25 = 4x fewer); the global ratio is searched to meet it (overrides ``ratio``).
     - ``importance``: see :mod:`slimkit.prune.importance`; ``protected`` layers are never touched.
+    - ``aggregate``: how a group's members' scores combine: ``"normalized"`` (each layer an equal
+      say) or ``"sum"`` (the norm of all the weights a unit removes); see the importance module.
     - ``round_to``: kept unit counts are multiples of this (e.g. 8 for SIMD-friendly widths);
       ``"auto"`` uses the channel block of this CPU's ONNX Runtime kernels (16 with AVX-512, else 8),
       below which pruning saves MACs on paper but not time.
@@ -67,6 +69,7 @@ class ChannelPruneConfig(Config):
     target_macs: float | None = None
     target_params: float | None = None
     importance: str = "l2"
+    aggregate: str = "normalized"
     protected: list[str] = dataclasses.field(default_factory=list)
     round_to: int | str = 1
     max_ratio: float = 0.9
@@ -85,6 +88,8 @@ class ChannelPruneConfig(Config):
             raise SlimkitError(f"round_to must be an integer >= 1 or 'auto', got {self.round_to!r}")
         if self.importance not in imp.METHODS:
             raise SlimkitError(f"unknown importance {self.importance!r}; choose one of {', '.join(imp.METHODS)}")
+        if self.aggregate not in imp.AGGREGATES:
+            raise SlimkitError(f"unknown aggregate {self.aggregate!r}; choose one of {', '.join(imp.AGGREGATES)}")
 
     @property
     def block(self) -> int:
@@ -190,7 +195,7 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
     batches = None
     if data is not None:
         batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
-    scores = imp.score(model, graph, config.importance, batches, seed=config.seed)
+    scores = imp.score(model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate)
     params = count_params(model)
     ratio = config.ratio
     if config.target_macs is not None or config.target_params is not None:
