@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Side-by-side benchmarks (slow: about an hour on 2 cores); figures go to bench/RESULTS*.md.
+# Side-by-side benchmarks (slow: a few hours on 2 cores); figures go to bench/RESULTS*.md.
 bench: $(STAMP)
 	$(PIP) install -e '.[onnx,dev,bench,text]'
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests selected
