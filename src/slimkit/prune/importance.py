@@ -6,7 +6,7 @@ norms that share it. Two ways to aggregate (``aggregate``):
   every layer of the group has an equal say, however many weights it has.
 - ``"sum"``: the members' scores added up; for ``l2`` the L2 norm of all the weights a unit removes
   (summed squares), for ``l1`` their summed magnitudes: layers with more weights per unit weigh
-  more. This is torch-pruning's and NNI's group magnitude.
+  more. This is torch-pruning's group magnitude (``MagnitudeImportance(p=2)``).
 
 Methods: ``l1``, ``l2`` (weight magnitude), ``taylor`` (|w * dL/dw|, first-order Taylor estimate of
 the loss change; needs labelled batches), ``bn_scale`` (|gamma| of the BatchNorms in the group,
