@@ -4,7 +4,8 @@ weights a unit removes? (``ChannelPruneConfig(aggregate="normalized" | "sum")``.
 The two differ only in which channels go, not in how many: both run slimkit's L2 importance at the
 same uniform ratio (the widths that meet the MACs budget), on the same trained models (several
 training seeds), fine-tuned alike (several seeds, 5 epochs). The decision reads the validation
-split (never used in training or fine-tuning); the test split is reported beside it.
+split (used only to pick the trained model's best epoch, never in pruning or fine-tuning); the
+test split is reported beside it.
 ``"sum"`` is torch-pruning's group magnitude: at equal widths it removes the same channels.
 
 Run: ``.venv/bin/python bench/prune_criteria.py`` (about 40 minutes on one core); several processes
