@@ -7,7 +7,8 @@ steps land more than 2% above the other's MACs is pruned again to them), fine-tu
 same budget (each pruned model both plainly and distilling from the unpruned model, which is what
 slimkit's own fine-tuning does by default), test accuracy; then each slimkit row against each
 torch-pruning row over the same (trained model, fine-tuning seed) pairs (``--train-seeds``,
-``--seeds``; paired t-test). Both tools use L2 magnitude importance and uniform per-layer ratios.
+``--seeds``; paired t-test; ``--summary OUT...`` pools the rows of saved outputs, e.g. of several
+processes). Both tools use L2 magnitude importance and uniform per-layer ratios.
 
 Run: ``.venv/bin/python bench/prune_vs_torch_pruning.py`` (about 15 minutes on 2 cores).
 """
@@ -18,6 +19,7 @@ import copy
 import itertools
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -135,7 +137,7 @@ def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: li
           f"| test acc after (fine-tuning seeds {', '.join(map(str, seeds))}) | mean |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     setups = {"seed_cnn": ({}, 20), "resnet_cifar": ({"depth": 20}, 15)}
-    accuracies: dict[tuple[str, float, str], list[float]] = {}  # (model, keep, tool) -> one per (train seed, seed)
+    accuracies: Accuracies = {}
 
     def sk_prune_with_data(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
         # as a user calls it: with training batches, so BatchNorm statistics are re-estimated after pruning
@@ -175,7 +177,7 @@ def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: li
                     tuned = copy.deepcopy(pruned)
                     sk.train.fit(tuned, data.train, epochs=FINETUNE_EPOCHS, lr=5e-4, seed=seed, teacher=teacher, **fit)
                     accs.append(100 * sk.evaluate(tuned, data, latency=False).metrics["accuracy"])
-                accuracies.setdefault((name, keep, tool), []).extend(accs)
+                accuracies.setdefault((name, keep, tool), {})[train_seed] = accs
                 macs = count_macs(pruned, x)
                 each = " / ".join(f"{a:.2f}" for a in accs)
                 print(f"| {name} | {train_seed} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
@@ -184,25 +186,51 @@ def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: li
     summarise(accuracies)
 
 
-def summarise(accuracies: dict[tuple[str, float, str], list[float]]) -> None:
-    """Each slimkit row against each torch-pruning row over the same (trained model, fine-tuning
-    seed) pairs."""
+Accuracies = dict[tuple[str, float, str], dict[int, list[float]]]  # (model, keep, tool) -> {train seed: per seed}
+
+
+def read_rows(paths: list[Path]) -> Accuracies:
+    """The part-2 rows (``| model | trained with seed | MACs kept | tool | ... |``) of saved outputs."""
+    accuracies: Accuracies = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 9 and cells[1].isdigit() and "/" in cells[7]:
+                accs = [float(a) for a in cells[7].split("/")]
+                accuracies.setdefault((cells[0], float(cells[2]), cells[3]), {})[int(cells[1])] = accs
+    return accuracies
+
+
+def summarise(accuracies: Accuracies) -> None:
+    """Each slimkit row against each torch-pruning row over the trained models both have (pairs: the
+    same trained model and fine-tuning seed); the per-model test and interval treat each trained
+    model's mean difference as one observation."""
     from scipy import stats
 
-    print("| model | MACs kept | slimkit | torch-pruning | runs | mean slimkit | mean torch-pruning | difference "
-          "| wins / ties / losses | paired t-test p |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (name, keep, ours), accs in accuracies.items():
+    print("| model | MACs kept | slimkit | torch-pruning | trained models | pairs | mean slimkit "
+          "| mean torch-pruning | difference | wins / ties / losses | paired t-test p | p over models "
+          "| 95% interval over models |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, keep, ours), mine in accuracies.items():
         if not ours.startswith("slimkit"):
             continue
         for theirs in [t for n, k, t in accuracies if (n, k) == (name, keep) and t.startswith("torch-pruning")]:
-            ref = accuracies[name, keep, theirs]
-            diffs = [a - b for a, b in zip(accs, ref, strict=True)]
-            wins, losses = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
-            p = stats.ttest_rel(accs, ref).pvalue if len(diffs) > 1 and any(diffs) else float("nan")
-            print(f"| {name} | {keep:.2f} | {ours} | {theirs} | {len(accs)} | {statistics.mean(accs):.2f}% | "
-                  f"{statistics.mean(ref):.2f}% | {statistics.mean(diffs):+.2f} | {wins} / "
-                  f"{len(diffs) - wins - losses} / {losses} | {p:.3f} |")  # fmt: skip
+            other = accuracies[name, keep, theirs]
+            models = sorted(mine.keys() & other.keys())
+            a = [v for m in models for v in mine[m]]
+            b = [v for m in models for v in other[m]]
+            d = [x - y for x, y in zip(a, b, strict=True)]
+            per_model = [statistics.mean(mine[m]) - statistics.mean(other[m]) for m in models]
+            wins, losses = sum(v > 1e-9 for v in d), sum(v < -1e-9 for v in d)
+            p = stats.ttest_rel(a, b).pvalue if len(d) > 1 and any(d) else float("nan")
+            p_models, interval = float("nan"), "n/a"
+            if len(models) > 2:
+                p_models = stats.ttest_1samp(per_model, 0).pvalue
+                half = stats.t.ppf(0.975, len(models) - 1) * stats.sem(per_model)
+                interval = f"{statistics.mean(per_model) - half:+.2f} to {statistics.mean(per_model) + half:+.2f}"
+            print(f"| {name} | {keep:.2f} | {ours} | {theirs} | {len(models)} | {len(d)} | {statistics.mean(a):.2f}% | "
+                  f"{statistics.mean(b):.2f}% | {statistics.mean(d):+.3f} | {wins} / {len(d) - wins - losses} / "
+                  f"{losses} | {p:.3f} | {p_models:.3f} | {interval} |")  # fmt: skip
     print()
 
 
@@ -215,6 +243,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="fine-tuning seeds of part 2")
     parser.add_argument("--train-seeds", nargs="+", type=int, default=[0], help="seeds of part 2's trained models")
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.5, 0.25], help="MACs budgets of part 2")
+    parser.add_argument("--summary", nargs="+", type=Path, help="only pool the part-2 rows of these saved outputs")
     parser.add_argument(
         "--no-distill",
         dest="distill",
@@ -222,6 +251,9 @@ if __name__ == "__main__":
         help="part 2 without the rows fine-tuned by distillation from the unpruned model (slimkit's default)",
     )
     args = parser.parse_args()
+    if args.summary:
+        summarise(read_rows(args.summary))
+        raise SystemExit
     part = args.part
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
           f"{torch.get_num_threads()} threads\n")  # fmt: skip
