@@ -195,7 +195,7 @@ def read_rows(paths: list[Path]) -> Accuracies:
     for path in paths:
         for line in path.read_text().splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) == 9 and cells[1].isdigit() and "/" in cells[7]:
+            if len(cells) == 9 and cells[1].isdigit() and cells[7]:  # not the "(trained)" rows
                 accs = [float(a) for a in cells[7].split("/")]
                 accuracies.setdefault((cells[0], float(cells[2]), cells[3]), {})[int(cells[1])] = accs
     return accuracies
