@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import json
@@ -141,9 +142,12 @@ class OptimizeResult:
 
 
 def _prepare_output(output: str | Path | None, resume: bool, force: bool) -> tuple[Path, bool]:
-    """The run folder (created) and whether it is a temporary one."""
+    """The run folder (created) and whether it is a temporary one (removed when the process exits:
+    the result's int8 file lives there until then)."""
     if output is None:
-        return Path(tempfile.mkdtemp(prefix="slimkit-optimize-")), True
+        scratch = Path(tempfile.mkdtemp(prefix="slimkit-optimize-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return scratch, True
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise SlimkitError(f"{out} exists and is not a folder")
@@ -224,7 +228,8 @@ def optimize(
     :class:`Recipe`, a dict or a JSON / YAML file. ``trials > 0`` searches recipe parameters with
     Optuna (extra ``search``) in ``storage`` (default: ``study.db`` in ``output``); ``resume``
     continues an interrupted run in ``output``. With ``output``, everything is saved there
-    (atomically, file by file); otherwise call :meth:`OptimizeResult.save`.
+    (atomically, file by file); otherwise call :meth:`OptimizeResult.save` (the run's scratch files
+    are in a temporary folder that is removed when the process exits).
 
     Example::
 
