@@ -82,7 +82,7 @@ def train_members_and_save(
         progress=progress,
     )  # fmt: skip
     summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
-    held_out = result.best()[1] if bag is not None else None
+    best, held_out = result.best()  # each member on its own validation data (the common val unless bagged)
     with atomic_path(output, force=force) as tmp:
         tmp.mkdir()
         if result.start is not None:
@@ -93,10 +93,9 @@ def train_members_and_save(
             history_json = json.dumps(dataclasses.asdict(history), indent=2) + "\n"
             save(member, tmp / name, example=dataset.example, extra_files={"history.json": history_json})
             summary["members"].append({"path": name, "seed": s, **_measure(member, dataset)})
-            if held_out is not None:
+            if bag is not None:
                 summary["members"][-1]["held_out_accuracy"] = held_out[i]
-        scores = held_out or [m["val_accuracy"] for m in summary["members"]]
-        summary["best_member"] = scores.index(max(scores))  # ties: the first
+        summary["best_member"] = best
         (tmp / "members.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

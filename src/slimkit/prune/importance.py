@@ -72,7 +72,9 @@ def _bn_scores(model: nn.Module, group: Group, aggregate: str) -> np.ndarray:
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.weight is not None:
             per_slot[k] = m.weight.detach().abs()
     return (
-        _unit_scores(group, per_slot, aggregate) if per_slot else _weight_scores(model, group, "l2", False, aggregate)
+        _unit_scores(group, per_slot, aggregate)
+        if per_slot
+        else _weight_scores(model, group, "l2", grads=False, aggregate=aggregate)
     )
 
 
@@ -132,7 +134,7 @@ def score(
     if method == "taylor":
         _taylor_gradients(model, batches)
         try:
-            return [_weight_scores(model, g, method, True, aggregate) for g in graph.groups]
+            return [_weight_scores(model, g, method, grads=True, aggregate=aggregate) for g in graph.groups]
         finally:
             model.zero_grad(set_to_none=True)
     if method in ("activation", "apoz"):
@@ -141,9 +143,11 @@ def score(
         for g in graph.groups:
             per_slot = {k: stats[s.module] for k, s in enumerate(g.slots) if s.kind == "in" and s.module in stats}
             out.append(
-                _unit_scores(g, per_slot, aggregate) if per_slot else _weight_scores(model, g, "l2", False, aggregate)
+                _unit_scores(g, per_slot, aggregate)
+                if per_slot
+                else _weight_scores(model, g, "l2", grads=False, aggregate=aggregate)
             )
         return out
     if method == "bn_scale":
         return [_bn_scores(model, g, aggregate) for g in graph.groups]
-    return [_weight_scores(model, g, method, False, aggregate) for g in graph.groups]
+    return [_weight_scores(model, g, method, grads=False, aggregate=aggregate) for g in graph.groups]
