@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -22,21 +23,41 @@ def _register_verbs() -> None:
     import importlib
     import pkgutil
 
+    from slimkit.cli.common import validated
+
     for info in pkgutil.iter_modules(__path__):
         if info.name != "common":
             importlib.import_module(f"{__name__}.{info.name}")
+    for command in app.registered_commands:  # one validation layer for every verb's options
+        command.callback = validated(command.name or "", command.callback)
 
 
 _register_verbs()
 
 
 def main() -> None:
-    """Entry point of the ``slimkit`` script."""
+    """Entry point of the ``slimkit`` script: user errors print one line and exit 2; a bug prints one
+    line and exits 1 (``SLIMKIT_DEBUG=1`` shows its traceback)."""
     try:
         app()
     except SlimkitError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except MemoryError:
+        _fail("out of memory: the model or data is too large for this machine; use smaller inputs", 2)
+    except OSError as exc:  # the file system refused: permissions, a full disk, a path that vanished
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or type(exc).__name__}{where}; check the path, its permissions and free space", 2)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("SLIMKIT_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(f"internal error ({type(exc).__name__}: {message[:300]}); this is a bug in slimkit, please report it "
+              "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)", 1)  # fmt: skip
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    sys.exit(code)

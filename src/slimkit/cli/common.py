@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +15,7 @@ import typer
 from rich.console import Console
 
 from slimkit.core.errors import SlimkitError
+from slimkit.core.files import protect, unprotect_all
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,6 +34,101 @@ TrustPickle = Annotated[
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 DataName = Annotated[str, typer.Option("--data", "-d", help="Dataset name (see 'slimkit env') or a .npz file.")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: ``lo`` / ``hi`` bounds, each closed unless ``*_open``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        lo = None if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        hi = None if self.hi is None else f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        if lo and hi and not self.lo_open and not self.hi_open:
+            return f"in [{self.lo:g}, {self.hi:g}]"
+        return " and ".join(x for x in (lo, hi) if x)
+
+
+POSITIVE, COUNT, NON_NEGATIVE = Range(0, lo_open=True), Range(1), Range(0)
+SHARE, KEPT_SHARE = Range(0, 1, hi_open=True), Range(0, 1, lo_open=True)  # removed: [0, 1); kept: (0, 1]
+# One rule per option name for every verb; (verb, name) entries override. Every float must also be finite.
+OPTION_RANGES: dict[str | tuple[str, str], Range] = {
+    "lr": POSITIVE,
+    "finetune_lr": POSITIVE,
+    "temperature": POSITIVE,
+    "drop_blocks": POSITIVE,
+    "alpha": Range(0, 1),
+    "beta": NON_NEGATIVE,
+    "l2": NON_NEGATIVE,
+    "max_drop": NON_NEGATIVE,
+    "epochs": COUNT,
+    "start_epochs": NON_NEGATIVE,
+    "finetune_epochs": NON_NEGATIVE,
+    "batch_size": COUNT,
+    "patience": COUNT,
+    "runs": COUNT,
+    "samples": COUNT,
+    "steps": COUNT,
+    "rounds": COUNT,
+    "trials": NON_NEGATIVE,
+    "n": COUNT,
+    "depth": COUNT,
+    "seed": Range(0, 2**32 - 1),
+    "cluster": Range(2, 256),
+    "ratio": SHARE,
+    "sparsity": SHARE,
+    "target_macs": KEPT_SHARE,
+    "target_params": KEPT_SHARE,
+    "lowrank": KEPT_SHARE,
+    "energy": KEPT_SHARE,
+    "embedding_keep": KEPT_SHARE,
+    "width": KEPT_SHARE,
+    ("compress", "epochs"): NON_NEGATIVE,
+    ("optimize", "finetune_epochs"): COUNT,
+    ("simplify", "epochs"): NON_NEGATIVE,
+}
+
+
+OUTPUT_OPTIONS = ("output", "json_out")
+
+
+def check_options(verb: str, values: dict[str, Any]) -> None:
+    """Refuse NaN / infinite floats and out-of-range numbers among a verb's parsed options (one line each)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SlimkitError(f"{flag} must be a finite number, got {value}")
+        rule = OPTION_RANGES.get((verb, name), OPTION_RANGES.get(name))
+        if rule is not None and value not in rule:
+            raise SlimkitError(f"{flag} must be {rule}, got {value:g}")
+
+
+def validated(verb: str, command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with :func:`check_options` run on its arguments first (typer reads the original's signature)."""
+    signature = inspect.signature(command)
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        check_options(verb, bound.arguments)
+        unprotect_all()
+        for name, value in bound.arguments.items():  # every path the verb reads is an input: never replaced
+            if name not in OUTPUT_OPTIONS:
+                protect(*(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str | Path)))
+        return command(*args, **kwargs)
+
+    return run
 
 
 def parse_kwargs(items: list[str] | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, ModelPath, TrustPickle, console, is_keras, load_model
+from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
 
 
 @app.command("evaluate")
@@ -21,10 +21,14 @@ def evaluate_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report to this JSON file.")] = None,
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
+    force: Force = False,
 ) -> None:
     """Print accuracy, precision, recall, F1, params, MACs, file size and latency of MODEL on DATA."""
     import slimkit as sk
+    from slimkit.core.files import check_output
 
+    if json_out is not None:
+        check_output(json_out, force)  # refuse now, not after the measurements
     dataset = sk.data.load(data)
     if is_keras(model):  # measured through its ONNX export (ONNX Runtime latency), data laid out for it
         from slimkit.keras.workflows import evaluate as evaluate_keras
@@ -36,5 +40,5 @@ def evaluate_command(
         )
     console.print(report)
     if json_out is not None:
-        report.to_json(json_out)
+        report.to_json(json_out, force=force)
         console.print(f"wrote {json_out}")

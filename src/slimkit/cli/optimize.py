@@ -60,10 +60,6 @@ def optimize_command(
 
     tgt = parse_target(target, max_drop=max_drop, min_metrics=parse_min_metrics(min_metric), metric=metric,
                        time_budget=time_budget)  # fmt: skip
-    if trials < 0:
-        raise SlimkitError(f"--trials must be >= 0, got {trials}")
-    if resume and not output.exists():
-        raise SlimkitError(f"cannot resume: {output} does not exist")
     if is_keras(model):
         return _optimize_keras(model, data, output, tgt, recipe=recipe, quantize=quantize,
                                finetune_epochs=finetune_epochs, rounds=rounds, allocation=allocation,

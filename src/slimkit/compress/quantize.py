@@ -347,6 +347,8 @@ def quantize(
     require("onnxruntime", extra="onnx")
     require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
     output = check_output(output, force)
+    if output.suffix.lower() != ".onnx":
+        raise SlimkitError(f"the int8 model is an ONNX file: name the output *.onnx, not {output.name!r}")
     if not hasattr(data, "splits") or cfg.split not in data.splits:
         raise SlimkitError(f"quantize needs a slimkit Dataset with a {cfg.split!r} split, got {type(data).__name__}")
     notes: list[str] = []

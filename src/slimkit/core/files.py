@@ -11,10 +11,32 @@ from pathlib import Path
 
 from slimkit.core.errors import OutputExistsError
 
+_INPUTS: set[Path] = set()
+
+
+def protect(*paths: str | os.PathLike[str]) -> None:
+    """Mark existing ``paths`` as inputs: no output may replace them or a folder holding them, even with
+    ``force`` (the CLI marks every path it reads)."""
+    _INPUTS.update(Path(p).resolve() for p in paths if os.path.lexists(p))
+
+
+def unprotect_all() -> None:
+    """Forget the paths marked by :func:`protect` (the CLI starts each command afresh)."""
+    _INPUTS.clear()
+
 
 def check_output(path: str | os.PathLike[str], force: bool) -> Path:
-    """Return ``path`` as a Path; refuse an existing one unless ``force``."""
+    """Return ``path`` as a Path; refuse an existing one unless ``force``, and always refuse a symbolic
+    link or a path that would replace an input (see :func:`protect`)."""
     path = Path(path)
+    if path.is_symlink():
+        raise OutputExistsError(f"{path} is a symbolic link; give the real path it points to ({path.resolve()})")
+    real = path.resolve()
+    for source in _INPUTS:
+        if real == source or source.is_relative_to(real) or (real.is_relative_to(source) and path.exists()):
+            raise OutputExistsError(
+                f"{path} would replace the input {source}; write the output somewhere else (inputs are never replaced)"
+            )
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass force=True (CLI: --force) to replace it")
     return path

@@ -121,6 +121,14 @@ def records(model: nn.Module) -> list[TransformRecord]:
     return list(getattr(model, RECORDS_ATTR, []))
 
 
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """``re.compile`` with a one-line error that names the pattern."""
+    try:
+        return re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise SlimkitError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
 def select(
     model: nn.Module, patterns: Iterable[str] | None, types: tuple[type[nn.Module], ...] = (nn.Module,)
 ) -> list[str]:
@@ -136,7 +144,7 @@ def select(
     chosen: list[str] = []
     for p in patterns:
         if p.startswith("re:"):
-            rx = re.compile(p[3:])
+            rx = compile_pattern(p[3:])
             hits = [n for n in names if rx.fullmatch(n)]
         else:
             hits = [p] if p in names else []

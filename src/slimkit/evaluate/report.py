@@ -34,8 +34,9 @@ class Report:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def to_json(self, path: str | Path | None = None, *, force: bool = True) -> str:
-        """The report as JSON text; also written atomically to ``path`` when given."""
+    def to_json(self, path: str | Path | None = None, *, force: bool = False) -> str:
+        """The report as JSON text; also written atomically to ``path`` when given (an existing file
+        only with ``force``)."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             write_text_atomic(path, text + "\n", force=force)

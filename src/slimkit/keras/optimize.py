@@ -45,7 +45,7 @@ from slimkit.keras.prune import IMPORTANCE, prune_units
 from slimkit.keras.simplify import fold_batchnorm
 from slimkit.optimize.pipeline import BackOff, Candidate, Log, _round_width, ort_latency, pareto_front
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig, auto_recipe
-from slimkit.optimize.run import OptimizeResult, _prepare_output, _rank, run_passes
+from slimkit.optimize.run import OptimizeResult, _rank, resolve_recipe, run_folder, run_passes
 from slimkit.optimize.sensitivity import Sensitivity, allocate, uniform
 from slimkit.optimize.target import Target, parse_target
 from slimkit.prune import ChannelPruneConfig
@@ -435,38 +435,43 @@ def optimize(
     data = for_model(data, original)
     if len(original.outputs) != 1 or len(tuple(original.outputs[0].shape)) != 2:
         raise SlimkitError("optimize takes a classifier with one (batch, classes) output")
-    workdir, temporary = _prepare_output(output, False, force)
-    deadline = None if target.time_budget is None else started + target.time_budget
-    scratch = workdir / ".work"
-    scratch.mkdir(exist_ok=True)
-    log(f"target: {target}")
-    loop = KerasLoop(original, data, target, workdir=scratch, deadline=deadline, log=log, seed=seed, verbose=verbose)
-    m = target.metric
-    log(f"original on validation: {m} {100 * loop.base['metrics'][m]:.2f}%, MACs {loop.base['costs']['macs']:,}, "
-        f"params {loop.base['costs']['params']:,}")  # fmt: skip
-    if recipe is None or recipe == "auto":
-        quantize = True if quantize is None else quantize  # deployed through ONNX: int8 unless told otherwise
-        recipe = auto_recipe(target, loop.base["costs"], quantize=quantize, finetune_epochs=finetune_epochs,
-                             rounds=rounds, allocation=allocation, importance=importance,
-                             round_to=round_to)  # fmt: skip
-    elif isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, str | Path):
-        recipe = Recipe.load(recipe)
-    check_recipe(recipe)
-    log(f"recipe: {recipe}")
-    notes: list[str] = []
-    states, recipe = run_passes(loop, recipe, notes, log)
-    best = max(states, key=lambda s: _rank(s, loop.limits, m))
-    if not best["candidate"].target_ok:
-        notes.append("the target was NOT met on validation: the report shows the closest candidate")
-    result = _finish(loop, best, recipe, notes, started, None if temporary else workdir, log)
-    if not temporary:
-        result.save(workdir, force=True, html=html)
+    manifest = {"model": str(model) if isinstance(model, str | Path) else model.name, "target": target.to_dict()}
+    with run_folder(output, resume=False, force=force, manifest=manifest) as (workdir, temporary):
+        deadline = None if target.time_budget is None else started + target.time_budget
+        scratch = workdir / ".work"
+        scratch.mkdir(exist_ok=True)
+        log(f"target: {target}")
+        loop = KerasLoop(
+            original, data, target, workdir=scratch, deadline=deadline, log=log, seed=seed, verbose=verbose
+        )
+        m = target.metric
+        log(f"original on validation: {m} {100 * loop.base['metrics'][m]:.2f}%, MACs {loop.base['costs']['macs']:,}, "
+            f"params {loop.base['costs']['params']:,}")  # fmt: skip
+        if recipe is None or recipe == "auto":
+            quantize = True if quantize is None else quantize  # deployed through ONNX: int8 unless told otherwise
+            recipe = auto_recipe(target, loop.base["costs"], quantize=quantize, finetune_epochs=finetune_epochs,
+                                 rounds=rounds, allocation=allocation, importance=importance,
+                                 round_to=round_to)  # fmt: skip
+        else:
+            recipe = resolve_recipe(recipe)
+        check_recipe(recipe)
+        log(f"recipe: {recipe}")
+        notes: list[str] = []
+        states, recipe = run_passes(loop, recipe, notes, log)
+        best = max(states, key=lambda s: _rank(s, loop.limits, m))
+        if not best["candidate"].target_ok:
+            notes.append("the target was NOT met on validation: the report shows the closest candidate")
+        result = _finish(loop, best, recipe, notes, started, None if temporary else workdir, log)
+        if not temporary:
+            result.save(workdir, force=True, html=html)
+            if result.int8_path is not None:
+                result.int8_path = workdir / "model.int8.onnx"
+            shutil.rmtree(scratch, ignore_errors=True)
+    if not temporary:  # the folder may have been built aside and swapped in: point at its final place
+        result.output = Path(output)  # type: ignore[arg-type]
         if result.int8_path is not None:
-            result.int8_path = workdir / "model.int8.onnx"
-        shutil.rmtree(scratch, ignore_errors=True)
-        log(f"saved {workdir}")
+            result.int8_path = result.output / "model.int8.onnx"
+        log(f"saved {output}")
     return result
 
 

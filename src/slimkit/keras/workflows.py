@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.files import check_output, write_text_atomic
+from slimkit.core.files import atomic_path, check_output
 from slimkit.core.transform import TransformRecord
 from slimkit.evaluate.report import Report
 from slimkit.keras._graph import load
@@ -89,11 +89,11 @@ def _write(model: Any, output: Path, report: dict[str, Any] | None, force: bool)
 
     if output.suffix.lower() == ".keras":
         return save(model, output, force=force)
-    check_output(output / "model.keras", force)
-    output.mkdir(parents=True, exist_ok=True)
-    save(model, output / "model.keras", force=True)
-    if report is not None:
-        write_text_atomic(output / "report.json", json.dumps(report, indent=2, default=str) + "\n", force=True)
+    with atomic_path(output, force=force) as tmp:  # the folder appears whole, or the old one stays
+        tmp.mkdir()
+        save(model, tmp / "model.keras")
+        if report is not None:
+            (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return output
 
 
@@ -147,7 +147,7 @@ def prune_file(
     from slimkit.keras.prune import prune_units
 
     output = Path(output)
-    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    check_output(output, force)
     model = load(path)
     if finetune_epochs and data is None:
         raise SlimkitError("fine-tuning (--finetune-epochs) needs --data")
@@ -181,7 +181,7 @@ def lowrank_file(
 
     model = load(path)
     output = Path(output) if output else Path(path).with_name(f"{Path(path).stem}-compressed.keras")
-    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    check_output(output, force)
     if not 0 < ratio < 1:
         raise SlimkitError(f"--lowrank must be in (0, 1) (the share of units kept), got {ratio}")
     ds = for_model(data, model)
@@ -219,7 +219,7 @@ def simplify_file(
     from slimkit.keras.simplify import fold_batchnorm, remove_layers
 
     output = Path(output)
-    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    check_output(output, force)
     model = load(path)
     if not (fold or remove or remove_types):
         raise SlimkitError("give --fold, --remove NAME or --remove-type CLASS (Keras class names, e.g. MaxPooling2D)")
@@ -290,7 +290,7 @@ def distill_file(
     from slimkit.keras.prune import prune_units
 
     output = Path(output)
-    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    check_output(output, force)
     if not 0 < width <= 1:
         raise SlimkitError(f"--width must be in (0, 1], got {width}")
     teacher = load(path)
@@ -311,7 +311,7 @@ def fuse_file(
     from slimkit.keras.fuse import METHODS, ensemble, greedy_soup, uniform_soup
 
     output = Path(output)
-    check_output(output if output.suffix.lower() == ".keras" else output / "model.keras", force)
+    check_output(output, force)
     if method not in (*METHODS, "uniform-soup", "greedy-soup"):
         raise unsupported("fuse", f"--method {method}", f"{', '.join(METHODS)}, uniform-soup, greedy-soup")
     if data is None and method in ("weighted", "greedy-soup"):

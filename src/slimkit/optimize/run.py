@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,14 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import OutputExistsError, SlimkitError
-from slimkit.core.files import write_text_atomic
+from slimkit.core.files import atomic_path, check_output, write_text_atomic
 from slimkit.evaluate import Report, compare
 from slimkit.optimize.pipeline import Candidate, Log, Loop, copy_file, pareto_front, tighten
 from slimkit.optimize.recipe import Recipe, SensitivityPruneConfig, auto_recipe
-from slimkit.optimize.sensitivity import Sensitivity, measure_sensitivity, sensitivity_key
+from slimkit.optimize.sensitivity import Sensitivity, fingerprint, measure_sensitivity, sensitivity_key
 from slimkit.optimize.target import Target, format_duration, parse_target
 
 MAX_PASSES = 3
-OUTPUT_FILES = ("report.json", "report.html", "model.onnx", "model.int8.onnx", "recipe.json")
 
 
 @dataclasses.dataclass
@@ -141,25 +142,96 @@ class OptimizeResult:
         return "\n".join(lines)
 
 
-def _prepare_output(output: str | Path | None, resume: bool, force: bool) -> tuple[Path, bool]:
-    """The run folder (created) and whether it is a temporary one (removed when the process exits:
-    the result's int8 file lives there until then)."""
+RUN_FILE = "run.json"  # what a run folder was made from: --resume continues only the same run
+
+
+def run_manifest(model_hash: str, data: Any, target: Target, settings: dict[str, Any]) -> dict[str, Any]:
+    """The identity of a run: input model, data and every setting that shapes the result (not the time
+    budget or the number of trials, which a resumed run may change)."""
+    goal = {k: v for k, v in target.to_dict().items() if k != "time_budget"}
+    data_id = getattr(data, "source", None) or getattr(data, "name", None) or str(data)
+    return json.loads(json.dumps({"model": model_hash, "data": data_id, "target": goal, **settings}, default=str))
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """What differs between two run manifests, e.g. ``["target.max_drop (5.0, now 4.0)"]``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{where}{k}.")]
+    if old == new:
+        return []
+    if where == "model.":
+        return ["input model (its weights differ)"]
+    return [f"{where.rstrip('.')} ({json.dumps(old)}, now {json.dumps(new)})"]
+
+
+@contextlib.contextmanager
+def run_folder(
+    output: str | Path | None, *, resume: bool, force: bool, manifest: dict[str, Any]
+) -> Iterator[tuple[Path, bool]]:
+    """The folder a run works in, and whether it is temporary; every case keeps earlier work whole.
+
+    - no ``output``: a temporary folder, removed when the process exits (the result's int8 file lives
+      there until then);
+    - a new (or empty) folder: created and bound to the run (``run.json``); removed again if the run
+      fails before it saved any progress, so failures leave nothing half-made;
+    - ``resume``: the existing folder, only if its ``run.json`` names the same model, data and settings;
+    - ``force`` over an existing folder: the new run is built in a hidden sibling and swapped in only
+      when it succeeds: a failed or killed run leaves the old one as it was.
+    """
     if output is None:
         scratch = Path(tempfile.mkdtemp(prefix="slimkit-optimize-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        return scratch, True
-    out = Path(output)
+        yield scratch, True
+        return
+    out = check_output(output, force=True)  # the path itself (not a symlink, not an input); existence below
     if out.exists() and not out.is_dir():
-        raise SlimkitError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not (resume or force):
+        raise SlimkitError(f"{out} exists and is not a folder; choose another --output")
+    used = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not used:
+            raise SlimkitError(f"cannot resume: {out} holds no run; start it without --resume")
+        bound = out / RUN_FILE
+        try:
+            previous = json.loads(bound.read_text())
+        except (OSError, ValueError, RecursionError):
+            raise SlimkitError(
+                f"cannot resume: {out} is not a slimkit optimize run folder (no readable {RUN_FILE}); "
+                "choose another --output, or --force to replace it"
+            ) from None
+        differ = _differences(previous, manifest)
+        if differ:
+            raise SlimkitError(
+                f"cannot resume {out}: it was started with another {'; '.join(differ[:4])}; "
+                "resume with the same model, data and settings, or use --force to start over"
+            )
+        yield out, False
+        return
+    if used and not force:
         raise OutputExistsError(f"{out} already exists; pass --resume to continue the run or --force to replace it")
+    if used:
+        with atomic_path(out, force=True) as staging:
+            staging.mkdir()
+            write_text_atomic(staging / RUN_FILE, json.dumps(manifest, indent=1) + "\n", force=True)
+            yield staging, False
+        return
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if force and not resume:
-        for name in (*OUTPUT_FILES, "study.db", "sensitivity.json"):
-            (out / name).unlink(missing_ok=True)
-        for name in ("progress", ".work"):  # (trials/ is cleared when a new study starts)
-            shutil.rmtree(out / name, ignore_errors=True)
-    return out, False
+    write_text_atomic(out / RUN_FILE, json.dumps(manifest, indent=1) + "\n", force=True)
+    try:
+        yield out, False
+    except Exception:
+        if not _has_progress(out):  # nothing to resume: leave the folder as it was before the run
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if created:
+                out.rmdir()
+        raise
+
+
+def _has_progress(folder: Path) -> bool:
+    """Whether a run folder holds work that --resume would continue (saved steps or search trials)."""
+    return any((folder / name).is_dir() and any((folder / name).iterdir()) for name in ("progress", "trials"))
 
 
 class SensitivityCache:
@@ -249,7 +321,49 @@ def optimize(
         data = data_mod.load(data)
     if not isinstance(model, nn.Module):
         raise SlimkitError(f"optimize takes a torch.nn.Module, got {type(model).__name__}")
-    workdir, temporary = _prepare_output(output, resume, force)
+    if recipe is None or recipe == "auto":
+        auto = {
+            "quantize": quantize,
+            "finetune_epochs": finetune_epochs,
+            "rounds": rounds,
+            "allocation": allocation,
+            "importance": importance,
+            "round_to": round_to,
+        }
+        auto_recipe(target, dict.fromkeys(("macs", "params", "bytes", "latency"), 1.0), **auto)  # checks them now
+        recipe_setting: Any = {"auto": auto}
+    else:
+        recipe, auto = resolve_recipe(recipe), None
+        recipe_setting = recipe.to_dict()
+    settings = {"recipe": recipe_setting, "seed": seed, "study": study_name, "search": trials > 0}
+    manifest = run_manifest(fingerprint(model), data, target, settings)
+    with run_folder(output, resume=resume, force=force, manifest=manifest) as (workdir, temporary):
+        result = _run(model, data, target, recipe, workdir, temporary, auto=auto,
+                      trials=trials, storage=storage, study_name=study_name, resume=resume, seed=seed,
+                      progress=progress, html=html, started=started, log=log)  # fmt: skip
+    if not temporary:  # the folder may have been built aside and swapped in: point at its final place
+        result.output = Path(output)  # type: ignore[arg-type]
+        if result.int8_path is not None:
+            result.int8_path = result.output / "model.int8.onnx"
+        log(f"saved {output}")
+    return result
+
+
+def resolve_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
+    """A :class:`Recipe` from itself, its dict or its JSON / YAML file."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if isinstance(recipe, str | Path):
+        return Recipe.load(recipe)
+    raise SlimkitError(f"recipe must be 'auto', a Recipe, a dict or a file, got {type(recipe).__name__}")
+
+
+def _run(model: nn.Module, data: Any, target: Target, recipe: Any, workdir: Path, temporary: bool, *,
+         auto: dict[str, Any] | None, trials: int, storage: str | None, study_name: str, resume: bool, seed: int,
+         progress: bool, html: bool, started: float, log: Log) -> OptimizeResult:  # fmt: skip
+    """The body of :func:`optimize` inside its run folder ``workdir``."""
     deadline = None if target.time_budget is None else started + target.time_budget
     torch.manual_seed(seed)
     original = copy.deepcopy(model).eval()
@@ -263,14 +377,8 @@ def optimize(
     m = target.metric
     log(f"original on validation: {m} {100 * loop.base['metrics'][m]:.2f}%, MACs {loop.base['costs']['macs']:,}, "
         f"params {loop.base['costs']['params']:,}")  # fmt: skip
-    if recipe is None or recipe == "auto":
-        recipe = auto_recipe(target, loop.base["costs"], quantize=quantize, finetune_epochs=finetune_epochs,
-                             rounds=rounds, allocation=allocation, importance=importance,
-                             round_to=round_to)  # fmt: skip
-    elif isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, str | Path):
-        recipe = Recipe.load(recipe)
+    if auto is not None:
+        recipe = auto_recipe(target, loop.base["costs"], **auto)
     log(f"recipe: {recipe}")
     notes: list[str] = []
     trial_rows: list[dict[str, Any]] = []
@@ -299,7 +407,6 @@ def optimize(
             result.int8_path = workdir / "model.int8.onnx"
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(workdir / "progress", ignore_errors=True)  # the run is complete: nothing to resume
-        log(f"saved {workdir}")
     return result
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,23 @@ def suggest(trial: Any, recipe: Recipe) -> Recipe:
     return Recipe(tuple(steps))
 
 
+def _storage(url: str, attempts: int = 5) -> Any:
+    """An Optuna storage for ``url``; workers that start together may race to create the same database's
+    tables, so creation is retried."""
+    from optuna.storages import RDBStorage
+
+    if not url.startswith(("sqlite", "postgresql", "mysql")):
+        return url
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+        except Exception as exc:  # sqlalchemy's OperationalError / IntegrityError while another worker creates it
+            if attempt == attempts - 1:
+                raise SlimkitError(f"cannot open the Optuna storage {url}: {exc}".splitlines()[0]) from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _candidate(d: dict[str, Any]) -> Candidate:
     names = {f.name for f in dataclasses.fields(Candidate)}
     return Candidate(**{k: v for k, v in d.items() if k in names})
@@ -75,25 +94,26 @@ def search(
 ) -> tuple[dict[str, Any], Recipe, list[dict[str, Any]]]:
     """Run the study; returns the best trial's final state, its recipe and one row per trial."""
     optuna = require("optuna", extra="search")
-    from optuna.storages import RDBStorage
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     local = storage is None
     url = storage or f"sqlite:///{workdir / 'study.db'}"
-    store: Any = RDBStorage(url) if url.startswith(("sqlite", "postgresql", "mysql")) else url
+    store = _storage(url)
     exists = study_name in {s.study_name for s in optuna.get_all_study_summaries(store)}
-    if exists and not resume:
+    if exists and local and not resume:
         raise SlimkitError(f"the study {study_name!r} already exists in {url}: pass --resume to continue it "
-                           "(or --force with the default storage to start over)")  # fmt: skip
-    if not exists:
-        import shutil
-
-        shutil.rmtree(workdir / "trials", ignore_errors=True)  # models of an earlier, replaced study
+                           "(or --force to start over)")  # fmt: skip
+    if exists and not local:
+        loop.log(f"search: joining the study {study_name!r} in {url}")
+    # Workers sharing a storage each sample with their own seed (the same seed would repeat the same
+    # trials); the constant liar keeps them from all exploring the same region while trials run.
+    sampler_seed = seed if local else (seed * 1_000_003 + os.getpid() + time.time_ns()) % 2**32
     study = optuna.create_study(
         storage=store, study_name=study_name, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, trials)),
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, trials),
+                                           constant_liar=not local),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )  # fmt: skip
     if resume and local:  # a killed run leaves its trial RUNNING: fail it and run its parameters again
@@ -150,8 +170,6 @@ def search(
 
     remaining = None
     if loop.deadline is not None:
-        import time
-
         remaining = max(1.0, loop.deadline - time.monotonic())
     if done < trials:
         study.optimize(objective, timeout=remaining, callbacks=[MaxTrialsCallback(trials, states=finished)],

@@ -21,8 +21,8 @@ from typing import Any
 from slimkit.core.errors import SlimkitError
 
 METRICS = ("accuracy", "precision", "recall", "f1")
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1}
-_BYTES = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1, "%": 1}
+_BYTES = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "%": 1}
 _TIME = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
@@ -54,6 +54,11 @@ class Target:
     time_budget: float | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            values = v.values() if isinstance(v, dict) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                raise SlimkitError(f"target {f.name}={v} must be a finite number")
         for name in ("macs", "params", "bytes", "latency"):
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:
@@ -158,12 +163,12 @@ class Target:
         return text
 
 
-def _number(text: str, units: dict[str, float], what: str) -> tuple[float, bool]:
-    """``"1.5M"`` -> (1.5e6, True: had a unit); ``"0.25"`` -> (0.25, False)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+def _number(text: str, units: dict[str, float], what: str) -> tuple[float, str]:
+    """``"1.5M"`` -> (1.5e6, "m"); ``"0.25"`` -> (0.25, "")."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*|%)\s*", text.lower())
     if not m or m.group(2) not in units:
         raise SlimkitError(f"cannot read {what} {text!r}; examples: 0.25 (share), 1.5M, 300KB, 2ms")
-    return float(m.group(1)) * units[m.group(2)], bool(m.group(2))
+    return float(m.group(1)) * units[m.group(2)], m.group(2)
 
 
 def parse_target(
@@ -177,8 +182,10 @@ def parse_target(
     """Build a :class:`Target` from CLI strings.
 
     Each item is ``name=value`` with name in macs, params, bytes, latency; several items may share
-    one string, comma-separated. A value in (0, 1] is a share of the original; above 1 or with a unit
-    it is absolute (``macs=1.5M``, ``params=200k``, ``bytes=300KB``, ``latency=2ms@64``).
+    one string, comma-separated. A value in (0, 1] or with ``%`` is a share of the original
+    (``macs=0.25``, ``macs=25%``); with a unit or above 100 it is absolute (``macs=1.5M``,
+    ``params=200k``, ``bytes=300KB``, ``latency=2ms@64``). A bare value in (1, 100] is refused as
+    ambiguous (``macs=2``: 2% or 2 MACs?), as is a bare latency above 1.
     ``latency=0.3@64`` measures ONNX Runtime at batch 64 (default 64).
     """
     if isinstance(items, str):
@@ -201,11 +208,22 @@ def parse_target(
                 if not batch.strip().isdigit() or int(batch) < 1:
                     raise SlimkitError(f"latency batch size must be a positive integer, got {batch!r} in {item!r}")
                 kwargs["latency_batch"] = int(batch)
-            v, unit = _number(value, {"": 1, "ms": 1, "s": 1000}, "latency")
-            kwargs["max_latency_ms" if unit or v > 1 else "latency"] = v
+            v, unit = _number(value, {"": 1, "ms": 1, "s": 1000, "%": 1}, "latency")
+            if unit == "%":
+                v, unit = v / 100, ""
+            elif not unit and v > 1:
+                raise SlimkitError(f"--target {item} is ambiguous: write latency={v:g}ms for milliseconds or "
+                                   f"latency={v:g}% for a share of the original")  # fmt: skip
+            kwargs["max_latency_ms" if unit else "latency"] = v
             continue
         units = _BYTES if name == "bytes" else _SUFFIX
         v, unit = _number(value, units, name)
+        if unit == "%":
+            v, unit = v / 100, ""
+        elif not unit and 1 < v <= 100:
+            raise SlimkitError(f"--target {item} is ambiguous: did you mean {v:g}% ({name}={v / 100:g}, a share of the "
+                               f"original) or an absolute count? Write {name}={v:g}% or {name}={v / 100:g} for a "
+                               f"share, or an absolute value with a unit ({name}={v:g}k, {name}=1.5M)")  # fmt: skip
         if unit or v > 1:
             kwargs[f"max_{name}"] = int(round(v))
         elif v <= 0:

@@ -16,7 +16,6 @@ than cutting alone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from slimkit.compress.factor import refit_consumer, select_units, svd_linear
 from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import compile_pattern
 from slimkit.text.hf import encoder_of, head_size, sync_config_
 
 Batch = Mapping[str, torch.Tensor]
@@ -275,7 +275,7 @@ def lowrank_linears_(model: nn.Module, rank: int | float, pattern: str = r"encod
     hold as many weights as the original are left alone.
     """
     bert = encoder_of(model)
-    regex = re.compile(pattern)
+    regex = compile_pattern(pattern)
     targets = [(n, m) for n, m in bert.named_modules() if isinstance(m, nn.Linear) and regex.search(n)]
     if not targets:
         raise SlimkitError(f"no encoder Linear matches {pattern!r}")

@@ -76,6 +76,13 @@ def _evaluate_loss(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     return total / n, correct / n
 
 
+def _divergence(x: torch.Tensor, epoch: int, loss: float) -> str:
+    """Why the loss is not finite: bad inputs or a too high learning rate."""
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        return f"the training inputs contain NaN or infinite values (epoch {epoch}); clean the data"
+    return f"training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
+
+
 def fit(
     model: nn.Module,
     train: DataLoader,
@@ -107,6 +114,18 @@ def fit(
     """
     if epochs < 1:
         raise SlimkitError(f"epochs must be at least 1, got {epochs}")
+    for name, value, ok, rule in (
+        ("lr", lr, lambda v: v > 0, "> 0"),
+        ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
+        ("temperature", temperature, lambda v: v > 0, "> 0"),
+        ("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("patience", 1 if patience is None else patience, lambda v: v >= 1, ">= 1"),
+    ):
+        if not (math.isfinite(value) and ok(value)):
+            raise SlimkitError(f"{name} must be a finite number {rule}, got {value}")
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise SlimkitError(f"the model's weight {bad} holds NaN or infinite values before training; check the model")
     if schedule not in ("cosine", "constant"):
         raise SlimkitError(f"unknown schedule {schedule!r}; choose cosine or constant")
     torch.manual_seed(seed)
@@ -142,9 +161,7 @@ def fit(
                         t_logits = teacher(x)
                     loss = distillation_loss(logits, t_logits, y, temperature, alpha)
                 if not torch.isfinite(loss):
-                    raise SlimkitError(
-                        f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
-                    )
+                    raise SlimkitError(_divergence(x, epoch, float(loss)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
