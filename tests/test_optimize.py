@@ -203,7 +203,7 @@ def test_optimize_meets_target_holds_constraint_tests_once(
     assert count_macs(result.model, mini.example) == chosen.costs["macs"]
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "model.onnx", "recipe.json", "report.html",
-                                                     "report.json", "sensitivity.json"]  # fmt: skip
+                                                     "report.json", "run.json", "sensitivity.json"]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["target_met_on_validation"] and report["chosen"] == chosen.id
     assert report["test"]["after"]["split"] == "test" and report["allocations"][0]["allocation"] == "sensitivity"
@@ -311,8 +311,8 @@ def test_search_resume_runs_only_missing_trials(small_cnn: torch.nn.Module, mini
     out, url = tmp_path / "run", f"sqlite:///{tmp_path / 'shared.db'}"  # any Optuna storage URL
     first = optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=2, output=out, storage=url, html=False)
     assert len([t for t in first.trials if t["state"] in ("COMPLETE", "PRUNED")]) == 2
-    with pytest.raises(SlimkitError, match="--resume"):
-        optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=3, output=out, storage=url, force=True)
+    with pytest.raises(SlimkitError, match="--resume"):  # the run folder is taken
+        optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=3, output=out, storage=url)
     lines: list[str] = []
     again = optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=3, output=out, storage=url,
                      resume=True, html=False, log=lines.append)  # fmt: skip
@@ -332,8 +332,11 @@ def test_cli_bad_target_and_resume_errors(cli, tmp_path: Path) -> None:  # noqa:
     code, _, err = cli("optimize", tmp_path, "-d", "digits", "--target", "macs=0.2", "--time-budget", "soon",
                        "-o", tmp_path / "x")  # fmt: skip
     assert code == 2 and "cannot read the duration" in err
-    code, _, err = cli("optimize", tmp_path, "-d", "digits", "--target", "macs=0.2", "--resume", "-o", tmp_path / "x")
-    assert code == 2 and "cannot resume" in err
+    model = sk.zoo.create_for("resnet_cifar", sk.data.load("digits"), depth=8, width=0.25)
+    sk.save(model, tmp_path / "ckpt", example=torch.zeros(1, 1, 8, 8))
+    code, _, err = cli("optimize", tmp_path / "ckpt", "-d", "digits", "--target", "macs=0.2", "--resume",
+                       "-o", tmp_path / "x")  # fmt: skip
+    assert code == 2 and "cannot resume" in err and not (tmp_path / "x").exists()
 
 
 def test_cli_runs_a_recipe_file(cli, small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path) -> None:  # noqa: ANN001

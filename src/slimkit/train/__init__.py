@@ -161,7 +161,7 @@ def fit(
                         t_logits = teacher(x)
                     loss = distillation_loss(logits, t_logits, y, temperature, alpha)
                 if not torch.isfinite(loss):
-                    raise SlimkitError(_divergence(x, epoch, float(loss)))
+                    raise SlimkitError(_divergence(x, epoch, float(loss.detach())))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
