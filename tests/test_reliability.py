@@ -316,3 +316,32 @@ def test_storage_creation_is_retried_when_workers_race(monkeypatch: pytest.Monke
     calls.clear()
     with pytest.raises(SlimkitError, match="cannot open the Optuna storage"):
         search._storage(url, attempts=2)  # still racing after the last attempt: one line, not a traceback
+
+
+# ---- recipe files: read safely, every mistake named -----------------------------------------------------
+
+
+def test_hostile_recipe_files_are_one_line_errors(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")
+    from slimkit.optimize import Recipe
+
+    levels = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    cases = {
+        "bomb.yaml": (levels + "steps: *i\n", "aliases"),  # a billion laughs: 9^9 strings from 1 KB
+        "deep.json": ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        "deep.yaml": ("[" * 100_000 + "]" * 100_000, "not valid YAML"),
+        "fields.json": (json.dumps({"steps": [{"FineTuneConfig": [1, 2]}]}), "must be a mapping"),
+        "type.json": (json.dumps({"steps": [{"FineTuneConfig": {"epochs": "abc"}}]}), "epochs must be an integer"),
+        "ratios.json": (
+            json.dumps({"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": ["a"]}}]}),
+            "probe_ratios must be",
+        ),
+        "binary.json": (b"\xff\xfe\x00garbage", "not a text file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(SlimkitError, match=message):
+            Recipe.load(path)

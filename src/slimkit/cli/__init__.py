@@ -58,6 +58,7 @@ def main() -> None:
               "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)", 1)  # fmt: skip
 
 
-def _fail(message: str, code: int) -> None:
-    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+def _fail(message: str, code: int, limit: int = 600) -> None:
+    line = " ".join(message.split())
+    typer.secho(f"error: {line if len(line) <= limit else line[: limit - 3] + '...'}", fg=typer.colors.RED, err=True)
     sys.exit(code)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import reprlib
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -57,6 +60,13 @@ class Config:
         unknown = set(d) - fields
         if unknown:
             raise SlimkitError(f"{name} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:  # an annotation that cannot be resolved here: the config's own checks remain
+            hints = {}
+        for key, value in d.items():
+            if key in hints and not _fits(value, hints[key]):
+                raise SlimkitError(f"{name}.{key} must be {_describe(hints[key])}, got {reprlib.repr(value)}")
         return target(**d)
 
     def to_json(self) -> str:
@@ -65,6 +75,36 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated ``hint`` (lists stand for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list) or hint in (tuple, list):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, list | tuple) and (len(inner) != 1 or all(_fits(v, inner[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # other annotations: left to the config's own checks
+
+
+def _describe(hint: Any) -> str:
+    text = str(hint).replace("typing.", "")
+    return {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}.get(
+        getattr(hint, "__name__", text), text
+    )
 
 
 def register_config(cls: type[C]) -> type[C]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from slimkit.prune import importance as imp
 from slimkit.simplify import FoldConfig
 
 ALLOCATIONS = ("sensitivity", "uniform", "global")
+MAX_RECIPE_BYTES = 1_000_000
 
 
 @register_config
@@ -158,12 +160,15 @@ class Recipe:
         for i, raw in enumerate(d["steps"]):
             if isinstance(raw, dict) and "type" not in raw and len(raw) == 1:
                 (name, fields), = raw.items()  # fmt: skip
+                if fields is not None and not isinstance(fields, dict):
+                    raise SlimkitError(f"recipe step {i + 1} ({name}): its fields must be a mapping, "
+                                       f"got {reprlib.repr(fields)}")  # fmt: skip
                 raw = {"type": name, **(fields or {})}
-            if not isinstance(raw, dict) or "type" not in raw:
-                raise SlimkitError(f"recipe step {i + 1} must name its config type, got {raw!r}")
+            if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+                raise SlimkitError(f"recipe step {i + 1} must name its config type, got {reprlib.repr(raw)}")
             try:
                 steps.append(Config.from_dict(raw))
-            except (TypeError, SlimkitError) as exc:
+            except (TypeError, ValueError, SlimkitError) as exc:
                 raise SlimkitError(f"recipe step {i + 1} ({raw.get('type')}): {exc}") from None
         return cls(tuple(steps))
 
@@ -173,24 +178,42 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise SlimkitError(f"no such recipe file: {path}")
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            from slimkit.core.optional import require
-
-            yaml = require("yaml", extra="search", package="pyyaml")
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise SlimkitError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SlimkitError(f"{path} is not valid JSON: {exc}") from None
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise SlimkitError(f"{path} is {path.stat().st_size:,} bytes; a recipe is a short list of steps "
+                               f"(at most {MAX_RECIPE_BYTES:,} bytes)")  # fmt: skip
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise SlimkitError(f"{path} is not a text file; a recipe is JSON or YAML") from None
+        try:
+            data = _yaml(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and YAMLError (see _yaml) are ValueErrors
+            kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+            problem = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
+            raise SlimkitError(f"{path} is not valid {kind} ({problem}); a recipe maps steps to a list") from None
         return cls.from_dict(data)
 
     def __str__(self) -> str:
         return " -> ".join(type(s).__name__.removesuffix("Config") for s in self.steps)
+
+
+def _yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases (``*name``: a recipe needs none, and nested aliases can
+    expand a small file into gigabytes); YAML errors become ValueErrors."""
+    from slimkit.core.optional import require
+
+    yaml = require("yaml", extra="search", package="pyyaml")
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.events.AliasEvent):
+                raise ValueError("aliases (*name) are not allowed in recipes")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc).splitlines()[0] if str(exc) else "invalid YAML") from None
 
 
 INT8_FILE_SHARE = 0.27  # an int8 ONNX file is ~0.25-0.28x the fp32 one (measured, bench/RESULTS-compress.md)
