@@ -111,12 +111,13 @@ def load(name: str | Path, *, seed: int = 0, **kwargs: Any) -> Dataset:
 
     Registered names: see :func:`names` (``mnist5k``, ``digits``, ``rotten-tomatoes``,
     ``movielens-100k``, ``synthetic-text``, ``synthetic-recsys``). Splits are stratified and seeded.
+    For a ``.npz`` file ``kwargs`` may hold ``max_bytes`` (see :func:`slimkit.data.files.load_npz`).
     """
     text = str(name)
     if text.endswith(".npz") or Path(text).suffix:
         from slimkit.data.files import load_npz
 
-        return load_npz(Path(text), seed=seed)
+        return load_npz(Path(text), seed=seed, **kwargs)
     return _REGISTRY.get(text)(seed=seed, **kwargs)
 
 
@@ -136,10 +137,32 @@ def stratified_split(
 def to_tensors(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], x_dtype: torch.dtype
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {
-        k: (torch.as_tensor(np.ascontiguousarray(x), dtype=x_dtype), torch.as_tensor(y, dtype=torch.long))
-        for k, (x, y) in splits.items()
-    }
+    """Numpy splits as tensors: shared memory where the dtype already matches, else one converted copy."""
+    return {k: (as_tensor(x, x_dtype), as_tensor(y, torch.long)) for k, (x, y) in splits.items()}
+
+
+_CHUNK_BYTES = 32 << 20
+
+
+def as_tensor(x: np.ndarray, dtype: torch.dtype, rows: np.ndarray | None = None) -> torch.Tensor:
+    """``x`` (or its ``rows``) as a ``dtype`` tensor without intermediate full-size copies.
+
+    An array that already has the tensor's dtype and layout is shared, not copied. Otherwise the
+    result is allocated once and filled in chunks of about 32 MB, so converting (float64 to
+    float32, say) or selecting rows never holds more than the source, the result and one chunk.
+    """
+    target = torch.empty(0, dtype=dtype).numpy().dtype
+    if rows is None and x.dtype == target and x.flags.c_contiguous and x.flags.writeable:
+        return torch.from_numpy(x)
+    n = len(x) if rows is None else len(rows)
+    out = torch.empty((n, *x.shape[1:]), dtype=dtype)
+    view = out.numpy()
+    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * max(x.dtype.itemsize, target.itemsize))
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        view[start:stop] = x[start:stop] if rows is None else x[rows[start:stop]]
+    return out
 
 
 def random_shift(max_shift: int = 2) -> Augment:
