@@ -36,3 +36,14 @@ class MissingExtraError(SlimkitError, ImportError):
 
 class OutputExistsError(SlimkitError, FileExistsError):
     """An output path that exists and would be overwritten without ``force``."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message, or its type name when the message is empty.
+
+    For quoting a library's exception inside a one-line :class:`SlimkitError`.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

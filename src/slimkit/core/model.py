@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import ShapeError
+from slimkit.core.errors import ShapeError, first_line
 
 ARCH_ATTR = "_slimkit_arch"
 
@@ -77,5 +77,5 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
         with eval_mode(model), torch.no_grad():
             model(x[:2])
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ShapeError(f"{model_name(model)} cannot run on inputs of {got}: {reason}") from None

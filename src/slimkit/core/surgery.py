@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.model import arch_of, set_arch
 
 
@@ -146,18 +146,78 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
 
 def build_module(spec: dict[str, Any]) -> nn.Module:
     """Instantiate a module spec made by :func:`module_spec` (weights are initialised, not loaded)."""
-    kind = spec.get("type") if isinstance(spec, dict) else None
+    check_module_spec(spec)
+    return _build(spec)
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
+    kind = spec["type"]
     if kind == "Sequential":
-        return nn.Sequential(*(build_module(c) for c in spec.get("children", [])))
-    cls = _CLASSES.get(kind)  # type: ignore[arg-type]
-    if cls is None:
-        raise ModelFileError(
-            f"module type {kind!r} is not allowed in a checkpoint; allowed: {', '.join(sorted(_CLASSES))}"
-        )
+        return nn.Sequential(*(_build(c) for c in spec.get("children", [])))
     try:
-        return cls(**spec.get("args", {}))
-    except TypeError as exc:
-        raise ModelFileError(f"bad arguments for {kind}: {exc}") from None
+        return _CLASSES[kind](**spec.get("args", {}))
+    except Exception as exc:  # torch.nn constructors raise several types for bad arguments
+        raise ModelFileError(f"bad arguments for {kind}: {first_line(exc)}") from None
+
+
+MAX_MODULE_DEPTH = 16  # nested Sequential levels in one recorded replacement
+_PLAIN = (int, float, bool, str)
+
+
+def check_module_spec(spec: Any, field: str = "module", depth: int = 0) -> None:
+    """Raise a one-line :class:`ModelFileError` naming the field of ``spec`` that is not a valid module spec."""
+    if not isinstance(spec, dict):
+        raise ModelFileError(f"{field} must be an object with a 'type', got {_short(spec)}")
+    kind = spec.get("type")
+    if kind == "Sequential":
+        children = spec.get("children", [])
+        if not isinstance(children, list):
+            raise ModelFileError(f"{field}.children must be a list, got {_short(children)}")
+        if depth >= MAX_MODULE_DEPTH:
+            raise ModelFileError(f"{field} nests Sequential modules more than {MAX_MODULE_DEPTH} levels deep")
+        for i, child in enumerate(children):
+            check_module_spec(child, f"{field}.children[{i}]", depth + 1)
+        return
+    if not isinstance(kind, str) or kind not in _CLASSES:
+        raise ModelFileError(
+            f"{field}: module type {_short(kind)} is not allowed in a checkpoint; allowed: Sequential, "
+            f"{', '.join(sorted(_CLASSES))}"
+        )
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        raise ModelFileError(f"{field}.args must be an object of constructor arguments, got {_short(args)}")
+    for key, value in args.items():
+        if key in ("device", "dtype"):
+            raise ModelFileError(f"{field}.args: the argument {key!r} is not allowed in a checkpoint")
+        items = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, _PLAIN) for v in items):
+            raise ModelFileError(f"{field}.args.{key} must be a number, string or list of them, got {_short(value)}")
+
+
+def check_change(change: Any, field: str = "change") -> None:
+    """Raise a one-line :class:`ModelFileError` naming the field of a recorded change that is malformed."""
+    if not isinstance(change, dict):
+        raise ModelFileError(f"{field} must be an object with an 'op', got {_short(change)}")
+    op = change.get("op")
+    needs = {"replace": ("path",), "set": ("path", "attr"), "tie": ("path", "attr", "source")}
+    if not isinstance(op, str) or op not in needs:
+        raise ModelFileError(f"{field}.op must be 'replace', 'set' or 'tie', got {_short(op)}")
+    for key in needs[op]:
+        if not isinstance(change.get(key), str):
+            raise ModelFileError(f"{field}.{key} must be a string, got {_short(change.get(key))}")
+    if op == "replace":
+        if not change["path"]:
+            raise ModelFileError(f"{field}.path must name a submodule, got ''")
+        check_module_spec(change.get("module"), f"{field}.module")
+    if op in ("set", "tie") and (not change["attr"].isidentifier() or change["attr"].startswith("_")):
+        raise ModelFileError(f"{field}.attr must be a public attribute name, got {_short(change['attr'])}")
+    if op == "set" and (change.get("value") is None or not isinstance(change["value"], _PLAIN)):
+        raise ModelFileError(f"{field}.value must be a number, boolean or string, got {_short(change.get('value'))}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -191,7 +251,7 @@ def set_module_attr(model: nn.Module, path: str, attr: str, value: int | float |
     if not isinstance(value, int | float | bool | str):
         raise SlimkitError(f"only numbers, booleans and strings can be recorded, not {type(value).__name__}")
     target = model.get_submodule(path) if path else model
-    if not hasattr(target, attr) or isinstance(getattr(target, attr), nn.Module | nn.Parameter):
+    if not isinstance(getattr(target, attr, None), int | float | bool | str):  # not a module, tensor or method
         raise SlimkitError(f"{path or 'model'} has no plain attribute {attr!r}")
     setattr(target, attr, value)
     _record(model, {"op": "set", "path": path, "attr": attr, "value": value})
@@ -211,8 +271,18 @@ def tie_parameter(model: nn.Module, path: str, attr: str, source: str) -> None:
     _record(model, {"op": "tie", "path": path, "attr": attr, "source": source})
 
 
-def replay(model: nn.Module, changes: list[dict[str, Any]], where: str) -> None:
-    """Apply recorded changes to a freshly built model (used by :func:`slimkit.load`)."""
+def replay(model: nn.Module, changes: list[dict[str, Any]], where: str, field: str = "changes") -> None:
+    """Apply recorded changes to a freshly built model (used by :func:`slimkit.load`).
+
+    Every record is checked first (:func:`check_change`); ``field`` names the list in errors.
+    """
+    if not isinstance(changes, list):
+        raise ModelFileError(f"{where}: {field} must be a list of changes, got {_short(changes)}")
+    for i, change in enumerate(changes):
+        try:
+            check_change(change, f"{field}[{i}]")
+        except ModelFileError as exc:
+            raise ModelFileError(f"{where}: {exc}") from None
     arch = copy.deepcopy(arch_of(model))
     for i, change in enumerate(changes):
         try:
@@ -220,11 +290,11 @@ def replay(model: nn.Module, changes: list[dict[str, Any]], where: str) -> None:
                 replace_module(model, change["path"], build_module(change["module"]))
             elif change["op"] == "set":
                 set_module_attr(model, change["path"], change["attr"], change["value"])
-            elif change["op"] == "tie":
-                tie_parameter(model, change["path"], change["attr"], change["source"])
             else:
-                raise ModelFileError(f"unknown change {change['op']!r}")
-        except (KeyError, TypeError, SlimkitError) as exc:
-            raise ModelFileError(f"{where}: change {i} ({change}) cannot be replayed: {exc}") from None
+                tie_parameter(model, change["path"], change["attr"], change["source"])
+        except (KeyError, TypeError, ValueError, AttributeError, SlimkitError) as exc:
+            raise ModelFileError(
+                f"{where}: change {i} ({_short(change)}) cannot be replayed: {first_line(exc)}"
+            ) from None
     if arch is not None:
         set_arch(model, {**arch, "changes": list(changes)})

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.graph.ids import UNTRACKED, IdSpace, collapse
 
 
@@ -165,7 +165,7 @@ class DimTracer:
                 self.graph = _Tracer().trace(model)
         except Exception as exc:  # torch.fx raises many types on untraceable Python
             raise SlimkitError(
-                f"cannot trace {type(model).__name__} with torch.fx ({str(exc).splitlines()[0]}); "
+                f"cannot trace {type(model).__name__} with torch.fx ({first_line(exc)}); "
                 "pruning needs a model without data-dependent Python control flow"
             ) from None
         finally:  # fx stores the forward's tensor constants as attributes of the model: keep them here

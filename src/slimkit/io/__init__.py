@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError
+from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
 from slimkit.io.onnx import OnnxModel, dynamic_batch, export_onnx, onnx_agreement, quiet
+from slimkit.io.pt2 import load_program
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 ACCEPTED = "a checkpoint folder, .safetensors (with factory=), .pt2, .onnx, or a pickle (.pt/.pth, trust_pickle=True)"
@@ -52,7 +53,8 @@ def load(
 
     - checkpoint folder: rebuilt from its spec (zoo models need nothing else);
     - ``.safetensors``: weights for ``factory`` (``"package.module:function"``, called with ``kwargs``);
-    - ``.pt2``: a ``torch.export`` program (returned as a module);
+    - ``.pt2``: a ``torch.export`` program (returned as a module that evaluates and exports); an
+      archive that would unpickle (or load compiled code) is refused unless ``trust_pickle=True``;
     - ``.onnx``: an :class:`OnnxModel` run by ONNX Runtime (for evaluation);
     - ``.pt``/``.pth``/...: a ``torch.save`` pickle, refused unless ``trust_pickle=True`` (then
       ``weights_only=True`` is tried first).
@@ -70,11 +72,7 @@ def load(
         load_weights(model, path)
         return model
     if suffix == ".pt2":
-        try:
-            with quiet():
-                return torch.export.load(str(path)).module()
-        except Exception as exc:  # torch.export raises several types for damaged archives
-            raise ModelFileError(f"{path} is not a loadable .pt2 program ({str(exc).splitlines()[0]})") from None
+        return load_program(path, trust_pickle=trust_pickle)
     if suffix == ".onnx":
         return OnnxModel(path)
     if suffix in PICKLE_SUFFIXES:
@@ -94,7 +92,7 @@ def _load_pickle(path: Path, *, factory: str | None, kwargs: dict[str, Any], tru
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ModelFileError(f"{path} is not a readable torch.save file ({exc})") from None
+            raise ModelFileError(f"{path} is not a readable torch.save file ({first_line(exc)})") from None
     if isinstance(obj, nn.Module):
         return obj.eval()
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -104,7 +102,7 @@ def _load_pickle(path: Path, *, factory: str | None, kwargs: dict[str, Any], tru
         try:
             model.load_state_dict(obj)
         except RuntimeError as exc:
-            raise ModelFileError(f"{path} does not fit {factory}: {str(exc).splitlines()[0]}") from None
+            raise ModelFileError(f"{path} does not fit {factory}: {first_line(exc)}") from None
         return model.eval()
     raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a module or a state dict")
 
@@ -129,6 +127,9 @@ def export(model: nn.Module, path: str | Path, example: torch.Tensor | None = No
         else:
             x, dynamic = dynamic_batch(example)
             with eval_mode(model), quiet():
-                program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+                try:
+                    program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+                except Exception as exc:  # torch.export raises many types; name the model and the cause
+                    raise SlimkitError(f"torch.export of {type(model).__name__} failed: {first_line(exc)}") from exc
                 torch.export.save(program, str(tmp))
     return path

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import ModelFileError, ShapeError, SlimkitError, first_line
 from slimkit.core.model import eval_mode
 from slimkit.core.optional import require
 from slimkit.io.transposes import drop_transposes
@@ -54,7 +54,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
         try:
             torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=dynamic)
         except Exception as exc:  # the exporter raises many types; name the model and the cause
-            raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from exc
+            raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {first_line(exc)}") from exc
     onnx = require("onnx", extra="onnx")
     proto = onnx.load(str(path))
     drop_transposes(proto)
@@ -116,7 +116,7 @@ class OnnxModel:
             options.intra_op_num_threads = threads or torch.get_num_threads()
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnx / onnxruntime raise their own exception types
-            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({first_line(exc)})") from None
         self.name = self.path.stem
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)  # ints, or names for dynamic dims
@@ -127,7 +127,16 @@ class OnnxModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and not self._fits(x.shape) and self._fits(x.permute(0, 2, 3, 1).shape):
             x = x.permute(0, 2, 3, 1)  # a channels-last model (e.g. exported from Keras) fed NCHW data
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
+        got = f"shape {tuple(x.shape)} and dtype {str(x.dtype).removeprefix('torch.')}"
+        if not self._fits(x.shape):
+            want = ", ".join(
+                "N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(self.input_shape)
+            )
+            raise ShapeError(f"{self.name} expects inputs of shape ({want}), got {got}")
+        try:
+            out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
+        except Exception as exc:  # ONNX Runtime raises its own types (wrong dtype, a dimension it cannot take)
+            raise ShapeError(f"{self.name} cannot run on inputs of {got}: {first_line(exc)}") from None
         return torch.from_numpy(out)
 
     def _fits(self, shape: torch.Size) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import SlimkitError
 from slimkit.core.optional import require
 
 SUPPORTED = "keras.Sequential and functional keras.Model(inputs, outputs) models"
@@ -62,17 +62,10 @@ def load(path_or_model: str | Path | Any) -> Any:
     Only Sequential and Functional models are accepted; a subclassed model raises a
     :class:`SlimkitError` that names what is supported.
     """
-    keras = keras_module()
     if isinstance(path_or_model, str | Path):
-        path = Path(path_or_model)
-        if path.suffix != ".keras":
-            raise ModelFileError(f"{path}: expected a .keras file (Keras 3 format)")
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such file")
-        try:
-            model = keras.models.load_model(path, compile=False)
-        except Exception as exc:  # keras raises ValueError/TypeError/zipfile errors
-            raise ModelFileError(f"{path}: cannot load this .keras file ({exc})") from exc
+        from slimkit.keras.files import load_file  # lazy: files imports this module
+
+        model = load_file(path_or_model)
     else:
         model = path_or_model
     check_supported(model)

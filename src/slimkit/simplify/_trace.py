@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimkit.core.errors import first_line
 from slimkit.core.model import eval_mode
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # no-ops at inference
@@ -23,7 +24,7 @@ def fx_graph(model: nn.Module) -> tuple[fx.Graph | None, str]:
     try:
         return fx.Tracer().trace(model), ""
     except Exception as exc:  # noqa: BLE001  (any tracing failure means "cannot analyse", reported)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return None, f"torch.fx cannot trace the model ({first[:120]})"
 
 

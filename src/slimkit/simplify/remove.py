@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.model import arch_of, eval_mode, example_input, set_arch
 from slimkit.core.surgery import Skip, build_module, module_spec, replace_module
 from slimkit.core.transform import (
@@ -287,7 +287,7 @@ def _replace_and_repair(
         raise SlimkitError(f"cannot remove {', '.join(targets)}: {exc}") from None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         _restore(model, originals, arch)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SlimkitError(f"cannot remove {', '.join(targets)}: the model no longer runs ({first})") from None
     record.changed += [*targets, *repaired]
     record.details |= {

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.optional import quiet, require
 from slimkit.text.hf import encoder_of
@@ -107,7 +107,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any, 
                 output_names=["sentence_embedding"],
             )
         except Exception as exc:  # the exporter raises many types; name the model and the cause
-            raise SlimkitError(f"ONNX export failed: {str(exc).splitlines()[0]}") from exc
+            raise SlimkitError(f"ONNX export failed: {first_line(exc)}") from exc
         strip_debug_info(tmp)
     return Path(path)
 

@@ -23,7 +23,7 @@ def _check_side(name: str, side: int, input_size: int, minimum: int) -> None:
         raise SlimkitError(f"{name} needs inputs of at least {minimum}x{minimum} pixels, got input_size={input_size}")
 
 
-@register("seed_cnn")
+@register("seed_cnn", limits={"width": (0.001, 1000.0)})
 def seed_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 28, width: float = 1.0) -> nn.Sequential:
     """The design brief's CNN, layer for layer (Keras "valid" convolutions, logits out):
 
@@ -50,7 +50,7 @@ def seed_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 28, 
     )
 
 
-@register("lenet5")
+@register("lenet5", limits={"width": (0.001, 1000.0)})
 def lenet5(in_channels: int = 1, num_classes: int = 10, input_size: int = 28, width: float = 1.0) -> nn.Sequential:
     """LeNet-5 with ReLU and max pooling (padding 2 on the first conv so 28x28 works as 32x32)."""
     side = _conv_out(_conv_out(input_size, 5, padding=2) // 2, 5) // 2  # 28 -> 28 -> 14 -> 10 -> 5

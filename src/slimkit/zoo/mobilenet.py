@@ -62,7 +62,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.dropout(self.flatten(self.pool(self.features(x)))))
 
 
-@register("mobilenet_v2")
+@register("mobilenet_v2", limits={"width": (0.001, 1000.0), "dropout": (0.0, 1.0), "stem_stride": (1, 64)})
 def mobilenet_v2(
     width: float = 1.0, in_channels: int = 3, num_classes: int = 1000, stem_stride: int = 2, dropout: float = 0.2
 ) -> MobileNetV2:

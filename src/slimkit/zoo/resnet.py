@@ -56,7 +56,7 @@ class ResNetCifar(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-@register("resnet_cifar")
+@register("resnet_cifar", limits={"width": (0.001, 1000.0), "depth": (1, 2000)})
 def resnet_cifar(depth: int = 20, width: float = 1.0, in_channels: int = 3, num_classes: int = 10) -> ResNetCifar:
     """ResNet-20/32/56... with a width multiplier; any input size (global average pooling)."""
     return ResNetCifar(depth, width, in_channels, num_classes)

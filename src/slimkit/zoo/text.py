@@ -42,7 +42,7 @@ class TextRNN(nn.Module):
         return self.fc(self.dropout(masked_mean(h, tokens != 0)))
 
 
-@register("text_lstm")
+@register("text_lstm", limits={"dropout": (0.0, 1.0), "layers": (1, 1000)})
 def text_lstm(
     vocab_size: int = 1000,
     num_classes: int = 2,
@@ -129,7 +129,7 @@ class TextTransformer(nn.Module):
         return self.fc(masked_mean(self.norm(x), keep))
 
 
-@register("text_transformer")
+@register("text_transformer", limits={"dropout": (0.0, 1.0), "layers": (0, 1000)})
 def text_transformer(
     vocab_size: int = 1000,
     num_classes: int = 2,
