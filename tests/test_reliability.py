@@ -345,3 +345,29 @@ def test_hostile_recipe_files_are_one_line_errors(tmp_path: Path) -> None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         with pytest.raises(SlimkitError, match=message):
             Recipe.load(path)
+
+
+def test_an_unwritable_output_is_refused_before_any_work(cli, ckpts: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: ANN001
+    if not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc (a folder nobody can create files in, root included)")
+    code, out, err = cli("train", "-m", "resnet_cifar", "-d", "digits", "-o", "/proc/slimkit-run", "--epochs", "1")
+    assert code == 2 and "cannot write /proc/slimkit-run" in err and "epoch" not in out + err  # nothing trained
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = cli("evaluate", ckpts[0], "-d", "digits", "--json", blocker / "eval.json")
+    assert code == 2 and "is not a folder" in err and blocker.read_text() == "x"
+
+
+def test_fusing_the_same_member_twice_and_a_bad_storage_url_are_named(
+    cli,  # noqa: ANN001
+    ckpts: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    code, _, err = cli(
+        "fuse", ckpts[0], ckpts[0].parent / ".." / ckpts[0].parent.name / ckpts[0].name, "-o", tmp_path / "f"
+    )
+    assert code == 2 and "more than once" in err and not (tmp_path / "f").exists()
+    pytest.importorskip("optuna")
+    code, _, err = cli("optimize", ckpts[0], "-d", "digits", "-t", "macs=0.5", "--trials", "1", "--storage",
+                       "nosuchdb://x", "-o", tmp_path / "run")  # fmt: skip
+    assert code == 2 and "cannot open the Optuna storage" in err and not (tmp_path / "run").exists()

@@ -39,7 +39,23 @@ def check_output(path: str | os.PathLike[str], force: bool) -> Path:
             )
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass force=True (CLI: --force) to replace it")
+    _check_writable(path)
     return path
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse now, not after hours of work, an output whose folder cannot be written: a folder is
+    made and removed in the nearest existing ancestor (permission bits alone say nothing for root
+    or on read-only file systems)."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputExistsError(f"cannot write {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".slimkit-probe-", dir=parent))
+    except OSError as exc:
+        raise OutputExistsError(f"cannot write {path}: {parent} is not writable ({exc.strerror})") from None
 
 
 @contextlib.contextmanager

@@ -134,6 +134,10 @@ def fuse_and_save(
         raise SlimkitError(f"unknown fusion method {method!r}; choose one of {', '.join(ALL_METHODS)}")
     if len(checkpoints) < 2:
         raise SlimkitError(f"fusion needs at least 2 checkpoints, got {len(checkpoints)}")
+    resolved = [Path(c).resolve() for c in checkpoints]
+    repeated = sorted({str(c) for c, r in zip(checkpoints, resolved, strict=True) if resolved.count(r) > 1})
+    if repeated:
+        raise SlimkitError(f"{', '.join(repeated)} is given more than once; fusion needs different members")
     if method in ("weighted", "select", "stack", "greedy-soup") and data is None:
         raise SlimkitError(f"method {method!r} is fitted on validation data: pass --data")
     if distill_into is not None and data is None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.files import write_text_atomic
 from slimkit.core.optional import require
 from slimkit.optimize.pipeline import Candidate, Loop, copy_file
@@ -64,14 +64,15 @@ def _storage(url: str, attempts: int = 5) -> Any:
     tables, so creation is retried."""
     from optuna.storages import RDBStorage
 
-    if not url.startswith(("sqlite", "postgresql", "mysql")):
-        return url
     for attempt in range(attempts):
         try:
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
         except Exception as exc:  # sqlalchemy's OperationalError / IntegrityError while another worker creates it
-            if attempt == attempts - 1:
-                raise SlimkitError(f"cannot open the Optuna storage {url}: {exc}".splitlines()[0]) from None
+            if attempt == attempts - 1 or not url.startswith("sqlite"):  # (other databases create atomically)
+                raise SlimkitError(
+                    f"cannot open the Optuna storage {url}: {first_line(exc)}; give a database URL "
+                    "such as sqlite:///study.db or postgresql://host/db"
+                ) from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
