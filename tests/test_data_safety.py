@@ -261,7 +261,9 @@ PEAK_SCRIPT = textwrap.dedent(
         outcome = "loaded " + repr(data)
     except DataError as exc:
         outcome = "DataError: " + str(exc)
-    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it can hold the (larger) parent's peak
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    grew = (hwm - before) / 1024
     print(json.dumps({"outcome": outcome, "grew_mb": grew}))
     """
 )

@@ -325,7 +325,9 @@ import slimkit as sk
 status = open("/proc/self/status").read()
 vm = int(next(line for line in status.splitlines() if line.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))  # hostile sizes fail fast
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # peak resident kB of this process (ru_maxrss would keep the parent's peak across exec)
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM:")).split()[1])
+base = hwm()
 out = {}
 for path in sys.argv[1:]:
     try:
@@ -335,7 +337,7 @@ for path in sys.argv[1:]:
         out[path] = "ModelFileError: " + str(exc)
     except BaseException as exc:
         out[path] = type(exc).__name__ + ": " + str(exc)[:200]
-out["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+out["peak_mb"] = (hwm() - base) / 1024
 print(json.dumps(out))
 """
 

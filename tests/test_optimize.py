@@ -443,7 +443,7 @@ def test_report_opens_in_headless_chromium(small_cnn: torch.nn.Module, mini: sk.
 def test_a_run_without_output_folder_leaves_no_files_behind() -> None:
     # optimize(..., output=None) works in a temporary folder (the result's int8 file lives there):
     # it must be gone once the process exits
-    code = "from slimkit.optimize.run import _prepare_output; p, temp = _prepare_output(None, False, False); "
-    code += "(p / 'model.int8.onnx').write_bytes(b'x'); print(p, temp)"
+    code = "from slimkit.optimize.run import run_folder\nwith run_folder(None, resume=False, force=False, manifest={}) "
+    code += "as (p, temp):\n    (p / 'model.int8.onnx').write_bytes(b'x')\nprint(p, temp)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "True" and out[0] and not Path(out[0]).exists()
