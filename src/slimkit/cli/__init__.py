@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 
 app = typer.Typer(
     name="slimkit",
@@ -51,11 +51,28 @@ def main() -> None:
         typer.secho("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
+        if _raised_by_a_layer(exc):  # a layer refused its input: the data does not fit the model
+            _fail(f"the model cannot run on this input ({first_line(exc)[:300]}); check that the data's shape "
+                  "and dtype match what the model was built for", 2)  # fmt: skip
         if os.environ.get("SLIMKIT_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _fail(f"internal error ({type(exc).__name__}: {message[:300]}); this is a bug in slimkit, please report it "
               "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)", 1)  # fmt: skip
+
+
+def _raised_by_a_layer(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch refusing a layer's input (a shape or dtype that does not fit), raised
+    inside ``torch.nn`` while a model ran."""
+    if not isinstance(exc, RuntimeError | ValueError | TypeError | IndexError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+        if "/torch/nn/modules/" in name or name.endswith("/torch/nn/functional.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _fail(message: str, code: int, limit: int = 600) -> None:

@@ -36,6 +36,7 @@ import dataclasses
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 
 from slimkit.compress.onnxgraph import mac_shares, pad_conv_inputs, quantizable_nodes
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
 from slimkit.core.optional import quiet, require
@@ -238,20 +239,21 @@ class _Quantizer:
                     "percentile": q.CalibrationMethod.Percentile,
                 }[cfg.calibration]
                 self.reader.rewind()
-                q.quantize_static(
-                    self.fp32,
-                    out,
-                    self.reader,
-                    quant_format=q.QuantFormat.QDQ,
-                    per_channel=self.per_channel,
-                    reduce_range=self.reduce_range,
-                    activation_type=q.QuantType.QUInt8,
-                    weight_type=q.QuantType.QInt8,
-                    nodes_to_exclude=exclude,
-                    calibrate_method=method,
-                    calibration_cache_path=self.cache,
-                    extra_options={"CalibPercentile": cfg.percentile, "WeightSymmetric": True},
-                )
+                with _calibration_errors(cfg.calibration):
+                    q.quantize_static(
+                        self.fp32,
+                        out,
+                        self.reader,
+                        quant_format=q.QuantFormat.QDQ,
+                        per_channel=self.per_channel,
+                        reduce_range=self.reduce_range,
+                        activation_type=q.QuantType.QUInt8,
+                        weight_type=q.QuantType.QInt8,
+                        nodes_to_exclude=exclude,
+                        calibrate_method=method,
+                        calibration_cache_path=self.cache,
+                        extra_options={"CalibPercentile": cfg.percentile, "WeightSymmetric": True},
+                    )
         drop_zero_bias_offsets(out)
         if cfg.strip_metadata:
             strip_debug_info(out, rename=True)
@@ -467,3 +469,15 @@ def quantize_dynamic_torch(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).eval(), set(layers), dtype=torch.qint8)
+
+
+@contextlib.contextmanager
+def _calibration_errors(method: str) -> Iterator[None]:
+    """ONNX Runtime's calibrators fail on some models and data with their own errors: one line instead."""
+    try:
+        yield
+    except (ValueError, RuntimeError, IndexError, TypeError) as exc:
+        raise SlimkitError(
+            f"ONNX Runtime's {method} calibration failed on this model ({first_line(exc)}); "
+            "try another --calibration (minmax is the most robust) or --mode dynamic"
+        ) from None

@@ -29,7 +29,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: i
         "recall": float(recall),
         "f1": float(f1),
     }
-    if num_classes == 2 and len(np.unique(labels)) == 2:
+    if num_classes == 2 and probs.shape[1] == 2 and len(np.unique(labels)) == 2:
         metrics["auc"] = float(roc_auc_score(labels, probs[:, 1]))
         metrics["log_loss"] = float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=classes))
     return metrics, confusion_matrix(labels, pred, labels=classes).tolist()

@@ -121,6 +121,7 @@ MAX_DEPTH = 64  # JSON nesting in spec.json
 MAX_KWARGS_DEPTH = 32  # JSON nesting in a factory's arguments
 MAX_ITEMS = 1_000_000  # values in spec.json, or in a factory's arguments
 MAX_STR = 1_000_000  # characters in one string
+MAX_INPUT_ELEMENTS = 1 << 26  # values in one input sample (a 4096 x 4096 x 4 image)
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
@@ -229,9 +230,14 @@ def check_arch(arch: Any, where: str, field: str = "arch") -> None:
         want = arch["input"]
         if not isinstance(want, dict):
             raise ModelFileError(f"{where}: {field}.input must be an object with shape and dtype, got {_short(want)}")
-        if not _is_shape(want.get("shape"), low=1):
+        if not _is_shape(want.get("shape"), low=1) or not 1 <= len(want["shape"]) <= 8:
             raise ModelFileError(
-                f"{where}: {field}.input.shape must be a list of positive sizes, got {_short(want.get('shape'))}"
+                f"{where}: {field}.input.shape must be a list of 1 to 8 positive sizes, got {_short(want.get('shape'))}"
+            )
+        if math.prod(want["shape"]) > MAX_INPUT_ELEMENTS:
+            raise ModelFileError(
+                f"{where}: {field}.input.shape {want['shape']} is {math.prod(want['shape']):,} values per sample, "
+                f"more than {MAX_INPUT_ELEMENTS:,}; the spec is damaged, save the model again"
             )
         if want.get("dtype") not in DTYPES:
             raise ModelFileError(

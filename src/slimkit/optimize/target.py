@@ -168,6 +168,8 @@ def _number(text: str, units: dict[str, float], what: str) -> tuple[float, str]:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*|%)\s*", text.lower())
     if not m or m.group(2) not in units:
         raise SlimkitError(f"cannot read {what} {text!r}; examples: 0.25 (share), 1.5M, 300KB, 2ms")
+    if not math.isfinite(float(m.group(1)) * units[m.group(2)]):
+        raise SlimkitError(f"{what} {text!r} is too large to be a limit")
     return float(m.group(1)) * units[m.group(2)], m.group(2)
 
 
