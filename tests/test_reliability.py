@@ -371,3 +371,18 @@ def test_fusing_the_same_member_twice_and_a_bad_storage_url_are_named(
     code, _, err = cli("optimize", ckpts[0], "-d", "digits", "-t", "macs=0.5", "--trials", "1", "--storage",
                        "nosuchdb://x", "-o", tmp_path / "run")  # fmt: skip
     assert code == 2 and "cannot open the Optuna storage" in err and not (tmp_path / "run").exists()
+
+
+def test_force_replaces_a_file_by_a_folder_and_a_folder_by_a_file(tmp_path: Path) -> None:
+    from slimkit.core.files import atomic_path
+
+    out = tmp_path / "out"
+    out.write_text("a file")
+    with atomic_path(out, force=True) as tmp:
+        tmp.mkdir()
+        (tmp / "x").write_text("in a folder")
+    assert (out / "x").read_text() == "in a folder"
+    with atomic_path(out, force=True) as tmp:
+        tmp.write_text("a file again")
+    assert out.read_text() == "a file again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

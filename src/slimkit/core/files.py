@@ -70,9 +70,8 @@ def atomic_path(path: str | os.PathLike[str], *, force: bool = False) -> Iterato
     target = tmp / path.name
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            old = tmp / ".old"
-            os.replace(path, old)  # folders cannot be replaced in one call: swap, then delete
+        if path.exists() and (path.is_dir() or target.is_dir()):
+            os.replace(path, tmp / ".old")  # a folder (or a file by a folder) is not replaced in one call
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
