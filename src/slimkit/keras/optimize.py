@@ -464,13 +464,9 @@ def optimize(
         result = _finish(loop, best, recipe, notes, started, None if temporary else workdir, log)
         if not temporary:
             result.save(workdir, force=True, html=html)
-            if result.int8_path is not None:
-                result.int8_path = workdir / "model.int8.onnx"
             shutil.rmtree(scratch, ignore_errors=True)
     if not temporary:  # the folder may have been built aside and swapped in: point at its final place
-        result.output = Path(output)  # type: ignore[arg-type]
-        if result.int8_path is not None:
-            result.int8_path = result.output / "model.int8.onnx"
+        result.placed_in(Path(output))  # type: ignore[arg-type]
         log(f"saved {output}")
     return result
 

@@ -120,6 +120,12 @@ class OptimizeResult:
             write_html(self, path / "report.html")
         return path
 
+    def placed_in(self, folder: Path) -> None:
+        """Point the result at its run folder's final place (the saved int8 file lives there)."""
+        self.output = folder
+        if self.int8_path is not None:
+            self.int8_path = folder / "model.int8.onnx"
+
     def _save_model(self, path: Path) -> None:
         """The optimized model's own files in ``path``: ``checkpoint/`` and ``model.onnx``."""
         from slimkit.io import export, save
@@ -342,9 +348,7 @@ def optimize(
                       trials=trials, storage=storage, study_name=study_name, resume=resume, seed=seed,
                       progress=progress, html=html, started=started, log=log)  # fmt: skip
     if not temporary:  # the folder may have been built aside and swapped in: point at its final place
-        result.output = Path(output)  # type: ignore[arg-type]
-        if result.int8_path is not None:
-            result.int8_path = result.output / "model.int8.onnx"
+        result.placed_in(Path(output))  # type: ignore[arg-type]
         log(f"saved {output}")
     return result
 
@@ -403,8 +407,6 @@ def _run(model: nn.Module, data: Any, target: Target, recipe: Any, workdir: Path
     result = _finish(loop, best, recipe, notes, trial_rows, started, workdir if not temporary else None, log)
     if not temporary:
         result.save(workdir, force=True, html=html)
-        if result.int8_path is not None:
-            result.int8_path = workdir / "model.int8.onnx"
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(workdir / "progress", ignore_errors=True)  # the run is complete: nothing to resume
     return result
