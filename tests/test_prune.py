@@ -14,10 +14,9 @@ from torch import nn
 import slimkit as sk
 from slimkit.core.errors import SlimkitError
 from slimkit.evaluate import count_macs, count_params
-from slimkit.graph import analyze
+from slimkit.graph import analyze, pruner_for
 from slimkit.io import onnx_agreement
 from slimkit.prune import ChannelPruneConfig, prune_channels
-from slimkit.prune.slices import slot_matrix
 from tests.conftest import zoo_example
 
 
@@ -293,8 +292,8 @@ def test_protected_layers_and_skipped_reasons() -> None:
             return self.fc(self.b(h, h))
 
     record = prune_channels(Unsupported().eval(), ChannelPruneConfig(ratio=0.5), torch.rand(2, 4))
-    assert record.skipped["b"] == "Bilinear layers are not supported by the pruner"
-    assert "layer b of type Bilinear" in record.skipped["a"]  # its output feeds the unknown layer: left alone
+    assert "cannot analyse: bilinear in b" in record.skipped["b"]
+    assert "bilinear in b" in record.skipped["a"]  # its output feeds the unknown layer: left alone
 
 
 def test_math_on_traced_sizes_still_prunes() -> None:
@@ -378,7 +377,7 @@ def test_bad_configs() -> None:
 
 def test_slot_rows_cover_lstm_gates() -> None:
     lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
-    rows = slot_matrix(lstm, "hidden", lambda p: p.detach())
+    rows = pruner_for(lstm).rows(lstm, "hidden", lambda p: p.detach())
     # per layer and direction: 4 gates x (in + 6 + 2 biases) + 6 recurrent columns (+ 4*6*2 inputs for layer 2)
     per_unit = 2 * (4 * (4 + 6 + 2) + 4 * 6) + 2 * (4 * (12 + 6 + 2) + 4 * 6 + 2 * 4 * 6)
     assert rows.shape == (6, per_unit)

@@ -79,3 +79,55 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
         reason = first_line(exc)
         raise ShapeError(f"{model_name(model)} cannot run on inputs of {got}: {reason}") from None
+
+
+SNAPSHOT_CLONE_BYTES = 512 * 2**20  # parameters up to this size are copied (restored even if changed in place)
+
+
+class Snapshot:
+    """Everything a transform may change about a model, to put it back exactly: every module's
+    attributes, parameters, buffers and children (by reference, since transforms replace rather
+    than edit them), copies of the buffers, and copies of the parameters when the model is small.
+    Parameters of larger models are checked instead: one changed in place cannot be restored."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = [
+            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules),
+             set(m._non_persistent_buffers_set))
+            for m in _all_modules(model)
+        ]  # fmt: skip
+        params = {id(p): p for m, *_ in self.modules for p in m._parameters.values() if p is not None}
+        buffers = {id(b): b for m, *_ in self.modules for b in m._buffers.values() if b is not None}
+        small = sum(p.numel() * p.element_size() for p in params.values()) <= SNAPSHOT_CLONE_BYTES
+        self.tensors = [(t, t._version, t.detach().clone() if small or id(t) in buffers else None)
+                        for t in [*params.values(), *buffers.values()]]  # fmt: skip
+
+    def restore(self) -> None:
+        for m, attrs, params, buffers, children, non_persistent in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            m.__dict__.update(_parameters=dict(params), _buffers=dict(buffers), _modules=dict(children))
+            m.__dict__["_non_persistent_buffers_set"] = set(non_persistent)
+        for t, version, copy in self.tensors:
+            if t._version != version:
+                if copy is None:
+                    raise RuntimeError("a failed transform changed weights in place and they cannot be restored")
+                with torch.no_grad():
+                    t.copy_(copy)
+
+
+def _all_modules(model: nn.Module) -> list[nn.Module]:
+    return list({id(m): m for _, m in model.named_modules(remove_duplicate=False)}.values())
+
+
+@contextlib.contextmanager
+def transaction(model: nn.Module) -> Iterator[Snapshot]:
+    """Run a block that changes ``model`` in place; if it raises, the model is put back exactly as it
+    was (same classes, attributes, parameter and buffer objects and values) before the error propagates."""
+    snap = Snapshot(model)
+    try:
+        yield snap
+    except BaseException:
+        snap.restore()
+        raise

@@ -24,6 +24,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from slimkit.core.errors import ModelFileError, SlimkitError, first_line
@@ -199,9 +200,9 @@ def check_change(change: Any, field: str = "change") -> None:
     if not isinstance(change, dict):
         raise ModelFileError(f"{field} must be an object with an 'op', got {_short(change)}")
     op = change.get("op")
-    needs = {"replace": ("path",), "set": ("path", "attr"), "tie": ("path", "attr", "source")}
+    needs = {"replace": ("path",), "set": ("path", "attr"), "tie": ("path", "attr", "source"), "resize": ("path",)}
     if not isinstance(op, str) or op not in needs:
-        raise ModelFileError(f"{field}.op must be 'replace', 'set' or 'tie', got {_short(op)}")
+        raise ModelFileError(f"{field}.op must be 'replace', 'set', 'tie' or 'resize', got {_short(op)}")
     for key in needs[op]:
         if not isinstance(change.get(key), str):
             raise ModelFileError(f"{field}.{key} must be a string, got {_short(change.get(key))}")
@@ -209,10 +210,37 @@ def check_change(change: Any, field: str = "change") -> None:
         if not change["path"]:
             raise ModelFileError(f"{field}.path must name a submodule, got ''")
         check_module_spec(change.get("module"), f"{field}.module")
+    if op == "resize":
+        _check_resize(change, field)
     if op in ("set", "tie") and (not change["attr"].isidentifier() or change["attr"].startswith("_")):
         raise ModelFileError(f"{field}.attr must be a public attribute name, got {_short(change['attr'])}")
     if op == "set" and (change.get("value") is None or not isinstance(change["value"], _PLAIN)):
         raise ModelFileError(f"{field}.value must be a number, boolean or string, got {_short(change.get('value'))}")
+
+
+MAX_RESIZE_ELEMENTS = 2**34  # elements of one resized tensor (the file's own tensors are checked again on load)
+
+
+def _check_resize(change: dict[str, Any], field: str) -> None:
+    for key in ("shapes", "attrs"):
+        value = change.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise ModelFileError(f"{field}.{key} must be an object keyed by attribute names, got {_short(value)}")
+    for attr, shape in change.get("shapes", {}).items():
+        ok = isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        if not ok or len(shape) > 8 or _numel(shape) > MAX_RESIZE_ELEMENTS:
+            raise ModelFileError(f"{field}.shapes.{attr} must be a list of at most 8 sizes, got {_short(shape)}")
+    for attr, value in change.get("attrs", {}).items():
+        items = value if isinstance(value, list) else [value]
+        if attr.startswith("_") or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items):
+            raise ModelFileError(f"{field}.attrs.{attr} must be a size (an integer or a list of them)")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def _short(value: Any) -> str:
@@ -271,6 +299,49 @@ def tie_parameter(model: nn.Module, path: str, attr: str, source: str) -> None:
     _record(model, {"op": "tie", "path": path, "attr": attr, "source": source})
 
 
+def resize_module(
+    model: nn.Module, path: str, tensors: dict[str, torch.Tensor], attrs: dict[str, Any] | None = None
+) -> None:
+    """Give layer ``path`` new parameters / buffers (by attribute name) and size attributes, and record
+    the new shapes: the layer keeps its class, so any layer type can be resized and reloaded."""
+    module = model.get_submodule(path) if path else model
+    attrs = dict(attrs or {})
+    for attr in attrs:
+        old = getattr(module, attr, None)
+        if not isinstance(old, int | tuple | list) or isinstance(old, bool):
+            raise SlimkitError(f"{path or 'model'}.{attr} is not a size attribute (found {type(old).__name__})")
+    for attr, t in tensors.items():
+        if attr in module._parameters:
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(t, requires_grad=old.requires_grad if old is not None else True)
+        elif attr in module._buffers:
+            module._buffers[attr] = t
+        else:
+            raise SlimkitError(f"{path or 'model'} has no parameter or buffer {attr!r}")
+    for attr, value in attrs.items():
+        setattr(module, attr, type(getattr(module, attr))(value) if isinstance(value, list | tuple) else value)
+    _record(
+        model,
+        {
+            "op": "resize",
+            "path": path,
+            "shapes": {a: list(t.shape) for a, t in tensors.items()},
+            "attrs": {a: list(v) if isinstance(v, tuple | list) else v for a, v in attrs.items()},
+        },
+    )
+
+
+def _replay_resize(model: nn.Module, change: dict[str, Any]) -> None:
+    module = model.get_submodule(change["path"]) if change["path"] else model
+    tensors = {}
+    for attr, shape in change.get("shapes", {}).items():
+        old = module._parameters.get(attr, module._buffers.get(attr))
+        if old is None:
+            raise SlimkitError(f"{change['path']} has no parameter or buffer {attr!r}")
+        tensors[attr] = torch.empty(shape, dtype=old.dtype, device=old.device)
+    resize_module(model, change["path"], tensors, change.get("attrs", {}))
+
+
 def replay(model: nn.Module, changes: list[dict[str, Any]], where: str, field: str = "changes") -> None:
     """Apply recorded changes to a freshly built model (used by :func:`slimkit.load`).
 
@@ -288,6 +359,8 @@ def replay(model: nn.Module, changes: list[dict[str, Any]], where: str, field: s
         try:
             if change["op"] == "replace":
                 replace_module(model, change["path"], build_module(change["module"]))
+            elif change["op"] == "resize":
+                _replay_resize(model, change)
             elif change["op"] == "set":
                 set_module_attr(model, change["path"], change["attr"], change["value"])
             else:

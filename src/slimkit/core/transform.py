@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError, UnknownNameError
+from slimkit.core.model import transaction
 from slimkit.core.registry import Registry
 
 C = TypeVar("C", bound="Config")
@@ -143,11 +144,15 @@ class TransformRecord:
 
 
 def apply_(model: nn.Module, config: Config, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """Apply ``config`` to ``model`` in place and return the model (records: :func:`records`)."""
+    """Apply ``config`` to ``model`` in place and return the model (records: :func:`records`).
+
+    A transform either succeeds or raises and leaves ``model`` exactly as it was.
+    """
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise UnknownNameError(f"no transform is registered for {type(config).__name__}")
-    add_record(model, handler(model, config, example_inputs))
+    with transaction(model):  # a transform that fails leaves the model exactly as it was
+        add_record(model, handler(model, config, example_inputs))
     return model
 
 

@@ -8,7 +8,7 @@
 >>> print(g.skipped["fc2"])
 feeds the model output (its size is part of the model's interface)
 
-The model is traced with ``torch.fx`` and run once on ``example`` while every tensor carries a
+The model is run once on ``example`` (its forward as written) while every tensor carries a
 tensor of *dimension ids* (see :mod:`slimkit.graph.trace`). Indices tied by any op (a conv reading
 a BatchNorm's output, a residual add, a concatenation, a flatten feeding a Linear, the dot products
 of a recommender's embedding tables) end up in one connected component: a *unit* that is removed
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +29,21 @@ from torch import nn
 from slimkit.core.model import eval_mode
 from slimkit.core.transform import select
 from slimkit.graph.ids import IdSpace
-from slimkit.graph.trace import DimTracer, Slot, is_attention_block
+from slimkit.graph.layers import LayerPruner, ParamLayout, is_attention_block, pruner_for, register_pruner
+from slimkit.graph.trace import DimTracer, Slot
 
-__all__ = ["DependencyGraph", "Group", "Slot", "analyze", "is_attention_block"]
+__all__ = [
+    "DependencyGraph",
+    "Group",
+    "LayerPruner",
+    "ParamLayout",
+    "Slot",
+    "analyze",
+    "first_sample",
+    "is_attention_block",
+    "pruner_for",
+    "register_pruner",
+]
 
 
 @dataclasses.dataclass
@@ -91,15 +104,27 @@ class DependencyGraph:
         return None
 
 
-def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None = None) -> DependencyGraph:
-    """Find the coupled prunable dimensions of ``model`` by tracing it on ``example`` (a batch).
+def first_sample(example: Any) -> Any:
+    """The first sample of a batch: a tensor, or a tuple / dict of tensors (every tensor cut to one row)."""
+    if isinstance(example, torch.Tensor):
+        return example[:1] if example.dim() else example
+    if isinstance(example, dict):
+        return {k: first_sample(v) for k, v in example.items()}
+    if isinstance(example, tuple | list):
+        return type(example)(first_sample(v) for v in example)
+    return example
+
+
+def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) -> DependencyGraph:
+    """Find the coupled prunable dimensions of ``model`` by running it on ``example`` (a batch: a
+    tensor, a tuple of positional inputs or a dict of keyword inputs).
 
     ``protected`` layers (names or ``re:`` patterns) keep all their dimensions.
     """
     space = IdSpace()
     tracer = DimTracer(model, space)
     with eval_mode(model):
-        tracer.run(example[:1])
+        tracer.run(first_sample(example))
     shared = tracer.tie_shared_parameters()
     for name in select(model, protected) if protected else []:
         tracer.block_module(name, "protected by the user")
@@ -122,6 +147,12 @@ def analyze(model: nn.Module, example: torch.Tensor, protected: list[str] | None
     groups.sort(key=lambda g: min(int(s.ids[0]) for s in g.slots))
 
     skipped: dict[str, str] = dict(tracer.unsupported)
+    noted = {int(labels[i]): why for i, why in space.notes.items()}
+    for g in groups:  # one indivisible unit: nothing can be removed
+        if len(g) == 1 and any(len(idx) > 1 for idx in g.index):
+            label = int(labels[int(g.slots[0].ids[g.index[0][0]])])
+            producer = next(s.module for s in g.slots if s.producer)
+            skipped.setdefault(producer, noted.get(label, "its units cannot be split"))
     no_producer = "no layer produces this dimension (it is read from the model input)"
     for k, slot in enumerate(slots):
         comps = comp[bounds[k] : bounds[k + 1]]

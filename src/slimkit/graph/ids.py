@@ -27,6 +27,7 @@ class IdSpace:
         self._a: list[np.ndarray] = []
         self._b: list[np.ndarray] = []
         self.reasons: dict[int, str] = {}  # blocker id -> why its component cannot be pruned
+        self.notes: dict[int, str] = {}  # an id -> why its component was made one indivisible unit
 
     def alloc(self, n: int) -> torch.Tensor:
         ids = torch.arange(self.size, self.size + n)
@@ -55,6 +56,13 @@ class IdSpace:
             blocker = int(self.alloc(1)[0])
             self.reasons[blocker] = reason
             self.unify(tracked, torch.full_like(tracked, blocker))
+
+    def note(self, ids: torch.Tensor, reason: str) -> None:
+        """Remember why the component of ``ids`` was tied into one unit (reported if that empties a group)."""
+        (ids,) = collapse(ids)
+        first = ids[ids >= 0]
+        if len(first):
+            self.notes.setdefault(int(first[0]), reason)
 
     def components(self) -> np.ndarray:
         """Component label of every id (ids with one label are one component)."""

@@ -1,25 +1,34 @@
-"""Trace a model with ``torch.fx`` and propagate dimension ids through every op.
+"""Run a model once on a real example and propagate dimension ids through every torch operation.
 
-Each tensor in the traced graph is paired with an id tensor of the same shape. Layers with
-weights own *slots* (``conv.out``, ``conv.in``, ``bn.feat``...), each a range of ids; data-movement
-ops (view, flatten, cat, transpose, indexing) are replayed on the id tensors; element-wise ops tie
-their operands' ids; anything the rules cannot prove safe blocks the ids it touches, with a reason.
+The forward pass runs as written (Python shape and dtype checks simply run) under a
+``TorchFunctionMode`` that sees each torch function and tensor method with its real arguments.
+Every tensor is paired with an id tensor of its shape. Parameters are recognised by identity and
+mapped to their layer's *slots* (``fc.out``, ``conv.in``, ``norm.feat``...) through the layer
+registry (:mod:`slimkit.graph.layers`); data-movement ops (view, transpose, cat, indexing) are
+replayed on the ids; element-wise ops tie their operands' ids; a dimension that must stay whole
+(an attention head sliced by a rotary embedding, a head size fixed in a reshape) has its indices
+tied into one unit; anything the rules cannot prove safe blocks the ids it touches, with a reason.
+Layers whose pruner is a *leaf* (recurrent layers, slimkit's attention blocks) are not looked into.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import operator
+import itertools
+import traceback
+import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.graph.ids import UNTRACKED, IdSpace, collapse
+from slimkit.graph.layers import ConvPruner, is_attention_block, pruner_for
+
+__all__ = ["DimTracer", "Slot", "call_model", "channel_ids", "flat_tensors", "is_attention_block", "untracked"]
 
 
 @dataclasses.dataclass
@@ -27,129 +36,127 @@ class Slot:
     """One prunable dimension of one layer: ``ids[i]`` is the id of index ``i``."""
 
     module: str
-    kind: str  # out, in, ch (depthwise in = out), feat (norms), dim (embedding), hidden, heads
+    kind: str  # out, in, ch (depthwise in = out), feat (norms), dim (embedding), hidden, heads, weight.0...
     size: int
     ids: torch.Tensor
     producer: bool  # removing an index here removes a produced feature (not just a read one)
 
 
-def is_attention_block(m: nn.Module) -> bool:
-    """Attention written with separate q/k/v/out ``nn.Linear`` projections and an int ``heads``."""
-    return all(isinstance(getattr(m, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj")) and (
-        isinstance(getattr(m, "heads", None), int)
-    )
+_POINTWISE = set(
+    "relu relu_ relu6 gelu silu sigmoid tanh softmax log_softmax dropout dropout1d dropout2d dropout3d "
+    "alpha_dropout feature_alpha_dropout leaky_relu elu selu celu hardswish hardsigmoid hardtanh mish "
+    "softplus softsign exp log neg abs sqrt rsqrt square reciprocal sign erf sin cos clamp clamp_ "
+    "clamp_min clamp_max clip float half double bfloat16 to type type_as detach contiguous clone "
+    "logical_not bool long int nan_to_num __neg__ __invert__ __abs__ tanh_ sigmoid_ exp_ requires_grad_ "
+    "cpu cuda silu_ gelu_ normalize sqrt_ rsqrt_ threshold softmin log_sigmoid logsigmoid tanhshrink "
+    "hardshrink softshrink round floor ceil trunc isnan isinf isfinite erfc expm1 log1p".split()
+)
+_BINARY = set(
+    "add sub mul div true_divide floor_divide maximum minimum where eq ne gt lt ge le logical_and "
+    "logical_or pow masked_fill masked_fill_ add_ sub_ mul_ div_ fmod remainder lerp addcmul addcdiv "
+    "copysign atan2 bitwise_and bitwise_or rsub __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ "
+    "__mul__ __rmul__ __imul__ __truediv__ __rtruediv__ __itruediv__ __floordiv__ __rfloordiv__ __pow__ "
+    "__rpow__ __and__ __or__ __xor__ __eq__ __ne__ __gt__ __lt__ __ge__ __le__ __mod__ __iand__ __ior__".split()
+)
+_MOVES = set(
+    "flatten transpose swapaxes swapdims permute unsqueeze squeeze expand expand_as t view reshape "
+    "view_as reshape_as unflatten movedim moveaxis cat concat concatenate stack T mT flip roll".split()
+)
+_REDUCE = set("sum mean amax amin any all norm logsumexp std var prod max min nansum nanmean".split())
+_SPLITS = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
+_INDEXING = {"__getitem__", "narrow", "select", "index_select", "gather", "take_along_dim"}
+_PER_CHANNEL = set(
+    "avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d adaptive_avg_pool1d "
+    "adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d interpolate upsample "
+    "lp_pool2d max_pool1d_with_indices max_pool2d_with_indices".split()
+)
+_UNTRACKED_RESULTS = set(
+    "size dim numel shape dtype device is_floating_point is_contiguous ndim ndimension arange zeros ones "
+    "full empty eye tensor as_tensor zeros_like ones_like full_like empty_like rand randn randint "
+    "rand_like randn_like triu_indices tril_indices linspace requires_grad is_leaf grad_fn data_ptr "
+    "element_size stride storage_offset item tolist __len__ __bool__ __int__ __float__ __index__ "
+    "__format__ __repr__ __hash__ get_device is_cuda layout names is_sparse is_quantized is_meta "
+    "is_nested __array__ numpy __reduce_ex__ __deepcopy__ has_names is_complex _version output_nr "
+    "is_inference argmax argmin count_nonzero __contains__ __iter__ untyped_storage get_default_dtype is_grad_enabled "
+    "is_autocast_enabled triu tril".split()
+)
 
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Hardsigmoid,
-    nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax,
-)  # fmt: skip
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveMaxPool2d)  # fmt: skip
-_POINTWISE_FUNCS = {
-    F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.softmax, F.log_softmax, F.dropout, F.leaky_relu, F.elu,
-    F.hardswish, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.neg, torch.abs, torch.sqrt, torch.rsqrt,
-    torch.softmax, torch.clamp, operator.neg, operator.invert, torch.logical_not,
-}  # fmt: skip
-_POINTWISE_METHODS = {
-    "relu", "sigmoid", "tanh", "softmax", "log_softmax", "exp", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_min",
-    "clamp_max", "float", "half", "double", "to", "type_as", "detach", "contiguous", "clone", "pow", "masked_fill",
-    "logical_not", "bool", "long", "int",
-}  # fmt: skip
-_BINARY = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.and_, operator.or_, operator.ne,
-    operator.eq, operator.gt, operator.lt, operator.ge, operator.le, operator.pow, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
-}  # fmt: skip
-_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "maximum", "minimum", "eq", "ne", "gt", "lt"}
-_MOVES_FUNCS = {torch.flatten, torch.transpose, torch.permute, torch.unsqueeze, torch.squeeze, torch.cat, torch.stack,
-                torch.concat, torch.t}  # fmt: skip
-_MOVES_METHODS = {"flatten", "transpose", "permute", "unsqueeze", "squeeze", "expand", "expand_as", "t", "view",
-                  "reshape", "view_as", "reshape_as", "repeat"}  # fmt: skip
-_REDUCE_METHODS = {"sum", "mean", "amax", "amin", "any", "all", "norm", "logsumexp"}
-_REDUCE_FUNCS = {torch.sum, torch.mean, torch.amax, torch.amin, torch.any, torch.all, torch.logsumexp}
-_FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.triu_indices, torch.tril_indices, torch.eye,
-              torch.zeros_like, torch.ones_like, torch.rand, torch.randn, torch.tensor}  # fmt: skip
-
-
-# blocks with a rule of their own (PyTorch's transformer layers branch on tensors, so fx cannot trace them)
-_RULE_BLOCKS = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer)
-
-
-_PLAIN = (int, float, bool, str, type(None))
-
-
-class _Tracer(fx.Tracer):
-    """Traces into every module with children (torch.nn containers like TransformerEncoder
-    included), except the blocks that have a rule of their own.
-
-    ``math_on_proxies=False`` skips fx's wrapping of the ``math`` module (56 functions patched and
-    restored per trace, ~10% of tracing a small model); models that apply ``math`` functions to
-    traced values need it, so tracing falls back to it on failure."""
-
-    def __init__(self, math_on_proxies: bool = True) -> None:
-        super().__init__(autowrap_modules=(math,) if math_on_proxies else ())
-
-    def create_arg(self, a: Any) -> Any:
-        """fx's own, with the common cases first (it runs ~20 type checks per argument)."""
-        if type(a) in _PLAIN:
-            return a
-        if isinstance(a, fx.Proxy):
-            return a.node
-        if type(a) in (tuple, list):
-            return type(a)(self.create_arg(x) for x in a)
-        return super().create_arg(a)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if is_attention_block(m) or isinstance(m, _RULE_BLOCKS):
-            return True
-        return not any(True for _ in m.children()) and m.__module__.startswith("torch.nn")
+def _name(func: Any) -> str:
+    name = getattr(func, "__name__", None)
+    if name == "__get__":  # a property of Tensor (shape, T, mT, dtype...)
+        name = getattr(getattr(func, "__self__", None), "__name__", "__get__")
+    return name or str(func)
 
 
 def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _untracked(value: Any) -> Any:
+def untracked(value: Any) -> Any:
+    """Ids for a value that carries no prunable dimension."""
     if _is_tensor(value):
-        return torch.full(value.shape, UNTRACKED, dtype=torch.long)
+        return torch.full((), UNTRACKED, dtype=torch.long).expand(value.shape)
     if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
-        return type(value)(_untracked(v) for v in value)
+        return tuple(untracked(v) for v in value)
     return None
 
 
-def _channel_ids(ids: torch.Tensor, dim: int, shape: torch.Size) -> torch.Tensor:
+def channel_ids(ids: torch.Tensor, dim: int, shape: torch.Size) -> torch.Tensor:
     """Broadcast per-channel ``ids`` (C,) along ``dim`` of a tensor of ``shape``."""
     view = [1] * len(shape)
     view[dim] = -1
     return ids.view(view).expand(shape)
 
 
-def _param_dims(m: nn.Module, attr: str) -> list[str | None] | None:
-    """The slot kind indexing each dimension of parameter ``attr`` of ``m`` (None: a dimension the
-    pruner never changes); None if the layer is not one whose parameters it understands."""
-    conv = isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d)
-    if type(m) is nn.Linear or (conv and m.groups == 1):
-        return {"weight": ["out", "in"] + [None] * (m.weight.dim() - 2), "bias": ["out"]}.get(attr)
-    if conv and m.groups == m.in_channels == m.out_channels:
-        return {"weight": ["ch"] + [None] * (m.weight.dim() - 1), "bias": ["ch"]}.get(attr)
-    if type(m) is nn.Embedding and attr == "weight":
-        return [None, "dim"]
-    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm) and attr in ("weight", "bias"):
-        return ["feat"]
-    return None
-
-
 def varies(ids: torch.Tensor, dim: int) -> bool:
     """Whether ``ids`` holds different ids along ``dim`` (i.e. ``dim`` is a feature dimension)."""
-    if ids.shape[dim] <= 1:
+    if ids.shape[dim] <= 1 or ids.stride(dim) == 0:
         return False
     first = ids.narrow(dim, 0, 1)
     return bool(((ids != first) & (ids >= 0)).any())
 
 
+def tracked(ids: Any) -> bool:
+    return _is_tensor(ids) and bool((collapse(ids)[0] >= 0).any())
+
+
+class _Size(int):
+    """A size read from a tensor (``x.size(-1)``, ``x.shape``): it follows pruning, unlike a literal."""
+
+
+def _tag_sizes(value: Any) -> Any:
+    if isinstance(value, torch.Size):
+        return torch.Size(_Size(v) for v in value)
+    return _Size(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, tracer: DimTracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        value = func(*args, **kwargs)
+        tracer = self.tracer
+        if tracer.leaf_depth == 0:
+            if _name(func) in ("size", "shape"):
+                return _tag_sizes(value)
+            try:
+                ids = tracer.propagate(func, args, kwargs, value)
+            except Exception as exc:  # noqa: BLE001  (a rule that cannot follow an odd call: block, never crash)
+                ids = exc
+            if not _fits(ids, value):
+                where = f"{_name(func)} in {tracer.stack[-1] if tracer.stack else 'the model'}"
+                tracer.block_all(args, kwargs, f"slimkit could not follow {where}")
+                ids = untracked(value)
+            tracer.remember(value, ids)
+        return value
+
+
 class DimTracer:
-    """Runs the traced graph on an example, building slots and id edges."""
+    """Runs the model once on an example, building slots and id edges."""
 
     def __init__(self, model: nn.Module, space: IdSpace) -> None:
         self.model = model
@@ -157,26 +164,43 @@ class DimTracer:
         self.slots: dict[tuple[str, str], Slot] = {}
         self.unsupported: dict[str, str] = {}  # layer -> why it was left alone
         self.modules = dict(model.named_modules())
-        before = set(vars(model))
-        try:
-            try:
-                self.graph = _Tracer(math_on_proxies=False).trace(model)
-            except Exception:  # noqa: BLE001  (e.g. math.sqrt on a traced size: retry with math wrapped)
-                self.graph = _Tracer().trace(model)
-        except Exception as exc:  # torch.fx raises many types on untraceable Python
-            raise SlimkitError(
-                f"cannot trace {type(model).__name__} with torch.fx ({first_line(exc)}); "
-                "pruning needs a model without data-dependent Python control flow"
-            ) from None
-        finally:  # fx stores the forward's tensor constants as attributes of the model: keep them here
-            self.constants = {k: model.__dict__.pop(k) for k in set(vars(model)) - before}
+        self.owner: dict[int, tuple[str, str]] = {}  # id(parameter or buffer) -> (layer, attribute)
+        for name, m in model.named_modules(remove_duplicate=False):
+            for attr, t in itertools.chain(m.named_parameters(recurse=False), m.named_buffers(recurse=False)):
+                self.owner.setdefault(id(t), (name, attr))
+        self._ids: dict[int, tuple[Any, torch.Tensor]] = {}  # id(tensor) -> (weak reference, ids)
+        self.pruners = {name: pruner_for(m) for name, m in self.modules.items()}
+        self.stack: list[str] = []  # layers running, innermost last
+        self._leaf_inputs: tuple = ((), [])
+        self.leaf_depth = 0
 
     # ------------------------------------------------------------------ slots
     def slot(self, module: str, kind: str, size: int, producer: bool) -> Slot:
         key = (module, kind)
         if key not in self.slots:
             self.slots[key] = Slot(module, kind, size, self.space.alloc(size), producer)
+        elif producer:
+            self.slots[key].producer = True
         return self.slots[key]
+
+    def owner_of(self, t: torch.Tensor) -> tuple[str, str] | None:
+        """(layer, attribute) of a parameter or buffer: the running layer's own if it holds ``t``
+        (a tied output layer uses the embedding's weight as its own), else its first owner."""
+        if self.stack:
+            running = self.modules[self.stack[-1]]
+            for attr, own in itertools.chain(running._parameters.items(), running._buffers.items()):
+                if own is t:
+                    return self.stack[-1], attr
+        return self.owner.get(id(t))
+
+    def param_slot(self, t: torch.Tensor, dim: int, producer: bool) -> Slot | None:
+        """The slot that dimension ``dim`` of parameter / buffer ``t`` indexes (None: not prunable)."""
+        owner = self.owner_of(t)
+        if owner is None:
+            return None
+        module, attr = owner
+        kind = self.pruners[module].kind(self.modules[module], attr, dim)
+        return None if kind is None else self.slot(module, kind, t.shape[dim], producer)
 
     def block_module(self, name: str, reason: str) -> None:
         for (mod, _), slot in self.slots.items():
@@ -194,12 +218,12 @@ class DimTracer:
         shared = [o for o in owners.values() if len(o) > 1]
         for group in shared:
             names = " and ".join(f"{m}.{a}" for m, a in group)
-            dims = [_param_dims(self.modules.get(m) or self.model.get_submodule(m), a) for m, a in group]
-            if any(d is None for d in dims) or len({len(d) for d in dims}) > 1:
-                for m, _ in group:
-                    self.block_module(m, f"shares a parameter ({names}) in a way the pruner cannot follow")
-                continue
-            for kinds in zip(*dims, strict=True):
+            p = self.model.get_submodule(group[0][0]).get_parameter(group[0][1])
+            for dim in range(p.dim()):
+                kinds = []
+                for m, a in group:
+                    layer = self.modules.get(m) or self.model.get_submodule(m)
+                    kinds.append(pruner_for(layer).kind(layer, a, dim))
                 slots = [self.slots.get((m, k)) if k else None for (m, _), k in zip(group, kinds, strict=True)]
                 if all(slots):
                     for other in slots[1:]:
@@ -209,186 +233,289 @@ class DimTracer:
                         self.space.block(slot.ids, f"a dimension of a shared parameter ({names}) is fixed")
         return shared
 
+    # ------------------------------------------------------------------ ids of values
+    def ids_of(self, x: Any) -> Any:
+        """Ids of a value: tensors from the table, parameters from their slots, containers element-wise."""
+        if _is_tensor(x):
+            entry = self._ids.get(id(x))
+            if entry is not None and entry[0]() is x:
+                return entry[1]
+            if isinstance(x, nn.Parameter) and id(x) in self.owner:
+                return self._param_ids(x)
+            return untracked(x)
+        if isinstance(x, tuple | list) and not isinstance(x, torch.Size):
+            return [self.ids_of(v) for v in x]
+        return x
+
+    def _param_ids(self, p: torch.Tensor) -> torch.Tensor:
+        """Ids of a parameter used as a value (a layer scale, a class token): its slot along its last
+        dimension of size > 1 (the channel dimension of per-channel and channels-last parameters)."""
+        dims = [d for d in range(p.dim()) if p.shape[d] > 1]
+        slot = self.param_slot(p, dims[-1], False) if dims else None
+        return untracked(p) if slot is None else channel_ids(slot.ids, dims[-1], p.shape)
+
+    def remember(self, value: Any, ids: Any) -> None:
+        if _is_tensor(value):
+            if _is_tensor(ids) and ids.shape == value.shape:
+                key = id(value)
+                self._ids[key] = (weakref.ref(value, lambda _, k=key: self._ids.pop(k, None)), ids)
+        elif isinstance(value, tuple | list) and isinstance(ids, tuple | list) and len(ids) == len(value):
+            for v, i in zip(value, ids, strict=True):
+                self.remember(v, i)
+
     # ------------------------------------------------------------------ run
-    def run(self, example: torch.Tensor) -> None:
-        env: dict[fx.Node, tuple[Any, Any]] = {}
-        inputs = iter([example])
+    def run(self, example: Any) -> None:
+        handles = []
+        for name, m in self.modules.items():
+            handles.append(m.register_forward_pre_hook(self._enter(name), with_kwargs=True))
+            handles.append(m.register_forward_hook(self._leave(name), with_kwargs=True, always_call=True))
+        try:
+            with torch.no_grad(), _Mode(self):
+                out = call_model(self.model, example)
+        except SlimkitError:
+            raise
+        except Exception as exc:  # the user's forward raised on the example: say where
+            raise SlimkitError(
+                f"cannot analyse {type(self.model).__name__}: its forward failed on the example input at "
+                f"{_user_frame(exc)}: {first_line(exc)}"
+            ) from None
+        finally:
+            for h in handles:
+                h.remove()
+        for ids in flat_tensors(self.ids_of(flat_tensors(out))):
+            self.space.block(ids, "feeds the model output (its size is part of the model's interface)")
 
-        def load(a: Any) -> Any:
-            return fx.node.map_arg(a, lambda n: env[n][0])
+    def _enter(self, name: str) -> Any:
+        def hook(m: nn.Module, args: tuple, kwargs: dict) -> None:
+            self.stack.append(name)
+            if self.pruners[name].leaf:
+                self.leaf_depth += 1
+                if self.leaf_depth == 1:
+                    self._leaf_inputs = (args, [self.ids_of(a) for a in args])
 
-        def load_ids(a: Any) -> Any:
-            return fx.node.map_arg(a, lambda n: env[n][1])
+        return hook
 
-        with torch.no_grad():
-            for node in self.graph.nodes:
-                if node.op == "placeholder":
-                    value = next(inputs, None)
-                    env[node] = (value, _untracked(value))
-                elif node.op == "get_attr":
-                    value = self.constants.get(node.target)
-                    value = _fetch(self.model, node.target) if value is None else value
-                    env[node] = (value, _untracked(value))
-                elif node.op == "output":
-                    for ids in _flat_tensors(load_ids(node.args[0])):
-                        self.space.block(ids, "feeds the model output (its size is part of the model's interface)")
-                else:
-                    args, kwargs = load(node.args), load(node.kwargs)
-                    ids_args, ids_kwargs = load_ids(node.args), load_ids(node.kwargs)
-                    value = self._execute(node, args, kwargs)
-                    ids = self._propagate(node, args, kwargs, ids_args, ids_kwargs, value)
-                    env[node] = (value, ids)
+    def _leave(self, name: str) -> Any:
+        def hook(m: nn.Module, args: tuple, kwargs: dict, value: Any) -> None:
+            self.stack.pop()
+            if not self.pruners[name].leaf:
+                return
+            self.leaf_depth -= 1
+            if self.leaf_depth == 0 and value is not None:
+                inputs, ids = self._leaf_inputs
+                self.remember(value, self.pruners[name].trace(self, name, m, inputs, tuple(ids), value))
 
-    def _execute(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        self_obj, *rest = args
-        return getattr(self_obj, node.target)(*rest, **kwargs)
+        return hook
 
-    def _propagate(
-        self, node: fx.Node, args: tuple, kwargs: dict, ids_args: tuple, ids_kwargs: dict, value: Any
-    ) -> Any:
-        where = f"node {node.name} ({node.op} {getattr(node.target, '__name__', node.target)})"
-        if node.op == "call_module":
-            return self._module_rule(node.target, self.modules[node.target], args, ids_args, value)
-        target = node.target
-        fn_name = target if node.op == "call_method" else getattr(target, "__name__", str(target))
-        if node.op == "call_function" and target in _FACTORIES or fn_name in ("size", "dim", "numel"):
-            return _untracked(value)
-        if node.op == "call_function" and target is getattr:
-            return _untracked(value)
-        if (node.op == "call_function" and target in _POINTWISE_FUNCS) or (
-            node.op == "call_method" and target in _POINTWISE_METHODS
-        ):
-            return self._pointwise(args, ids_args, value)
-        if (node.op == "call_function" and target in _BINARY) or (
-            node.op == "call_method" and target in _BINARY_METHODS
-        ):
-            return self._elementwise(args, ids_args, kwargs, ids_kwargs, value, where)
-        if (node.op == "call_function" and target in _MOVES_FUNCS) or (
-            node.op == "call_method" and target in _MOVES_METHODS
-        ):
-            return self._move(node, args, kwargs, ids_args, ids_kwargs, value, where)
-        if node.op == "call_function" and target is operator.getitem:
-            return self._getitem(args, ids_args, value, where)
-        if (node.op == "call_method" and target in ("chunk", "split")) or (
-            node.op == "call_function" and target in (torch.chunk, torch.split)
-        ):
-            return self._split(node, args, kwargs, ids_args, value, where)
-        if (node.op == "call_method" and target in _REDUCE_METHODS) or (
-            node.op == "call_function" and target in _REDUCE_FUNCS
-        ):
-            return self._reduce(node, args, kwargs, ids_args, value)
-        if target in (torch.matmul, operator.matmul, torch.bmm) or (
-            node.op == "call_method" and target in ("matmul", "bmm")
-        ):
-            return self._matmul(args, ids_args, value, where)
-        if target is F.scaled_dot_product_attention:
-            q, k = ids_args[0], ids_args[1]
-            self.space.unify(q[..., :1, :].expand_as(k[..., :1, :]), k[..., :1, :])
-            v = ids_args[2]
-            lo, hi = v.amin(-2, keepdim=True), v.amax(-2, keepdim=True)  # attention mixes over keys
-            return torch.where(lo == hi, lo, torch.full_like(lo, UNTRACKED)).expand(value.shape)
-        for ids in _flat_tensors((ids_args, ids_kwargs)):
-            self.space.block(ids, f"used by an operation slimkit cannot analyse: {where}")
-        return _untracked(value)
+    # ------------------------------------------------------------------ rules
+    def propagate(self, func: Any, args: tuple, kwargs: dict, value: Any) -> Any:
+        name = _name(func)
+        if name in _UNTRACKED_RESULTS or not flat_tensors(value):
+            return untracked(value)
+        where = f"{name} in {self.stack[-1] if self.stack else 'the model'}"
+        rule = _RULES.get(name)
+        if rule is not None:
+            return rule(self, name, args, kwargs, value, where)
+        if name in _POINTWISE:
+            ids = self.ids_of(args[0]) if args else None
+            return (
+                ids if _is_tensor(ids) and ids.shape == value.shape else self._elementwise(args, kwargs, value, where)
+            )
+        if name in _BINARY:
+            return self._elementwise(args, kwargs, value, where)
+        if name in _MOVES:
+            return self._move(name, func, args, kwargs, value, where)
+        if name in _REDUCE:
+            return self._reduce(args, kwargs, value, where)
+        if name in _SPLITS:
+            return self._split(func, args, kwargs, value, where)
+        if name in _INDEXING:
+            return self._index(func, name, args, kwargs, value, where)
+        if name in _PER_CHANNEL:
+            return self._per_channel(args[0], value, where)
+        self.block_all(args, kwargs, f"used by an operation slimkit cannot analyse: {where}")
+        return untracked(value)
 
-    # ------------------------------------------------------------------ op rules
-    def _pointwise(self, args: tuple, ids_args: tuple, value: Any) -> Any:
-        ids = ids_args[0]
-        if _is_tensor(ids) and _is_tensor(value) and ids.shape == value.shape:
-            return ids
-        return _untracked(value)
+    def block_all(self, args: Any, kwargs: dict, reason: str) -> None:
+        """Block every tensor argument of a call (and report the layers whose parameters it reads)."""
+        for t in flat_tensors(self.ids_of([*args, *kwargs.values()])):
+            self.space.block(t, reason)
+        for t in flat_tensors([*args, *kwargs.values()]):
+            owner = self.owner.get(id(t))
+            if owner is not None:
+                self.unsupported.setdefault(owner[0], reason)
 
-    def _elementwise(self, args: tuple, ids_args: tuple, kwargs: dict, ids_kwargs: dict, value: Any, where: str) -> Any:
+    def keep_whole(self, ids: torch.Tensor, dim: int, reason: str) -> torch.Tensor:
+        """Tie every index along ``dim`` (for each position of the other dimensions) into one unit:
+        the dimension may only be removed entirely. Returns ids with the representative along ``dim``."""
+        first = ids.narrow(dim, 0, 1).expand(ids.shape)
+        self.space.unify(ids, first)
+        self.space.note(first, reason)
+        return first
+
+    def _elementwise(self, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
         if not _is_tensor(value):
-            return None
-        operands = [(a, i) for a, i in zip([*args, *kwargs.values()], [*ids_args, *ids_kwargs.values()], strict=True)]
-        tensors = [(a, i) for a, i in operands if _is_tensor(a) and a.dim() > 0]
+            return untracked(value)
         shape = value.shape
-        is_tracked = [bool((collapse(i)[0] >= 0).any()) for _, i in tensors]
-        tracked = [i.expand(shape) for (_, i), yes in zip(tensors, is_tracked, strict=True) if yes]
-        for (a, _), yes in zip(tensors, is_tracked, strict=True):
-            if yes:
-                continue
-            # a constant (parameter, input) broadcast against a feature dimension would need slicing too
+        operands = [(a, self.ids_of(a)) for a in [*args, *kwargs.values()] if _is_tensor(a) and a.dim() > 0]
+        ids = [i.expand(shape) if tracked(i) else None for _, i in operands]
+        for k, (a, _) in enumerate(operands):
             lead = len(shape) - a.dim()
             for d in range(a.dim()):
-                if a.shape[d] > 1:
-                    for t in tracked:
-                        if varies(t, lead + d):
-                            self.space.block(t, f"combined with an untracked tensor of shape {tuple(a.shape)}: {where}")
-        if not tracked:
-            return _untracked(value)
-        out, *rest = collapse(*tracked)  # per-channel ids stay per-channel (broadcast) through the op
+                if a.shape[d] <= 1:
+                    continue
+                for j, t in enumerate(ids):
+                    mine = ids[k]
+                    # the other operand has a feature dimension here that this one does not index by
+                    # slot: the dimension must stay whole (e.g. a rotary table over a head's dims)
+                    if (
+                        t is not None
+                        and j != k
+                        and varies(t, lead + d)
+                        and (mine is None or not varies(mine, lead + d))
+                    ):
+                        ids[j] = self.keep_whole(
+                            t, lead + d, f"combined with a fixed tensor of shape {tuple(a.shape)}: {where}"
+                        )
+        live = [i for i in ids if i is not None]
+        if not live:
+            return untracked(value)
+        out, *rest = collapse(*live)  # per-channel ids stay per-channel (broadcast) through the op
         for t in rest:
             self.space.unify(out, t)
             out = torch.maximum(out, t)
         return out.expand(shape)
 
-    def _move(
-        self, node: fx.Node, args: tuple, kwargs: dict, ids_args: tuple, ids_kwargs: dict, value: Any, where: str
-    ) -> Any:
-        name = node.target if node.op == "call_method" else node.target.__name__
-        if name in ("view", "reshape"):
-            sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], tuple | list) else node.args[1:]
-            literal = [s for s in sizes if isinstance(s, int) and s > 1]
-            src_ids = ids_args[0]
-            # fixed sizes break once a dimension shrinks, and splitting a feature dimension ties its
-            # indices together in a way the pruner does not model: only flatten-like reshapes pass
-            if (literal and any(varies(src_ids, d) for d in range(src_ids.dim()))) or _splits_feature(
-                src_ids, value.shape
-            ):
-                self.space.block(src_ids, f"reshaped to {list(value.shape)}: {where}")
-        if name == "repeat":
-            self.space.block(ids_args[0], f"repeated: {where}")
-            return _untracked(value)
-
-        def replay_arg(a: Any, ids: Any) -> Any:  # tensors (and tensor lists, for cat) become their ids
-            tensors = _is_tensor(a) or (isinstance(a, list | tuple) and a and all(_is_tensor(t) for t in a))
-            return ids if tensors else a
-
-        fn = getattr(torch.Tensor, name) if node.op == "call_method" else node.target
-        id_args = [replay_arg(a, i) for a, i in zip(args, ids_args, strict=True)]
-        if name in ("expand_as", "view_as", "reshape_as"):
-            id_args[1] = args[1]  # the shape donor stays a real tensor
-        return fn(*id_args, **kwargs)
-
-    def _getitem(self, args: tuple, ids_args: tuple, value: Any, where: str) -> Any:
-        src, index = args
-        ids = ids_args[0]
-        if not _is_tensor(src):  # a tuple from a module (an LSTM's output) or a shape
-            return ids[index] if isinstance(ids, tuple | list) else None
-        items = list(index) if isinstance(index, tuple) else [index]
-        if Ellipsis in items:
-            at = items.index(Ellipsis)
-            explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
-            items[at : at + 1] = [slice(None)] * (src.dim() - explicit)
-        dim = 0
-        for item in items:
-            if item is None:
-                continue
-            if not (isinstance(item, slice) and item == slice(None)) and dim < src.dim() and varies(ids, dim):
-                self.space.block(ids, f"indexed along a feature dimension: {where}")
-            dim += 1
-        return ids[index]
-
-    def _split(self, node: fx.Node, args: tuple, kwargs: dict, ids_args: tuple, value: Any, where: str) -> Any:
-        dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
-        if varies(ids_args[0], dim):
-            self.space.block(ids_args[0], f"split along a feature dimension: {where}")
-        fn = getattr(torch.Tensor, node.target) if node.op == "call_method" else node.target
-        return fn(ids_args[0], *args[1:], **kwargs)
-
-    def _reduce(self, node: fx.Node, args: tuple, kwargs: dict, ids_args: tuple, value: Any) -> Any:
+    def _move(self, name: str, func: Any, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
         if not _is_tensor(value):
-            return _untracked(value)
+            return untracked(value)
+        src = self.ids_of(args[0])
+        if name in ("view", "reshape") and _is_tensor(src):
+            sizes = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
+            sizes = kwargs.get("shape", sizes)
+            return self._reshape(src, list(sizes), value, where)
+        if name in ("view_as", "reshape_as", "flatten", "unflatten"):  # sizes follow the input / the donor
+            return self._reshape(src, None, value, where)
+        if name == "roll":
+            dims = kwargs.get("dims", args[2] if len(args) > 2 else None)
+            for d in [dims] if isinstance(dims, int) else list(dims or range(src.dim())):
+                if varies(src, d):
+                    self.space.block(src, f"rolled along a feature dimension: {where}")
+        if name == "T":
+            return src.permute(*reversed(range(src.dim())))
+        if name == "mT":
+            return src.mT
+        # tensors (and tensor lists, for cat / stack) are replaced by their ids and the op replayed
+        id_args = [self.ids_of(a) if (_is_tensor(a) or _is_tensor_list(a)) else a for a in args]
+        if name == "expand_as":
+            id_args[1] = args[1]
+        if name in ("view", "reshape"):
+            func = torch.Tensor.reshape
+        out = func(*id_args, **kwargs)
+        return out if _is_tensor(out) and out.shape == value.shape else untracked(value)
+
+    def _reshape(self, src: torch.Tensor, sizes: list[int] | None, value: Any, where: str) -> Any:
+        """A reshape keeps working after pruning when every feature dimension it produces is either
+        written as -1 (its size follows the input) or the inner factor of a split whose outer factor
+        is -1 (a head size): those inner factors are kept whole."""
+        out = src.reshape(value.shape)
+        varying_in = [d for d in range(src.dim()) if varies(src, d)]
+        if not varying_in:
+            return out
+        pieces = _split_pieces(src, value.shape)
+        for d in range(out.dim()):
+            if not varies(out, d):
+                continue
+            if d in pieces:  # the inner factor of a split feature dimension: keep each slice whole
+                out = self.keep_whole(out, d, f"a fixed size in a reshape to {list(value.shape)}: {where}")
+            elif sizes is not None and d < len(sizes) and sizes[d] != -1 and not isinstance(sizes[d], _Size):
+                if self._sized_by_layer(out, d):
+                    continue
+                self.space.block(out, f"reshaped to a fixed size {list(value.shape)}: {where}")
+                return out
+        return out
+
+    def _sized_by_layer(self, ids: torch.Tensor, dim: int) -> bool:
+        """Whether dimension ``dim`` of ``ids`` is exactly a slot of the running layer whose size one
+        of its attributes holds (GPT-2's ``Conv1D`` reshapes its output to ``self.nf``): resizing
+        the layer updates that attribute."""
+        if not self.stack:
+            return False
+        layer = self.stack[-1]
+        along = ids.narrow(0, 0, 1) if ids.dim() else ids
+        for d in range(ids.dim()):
+            if d != dim:
+                along = along.narrow(d, 0, 1) if d else along
+        along = along.reshape(-1)
+        size_of = getattr(self.pruners[layer], "size_of", {})
+        for kind in size_of.values():
+            slot = self.slots.get((layer, kind))
+            if slot is not None and slot.size == len(along) and torch.equal(slot.ids, along):
+                return True
+        return False
+
+    def _index(self, func: Any, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+        src = args[0]
+        ids = self.ids_of(src)
+        if not _is_tensor(src):
+            return ids[args[1]] if isinstance(ids, tuple | list) and name == "__getitem__" else untracked(value)
+        if name == "__getitem__":
+            index = args[1]
+            items = list(index) if isinstance(index, tuple) else [index]
+            if any(_is_tensor(i) and i.dtype == torch.bool and i.dim() > 1 for i in items):
+                self.block_all(args, kwargs, f"masked along several dimensions: {where}")
+                return untracked(value)
+            if Ellipsis in items:
+                at = items.index(Ellipsis)
+                explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
+                items[at : at + 1] = [slice(None)] * (src.dim() - explicit)
+            dim = 0
+            for item in items:
+                if item is None:
+                    continue
+                full = isinstance(item, slice) and item == slice(None)
+                if not full and dim < src.dim() and varies(ids, dim):
+                    ids = self.keep_whole(ids, dim, f"indexed along a feature dimension: {where}")
+                dim += 1
+            out = ids[tuple(_ids_index(i) for i in items)] if isinstance(index, tuple) else ids[_ids_index(items[0])]
+            return out if out.shape == value.shape else untracked(value)
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        if isinstance(dim, int) and varies(ids, dim):
+            ids = self.keep_whole(ids, dim, f"indexed along a feature dimension: {where}")
+        try:
+            out = func(ids, *args[1:], **kwargs)
+        except (RuntimeError, TypeError, IndexError):
+            return untracked(value)
+        return out if _is_tensor(out) and out.shape == value.shape else untracked(value)
+
+    def _split(self, func: Any, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+        ids = self.ids_of(args[0])
+        name = _name(func)
+        at = 1 if name == "unbind" else 2
+        dim = kwargs.get("dim", args[at] if len(args) > at else 0)
+        if not isinstance(dim, int) or not _is_tensor(ids):
+            return untracked(value)
+        dim %= ids.dim()
+        if varies(ids, dim):
+            sizes = [v.shape[dim] for v in value] if name != "unbind" else []
+            if name == "chunk" and len(set(sizes)) == 1:
+                # equal pieces stay equal when each unit removes the same positions from every piece
+                parts = ids.unflatten(dim, (len(sizes), sizes[0]))
+                self.space.unify(parts, parts.narrow(dim, 0, 1).expand(parts.shape))
+            else:
+                self.space.block(ids, f"split by fixed sizes along a feature dimension: {where}")
+        try:
+            return tuple(func(ids, *args[1:], **kwargs))
+        except (RuntimeError, TypeError):
+            return untracked(value)
+
+    def _reduce(self, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+        if len(args) > 1 and _is_tensor(args[1]):  # torch.max(a, b): element-wise
+            return self._elementwise(args, kwargs, value, where)
+        ids = self.ids_of(args[0])
         dims = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
-        if dims is None or not _is_tensor(ids_args[0]):
-            return _untracked(value)
-        ids = ids_args[0]
+        if dims is None or not _is_tensor(ids) or not ids.dim():
+            return untracked(value)
         dims = [dims] if isinstance(dims, int) else list(dims)
         keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
         lo, hi = ids, ids
@@ -398,184 +525,333 @@ class DimTracer:
         if not keep:
             for d in sorted((d % ids.dim() for d in dims), reverse=True):
                 out = out.squeeze(d)
-        return out.reshape(value.shape)
+        values = value if _is_tensor(value) else value[0]
+        out = out.reshape(values.shape)
+        return out if _is_tensor(value) else (out, untracked(value[1]))
 
-    def _matmul(self, args: tuple, ids_args: tuple, value: Any, where: str) -> Any:
-        a, b = ids_args
+    def _per_channel(self, x: torch.Tensor, value: Any, where: str) -> Any:
+        """A spatial op on (N, C, ...) that reads channel c for output channel c (pooling, resizing)."""
+        ids = self.ids_of(x)
+        out = value[0] if isinstance(value, tuple) else value
+        if not tracked(ids):
+            return untracked(value)
+        per_channel = ids.flatten(2) if ids.dim() > 2 else ids.unsqueeze(-1)
+        lo, hi = per_channel.amin(2), per_channel.amax(2)
+        if bool((lo != hi).any()) or ids.dim() < 2:
+            self.space.block(ids, f"mixes channels: {where}")
+            return untracked(value)
+        ch = lo.view(*lo.shape, *([1] * (out.dim() - 2))).expand(out.shape)
+        return (ch, untracked(value[1])) if isinstance(value, tuple) else ch
+
+    def matmul_ids(self, a: torch.Tensor, b: torch.Tensor, where: str) -> torch.Tensor:
+        """``a @ b`` on ids: column k of ``a`` pairs with row k of ``b``; the output keeps the ids of
+        ``a``'s rows and ``b``'s columns where they do not vary along k (e.g. per-head ids)."""
         if a.dim() < 2 or b.dim() < 2:
-            self.space.block(a, f"vector product: {where}")
-            self.space.block(b, f"vector product: {where}")
-            return _untracked(value)
-        # out[..., n, m] = sum_k a[..., n, k] * b[..., k, m]: a's column k pairs with b's row k
-        a_k = a.unsqueeze(-1)  # (..., n, k, 1)
-        b_k = b.unsqueeze(-3)  # (..., 1, k, m)
+            for t in (a, b):
+                if tracked(t):
+                    self.space.block(t, f"vector product: {where}")
+            return untracked(torch.empty(0))
+        a_k, b_k = a.unsqueeze(-1), b.unsqueeze(-3)  # (..., n, k, 1), (..., 1, k, m)
         shape = torch.broadcast_shapes(a_k.shape, b_k.shape)
-        for mine, other in ((a, b), (b, a)):
-            if not (other >= 0).any():
-                self.space.block(mine, f"multiplied with an untracked tensor: {where}")
-        self.space.unify(a_k.expand(shape), b_k.expand(shape))
-        return _untracked(value)
-
-    # ------------------------------------------------------------------ layers
-    def _module_rule(self, name: str, m: nn.Module, args: tuple, ids_args: tuple, value: Any) -> Any:
-        x, ids = (args[0], ids_args[0]) if args else (None, None)
-        if isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d):
-            if m.groups == 1:
-                self.space.unify(ids, _channel_ids(self.slot(name, "in", m.in_channels, False).ids, 1, ids.shape))
-                return _channel_ids(self.slot(name, "out", m.out_channels, True).ids, 1, value.shape)
-            if m.groups == m.in_channels == m.out_channels:
-                ch = self.slot(name, "ch", m.out_channels, True).ids
-                self.space.unify(ids, _channel_ids(ch, 1, ids.shape))
-                if bool((ids < 0).any()):  # it reads channels nobody can remove (e.g. the model input)
-                    self.space.block(ch, f"depthwise convolution {name} reads channels that cannot be pruned")
-                return _channel_ids(ch, 1, value.shape)
-            # grouped: a unit is one channel position in every group, so the groups stay equal in size
-            inp = self.slot(name, "in", m.in_channels, False)
-            out = self.slot(name, "out", m.out_channels, True)
-            for slot in (inp, out):
-                per_group = slot.ids.view(m.groups, -1)
-                self.space.unify(per_group[1:], per_group[:1].expand(m.groups - 1, -1))
-            self.space.unify(ids, _channel_ids(inp.ids, 1, ids.shape))
-            return _channel_ids(out.ids, 1, value.shape)
-        if type(m) is nn.Linear:
-            self.space.unify(ids, _channel_ids(self.slot(name, "in", m.in_features, False).ids, -1, ids.shape))
-            return _channel_ids(self.slot(name, "out", m.out_features, True).ids, -1, value.shape)
-        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
-            feat = self.slot(name, "feat", m.num_features, False).ids
-            self.space.unify(ids, _channel_ids(feat, 1, ids.shape))
-            return _channel_ids(feat, 1, value.shape)
-        if type(m) is nn.LayerNorm:
-            if len(m.normalized_shape) != 1:
-                self.space.block(ids, f"LayerNorm {name} over several dimensions")
-                return _untracked(value)
-            if not m.elementwise_affine:
-                return ids
-            feat = self.slot(name, "feat", m.normalized_shape[0], False).ids
-            self.space.unify(ids, _channel_ids(feat, -1, ids.shape))
-            return _channel_ids(feat, -1, value.shape)
-        if type(m) is nn.Embedding:
-            return _channel_ids(self.slot(name, "dim", m.embedding_dim, True).ids, -1, value.shape)
-        if isinstance(m, nn.RNNBase) and type(m) in (nn.LSTM, nn.GRU, nn.RNN):
-            return self._rnn(name, m, args, ids, value)
-        if is_attention_block(m):
-            # self-attention reads one input; nn.MultiheadAttention-style blocks read query, key, value
-            sources = ids_args[:3] if len(ids_args) >= 3 and all(_is_tensor(a) for a in args[:3]) else [ids] * 3
-            for proj, src in zip(("q_proj", "k_proj", "v_proj"), sources, strict=True):
-                size = getattr(m, proj).in_features
-                self.space.unify(src, _channel_ids(self.slot(name, f"{proj}.in", size, False).ids, -1, src.shape))
-            self.slot(name, "heads", m.heads, True)
-            out = value[0] if isinstance(value, tuple) else value
-            out_ids = _channel_ids(self.slot(name, "out_proj.out", m.out_proj.out_features, True).ids, -1, out.shape)
-            return (out_ids, _untracked(value[1])) if isinstance(value, tuple) else out_ids
-        if isinstance(m, nn.TransformerEncoder):
-            for i, layer in enumerate(m.layers):
-                x, ids = self._encoder_layer(f"{name}.layers.{i}", layer, x, ids)
-            if m.norm is not None:
-                x, ids = self._child(name, "norm", m, x, ids)
-            return ids
-        if isinstance(m, nn.TransformerEncoderLayer):
-            return self._encoder_layer(name, m, x, ids)[1]
-        if isinstance(m, _POINTWISE_MODULES) or type(m).__name__ == "Skip":
-            return ids if _is_tensor(value) and ids is not None and ids.shape == value.shape else _untracked(value)
-        if isinstance(m, nn.Flatten):
-            return ids.flatten(m.start_dim, m.end_dim)
-        if isinstance(m, _POOLS):
-            # per-channel spatial op: each output channel reads the same input channel
-            per_channel = ids.flatten(2)
-            lo, hi = per_channel.amin(2), per_channel.amax(2)
-            if bool((lo != hi).any()):
-                self.space.block(ids, f"pooled input with mixed channels at {name}")
-                return _untracked(value)
-            return lo.view(*lo.shape, *([1] * (value.dim() - 2))).expand(value.shape)
-        reason = f"layer {name} of type {type(m).__name__} is not supported by the pruner"
-        if any(True for _ in m.parameters()):
-            self.unsupported[name] = f"{type(m).__name__} layers are not supported by the pruner"
-        for t in _flat_tensors(ids_args):
-            self.space.block(t, reason)
-        out = _untracked(value)
-        return out
-
-    def _child(self, name: str, child: str, parent: nn.Module, x: torch.Tensor, ids: torch.Tensor) -> tuple:
-        m = parent.get_submodule(child)
-        value = m(x)
-        return value, self._module_rule(f"{name}.{child}", m, (x,), (ids,), value)
-
-    def _encoder_layer(self, name: str, layer: nn.TransformerEncoderLayer, x: torch.Tensor, ids: torch.Tensor) -> tuple:
-        """The data flow of ``nn.TransformerEncoderLayer`` (attention and feed-forward blocks with residuals)."""
-
-        def attention(v: torch.Tensor, i: torch.Tensor) -> tuple:
-            out = layer.self_attn(v, v, v, need_weights=False)
-            out_ids = self._module_rule(f"{name}.self_attn", layer.self_attn, (v, v, v), (i, i, i), out)
-            return out[0], out_ids[0] if isinstance(out_ids, tuple) else out_ids
-
-        def feed_forward(v: torch.Tensor, i: torch.Tensor) -> tuple:
-            v, i = self._child(name, "linear1", layer, v, i)
-            v = layer.activation(v)  # element-wise: ids unchanged
-            v, i = self._child(name, "linear2", layer, v, i)
-            return v, i
-
-        def add(a: tuple, b: tuple) -> tuple:
-            self.space.unify(a[1], b[1])
-            return a[0] + b[0], torch.maximum(a[1], b[1])
-
-        if layer.norm_first:
-            state = add((x, ids), attention(*self._child(name, "norm1", layer, x, ids)))
-            return add(state, feed_forward(*self._child(name, "norm2", layer, *state)))
-        state = self._child(name, "norm1", layer, *add((x, ids), attention(x, ids)))
-        return self._child(name, "norm2", layer, *add(state, feed_forward(*state)))
-
-    def _rnn(self, name: str, m: nn.RNNBase, args: tuple, ids: torch.Tensor, value: Any) -> Any:
-        hidden = self.slot(name, "hidden", m.hidden_size, True).ids
-        self.space.unify(ids, _channel_ids(self.slot(name, "in", m.input_size, False).ids, -1, ids.shape))
-        if getattr(m, "proj_size", 0) or (len(args) > 1 and args[1] is not None):
-            why = "projected LSTM" if getattr(m, "proj_size", 0) else "initial state passed in"
-            self.space.block(hidden, f"{name}: {why} is not supported")
-        dirs = 2 if m.bidirectional else 1
-        out, state = value
-        out_ids = _channel_ids(hidden.repeat(dirs), -1, out.shape)
-        state_ids = tuple(_channel_ids(hidden, -1, s.shape) for s in (state if isinstance(state, tuple) else (state,)))
-        return (out_ids, state_ids if isinstance(state, tuple) else state_ids[0])
+        a_vary, b_vary = varies(a, -1), varies(b, -2)
+        if a_vary and not tracked(b):
+            a = self.keep_whole(a, -1, f"multiplied with a fixed tensor: {where}")
+        if b_vary and not tracked(a):
+            b = self.keep_whole(b, -2, f"multiplied with a fixed tensor: {where}")
+        self.space.unify(*collapse(a.unsqueeze(-1).expand(shape), b.unsqueeze(-3).expand(shape)))
+        rows = a[..., :, :1] if not varies(a, -1) else torch.full_like(a[..., :, :1], UNTRACKED)
+        cols = b[..., :1, :] if not varies(b, -2) else torch.full_like(b[..., :1, :], UNTRACKED)
+        out_shape = (*shape[:-3], shape[-3], shape[-1])
+        rows, cols = rows.expand(out_shape), cols.expand(out_shape)
+        if tracked(rows) and tracked(cols):
+            self.space.unify(*collapse(rows, cols))
+        return torch.maximum(rows, cols)
 
 
-def _splits_feature(ids: torch.Tensor, out_shape: torch.Size) -> bool:
-    """Whether reshaping ``ids`` to ``out_shape`` splits a feature dimension into several."""
+# ---------------------------------------------------------------------- rules with layers
+def _weight_rule(
+    t: DimTracer, x: Any, w: Any, b: Any, value: torch.Tensor, out_dim: int, in_dim: int, where: str
+) -> Any:
+    """``x @ w`` (+ b): dimension ``in_dim`` of ``w`` reads x's last dimension, ``out_dim`` makes the output's."""
+    x_ids = t.ids_of(x)
+    is_param = isinstance(w, nn.Parameter) and t.owner_of(w) is not None
+    slot_in = t.param_slot(w, in_dim, False) if is_param else None
+    slot_out = t.param_slot(w, out_dim, True) if is_param else None
+    if not is_param:
+        t.block_all((x, w, b), {}, f"a weight computed in the forward: {where}")
+        return untracked(value)
+    if slot_in is not None:
+        t.space.unify(x_ids, channel_ids(slot_in.ids, -1, x_ids.shape))
+    elif tracked(x_ids):
+        t.space.block(x_ids, f"read by a weight whose input dimension is fixed: {where}")
+    if slot_out is None:
+        return untracked(value)
+    if b is not None:
+        slot_b = t.param_slot(b, 0, False) if isinstance(b, nn.Parameter) else None
+        if slot_b is None:
+            t.space.block(slot_out.ids, f"a bias that is not a parameter: {where}")
+        else:
+            t.space.unify(slot_b.ids, slot_out.ids)
+    return channel_ids(slot_out.ids, -1, value.shape)
+
+
+def _linear(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    return _weight_rule(t, x, w, b, value, 0, 1, where)
+
+
+def _addmm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    b, x, w = args[:3]
+    if t.owner_of(w) is None or kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+        t.block_all(args, kwargs, f"used by an operation slimkit cannot analyse: {where}")
+        return untracked(value)
+    return _weight_rule(t, x, w, b, value, 1, 0, where)
+
+
+def _matmul(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
+    if isinstance(b, nn.Parameter) and b.dim() == 2:
+        return _weight_rule(t, a, b, None, value, 1, 0, where)
+    if isinstance(a, nn.Parameter):
+        t.block_all(args, kwargs, f"a parameter multiplied from the left: {where}")
+        return untracked(value)
+    a_ids, b_ids = t.ids_of(a), t.ids_of(b)
+    if a.dim() == 1 or b.dim() == 1:
+        t.matmul_ids(a_ids, b_ids, where)
+        return untracked(value)
+    out = t.matmul_ids(a_ids, b_ids, where)
+    return out.expand(value.shape) if out.dim() and out.shape != value.shape else out
+
+
+def _conv(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    ids = t.ids_of(x)
+    owner = t.owner_of(w)
+    if owner is None:
+        t.block_all((x, w, b), {}, f"a convolution weight computed in the forward: {where}")
+        return untracked(value)
+    layer_name = owner[0]
+    if not isinstance(t.pruners[layer_name], ConvPruner):  # a custom layer: its weight's dimensions
+        if groups != 1:
+            t.block_all((x, w, b), {}, f"a grouped convolution of a custom layer: {where}")
+            return untracked(value)
+        slot_in, slot_out = t.param_slot(w, 1, False), t.param_slot(w, 0, True)
+        t.space.unify(ids, channel_ids(slot_in.ids, 1, ids.shape))
+        if b is not None and t.param_slot(b, 0, False) is not None:
+            t.space.unify(t.param_slot(b, 0, False).ids, slot_out.ids)
+        return channel_ids(slot_out.ids, 1, value.shape)
+    c_in = x.shape[1]
+    if groups == 1:
+        t.space.unify(ids, channel_ids(t.slot(layer_name, "in", c_in, False).ids, 1, ids.shape))
+        return channel_ids(t.slot(layer_name, "out", w.shape[0], True).ids, 1, value.shape)
+    if groups == c_in == w.shape[0]:
+        ch = t.slot(layer_name, "ch", w.shape[0], True).ids
+        t.space.unify(ids, channel_ids(ch, 1, ids.shape))
+        if bool((collapse(ids)[0] < 0).any()):  # it reads channels nobody can remove (e.g. the model input)
+            t.space.block(ch, f"depthwise convolution {layer_name} reads channels that cannot be pruned")
+        return channel_ids(ch, 1, value.shape)
+    # grouped: a unit is one channel position in every group, so the groups stay equal in size
+    inp = t.slot(layer_name, "in", c_in, False)
+    out = t.slot(layer_name, "out", w.shape[0], True)
+    for slot in (inp, out):
+        per_group = slot.ids.view(groups, -1)
+        t.space.unify(per_group[1:], per_group[:1].expand(groups - 1, -1))
+    t.space.unify(ids, channel_ids(inp.ids, 1, ids.shape))
+    return channel_ids(out.ids, 1, value.shape)
+
+
+def _norm_params(t: DimTracer, x_ids: torch.Tensor, dim: int, params: list[Any], where: str) -> torch.Tensor:
+    """Tie the per-channel parameters / buffers of a norm to dimension ``dim`` of its input."""
+    feat = None
+    for p in params:
+        if p is None:
+            continue
+        slot = t.param_slot(p, 0, False)
+        if slot is None:
+            t.space.block(x_ids, f"normalised with a tensor that is not a parameter: {where}")
+            return x_ids
+        t.space.unify(x_ids, channel_ids(slot.ids, dim, x_ids.shape))
+        feat = slot.ids if feat is None else feat
+    return x_ids if feat is None else channel_ids(feat, dim, x_ids.shape)
+
+
+def _layer_norm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, shape = args[0], args[1] if len(args) > 1 else kwargs["normalized_shape"]
+    w = args[2] if len(args) > 2 else kwargs.get("weight")
+    b = args[3] if len(args) > 3 else kwargs.get("bias")
+    ids = t.ids_of(x)
+    if len(shape) != 1:
+        t.block_all((x, w, b), {}, f"normalised over several dimensions: {where}")
+        return untracked(value)
+    return _norm_params(t, ids, -1, [w, b], where)
+
+
+def _rms_norm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, shape = args[0], args[1] if len(args) > 1 else kwargs["normalized_shape"]
+    w = args[2] if len(args) > 2 else kwargs.get("weight")
+    if len(shape) != 1:
+        t.block_all((x, w), {}, f"normalised over several dimensions: {where}")
+        return untracked(value)
+    return _norm_params(t, t.ids_of(x), -1, [w], where)
+
+
+def _group_norm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, groups = args[0], args[1] if len(args) > 1 else kwargs["num_groups"]
+    w = args[2] if len(args) > 2 else kwargs.get("weight")
+    b = args[3] if len(args) > 3 else kwargs.get("bias")
+    ids = t.ids_of(x)
+    if groups > 1 and tracked(ids):  # every group must lose as many channels: one position in every group
+        per_group = ids.movedim(1, -1).unflatten(-1, (groups, -1))
+        t.space.unify(per_group, per_group.narrow(-2, 0, 1).expand(per_group.shape))
+    return _norm_params(t, ids, 1, [w, b], where)
+
+
+def _batch_norm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x = args[0]
+    names = ("running_mean", "running_var", "weight", "bias")
+    params = [args[i + 1] if len(args) > i + 1 else kwargs.get(n) for i, n in enumerate(names)]
+    return _norm_params(t, t.ids_of(x), 1, params, where)
+
+
+def _embedding(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    slot = t.param_slot(w, 1, True)
+    if slot is None:
+        t.block_all((w,), {}, f"an embedding table that is not a parameter: {where}")
+        return untracked(value)
+    return channel_ids(slot.ids, -1, value.shape)
+
+
+def _sdpa(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    q, k, v = (t.ids_of(a) for a in args[:3])
+    if kwargs.get("enable_gqa") and k.shape[-3] != q.shape[-3]:  # key / value heads shared by query heads
+        k, v = (x.repeat_interleave(q.shape[-3] // x.shape[-3], dim=-3) for x in (k, v))
+    scores = t.matmul_ids(q, k.transpose(-2, -1), where)
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    if _is_tensor(mask) and tracked(t.ids_of(mask)):  # an additive per-head bias (e.g. relative positions)
+        shape = torch.broadcast_shapes(scores.shape, mask.shape)
+        t.space.unify(*collapse(scores.expand(shape), t.ids_of(mask).expand(shape)))
+    return t.matmul_ids(scores, v, where).expand(value.shape)
+
+
+def _pad(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    x, pad = args[0], args[1] if len(args) > 1 else kwargs["pad"]
+    ids = t.ids_of(x)
+    padded = range(ids.dim() - len(pad) // 2, ids.dim())
+    if any(varies(ids, d) for d in padded):
+        t.space.block(ids, f"padded along a feature dimension: {where}")
+        return untracked(value)
+    fixed = ids
+    for d in padded:
+        fixed = fixed.narrow(d, 0, 1)
+    return fixed.expand(value.shape) if all(fixed.shape[d] == 1 for d in padded) else untracked(value)
+
+
+def _setitem(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    target, src = args[0], args[2]
+    if tracked(t.ids_of(target)) or (_is_tensor(src) and tracked(t.ids_of(src))):
+        t.block_all((target, src), {}, f"written into in place: {where}")
+    return None
+
+
+_RULES = {
+    "linear": _linear,
+    "addmm": _addmm,
+    "matmul": _matmul,
+    "mm": _matmul,
+    "bmm": _matmul,
+    "__matmul__": _matmul,
+    "__rmatmul__": _matmul,
+    "conv1d": _conv,
+    "conv2d": _conv,
+    "layer_norm": _layer_norm,
+    "rms_norm": _rms_norm,
+    "group_norm": _group_norm,
+    "batch_norm": _batch_norm,
+    "embedding": _embedding,
+    "scaled_dot_product_attention": _sdpa,
+    "pad": _pad,
+    "__setitem__": _setitem,
+}
+
+
+# ---------------------------------------------------------------------- helpers
+def call_model(model: nn.Module, example: Any) -> Any:
+    """``model(example)``, ``model(*example)`` for a tuple, ``model(**example)`` for a dict."""
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple | list):
+        return model(*example)
+    return model(example)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line`` of the innermost traceback frame outside torch and slimkit (the user's code)."""
+    here = Path(__file__).resolve().parents[1]
+    torch_dir = Path(torch.__file__).resolve().parent
+    where = "an unknown place"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve()
+        if not (path.is_relative_to(here) or path.is_relative_to(torch_dir)):
+            where = f"{frame.filename}:{frame.lineno}"
+    return where
+
+
+def _split_pieces(ids: torch.Tensor, out_shape: torch.Size) -> dict[int, bool]:
+    """Output dimensions that are inner factors of an input feature dimension split into several."""
     src = [(d, n) for d, n in enumerate(ids.shape) if n > 1]
-    dst = [n for n in out_shape if n > 1]
+    dst = [(d, n) for d, n in enumerate(out_shape) if n > 1]
+    inner: dict[int, bool] = {}
     i = j = 0
     while i < len(src) and j < len(dst):
-        dims, pieces = [src[i][0]], 1
-        p_in, p_out = src[i][1], dst[j]
+        dims, outs = [src[i][0]], [dst[j][0]]
+        p_in, p_out = src[i][1], dst[j][1]
         while p_in != p_out:
             if p_in < p_out:
                 i += 1
                 if i >= len(src):
-                    return False
+                    return inner
                 p_in *= src[i][1]
                 dims.append(src[i][0])
             else:
                 j += 1
                 if j >= len(dst):
-                    return False
-                p_out *= dst[j]
-                pieces += 1
-        if pieces > 1 and any(varies(ids, d) for d in dims):
-            return True
+                    return inner
+                p_out *= dst[j][1]
+                outs.append(dst[j][0])
+        if len(outs) > 1 and any(varies(ids, d) for d in dims):
+            for d in outs[1:]:
+                inner[d] = True
         i, j = i + 1, j + 1
-    return False
+    return inner
 
 
-def _fetch(model: nn.Module, target: str) -> Any:
-    obj: Any = model
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _ids_index(item: Any) -> Any:
+    return item.to(torch.long) if _is_tensor(item) and item.dtype not in (torch.bool, torch.long) else item
 
 
-def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+def _is_tensor_list(x: Any) -> bool:
+    return isinstance(x, tuple | list) and len(x) > 0 and all(_is_tensor(v) for v in x)
+
+
+def flat_tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a value (nested tuples, lists and dicts such as a model output)."""
     if _is_tensor(obj):
         return [obj]
     if isinstance(obj, tuple | list):
-        return [t for o in obj for t in _flat_tensors(o)]
+        return [t for o in obj for t in flat_tensors(o)]
     if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _flat_tensors(o)]
+        return [t for o in obj.values() for t in flat_tensors(o)]
     return []
+
+
+def _fits(ids: Any, value: Any) -> bool:
+    """Whether ``ids`` has the structure of ``value`` (a tensor of its shape per tensor)."""
+    if _is_tensor(value):
+        return _is_tensor(ids) and ids.shape == value.shape
+    if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
+        return isinstance(ids, tuple | list) and len(ids) == len(value) and all(map(_fits, ids, value))
+    return not isinstance(ids, BaseException)

@@ -26,8 +26,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
-from slimkit.graph import DependencyGraph, Group
-from slimkit.prune.slices import slot_matrix
+from slimkit.graph import DependencyGraph, Group, pruner_for
 
 METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random")
 NEEDS_DATA = ("taylor", "activation", "apoz")
@@ -60,7 +59,8 @@ def _weight_scores(model: nn.Module, group: Group, method: str, grads: bool, agg
 
     per_slot = {}
     for k, slot in enumerate(group.slots):
-        rows = slot_matrix(model.get_submodule(slot.module), slot.kind, get)
+        layer = model.get_submodule(slot.module)
+        rows = pruner_for(layer).rows(layer, slot.kind, get)
         per_slot[k] = rows.abs().sum(1) if method in ("l1", "taylor") else rows.pow(2).sum(1).sqrt()
     return _unit_scores(group, per_slot, aggregate, power=2 if method == "l2" else 1)
 

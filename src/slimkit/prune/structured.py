@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.hardware import simd_channels
+from slimkit.core.model import Snapshot, eval_mode, transaction
 from slimkit.core.surgery import tie_parameter
 from slimkit.core.transform import (
     Config,
@@ -33,10 +34,10 @@ from slimkit.core.transform import (
     select,
 )
 from slimkit.evaluate.cost import count_macs, count_params
-from slimkit.graph import DependencyGraph, Group, analyze
+from slimkit.graph import DependencyGraph, Group, analyze, pruner_for
+from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.prune import importance as imp
 from slimkit.prune import mha
-from slimkit.prune.slices import rebuild
 from slimkit.train import reestimate_bn
 
 
@@ -165,12 +166,78 @@ def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndar
         keep[np.concatenate(gone)] = False
         per_module[module][kind] = torch.from_numpy(np.flatnonzero(keep))
     for module, keep in per_module.items():
-        rebuild(model, module, keep)
+        layer = model.get_submodule(module)
+        pruner_for(layer).rebuild(model, module, layer, keep)
     for (source, source_attr), *others in graph.shared:  # rebuilt layers hold copies: tie them again
         if any(m in per_module for m, _ in [(source, source_attr), *others]):
             for module, attr in others:
                 tie_parameter(model, module, attr, f"{source}.{source_attr}" if source else source_attr)
     return changes
+
+
+def _grown(example: Any) -> Any:
+    """The example batch with its first sample appended (a second batch size to run on)."""
+    if isinstance(example, torch.Tensor):
+        return torch.cat([example, example[:1]]) if example.dim() else example
+    if isinstance(example, dict):
+        return {k: _grown(v) for k, v in example.items()}
+    if isinstance(example, tuple | list):
+        return type(example)(_grown(v) for v in example)
+    return example
+
+
+def _output_shapes(model: nn.Module, example: Any) -> list[list[tuple[int, ...]]]:
+    """Shapes of every output tensor on ``example`` and on a batch one larger."""
+    shapes = []
+    with eval_mode(model), torch.no_grad():
+        for batch in (example, _grown(example)):
+            out = call_model(model, batch)
+            shapes.append([tuple(t.shape) for t in flat_tensors(out)])
+    return shapes
+
+
+def _run_error(model: nn.Module, example: Any, want: list[list[tuple[int, ...]]]) -> str | None:
+    """None if the model runs on the example and a larger batch with the shapes ``want``, else what went wrong."""
+    try:
+        got = _output_shapes(model, example)
+    except Exception as exc:  # noqa: BLE001  (any failure of the pruned model is the answer)
+        return f"it no longer runs ({first_line(exc)[:200]})"
+    return None if got == want else f"output shapes change from {want[0]} to {got[0]}"
+
+
+def remove_checked(
+    model: nn.Module, graph: DependencyGraph, removal: list[np.ndarray], example: Any
+) -> tuple[dict[str, str], dict[str, str]]:
+    """:func:`remove_units`, then run the pruned model on ``example`` and on a batch one larger.
+
+    A group whose removal makes the model fail or change an output shape is put back and returned
+    as skipped (``{producer layer: reason}``); the rest stays pruned. Returns ``(changes, skipped)``.
+    """
+    want = _output_shapes(model, example)
+    snap = Snapshot(model)
+    changes = remove_units(model, graph, removal)
+    if _run_error(model, example, want) is None:
+        return changes, {}
+    snap.restore()
+    nothing = np.zeros(0, dtype=np.int64)
+    broken: dict[int, str] = {}
+    for g, units in enumerate(removal):  # which groups break the model on their own
+        if len(units):
+            remove_units(model, graph, [u if k == g else nothing for k, u in enumerate(removal)])
+            error = _run_error(model, example, want)
+            snap.restore()
+            if error:
+                broken[g] = error
+    changes = remove_units(model, graph, [nothing if g in broken else u for g, u in enumerate(removal)])
+    error = _run_error(model, example, want)
+    if error:
+        snap.restore()
+        raise SlimkitError(f"pruning breaks the model together although each group alone does not: {error}")
+    skipped = {}
+    for g, why in broken.items():
+        producer = next(s.module for s in graph.groups[g].slots if s.producer)
+        skipped[producer] = f"removing its units breaks the model, so it was kept: {why}"
+    return changes, skipped
 
 
 def prune_channels(
@@ -183,8 +250,9 @@ def prune_channels(
 
     Returns the :class:`TransformRecord`, which is also attached to the model (``slimkit.records``).
     """
-    record = _prune(model, config, example_inputs, data)
-    add_record(model, record)
+    with transaction(model):  # a failure leaves the model exactly as it was
+        record = _prune(model, config, example_inputs, data)
+        add_record(model, record)
     return record
 
 
@@ -200,7 +268,8 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
     ratio = config.ratio
     if config.target_macs is not None or config.target_params is not None:
         ratio = _search_ratio(model, graph, scores, config, example_inputs)
-    changes = remove_units(model, graph, plan(model, graph, scores, config, ratio))
+    changes, broken = remove_checked(model, graph, plan(model, graph, scores, config, ratio), example_inputs)
+    graph.skipped.update(broken)
     recalibrated = bool(changes and batches and config.recalibrate_bn)
     if recalibrated:
         reestimate_bn(model, batches)

@@ -1,0 +1,323 @@
+"""Pruning models slimkit did not write (issue 18): Hugging Face ``transformers`` families built from
+configs (random weights), the traps that used to return broken or half-changed models, custom layers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+import slimkit as sk
+from slimkit.core.errors import SlimkitError
+from slimkit.graph import ParamLayout, analyze, register_pruner
+from slimkit.prune import ChannelPruneConfig
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+
+class Logits(nn.Module):
+    """What a user writes around a ``transformers`` model: ``forward(x)`` returns a tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.m(x)
+        return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float = 0.5) -> float:
+    """Prune at ``ratio``; the model must run on the example and on another batch size with the same
+    output shapes. Returns the share of parameters kept."""
+    model.eval()
+    with torch.no_grad():
+        shapes = [model(x).shape, model(torch.cat([x, x, x[:1]])).shape]
+    before = _params(model)
+    sk.apply_(model, ChannelPruneConfig(ratio=ratio), example_inputs=x)
+    with torch.no_grad():
+        assert [model(x).shape, model(torch.cat([x, x, x[:1]])).shape] == shapes
+    return _params(model) / before
+
+
+def _llama(**kw: int) -> nn.Module:
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=100,
+        **kw,
+    )
+    torch.manual_seed(0)
+    return Logits(transformers.LlamaForCausalLM(config))
+
+
+TEXT = torch.randint(0, 100, (2, 10))
+IMAGES = torch.randn(2, 3, 32, 32)
+
+
+VISION = {"num_labels": 5}
+FAMILIES = {  # model class, config class, config arguments, example
+    "resnet": (
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], **VISION},
+        IMAGES,
+    ),
+    "convnext": (
+        "ConvNextForImageClassification",
+        "ConvNextConfig",
+        {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, **VISION},
+        IMAGES,
+    ),
+    "vit": (
+        "ViTForImageClassification",
+        "ViTConfig",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "image_size": 32,
+            "patch_size": 8,
+            **VISION,
+        },
+        IMAGES,
+    ),
+    "swin": (
+        "SwinForImageClassification",
+        "SwinConfig",
+        {
+            "image_size": 32,
+            "patch_size": 2,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [2, 4],
+            "window_size": 4,
+            **VISION,
+        },
+        IMAGES,
+    ),
+    "efficientnet": (
+        "EfficientNetForImageClassification",
+        "EfficientNetConfig",
+        {"image_size": 32, "width_coefficient": 0.25, "depth_coefficient": 0.2, "hidden_dim": 320, **VISION},
+        IMAGES,
+    ),
+    "poolformer": (
+        "PoolFormerForImageClassification",
+        "PoolFormerConfig",
+        {
+            "hidden_sizes": [16, 32],
+            "depths": [1, 1],
+            "num_encoder_blocks": 2,
+            "patch_sizes": [7, 3],
+            "strides": [4, 2],
+            "padding": [2, 1],
+            **VISION,
+        },
+        IMAGES,
+    ),
+    "bert": (
+        "BertForSequenceClassification",
+        "BertConfig",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "vocab_size": 100,
+        },
+        TEXT,
+    ),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        {"n_embd": 32, "n_head": 4, "n_layer": 2, "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 0},
+        TEXT,
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_transformers_families_prune_and_run_on_a_new_batch_size(family: str) -> None:
+    model_class, config_class, kwargs, x = FAMILIES[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs))
+    kept = _prune_and_check(Logits(model), x)
+    assert kept <= 0.8, f"{family} kept {kept:.0%} of its parameters"
+
+
+def test_grouped_query_attention_prunes_key_value_heads_with_the_query_heads_that_share_them() -> None:
+    model = _llama()
+    attn = model.m.model.layers[0].self_attn
+    head_dim = attn.head_dim
+    _prune_and_check(model, TEXT)
+    q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+    assert attn.head_dim == head_dim and kv_heads == 1 and q_heads == 2  # 4 query heads share 2 kv heads
+    assert attn.v_proj.out_features == attn.k_proj.out_features and attn.o_proj.in_features == q_heads * head_dim
+
+
+def test_tied_input_and_output_embeddings_stay_tied() -> None:
+    model = _llama(tie_word_embeddings=True)
+    assert model.m.lm_head.weight is model.m.model.embed_tokens.weight
+    kept = _prune_and_check(model, TEXT)
+    assert kept < 0.7
+    lm, emb = model.m.lm_head, model.m.model.embed_tokens
+    assert lm.weight is emb.weight and lm.in_features == emb.embedding_dim < 64
+
+
+def test_shape_checks_and_python_on_sizes_in_forward_do_not_stop_the_analysis() -> None:
+    class Checked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc1 = nn.Linear(16, 32)
+            self.fc2 = nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1] != 3:  # ordinary input checks, as in transformers models
+                raise ValueError("expected RGB")
+            h = F.relu(self.conv(x)).mean((2, 3))
+            width = h.shape[-1]  # a size read from a tensor follows pruning
+            return self.fc2(F.relu(self.fc1(h.view(-1, width))))
+
+    model = Checked()
+    _prune_and_check(model, IMAGES)
+    assert model.conv.out_channels == 8 and model.fc1.out_features == 16
+
+
+def test_an_unknown_operation_between_a_convolution_and_its_batchnorm_never_returns_a_broken_model() -> None:
+    class Rolled(nn.Module):
+        def __init__(self, dims: int) -> None:
+            super().__init__()
+            self.dims = dims
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = nn.BatchNorm2d(16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.roll(self.conv(x), shifts=1, dims=self.dims)  # channels (1) or width (3)
+            return self.head(F.relu(self.bn(h)).mean((2, 3)))
+
+    along_channels = Rolled(1)
+    _prune_and_check(along_channels, IMAGES)
+    assert along_channels.conv.out_channels == 16  # rolling mixes channels: left alone, model intact
+    assert "rolled along a feature dimension" in sk.records(along_channels)[-1].skipped["conv"]
+    along_width = Rolled(3)
+    _prune_and_check(along_width, IMAGES)
+    assert along_width.conv.out_channels == along_width.bn.num_features == 8
+
+
+def test_convolution_subclasses_and_weights_computed_in_forward() -> None:
+    class MyConv(nn.Conv2d):  # a subclass defined outside torch.nn, forward inherited
+        pass
+
+    class StandardizedConv(nn.Conv2d):  # weight standardisation: the weight is computed in forward
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (
+                self.weight.std((1, 2, 3), keepdim=True) + 1e-5
+            )
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    for cls, pruned in ((MyConv, True), (StandardizedConv, False)):
+        model = nn.Sequential(cls(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1))
+        _prune_and_check(model, IMAGES)
+        assert (model[0].out_channels == model[1].num_features == 8) is pruned, cls.__name__
+
+
+def test_a_group_whose_removal_breaks_the_model_is_put_back_and_reported() -> None:
+    class Strict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.width = 32
+            self.a = nn.Linear(8, 32)
+            self.b = nn.Linear(32, 16)
+            self.c = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            if h.shape[-1] != self.width:  # a check against a size attribute slimkit does not know
+                raise ValueError(f"hidden width {h.shape[-1]} != {self.width}")
+            return self.c(torch.relu(self.b(h)))
+
+    model = Strict()
+    _prune_and_check(model, torch.randn(3, 8))
+    assert model.a.out_features == 32 and model.b.out_features == 8
+    assert "breaks the model" in sk.records(model)[-1].skipped["a"]
+
+
+def test_a_failed_call_leaves_the_model_bit_identical(tmp_path: Path) -> None:
+    class WithAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(8, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+    model = WithAttention().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = [type(m) for m in model.modules()]
+    unreachable = ChannelPruneConfig(target_params=0.001)  # fails after the attention was converted
+    with pytest.raises(SlimkitError, match="cannot reach the target"):
+        sk.apply_(model, unreachable, example_inputs=torch.randn(2, 5, 8))
+    assert [type(m) for m in model.modules()] == classes and isinstance(model.attn, nn.MultiheadAttention)
+    after = model.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], v) for k, v in state.items())
+    model.load_state_dict(state, strict=True)
+    assert not sk.records(model)
+
+
+def test_registered_pruner_for_a_custom_layer_updates_its_size_attribute() -> None:
+    class Gain(nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n = n
+            self.gain = nn.Parameter(torch.rand(n) + 0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] != self.n:
+                raise ValueError("width")
+            return x * self.gain
+
+    model = nn.Sequential(nn.Linear(8, 32), Gain(32), nn.ReLU(), nn.Linear(32, 4))
+    graph = analyze(model, torch.randn(2, 8))
+    assert "1" in {s.module for g in graph.groups for s in g.slots}  # the gain is part of fc's group
+    _prune_and_check(copy.deepcopy(model), torch.randn(2, 8))  # without a rule: kept (its check fails)
+    register_pruner(Gain, ParamLayout({"gain": ("ch",)}, sizes={"n": "ch"}))
+    _prune_and_check(model, torch.randn(2, 8))
+    assert model[1].n == model[0].out_features == 16 and model[1].gain.shape == (16,)
+
+
+def test_pruned_transformers_model_saves_without_pickle_and_reloads_to_identical_outputs(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(gpt2_logits(), str(tmp_path / "w.safetensors"))
+    model = sk.load(tmp_path / "w.safetensors", factory="tests.test_prune_real_models:gpt2_logits").eval()
+    sk.apply_(model, ChannelPruneConfig(ratio=0.5), example_inputs=TEXT)
+    sk.save(model, tmp_path / "ckpt")
+    again = sk.load(tmp_path / "ckpt", factory="tests.test_prune_real_models:gpt2_logits").eval()
+    with torch.no_grad():
+        assert torch.equal(model(TEXT), again(TEXT))
+    assert _params(again) == _params(model) < _params(gpt2_logits())
+
+
+def gpt2_logits() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    return Logits(transformers.GPT2LMHeadModel(config)).eval()
