@@ -106,7 +106,7 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     model_class, config_class, kwargs, kind = FAMILIES.get(name) or SCALE[name]
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs))
-    vocab = model.config.vocab_size if hasattr(model, "config") else TEXT["vocab_size"]
+    vocab = getattr(model.config, "vocab_size", TEXT["vocab_size"])
     x = torch.randn(*IMAGES) if kind == "image" else torch.randint(0, vocab, (2, 16))
     return Logits(model).eval(), x
 
@@ -150,6 +150,7 @@ def run_one(name: str, tool: str) -> dict:
     model, x = build(name)
     with torch.no_grad():
         shapes = [model(x).shape, model(torch.cat([x, x[:1]])).shape]
+    original_onnx = onnx_agreement(model, x) if name in FAMILIES and tool == "slimkit" else None
     params0, macs0 = sum(p.numel() for p in model.parameters()), count_macs(model, x)
     rss0 = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
@@ -172,6 +173,8 @@ def run_one(name: str, tool: str) -> dict:
     row["macs"] = count_macs(model, x) / macs0
     row["status"] = "ok" if params < params0 else "unpruned"
     row["onnx"] = onnx_agreement(model, x) if name in FAMILIES else "-"
+    if original_onnx is not None and original_onnx != "yes":
+        row["onnx"] += f" (unpruned: {original_onnx[:40]})"
     row["params_before"] = params0
     return row
 
@@ -206,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--scale", action="store_true", help="BERT-base, GPT-2 small and Llama from 5M to 1B")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per (family, tool) run")
     parser.add_argument("--one", nargs=2, metavar=("FAMILY", "TOOL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -225,14 +229,19 @@ def main() -> None:
     names = list(SCALE) if args.scale else args.families
     for name in names:
         for tool in ("slimkit", "torch-pruning"):
-            if name.startswith("llama") and tool != "slimkit" and name != "llama-5m":
+            if name in SCALE and name.startswith("llama") and tool != "slimkit" and name != "llama-5m":
                 continue
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            done = subprocess.run(
-                [sys.executable, __file__, "--one", name, tool], capture_output=True, text=True, env=env, check=False
-            )
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"status": "crashed", "why": done.stderr.strip()[-160:]}
+            try:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--one", name, tool],
+                    capture_output=True, text=True, env=env, check=False, timeout=args.timeout,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                row = {"status": "timeout", "why": f"no result within {args.timeout:.0f} s"}
+            else:
+                lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+                row = json.loads(lines[-1]) if lines else {"status": "crashed", "why": done.stderr.strip()[-160:]}
             counts[tool][row["status"]] = counts[tool].get(row["status"], 0) + 1
             if row["status"] in ("ok", "unpruned"):
                 per = row["seconds"] / row["params_before"] * 1e9

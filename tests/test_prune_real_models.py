@@ -321,3 +321,24 @@ def gpt2_logits() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
     return Logits(transformers.GPT2LMHeadModel(config)).eval()
+
+
+def test_fused_qkv_split_and_literal_head_counts_follow_the_pruned_heads() -> None:
+    gpt2 = gpt2_logits()  # c_attn(x).split(self.split_size, dim=2): one fused q/k/v projection
+    _prune_and_check(gpt2, TEXT)
+    attn = gpt2.m.transformer.h[0].attn
+    assert attn.c_attn.nf == 3 * attn.split_size == 3 * 16 and attn.c_proj.weight.shape[0] == 16
+    # StableLM writes q.view(bsz, q_len, self.num_heads, self.head_dim): the head count attribute follows
+    config = transformers.StableLmConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        vocab_size=100,
+    )
+    torch.manual_seed(0)
+    stablelm = Logits(transformers.StableLmForCausalLM(config))
+    _prune_and_check(stablelm, TEXT)
+    attn = stablelm.m.model.layers[0].self_attn
+    assert attn.num_heads == 2 and attn.q_proj.out_features == 2 * attn.head_dim

@@ -57,6 +57,7 @@ class Group:
     slots: list[Slot]
     index: list[np.ndarray]
     offsets: list[np.ndarray]
+    labels: np.ndarray  # the component (see slimkit.graph.ids) of each unit
 
     def __len__(self) -> int:
         """The number of units."""
@@ -95,6 +96,8 @@ class DependencyGraph:
     skipped: dict[str, str]
     slots: dict[tuple[str, str], Slot]
     shared: list[list[tuple[str, str]]] = dataclasses.field(default_factory=list)  # tied parameters' owners
+    # (layer, attribute, components): an integer attribute that counts the kept ones of these components
+    bindings: list[tuple[str, str, np.ndarray]] = dataclasses.field(default_factory=list)
 
     def group_of(self, module: str) -> Group | None:
         """The group in which ``module`` produces units (e.g. a conv's output channels)."""
@@ -168,7 +171,8 @@ def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) 
             and not any(p in seen for p in parents)
         ):
             skipped[name] = "not reached by the analysis (it runs inside an operation the pruner cannot see into)"
-    return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots, shared=shared)
+    bindings = [(layer, attr, labels[ids.numpy()]) for layer, attr, ids in tracer.bindings]
+    return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots, shared=shared, bindings=bindings)
 
 
 def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable: np.ndarray) -> list[np.ndarray]:
@@ -216,4 +220,6 @@ def _group(slots: list[Slot], comp: np.ndarray, bounds: np.ndarray, members: np.
         used.append(slots[k])
         index.append(positions[order])
         offsets.append(np.concatenate([[0], np.cumsum(np.bincount(units, minlength=len(members)))]))
-    return Group(slots=used, index=index, offsets=offsets)
+    unit_labels = np.empty(len(members), dtype=np.int64)
+    unit_labels[rank[members]] = members
+    return Group(slots=used, index=index, offsets=offsets, labels=unit_labels)

@@ -172,6 +172,8 @@ class DimTracer:
         self.pruners = {name: pruner_for(m) for name, m in self.modules.items()}
         self.stack: list[str] = []  # layers running, innermost last
         self._leaf_inputs: tuple = ((), [])
+        self.bindings: list[tuple[str, str, torch.Tensor]] = []  # (layer, attribute, ids its value counts)
+        self.transposed: dict[int, tuple[Any, nn.Parameter]] = {}  # id(w.T) -> (weak reference, w)
         self.leaf_depth = 0
 
     # ------------------------------------------------------------------ slots
@@ -401,6 +403,9 @@ class DimTracer:
             for d in [dims] if isinstance(dims, int) else list(dims or range(src.dim())):
                 if varies(src, d):
                     self.space.block(src, f"rolled along a feature dimension: {where}")
+        p = args[0]
+        if isinstance(p, nn.Parameter) and p.dim() == 2 and name in ("T", "t", "mT", "transpose", "swapaxes"):
+            self.transposed[id(value)] = (weakref.ref(value), p)  # x @ w.T reads w like F.linear does
         if name == "T":
             return src.permute(*reversed(range(src.dim())))
         if name == "mT":
@@ -426,11 +431,16 @@ class DimTracer:
         for d in range(out.dim()):
             if not varies(out, d):
                 continue
-            if d in pieces:  # the inner factor of a split feature dimension: keep each slice whole
+            if pieces.get(d) == "inner":  # the inner factor of a split feature dimension: keep each slice whole
                 out = self.keep_whole(out, d, f"a fixed size in a reshape to {list(value.shape)}: {where}")
-            elif sizes is not None and d < len(sizes) and sizes[d] != -1 and not isinstance(sizes[d], _Size):
-                if self._sized_by_layer(out, d):
-                    continue
+                continue
+            if sizes is None or d >= len(sizes) or sizes[d] == -1 or isinstance(sizes[d], _Size):
+                continue  # the size follows the input
+            if self._sized_by_layer(out, d):
+                continue
+            # a literal size held by an attribute of the running layer (num_heads, hidden_size) is updated
+            prefer = ("head",) if pieces.get(d) == "outer" else ("size", "dim")
+            if not self._bind_size(sizes[d], prefer, _along(out, d)):
                 self.space.block(out, f"reshaped to a fixed size {list(value.shape)}: {where}")
                 return out
         return out
@@ -442,11 +452,7 @@ class DimTracer:
         if not self.stack:
             return False
         layer = self.stack[-1]
-        along = ids.narrow(0, 0, 1) if ids.dim() else ids
-        for d in range(ids.dim()):
-            if d != dim:
-                along = along.narrow(d, 0, 1) if d else along
-        along = along.reshape(-1)
+        along = _along(ids, dim)
         size_of = getattr(self.pruners[layer], "size_of", {})
         for kind in size_of.values():
             slot = self.slots.get((layer, kind))
@@ -498,7 +504,15 @@ class DimTracer:
         dim %= ids.dim()
         if varies(ids, dim):
             sizes = [v.shape[dim] for v in value] if name != "unbind" else []
-            if name == "chunk" and len(set(sizes)) == 1:
+            size = args[1] if len(args) > 1 else kwargs.get("split_size", kwargs.get("split_size_or_sections"))
+            # a fixed piece size held by an attribute of the running layer (GPT-2's split_size) is updated
+            equal = len(set(sizes)) == 1
+            first = _along(ids.narrow(dim, 0, sizes[0]), dim) if equal else None
+            if equal and (
+                name == "chunk"
+                or isinstance(size, _Size)
+                or (name == "split" and self._bind_size(size, ("split", "chunk"), first))
+            ):
                 # equal pieces stay equal when each unit removes the same positions from every piece
                 parts = ids.unflatten(dim, (len(sizes), sizes[0]))
                 self.space.unify(parts, parts.narrow(dim, 0, 1).expand(parts.shape))
@@ -508,6 +522,19 @@ class DimTracer:
             return tuple(func(ids, *args[1:], **kwargs))
         except (RuntimeError, TypeError):
             return untracked(value)
+
+    def _bind_size(self, size: int, prefer: tuple[str, ...], ids: torch.Tensor) -> bool:
+        """Record that the integer attribute of the running layer holding ``size`` counts the kept ``ids``
+        (when several hold it: those whose name contains a word of ``prefer``, e.g. ``num_heads`` and
+        ``num_key_value_heads`` of multi-head attention). False if no attribute holds it."""
+        if not self.stack or type(size) is not int:
+            return False
+        layer = self.stack[-1]
+        names = [a for a, v in vars(self.modules[layer]).items() if type(v) is int and v == size and a[0] != "_"]
+        if len(names) > 1:
+            names = [a for a in names if any(word in a for word in prefer)]
+        self.bindings.extend((layer, name, ids) for name in names)
+        return bool(names)
 
     def _reduce(self, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
         if len(args) > 1 and _is_tensor(args[1]):  # torch.max(a, b): element-wise
@@ -613,6 +640,9 @@ def _matmul(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, wher
     a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
     if isinstance(b, nn.Parameter) and b.dim() == 2:
         return _weight_rule(t, a, b, None, value, 1, 0, where)
+    view = t.transposed.get(id(b))
+    if view is not None and view[0]() is b:  # x @ w.T
+        return _weight_rule(t, a, view[1], None, value, 0, 1, where)
     if isinstance(a, nn.Parameter):
         t.block_all(args, kwargs, f"a parameter multiplied from the left: {where}")
         return untracked(value)
@@ -800,11 +830,17 @@ def _user_frame(exc: BaseException) -> str:
     return where
 
 
-def _split_pieces(ids: torch.Tensor, out_shape: torch.Size) -> dict[int, bool]:
-    """Output dimensions that are inner factors of an input feature dimension split into several."""
+def _along(ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The ids along ``dim`` (at position 0 of every other dimension), as a vector."""
+    return ids.movedim(dim, -1).reshape(-1, ids.shape[dim])[0]
+
+
+def _split_pieces(ids: torch.Tensor, out_shape: torch.Size) -> dict[int, str]:
+    """Output dimensions made by splitting an input feature dimension into several: ``"outer"`` for
+    the first factor (e.g. heads), ``"inner"`` for the others (e.g. the head size)."""
     src = [(d, n) for d, n in enumerate(ids.shape) if n > 1]
     dst = [(d, n) for d, n in enumerate(out_shape) if n > 1]
-    inner: dict[int, bool] = {}
+    inner: dict[int, str] = {}
     i = j = 0
     while i < len(src) and j < len(dst):
         dims, outs = [src[i][0]], [dst[j][0]]
@@ -823,8 +859,9 @@ def _split_pieces(ids: torch.Tensor, out_shape: torch.Size) -> dict[int, bool]:
                 p_out *= dst[j][1]
                 outs.append(dst[j][0])
         if len(outs) > 1 and any(varies(ids, d) for d in dims):
+            inner[outs[0]] = "outer"
             for d in outs[1:]:
-                inner[d] = True
+                inner[d] = "inner"
         i, j = i + 1, j + 1
     return inner
 

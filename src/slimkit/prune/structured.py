@@ -24,7 +24,7 @@ from torch import nn
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.hardware import simd_channels
 from slimkit.core.model import Snapshot, eval_mode, transaction
-from slimkit.core.surgery import tie_parameter
+from slimkit.core.surgery import set_module_attr, tie_parameter
 from slimkit.core.transform import (
     Config,
     TransformRecord,
@@ -168,6 +168,12 @@ def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndar
     for module, keep in per_module.items():
         layer = model.get_submodule(module)
         pruner_for(layer).rebuild(model, module, layer, keep)
+    if graph.bindings and changes:  # attributes that count kept units (e.g. the size of fused q/k/v pieces)
+        removed = np.concatenate([g.labels[u] for g, u in zip(graph.groups, removal, strict=True)])
+        for layer, attr, components in graph.bindings:
+            kept = int((~np.isin(components, removed)).sum())
+            if kept != getattr(model.get_submodule(layer), attr):
+                set_module_attr(model, layer, attr, kept)
     for (source, source_attr), *others in graph.shared:  # rebuilt layers hold copies: tie them again
         if any(m in per_module for m, _ in [(source, source_attr), *others]):
             for module, attr in others:
