@@ -245,9 +245,9 @@ def main() -> None:
             counts[tool][row["status"]] = counts[tool].get(row["status"], 0) + 1
             if row["status"] in ("ok", "unpruned"):
                 per = row["seconds"] / row["params_before"] * 1e9
+                size = f"  ({row['params_before'] / 1e6:.0f}M params, {per:.1f} s per 1e9 params)" if args.scale else ""
                 print(f"{name:13s} {tool:13s} {row['status']:9s} {row['params']:7.2f} {row['macs']:6.2f} "
-                      f"{row['seconds']:7.2f} {row['added_mb']:6.1f}  {row['onnx']}  "
-                      f"({row['params_before'] / 1e6:.0f}M params, {per:.1f} s per 1e9 params)")  # fmt: skip
+                      f"{row['seconds']:7.2f} {row['added_mb']:6.1f}  {row['onnx']}{size}")  # fmt: skip
             else:
                 print(f"{name:13s} {tool:13s} {row['status']:9s} {row.get('why', '')}")
     for tool, c in counts.items():

@@ -81,7 +81,7 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
         raise ShapeError(f"{model_name(model)} cannot run on inputs of {got}: {reason}") from None
 
 
-SNAPSHOT_CLONE_BYTES = 512 * 2**20  # parameters up to this size are copied (restored even if changed in place)
+SNAPSHOT_CLONE_BYTES = 64 * 2**20  # parameters up to this size are copied (restored even if changed in place)
 
 
 class Snapshot:
@@ -90,7 +90,9 @@ class Snapshot:
     than edit them), copies of the buffers, and copies of the parameters when the model is small.
     Parameters of larger models are checked instead: one changed in place cannot be restored."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, copy_weights: bool | None = None) -> None:
+        """``copy_weights``: copy the parameters (None: when they fit in ``SNAPSHOT_CLONE_BYTES``); pass
+        False when the caller never changes a parameter in place (pruning replaces them)."""
         self.model = model
         self.modules = [
             (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules),
@@ -99,7 +101,8 @@ class Snapshot:
         ]  # fmt: skip
         params = {id(p): p for m, *_ in self.modules for p in m._parameters.values() if p is not None}
         buffers = {id(b): b for m, *_ in self.modules for b in m._buffers.values() if b is not None}
-        small = sum(p.numel() * p.element_size() for p in params.values()) <= SNAPSHOT_CLONE_BYTES
+        size = sum(p.numel() * p.element_size() for p in params.values())
+        small = size <= SNAPSHOT_CLONE_BYTES if copy_weights is None else copy_weights
         self.tensors = [(t, t._version, t.detach().clone() if small or id(t) in buffers else None)
                         for t in [*params.values(), *buffers.values()]]  # fmt: skip
 

@@ -11,6 +11,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,9 +81,13 @@ def _replace_rnn_counts(model: nn.Module, counter: FlopCounterMode, adjust: list
             h.remove()
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates for one sample (``example`` is a batch; its first row is used)."""
-    x = example[:1]
+def count_macs(model: nn.Module, example: Any) -> int:
+    """Multiply-accumulates for one sample (``example`` is a batch, or a tuple / dict of input batches;
+    its first row is used)."""
+    from slimkit.graph import first_sample
+    from slimkit.graph.trace import call_model
+
+    x = first_sample(example)
     sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     counter = FlopCounterMode(display=False, custom_mapping={sdpa: _sdpa_cpu_flops})
     adjust = [0]  # flops
@@ -90,7 +95,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with eval_mode(model), torch.no_grad(), counter, _replace_rnn_counts(model, counter, adjust):
-            model(x)
+            call_model(model, x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return (counter.get_total_flops() + adjust[0]) // 2

@@ -220,7 +220,7 @@ def remove_checked(
     as skipped (``{producer layer: reason}``); the rest stays pruned. Returns ``(changes, skipped)``.
     """
     want = _output_shapes(model, example)
-    snap = Snapshot(model)
+    snap = Snapshot(model, copy_weights=False)  # surgery replaces parameters, never edits them
     changes = remove_units(model, graph, removal)
     if _run_error(model, example, want) is None:
         return changes, {}
