@@ -33,60 +33,156 @@ from torch import nn
 IMAGES = (2, 3, 32, 32)
 VISION = {"num_labels": 10}
 TEXT = {"vocab_size": 1000}
-DECODER = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
-           "num_hidden_layers": 2, **TEXT}  # fmt: skip
+DECODER = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    **TEXT,
+}
 ENCODER = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2, **TEXT}
 FAMILIES = {  # name: (model class, config class, config arguments, input)
-    "resnet": ("ResNetForImageClassification", "ResNetConfig",
-               {"embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1], **VISION}, "image"),
-    "convnext": ("ConvNextForImageClassification", "ConvNextConfig",
-                 {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, **VISION}, "image"),
-    "vit": ("ViTForImageClassification", "ViTConfig",
-            {**ENCODER, "image_size": 32, "patch_size": 8, **VISION}, "image"),
-    "deit": ("DeiTForImageClassification", "DeiTConfig",
-             {**ENCODER, "image_size": 32, "patch_size": 8, **VISION}, "image"),
-    "mobilenet_v2": ("MobileNetV2ForImageClassification", "MobileNetV2Config",
-                     {"depth_multiplier": 0.35, "image_size": 32, **VISION}, "image"),
-    "swin": ("SwinForImageClassification", "SwinConfig",
-             {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 4],
-              "window_size": 4, **VISION}, "image"),
-    "regnet": ("RegNetForImageClassification", "RegNetConfig",
-               {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "groups_width": 8, **VISION},
-               "image"),
-    "efficientnet": ("EfficientNetForImageClassification", "EfficientNetConfig",
-                     {"image_size": 32, "width_coefficient": 0.25, "depth_coefficient": 0.2, "hidden_dim": 320,
-                      **VISION}, "image"),
-    "poolformer": ("PoolFormerForImageClassification", "PoolFormerConfig",
-                   {"hidden_sizes": [16, 32], "depths": [1, 1], "num_encoder_blocks": 2, "patch_sizes": [7, 3],
-                    "strides": [4, 2], "padding": [2, 1], **VISION}, "image"),
+    "resnet": (
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        {"embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1], **VISION},
+        "image",
+    ),
+    "convnext": (
+        "ConvNextForImageClassification",
+        "ConvNextConfig",
+        {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, **VISION},
+        "image",
+    ),
+    "vit": (
+        "ViTForImageClassification",
+        "ViTConfig",
+        {**ENCODER, "image_size": 32, "patch_size": 8, **VISION},
+        "image",
+    ),
+    "deit": (
+        "DeiTForImageClassification",
+        "DeiTConfig",
+        {**ENCODER, "image_size": 32, "patch_size": 8, **VISION},
+        "image",
+    ),
+    "mobilenet_v2": (
+        "MobileNetV2ForImageClassification",
+        "MobileNetV2Config",
+        {"depth_multiplier": 0.35, "image_size": 32, **VISION},
+        "image",
+    ),
+    "swin": (
+        "SwinForImageClassification",
+        "SwinConfig",
+        {
+            "image_size": 32,
+            "patch_size": 2,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [2, 4],
+            "window_size": 4,
+            **VISION,
+        },
+        "image",
+    ),
+    "regnet": (
+        "RegNetForImageClassification",
+        "RegNetConfig",
+        {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "groups_width": 8, **VISION},
+        "image",
+    ),
+    "efficientnet": (
+        "EfficientNetForImageClassification",
+        "EfficientNetConfig",
+        {"image_size": 32, "width_coefficient": 0.25, "depth_coefficient": 0.2, "hidden_dim": 320, **VISION},
+        "image",
+    ),
+    "poolformer": (
+        "PoolFormerForImageClassification",
+        "PoolFormerConfig",
+        {
+            "hidden_sizes": [16, 32],
+            "depths": [1, 1],
+            "num_encoder_blocks": 2,
+            "patch_sizes": [7, 3],
+            "strides": [4, 2],
+            "padding": [2, 1],
+            **VISION,
+        },
+        "image",
+    ),
     "bert": ("BertForSequenceClassification", "BertConfig", ENCODER, "text"),
-    "distilbert": ("DistilBertForSequenceClassification", "DistilBertConfig",
-                   {"dim": 64, "n_heads": 4, "hidden_dim": 128, "n_layers": 2, **TEXT}, "text"),
+    "distilbert": (
+        "DistilBertForSequenceClassification",
+        "DistilBertConfig",
+        {"dim": 64, "n_heads": 4, "hidden_dim": 128, "n_layers": 2, **TEXT},
+        "text",
+    ),
     "roberta": ("RobertaForSequenceClassification", "RobertaConfig", {**ENCODER, "pad_token_id": 1}, "text"),
     "albert": ("AlbertForSequenceClassification", "AlbertConfig", {**ENCODER, "embedding_size": 32}, "text"),
     "electra": ("ElectraForSequenceClassification", "ElectraConfig", {**ENCODER, "embedding_size": 32}, "text"),
-    "gpt2": ("GPT2LMHeadModel", "GPT2Config",
-             {"n_embd": 64, "n_head": 4, "n_layer": 2, "bos_token_id": 0, "eos_token_id": 0, **TEXT}, "text"),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        {"n_embd": 64, "n_head": 4, "n_layer": 2, "bos_token_id": 0, "eos_token_id": 0, **TEXT},
+        "text",
+    ),
     "llama": ("LlamaForCausalLM", "LlamaConfig", DECODER, "text"),
     "mistral": ("MistralForCausalLM", "MistralConfig", DECODER, "text"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", DECODER, "text"),
-    "phi3": ("Phi3ForCausalLM", "Phi3Config", {**DECODER, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0},
-             "text"),
+    "phi3": (
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {**DECODER, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0},
+        "text",
+    ),
     "gemma": ("GemmaForCausalLM", "GemmaConfig", {**DECODER, "head_dim": 16}, "text"),
-}  # fmt: skip
+}
 LLAMA = {"num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
 SCALE = {  # full-size architectures (random weights): time and memory at scale
     "bert-base": ("BertForSequenceClassification", "BertConfig", {}, "text"),
     "gpt2-small": ("GPT2LMHeadModel", "GPT2Config", {}, "text"),
-    "llama-5m": ("LlamaForCausalLM", "LlamaConfig", {**LLAMA, "vocab_size": 4000, "hidden_size": 256,
-                 "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8}, "text"),
-    "llama-50m": ("LlamaForCausalLM", "LlamaConfig", {**LLAMA, "vocab_size": 8000, "hidden_size": 512,
-                  "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8}, "text"),
-    "llama-250m": ("LlamaForCausalLM", "LlamaConfig", {**LLAMA, "hidden_size": 1024, "intermediate_size": 2752,
-                   "num_hidden_layers": 12, "num_attention_heads": 16}, "text"),
-    "llama-1b": ("LlamaForCausalLM", "LlamaConfig", {**LLAMA, "hidden_size": 2048, "intermediate_size": 5504,
-                 "num_hidden_layers": 16, "num_attention_heads": 32}, "text"),
-}  # fmt: skip
+    "llama-5m": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {
+            **LLAMA,
+            "vocab_size": 4000,
+            "hidden_size": 256,
+            "intermediate_size": 688,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+        },
+        "text",
+    ),
+    "llama-50m": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {
+            **LLAMA,
+            "vocab_size": 8000,
+            "hidden_size": 512,
+            "intermediate_size": 1376,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+        },
+        "text",
+    ),
+    "llama-250m": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {**LLAMA, "hidden_size": 1024, "intermediate_size": 2752, "num_hidden_layers": 12, "num_attention_heads": 16},
+        "text",
+    ),
+    "llama-1b": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {**LLAMA, "hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 16, "num_attention_heads": 32},
+        "text",
+    ),
+}
 
 
 class Logits(nn.Module):
@@ -136,9 +232,12 @@ def prune_torch_pruning(model: nn.Module, x: torch.Tensor) -> None:
     import torch_pruning as tp
 
     pruner = tp.pruner.MetaPruner(
-        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=0.5,
         ignored_layers=[output_layer(model, x)],
-    )  # fmt: skip
+    )
     pruner.step()
 
 
@@ -221,8 +320,10 @@ def main() -> None:
 
     import slimkit as sk
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, slimkit {sk.__version__}, "
-          f"torch-pruning {tp.__version__} (PyPI 1.6.1 reports 1.6.0); ratio 0.5, 1 thread")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, slimkit {sk.__version__}, "
+        f"torch-pruning {tp.__version__} (PyPI 1.6.1 reports 1.6.0); ratio 0.5, 1 thread"
+    )
     header = f"{'family':13s} {'tool':13s} {'status':9s} {'params':>7s} {'MACs':>6s} {'time s':>7s} {'+MB':>6s}  onnx"
     print(header)
     counts: dict[str, dict[str, int]] = {"slimkit": {}, "torch-pruning": {}}
@@ -235,8 +336,12 @@ def main() -> None:
             try:
                 done = subprocess.run(
                     [sys.executable, __file__, "--one", name, tool],
-                    capture_output=True, text=True, env=env, check=False, timeout=args.timeout,
-                )  # fmt: skip
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=False,
+                    timeout=args.timeout,
+                )
             except subprocess.TimeoutExpired:
                 row = {"status": "timeout", "why": f"no result within {args.timeout:.0f} s"}
             else:
@@ -246,8 +351,10 @@ def main() -> None:
             if row["status"] in ("ok", "unpruned"):
                 per = row["seconds"] / row["params_before"] * 1e9
                 size = f"  ({row['params_before'] / 1e6:.0f}M params, {per:.1f} s per 1e9 params)" if args.scale else ""
-                print(f"{name:13s} {tool:13s} {row['status']:9s} {row['params']:7.2f} {row['macs']:6.2f} "
-                      f"{row['seconds']:7.2f} {row['added_mb']:6.1f}  {row['onnx']}{size}")  # fmt: skip
+                print(
+                    f"{name:13s} {tool:13s} {row['status']:9s} {row['params']:7.2f} {row['macs']:6.2f} "
+                    f"{row['seconds']:7.2f} {row['added_mb']:6.1f}  {row['onnx']}{size}"
+                )
             else:
                 print(f"{name:13s} {tool:13s} {row['status']:9s} {row.get('why', '')}")
     for tool, c in counts.items():

@@ -79,8 +79,10 @@ def main() -> None:
     example = dict(text.tokenize(tok, train[:8], pad_to=32))
     example = {k: v for k, v in example.items() if k in ("input_ids", "attention_mask")}
     reference = text.TorchEncoder(original, tok)
-    print(f"all-MiniLM-L6-v2: {text.count_params(original):,} params; distillation: {len(train):,} sentences, "
-          f"one pass, batch 32, lr {args.lr}, 1 thread; fidelity on {len(held):,} held-out sentences")  # fmt: skip
+    print(
+        f"all-MiniLM-L6-v2: {text.count_params(original):,} params; distillation: {len(train):,} sentences, "
+        f"one pass, batch 32, lr {args.lr}, 1 thread; fidelity on {len(held):,} held-out sentences"
+    )
     print("| tool | params | prune s | cosine after pruning | Spearman | cosine after distillation | Spearman |")
     print("|---|---|---|---|---|---|---|")
     keep = 1.0
@@ -94,8 +96,10 @@ def main() -> None:
         zero = fidelity(reference, text.TorchEncoder(model, tok), held)
         text.distil_(model, original, train, tok, epochs=1, lr=args.lr)
         after = fidelity(reference, text.TorchEncoder(model, tok), held)
-        print(f"| {name} | {text.count_params(model):,} | {seconds:.1f} | {zero['cosine_mean']:.4f} | "
-              f"{zero['spearman']:.4f} | {after['cosine_mean']:.4f} | {after['spearman']:.4f} |")  # fmt: skip
+        print(
+            f"| {name} | {text.count_params(model):,} | {seconds:.1f} | {zero['cosine_mean']:.4f} | "
+            f"{zero['spearman']:.4f} | {after['cosine_mean']:.4f} | {after['spearman']:.4f} |"
+        )
 
 
 if __name__ == "__main__":
