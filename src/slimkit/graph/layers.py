@@ -342,10 +342,9 @@ def pruner_for(module: nn.Module) -> LayerPruner:
     return _GENERIC
 
 
-_LINEAR_LAYOUT = AttentionPruner._LINEAR
 _ATTENTION = AttentionPruner()
 _NORM = {"weight": ("feat",), "bias": ("feat",)}
-register_pruner(nn.Linear, _LINEAR_LAYOUT)
+register_pruner(nn.Linear, AttentionPruner._LINEAR)
 for _conv in (nn.Conv1d, nn.Conv2d):
     register_pruner(_conv, ConvPruner())
 for _rnn in (nn.LSTM, nn.GRU, nn.RNN):
