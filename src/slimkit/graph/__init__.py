@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "Slot",
     "analyze",
     "first_sample",
+    "map_batch",
     "is_attention_block",
     "pruner_for",
     "register_pruner",
@@ -107,15 +109,20 @@ class DependencyGraph:
         return None
 
 
+def map_batch(example: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to every batched tensor of an example (a tensor, or a tuple / dict of them)."""
+    if isinstance(example, torch.Tensor):
+        return fn(example) if example.dim() else example
+    if isinstance(example, dict):
+        return {k: map_batch(v, fn) for k, v in example.items()}
+    if isinstance(example, tuple | list):
+        return type(example)(map_batch(v, fn) for v in example)
+    return example
+
+
 def first_sample(example: Any) -> Any:
     """The first sample of a batch: a tensor, or a tuple / dict of tensors (every tensor cut to one row)."""
-    if isinstance(example, torch.Tensor):
-        return example[:1] if example.dim() else example
-    if isinstance(example, dict):
-        return {k: first_sample(v) for k, v in example.items()}
-    if isinstance(example, tuple | list):
-        return type(example)(first_sample(v) for v in example)
-    return example
+    return map_batch(example, lambda t: t[:1])
 
 
 def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) -> DependencyGraph:

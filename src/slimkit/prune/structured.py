@@ -34,7 +34,7 @@ from slimkit.core.transform import (
     select,
 )
 from slimkit.evaluate.cost import count_macs, count_params
-from slimkit.graph import DependencyGraph, Group, analyze, pruner_for
+from slimkit.graph import DependencyGraph, Group, analyze, map_batch, pruner_for
 from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.prune import importance as imp
 from slimkit.prune import mha
@@ -181,22 +181,11 @@ def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndar
     return changes
 
 
-def _grown(example: Any) -> Any:
-    """The example batch with its first sample appended (a second batch size to run on)."""
-    if isinstance(example, torch.Tensor):
-        return torch.cat([example, example[:1]]) if example.dim() else example
-    if isinstance(example, dict):
-        return {k: _grown(v) for k, v in example.items()}
-    if isinstance(example, tuple | list):
-        return type(example)(_grown(v) for v in example)
-    return example
-
-
 def _output_shapes(model: nn.Module, example: Any) -> list[list[tuple[int, ...]]]:
     """Shapes of every output tensor on ``example`` and on a batch one larger."""
     shapes = []
     with eval_mode(model), torch.no_grad():
-        for batch in (example, _grown(example)):
+        for batch in (example, map_batch(example, lambda t: torch.cat([t, t[:1]]))):
             out = call_model(model, batch)
             shapes.append([tuple(t.shape) for t in flat_tensors(out)])
     return shapes
