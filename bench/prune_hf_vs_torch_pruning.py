@@ -139,6 +139,13 @@ FAMILIES = {  # name: (model class, config class, config arguments, input)
         "text",
     ),
     "gemma": ("GemmaForCausalLM", "GemmaConfig", {**DECODER, "head_dim": 16}, "text"),
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", {**DECODER, "num_local_experts": 4}, "text"),
+    "qwen2_moe": (
+        "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        {**DECODER, "num_experts": 4, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64},
+        "text",
+    ),
 }
 LLAMA = {"num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
 SCALE = {  # full-size architectures (random weights): time and memory at scale
@@ -179,7 +186,7 @@ SCALE = {  # full-size architectures (random weights): time and memory at scale
     "llama-1b": (
         "LlamaForCausalLM",
         "LlamaConfig",
-        {**LLAMA, "hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 16, "num_attention_heads": 32},
+        {**LLAMA, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32},
         "text",
     ),
 }

@@ -342,3 +342,34 @@ def test_fused_qkv_split_and_literal_head_counts_follow_the_pruned_heads() -> No
     _prune_and_check(stablelm, TEXT)
     attn = stablelm.m.model.layers[0].self_attn
     assert attn.num_heads == 2 and attn.q_proj.out_features == 2 * attn.head_dim
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm", "eager"])
+def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementation: str) -> None:
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=100,
+        hidden_size=32,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    config._experts_implementation = implementation  # how transformers runs the experts (3-D weights)
+    torch.manual_seed(0)
+    model = Logits(transformers.Qwen2MoeForCausalLM(config)).eval()
+    experts = [layer.mlp.experts for layer in model.m.model.layers]
+    with torch.no_grad():  # units 0..3 of every expert contribute nothing: removing them is exact
+        for e in experts:
+            e.gate_up_proj[:, [0, 1, 2, 3, 16, 17, 18, 19]] = 0
+            e.down_proj[:, :, :4] = 0
+        want = model(TEXT)
+    ratios = {r"re:.*\.experts": 0.25, "m.model.embed_tokens": 0.0}  # the embedding names the hidden width's group
+    sk.apply_(model, ChannelPruneConfig(ratio=0.0, ratios=ratios), example_inputs=TEXT)
+    assert [tuple(e.gate_up_proj.shape) for e in experts] == [(4, 24, 32)] * 2
+    assert [tuple(e.down_proj.shape) for e in experts] == [(4, 32, 12)] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(TEXT), want, atol=1e-5, rtol=1e-4)
+    assert _prune_and_check(model, TEXT) < 0.5  # and the whole model prunes (experts, heads, widths)

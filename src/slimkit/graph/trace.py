@@ -63,6 +63,7 @@ _MOVES = set(
     "view_as reshape_as unflatten movedim moveaxis cat concat concatenate stack T mT flip roll".split()
 )
 _REDUCE = set("sum mean amax amin any all norm logsumexp std var prod max min nansum nanmean".split())
+_PERMUTES = {"T", "t", "mT", "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis"}
 _SPLITS = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
 _INDEXING = {"__getitem__", "narrow", "select", "index_select", "gather", "take_along_dim"}
 _PER_CHANNEL = set(
@@ -173,7 +174,8 @@ class DimTracer:
         self.stack: list[str] = []  # layers running, innermost last
         self._leaf_inputs: tuple = ((), [])
         self.bindings: list[tuple[str, str, torch.Tensor]] = []  # (layer, attribute, ids its value counts)
-        self.transposed: dict[int, tuple[Any, nn.Parameter]] = {}  # id(w.T) -> (weak reference, w)
+        # id(a view of a parameter: w.T, experts[e]) -> (weak reference, parameter, its dim of each view dim)
+        self.views: dict[int, tuple[Any, nn.Parameter, tuple[int | None, ...]]] = {}
         self.leaf_depth = 0
 
     # ------------------------------------------------------------------ slots
@@ -194,6 +196,23 @@ class DimTracer:
                 if own is t:
                     return self.stack[-1], attr
         return self.owner.get(id(t))
+
+    def weight_view(self, x: Any) -> tuple[nn.Parameter, tuple[int | None, ...]] | None:
+        """``(parameter, dims)`` when ``x`` is an owned parameter or a view of one (``w.T``, the weights of
+        one expert ``w[e]``, of every token's expert ``w[ids]``); ``dims[d]`` is the parameter dimension
+        that dimension ``d`` of ``x`` indexes (None: a new one)."""
+        if isinstance(x, nn.Parameter) and self.owner_of(x) is not None:
+            return x, tuple(range(x.dim()))
+        entry = self.views.get(id(x))
+        return (entry[1], entry[2]) if entry is not None and entry[0]() is x else None
+
+    def remember_view(self, value: Any, source: Any, dims: list[int | None]) -> None:
+        """``value`` views the (viewed) parameter ``source``: its dimension ``d`` is ``source``'s ``dims[d]``."""
+        base = self.weight_view(source)
+        if base is not None and _is_tensor(value) and len(dims) == value.dim():
+            key = id(value)
+            mapped = tuple(None if d is None else base[1][d] for d in dims)
+            self.views[key] = (weakref.ref(value, lambda _, k=key: self.views.pop(k, None)), base[0], mapped)
 
     def param_slot(self, t: torch.Tensor, dim: int, producer: bool) -> Slot | None:
         """The slot that dimension ``dim`` of parameter / buffer ``t`` indexes (None: not prunable)."""
@@ -362,6 +381,18 @@ class DimTracer:
         operands = [(a, self.ids_of(a)) for a in [*args, *kwargs.values()] if _is_tensor(a) and a.dim() > 0]
         ids = [i.expand(shape) if tracked(i) else None for _, i in operands]
         for k, (a, _) in enumerate(operands):
+            # a size-1 dimension broadcast over another operand's features (a gate of shape (N, 1)
+            # scaling (N, C)) carries no feature of its own there: it must not tie them together
+            lead = len(shape) - a.dim()
+            if ids[k] is not None and any(
+                a.shape[d] == 1
+                and shape[lead + d] > 1
+                and any(t is not None and j != k and varies(t, lead + d) for j, t in enumerate(ids))
+                for d in range(a.dim())
+            ):
+                self.space.block(ids[k], f"broadcast over the features of another operand: {where}")
+                ids[k] = None
+        for k, (a, _) in enumerate(operands):
             lead = len(shape) - a.dim()
             for d in range(a.dim()):
                 if a.shape[d] <= 1:
@@ -403,9 +434,10 @@ class DimTracer:
             for d in [dims] if isinstance(dims, int) else list(dims or range(src.dim())):
                 if varies(src, d):
                     self.space.block(src, f"rolled along a feature dimension: {where}")
-        p = args[0]
-        if isinstance(p, nn.Parameter) and p.dim() == 2 and name in ("T", "t", "mT", "transpose", "swapaxes"):
-            self.transposed[id(value)] = (weakref.ref(value), p)  # x @ w.T reads w like F.linear does
+        if name in _PERMUTES and self.weight_view(args[0]) is not None:  # x @ w.T reads w like F.linear does
+            # replay the op on a tensor whose sizes name its dimensions
+            probe = func(torch.empty(tuple(range(2, 2 + src.dim())), device="meta"), *args[1:], **kwargs)
+            self.remember_view(value, args[0], [n - 2 for n in probe.shape])
         if name == "T":
             return src.permute(*reversed(range(src.dim())))
         if name == "mT":
@@ -468,6 +500,7 @@ class DimTracer:
         if name == "__getitem__":
             index = args[1]
             items = list(index) if isinstance(index, tuple) else [index]
+            self._index_view(src, items, value)
             if any(_is_tensor(i) and i.dtype == torch.bool and i.dim() > 1 for i in items):
                 self.block_all(args, kwargs, f"masked along several dimensions: {where}")
                 return untracked(value)
@@ -493,6 +526,22 @@ class DimTracer:
         except (RuntimeError, TypeError, IndexError):
             return untracked(value)
         return out if _is_tensor(out) and out.shape == value.shape else untracked(value)
+
+    def _index_view(self, src: torch.Tensor, items: list, value: torch.Tensor) -> None:
+        """``w[e]`` / ``w[ids]`` / ``w[e, :, :]`` of a parameter: the weights of one expert or of each token's."""
+        if self.weight_view(src) is None:
+            return
+        dims: list[int | None] = []
+        for d, item in enumerate(items):
+            if isinstance(item, int) or (_is_tensor(item) and item.dim() == 0 and not item.is_floating_point()):
+                continue  # one index: the dimension is gone
+            if _is_tensor(item) and item.dim() == 1 and item.dtype == torch.long and d == 0:
+                dims.append(None)  # a gathered leading dimension
+            elif isinstance(item, slice) and item == slice(None):
+                dims.append(d)
+            else:
+                return
+        self.remember_view(value, src, [*dims, *range(len(items), src.dim())])
 
     def _split(self, func: Any, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
         ids = self.ids_of(args[0])
@@ -597,18 +646,21 @@ class DimTracer:
 
 # ---------------------------------------------------------------------- rules with layers
 def _weight_rule(
-    t: DimTracer, x: Any, w: Any, b: Any, value: torch.Tensor, out_dim: int, in_dim: int, where: str
+    t: DimTracer, x: Any, w: Any, b: Any, value: torch.Tensor, out_dim: int, in_dim: int, where: str, out_at: int = -1
 ) -> Any:
-    """``x @ w`` (+ b): dimension ``in_dim`` of ``w`` reads x's last dimension, ``out_dim`` makes the output's."""
+    """``x @ w`` (+ b): dimension ``in_dim`` of ``w`` (a parameter or a view of one) reads x's last
+    dimension, ``out_dim`` makes the output's; ``out_at=-2``: ``w @ x``, reading x's dimension -2."""
     x_ids = t.ids_of(x)
-    is_param = isinstance(w, nn.Parameter) and t.owner_of(w) is not None
-    slot_in = t.param_slot(w, in_dim, False) if is_param else None
-    slot_out = t.param_slot(w, out_dim, True) if is_param else None
-    if not is_param:
+    view = t.weight_view(w)
+    if view is None:
         t.block_all((x, w, b), {}, f"a weight computed in the forward: {where}")
         return untracked(value)
+    p, dims = view
+    slot_in = t.param_slot(p, dims[in_dim], False) if dims[in_dim] is not None else None
+    slot_out = t.param_slot(p, dims[out_dim], True) if dims[out_dim] is not None else None
+    x_dim = -1 if out_at == -1 else -2  # the dimension of x that the weight's input dimension reads
     if slot_in is not None:
-        t.space.unify(x_ids, channel_ids(slot_in.ids, -1, x_ids.shape))
+        t.space.unify(x_ids, channel_ids(slot_in.ids, x_dim, x_ids.shape))
     elif tracked(x_ids):
         t.space.block(x_ids, f"read by a weight whose input dimension is fixed: {where}")
     if slot_out is None:
@@ -619,7 +671,7 @@ def _weight_rule(
             t.space.block(slot_out.ids, f"a bias that is not a parameter: {where}")
         else:
             t.space.unify(slot_b.ids, slot_out.ids)
-    return channel_ids(slot_out.ids, -1, value.shape)
+    return channel_ids(slot_out.ids, out_at, value.shape)
 
 
 def _linear(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
@@ -638,20 +690,22 @@ def _addmm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where
 
 def _matmul(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
     a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
-    if isinstance(b, nn.Parameter) and b.dim() == 2:
-        return _weight_rule(t, a, b, None, value, 1, 0, where)
-    view = t.transposed.get(id(b))
-    if view is not None and view[0]() is b:  # x @ w.T
-        return _weight_rule(t, a, view[1], None, value, 0, 1, where)
-    if isinstance(a, nn.Parameter):
-        t.block_all(args, kwargs, f"a parameter multiplied from the left: {where}")
-        return untracked(value)
+    if t.weight_view(b) is not None and b.dim() >= 2:  # x @ w, x @ w.T, bmm(x, experts[ids])
+        return _weight_rule(t, a, b, None, value, -1, -2, where)
+    if t.weight_view(a) is not None and a.dim() >= 2 and b.dim() >= 2:  # bmm(experts[ids], x)
+        return _weight_rule(t, b, a, None, value, -2, -1, where, out_at=-2)
     a_ids, b_ids = t.ids_of(a), t.ids_of(b)
     if a.dim() == 1 or b.dim() == 1:
         t.matmul_ids(a_ids, b_ids, where)
         return untracked(value)
     out = t.matmul_ids(a_ids, b_ids, where)
     return out.expand(value.shape) if out.dim() and out.shape != value.shape else out
+
+
+def _grouped_mm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    """``grouped_mm(x (S, K), w (experts, K, N), offs)``: every expert's weights read x's last dimension."""
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["mat_b"]
+    return _weight_rule(t, x, w, None, value, -1, -2, where)
 
 
 def _conv(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
@@ -787,12 +841,43 @@ def _setitem(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, whe
     return None
 
 
+def _index_add(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    """``target.index_add_(dim, index, source)``: rows of ``source`` added into rows of ``target`` (the
+    experts' outputs summed per token); every other dimension of the two is one."""
+    target, dim = args[0], args[1] if len(args) > 1 else kwargs["dim"]
+    source = args[3] if len(args) > 3 else kwargs["source"]
+    pair = [t.ids_of(target), t.ids_of(source)]
+    dim %= target.dim()
+    if source.dim() != target.dim() or any(tracked(i) and varies(i, dim) for i in pair):
+        t.block_all((target, source), {}, f"added along a feature dimension: {where}")
+        return untracked(value)
+    rows = [i.narrow(dim, 0, 1) for i in pair]
+    if all(tracked(r) for r in rows):
+        t.space.unify(*collapse(*rows))
+    return torch.maximum(*rows).expand(value.shape)
+
+
+def _repeat_interleave(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    """Rows repeated along a dimension (each token once per chosen expert)."""
+    ids = t.ids_of(args[0])
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else None)
+    if not _is_tensor(args[0]) or dim is None or varies(ids, dim):
+        t.block_all(args, kwargs, f"repeated along a feature dimension: {where}")
+        return untracked(value)
+    return ids.narrow(dim, 0, 1).expand(value.shape) if ids.shape[dim] else untracked(value)
+
+
 _RULES = {
     "linear": _linear,
+    "index_add": _index_add,
+    "index_add_": _index_add,
+    "repeat_interleave": _repeat_interleave,
     "addmm": _addmm,
     "matmul": _matmul,
     "mm": _matmul,
     "bmm": _matmul,
+    "grouped_mm": _grouped_mm,
+    "_grouped_mm": _grouped_mm,
     "__matmul__": _matmul,
     "__rmatmul__": _matmul,
     "conv1d": _conv,
