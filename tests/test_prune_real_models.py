@@ -317,6 +317,28 @@ def test_pruned_transformers_model_saves_without_pickle_and_reloads_to_identical
     assert _params(again) == _params(model) < _params(gpt2_logits())
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2_moe"])
+def test_pruned_transformers_model_saves_pretrained_and_loads_with_from_pretrained(family: str, tmp_path: Path) -> None:
+    model = {"llama": _llama, "gpt2": gpt2_logits, "qwen2_moe": lambda: Logits(_qwen2_moe("grouped_mm"))}[family]()
+    sk.apply_(model, ChannelPruneConfig(ratio=0.5), example_inputs=TEXT)  # the same ratio in every layer
+    sk.io.save_pretrained(model, tmp_path / "hf")
+    again = type(model.m).from_pretrained(tmp_path / "hf").eval()  # what users call, no slimkit needed
+    assert not list(tmp_path.glob("hf/*.bin")) and list(tmp_path.glob("hf/*.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(Logits(again)(TEXT), model(TEXT), atol=1e-6, rtol=1e-5)
+    assert _params(again) == _params(model.m)
+    with pytest.raises(SlimkitError, match="exists"):
+        sk.io.save_pretrained(model, tmp_path / "hf")
+
+
+def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_what_to_do(tmp_path: Path) -> None:
+    model = _llama()
+    sk.apply_(model, ChannelPruneConfig(ratios={"m.model.layers.0.mlp.gate_proj": 0.5}, ratio=0.0), example_inputs=TEXT)
+    with pytest.raises(SlimkitError, match="describes the pruned LlamaForCausalLM.*factory"):
+        sk.io.save_pretrained(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def gpt2_logits() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
@@ -344,8 +366,7 @@ def test_fused_qkv_split_and_literal_head_counts_follow_the_pruned_heads() -> No
     assert attn.num_heads == 2 and attn.q_proj.out_features == 2 * attn.head_dim
 
 
-@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm", "eager"])
-def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementation: str) -> None:
+def _qwen2_moe(implementation: str) -> nn.Module:
     config = transformers.Qwen2MoeConfig(
         vocab_size=100,
         hidden_size=32,
@@ -359,7 +380,12 @@ def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementa
     )
     config._experts_implementation = implementation  # how transformers runs the experts (3-D weights)
     torch.manual_seed(0)
-    model = Logits(transformers.Qwen2MoeForCausalLM(config)).eval()
+    return transformers.Qwen2MoeForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm", "eager"])
+def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementation: str) -> None:
+    model = Logits(_qwen2_moe(implementation)).eval()
     experts = [layer.mlp.experts for layer in model.m.model.layers]
     with torch.no_grad():  # units 0..3 of every expert contribute nothing: removing them is exact
         for e in experts:

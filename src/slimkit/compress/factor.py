@@ -141,27 +141,42 @@ def select_units(h: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(piv[:rank]))
 
 
+def input_gram(h: torch.Tensor) -> torch.Tensor:
+    """``[h, 1]^T [h, 1]`` (D + 1, D + 1) for inputs ``h`` (N, D), in float64 to be summed over batches:
+    what :func:`refit_from_gram` needs."""
+    a = torch.cat([h.detach().float(), torch.ones(len(h), 1, device=h.device)], 1)
+    return (a.T @ a).double()  # one batch's products in float32 (fast), sums over batches in float64
+
+
+def refit_from_gram(
+    weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor, keep: torch.Tensor, ridge: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weights (O, r) and bias of a layer ``x -> weight @ x + bias`` seeing only the inputs ``keep``.
+
+    The dropped inputs are replaced by their least-squares reconstruction from the kept ones plus a
+    constant, ``h_drop ~ [h_keep, 1] B`` (without the constant when the layer has no bias), from the
+    Gram matrix ``gram`` of its inputs (:func:`input_gram`); the dropped columns are folded through
+    ``B``. This equals fitting the layer's outputs directly (they are linear in ``h``). ``ridge``
+    (relative to the mean diagonal of the Gram matrix) keeps the solve well conditioned.
+    """
+    d = gram.shape[0] - 1
+    drop = torch.ones(d, dtype=torch.bool)
+    drop[keep] = False
+    rows = torch.cat([torch.as_tensor(keep).reshape(-1), torch.tensor([d])]) if bias is not None else keep
+    a = gram[rows][:, rows].clone()
+    a += ridge * a.diagonal().mean() * torch.eye(len(a), dtype=a.dtype, device=a.device)
+    coef = torch.linalg.solve(a, gram[rows][:, drop.nonzero().flatten()])  # B: (r [+ 1], D - r)
+    w = weight.detach().double()  # (O, D)
+    new_w = w[:, keep] + w[:, drop] @ coef[: len(keep)].T  # (O, r)
+    if bias is None:
+        return new_w, None
+    return new_w, w[:, drop] @ coef[-1] + bias.detach().double()
+
+
 def refit_consumer(
     consumer: nn.Linear, h: torch.Tensor, keep: torch.Tensor, ridge: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (O, r) and bias (O,) of ``consumer`` seeing only the units ``keep`` of ``h`` (N, D).
-
-    The dropped units are replaced by their least-squares reconstruction from the kept ones plus
-    a constant, ``h_drop ~ [h_keep, 1] B``; ``consumer``'s columns for the dropped units are folded
-    through ``B``. This equals fitting the consumer's outputs directly (they are linear in ``h``).
-    ``ridge`` (relative to the mean diagonal of the Gram matrix) keeps the solve well conditioned.
-    """
-    n, d = h.shape
-    drop = torch.ones(d, dtype=torch.bool)
-    drop[keep] = False
-    hd = h.double()
-    a = torch.cat([hd[:, keep], torch.ones(n, 1, dtype=torch.float64)], 1)  # (N, r + 1)
-    gram = a.T @ a  # (r + 1, r + 1)
-    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
-    coef = torch.linalg.solve(gram, a.T @ hd[:, drop])  # (r + 1, D - r): B
-    w = consumer.weight.detach().double()  # (O, D)
-    new_w = w[:, keep] + w[:, drop] @ coef[:-1].T  # (O, r)
-    new_b = w[:, drop] @ coef[-1]  # (O,)
-    if consumer.bias is not None:
-        new_b = new_b + consumer.bias.detach().double()
-    return new_w, new_b
+    """Weights (O, r) and bias (O,) of ``consumer`` seeing only the units ``keep`` of ``h`` (N, D)
+    (:func:`refit_from_gram` with a constant term, so the bias absorbs the dropped units' mean)."""
+    bias = consumer.bias if consumer.bias is not None else torch.zeros(consumer.out_features, device=h.device)
+    return refit_from_gram(consumer.weight, bias, input_gram(h), keep, ridge)

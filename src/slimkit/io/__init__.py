@@ -19,12 +19,13 @@ from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
 from slimkit.io.onnx import OnnxModel, dynamic_batch, export_onnx, onnx_agreement, quiet
+from slimkit.io.pretrained import save_pretrained
 from slimkit.io.pt2 import load_program
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 ACCEPTED = "a checkpoint folder, .safetensors (with factory=), .pt2, .onnx, or a pickle (.pt/.pth, trust_pickle=True)"
 
-__all__ = ["OnnxModel", "export", "load", "onnx_agreement", "save"]
+__all__ = ["OnnxModel", "export", "load", "onnx_agreement", "save", "save_pretrained"]
 
 
 def save(

@@ -12,23 +12,29 @@ Methods: ``l1``, ``l2`` (weight magnitude), ``taylor`` (|w * dL/dw|, first-order
 the loss change; needs labelled batches), ``bn_scale`` (|gamma| of the BatchNorms in the group,
 magnitude where there is none), ``activation`` (mean |input| seen by the consuming layers; needs
 batches), ``apoz`` (share of non-zero inputs, i.e. 1 - average percentage of zeros; needs
-batches), ``random``.
+batches), ``output`` (a unit's contribution to the outputs of the ``nn.Linear`` layers that read
+it, ``sum ||W[:, u] x_u||^2`` over calibration inputs: activation-aware and in the same units for
+every group, so a global ranking can weigh an attention head against FFN units per parameter
+removed; groups that no Linear reads fall back to ``l2``), ``random``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.compress.factor import input_gram
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
 from slimkit.graph import DependencyGraph, Group, pruner_for
+from slimkit.graph.trace import call_model
 
-METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random")
+METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "output", "random")
 NEEDS_DATA = ("taylor", "activation", "apoz")
 AGGREGATES = ("normalized", "sum")
 
@@ -106,6 +112,60 @@ def _input_statistics(model: nn.Module, graph: DependencyGraph, batches: Iterabl
     return {k: torch.stack(v).mean(0) for k, v in stats.items()}
 
 
+MAX_GRAM_INPUTS = 8192  # a wider Linear gets no Gram matrix: it alone would take 512 MB
+
+
+def linear_readers(model: nn.Module, graph: DependencyGraph) -> list[str]:
+    """The ``nn.Linear`` layers whose inputs some group prunes (and narrow enough for a Gram matrix)."""
+    names = {s.module for g in graph.groups for s in g.slots if s.kind == "in"}
+    return sorted(
+        n for n in names if isinstance(m := model.get_submodule(n), nn.Linear) and m.in_features <= MAX_GRAM_INPUTS
+    )
+
+
+def linear_input_grams(model: nn.Module, names: list[str], batches: Iterable) -> dict[str, torch.Tensor]:
+    """Gram matrix ``[x, 1]^T [x, 1]`` of the inputs of each Linear ``names`` over ``batches``
+    (``(x, y)`` pairs or model inputs); memory: one (inputs + 1)^2 float64 matrix per layer."""
+    grams: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def fn(m: nn.Linear, args: tuple) -> None:
+            gram = input_gram(args[0].reshape(-1, m.in_features))
+            grams[name] = grams[name] + gram if name in grams else gram
+
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call_model(model, batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def _output_scores(model: nn.Module, group: Group, grams: dict[str, torch.Tensor]) -> np.ndarray | None:
+    """Each unit's ``sum ||W[:, u] x_u||^2`` over the Linear layers that read it (None: none has a Gram)."""
+    total, found = np.zeros(len(group)), False
+    for k, slot in enumerate(group.slots):
+        gram = grams.get(slot.module) if slot.kind == "in" else None
+        if gram is None:
+            continue
+        found = True
+        w = model.get_submodule(slot.module).weight.detach().double()
+        index, offsets = group.index[k], group.offsets[k]
+        if np.all(np.diff(offsets) == 1):  # one input per unit: ||W[:, j]||^2 E[x_j^2]
+            j = torch.from_numpy(index)
+            total += (w[:, j].pow(2).sum(0) * gram.diagonal()[j]).numpy()
+            continue
+        for u in range(len(group)):  # a block per unit (an attention head): trace(W_u G_uu W_u^T)
+            j = torch.from_numpy(index[offsets[u] : offsets[u + 1]])
+            total[u] += float(((w[:, j].T @ w[:, j]) * gram[j][:, j]).sum())
+    return total if found else None
+
+
 def _taylor_gradients(model: nn.Module, batches: Iterable) -> None:
     model.zero_grad(set_to_none=True)
     with eval_mode(model):
@@ -120,8 +180,10 @@ def score(
     batches: list | None = None,
     seed: int = 0,
     aggregate: str = "normalized",
+    grams: dict[str, torch.Tensor] | None = None,
 ) -> list[np.ndarray]:
-    """One array of unit scores per group of ``graph`` (higher = more important)."""
+    """One array of unit scores per group of ``graph`` (higher = more important); ``output`` uses
+    ``grams`` (:func:`linear_input_grams`) or computes them on ``batches``."""
     if method not in METHODS:
         raise SlimkitError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
     if aggregate not in AGGREGATES:
@@ -148,6 +210,14 @@ def score(
                 else _weight_scores(model, g, "l2", grads=False, aggregate=aggregate)
             )
         return out
+    if method == "output":
+        if grams is None:
+            grams = linear_input_grams(model, linear_readers(model, graph), batches or [])
+        scores = [_output_scores(model, g, grams) for g in graph.groups]
+        return [
+            _weight_scores(model, g, "l2", grads=False, aggregate=aggregate) if s is None else s
+            for g, s in zip(graph.groups, scores, strict=True)
+        ]
     if method == "bn_scale":
         return [_bn_scores(model, g, aggregate) for g in graph.groups]
     return [_weight_scores(model, g, method, grads=False, aggregate=aggregate) for g in graph.groups]

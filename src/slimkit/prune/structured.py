@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.compress.factor import refit_from_gram
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.hardware import simd_channels
 from slimkit.core.model import Snapshot, eval_mode, transaction
@@ -62,6 +63,12 @@ class ChannelPruneConfig(Config):
     - ``recalibrate_bn``: when data is given, re-estimate BatchNorm statistics on
       ``calibration_batches`` batches after pruning (the layers after a pruned one see shifted
       activations; this recovers much of the accuracy before any fine-tuning).
+    - ``refit``: every ``nn.Linear`` that loses inputs (an FFN's output layer, an attention output
+      projection) is refitted by least squares so that its outputs on calibration inputs stay as
+      close as possible to the original's: the removed units' contribution is predicted from the
+      kept ones (:func:`slimkit.compress.factor.refit_from_gram`). Calibration inputs are the
+      ``calibration_batches`` batches of ``data`` when given, else ``example_inputs`` (then pass a
+      few hundred samples or tokens). Memory: one (inputs + 1)² float64 matrix per such layer.
     """
 
     ratio: float = 0.5
@@ -76,6 +83,7 @@ class ChannelPruneConfig(Config):
     max_ratio: float = 0.9
     calibration_batches: int = 4
     recalibrate_bn: bool = True
+    refit: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,18 +136,33 @@ def plan(
             keep = _keep_count(len(group), _group_ratio(model, group, cfg, named), config.block)
             out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
-    # global: normalise scores within each group, remove the lowest units overall
-    pool = [(float(v) / (float(np.mean(s)) + 1e-12), g, u) for g, s in enumerate(scores) for u, v in enumerate(s)]
-    pool.sort()
-    budget = round(ratio * len(pool))
     caps = [len(g) - _keep_count(len(g), config.max_ratio, config.block) for g in graph.groups]
     chosen: dict[int, list[int]] = collections.defaultdict(list)
+    if config.importance == "output":
+        # scores are output energies, comparable across groups: remove the least energy per parameter
+        # until ``ratio`` of the pooled parameters is gone; groups no Linear reads keep the per-group ratio
+        readers = set(imp.linear_readers(model, graph))
+        pooled = [any(s.kind == "in" and s.module in readers for s in g.slots) for g in graph.groups]
+        costs = [_unit_params(model, g) if p else None for g, p in zip(graph.groups, pooled, strict=True)]
+        pool = [
+            (float(scores[g][u] / cs[u]), g, u) for g, cs in enumerate(costs) if cs is not None for u in range(len(cs))
+        ]
+        budget = ratio * sum(float(c.sum()) for c in costs if c is not None)
+        for g, group in enumerate(graph.groups):
+            if not pooled[g]:
+                keep = _keep_count(len(group), ratio, config.block)
+                chosen[g] = list(np.argsort(scores[g], kind="stable")[: len(group) - keep])
+    else:  # normalise scores within each group, remove the lowest units overall
+        pool = [(float(v) / (float(np.mean(s)) + 1e-12), g, u) for g, s in enumerate(scores) for u, v in enumerate(s)]
+        budget = round(ratio * len(pool))
+        costs = None
+    pool.sort()
     for _, g, u in pool:
         if budget <= 0:
             break
         if len(chosen[g]) < caps[g]:
             chosen[g].append(u)
-            budget -= 1
+            budget -= 1 if costs is None else costs[g][u]
     out = []
     for g, group in enumerate(graph.groups):
         n = len(group)
@@ -148,6 +171,22 @@ def plan(
         order = sorted(remove, key=lambda u: scores[g][u])
         out.append(np.sort(np.array(order[: n - keep], dtype=np.int64)))
     return out
+
+
+def _unit_params(model: nn.Module, group: Group) -> np.ndarray:
+    """Parameters each unit of ``group`` removes (from every member layer)."""
+    total = np.zeros(len(group))
+    for k, slot in enumerate(group.slots):
+        layer = model.get_submodule(slot.module)
+        pruner = pruner_for(layer)
+        per_index = sum(
+            p.numel() // p.shape[d]
+            for attr, p in layer.named_parameters(recurse=False)
+            for d in range(p.dim())
+            if pruner.kind(layer, attr, d) == slot.kind
+        )
+        total += per_index * np.diff(group.offsets[k])
+    return np.maximum(total, 1)
 
 
 def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndarray]) -> dict[str, str]:
@@ -235,6 +274,36 @@ def remove_checked(
     return changes, skipped
 
 
+def _refit(
+    model: nn.Module,
+    graph: DependencyGraph,
+    removal: list[np.ndarray],
+    changes: dict[str, str],
+    grams: dict[str, torch.Tensor],
+    originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+) -> list[str]:
+    """Refit every pruned Linear with a Gram matrix to its original outputs; returns their names."""
+    gone: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    for group, units in zip(graph.groups, removal, strict=True):
+        if group.name in changes:  # applied (not put back)
+            for slot, idx in zip(group.slots, group.indices(units), strict=True):
+                if slot.kind == "in" and slot.module in grams:
+                    gone[slot.module].append(idx)
+    done = []
+    for name, parts in gone.items():
+        weight, bias = originals[name]  # surgery replaced the parameters: these are the original ones
+        keep = torch.from_numpy(np.setdiff1d(np.arange(weight.shape[1]), np.concatenate(parts)))
+        new_w, new_b = refit_from_gram(weight, bias, grams[name], keep, ridge=1e-3)
+        if bool(torch.isfinite(new_w).all()):
+            layer = model.get_submodule(name)
+            with torch.no_grad():
+                layer.weight.copy_(new_w)
+                if new_b is not None:
+                    layer.bias.copy_(new_b)
+            done.append(name)
+    return sorted(done)
+
+
 def prune_channels(
     model: nn.Module,
     config: ChannelPruneConfig,
@@ -258,13 +327,21 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
     batches = None
     if data is not None:
         batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
-    scores = imp.score(model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate)
+    grams = {}
+    if config.importance == "output" or config.refit:  # calibration: the data's batches, else the example
+        grams = imp.linear_input_grams(model, imp.linear_readers(model, graph), batches or [example_inputs])
+    originals = {n: (model.get_submodule(n).weight, model.get_submodule(n).bias) for n in grams}
+    scores = imp.score(
+        model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate, grams=grams
+    )
     params = count_params(model)
     ratio = config.ratio
     if config.target_macs is not None or config.target_params is not None:
         ratio = _search_ratio(model, graph, scores, config, example_inputs)
-    changes, broken = remove_checked(model, graph, plan(model, graph, scores, config, ratio), example_inputs)
+    removal = plan(model, graph, scores, config, ratio)
+    changes, broken = remove_checked(model, graph, removal, example_inputs)
     graph.skipped.update(broken)
+    refitted = _refit(model, graph, removal, changes, grams, originals) if config.refit else []
     recalibrated = bool(changes and batches and config.recalibrate_bn)
     if recalibrated:
         reestimate_bn(model, batches)
@@ -278,15 +355,19 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
             "ratio": ratio,
             "round_to": config.block,
             "bn_recalibrated": recalibrated,
+            "refitted": refitted,
             "params": {"before": params, "after": count_params(model)},
         },
     )
 
 
 def _search_ratio(
-    model: nn.Module, graph: DependencyGraph, scores: list[np.ndarray], config: ChannelPruneConfig,
+    model: nn.Module,
+    graph: DependencyGraph,
+    scores: list[np.ndarray],
+    config: ChannelPruneConfig,
     example: torch.Tensor,
-) -> float:  # fmt: skip
+) -> float:
     """Smallest global ratio whose pruned copy meets the MACs / params target (bisection)."""
     before = {"macs": count_macs(model, example), "params": count_params(model)}
 

@@ -1,0 +1,144 @@
+"""Pruned Hugging Face ``transformers`` models as ordinary ``save_pretrained`` folders.
+
+Structured pruning changes widths (FFN size, heads, key-value heads, hidden size) that a
+``transformers`` config describes by a few integers. When every layer was pruned alike, those
+integers can describe the pruned model: :func:`pretrained_config` finds them by building the model
+from candidate configs on the ``meta`` device (no memory, no weights) until every parameter has
+the pruned shape, and :func:`save_pretrained` writes the folder (safetensors, no pickle), which
+``AutoModel.from_pretrained`` / ``<Class>.from_pretrained`` then load as usual.
+
+Widths that differ between layers (``global_ranking=True``) are not describable by a config: save
+those with :func:`slimkit.save` and a factory, or prune with the same ratio in every layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.files import atomic_path
+
+__all__ = ["pretrained_config", "pretrained_model", "save_pretrained"]
+
+_MAX_ROUNDS = 4  # passes of the coordinate search over the config's integer fields
+
+
+def pretrained_model(model: nn.Module) -> nn.Module:
+    """``model`` itself if it is a ``transformers.PreTrainedModel``, else the outermost one inside it
+    (a user's wrapper whose ``forward`` returns the logits)."""
+    for m in model.modules():
+        if hasattr(m, "config") and hasattr(m, "save_pretrained") and hasattr(type(m), "from_pretrained"):
+            return m
+    raise SlimkitError(
+        f"{type(model).__name__} holds no Hugging Face transformers model (PreTrainedModel); "
+        "save it with slimkit.save(model, path, factory=...)"
+    )
+
+
+Layout = tuple[dict[str, tuple[int, ...]], dict[tuple[str, str], Any]]
+
+
+def _numbers(model: nn.Module) -> dict[tuple[str, str], Any]:
+    """The numeric attributes of every module (head counts, head sizes, scalings)."""
+    return {
+        (name, k): v
+        for name, m in model.named_modules()
+        for k, v in vars(m).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("_")
+    }
+
+
+def _layout(model_class: type, config: Any) -> Layout | None:
+    """Parameter shapes and module numbers of ``model_class(config)``, built on the meta device
+    (None: the model rejects the config)."""
+    try:
+        with torch.device("meta"):
+            built = model_class(config)
+    except Exception:  # noqa: BLE001  (a candidate config the model rejects is simply not a match)
+        return None
+    return {k: tuple(v.shape) for k, v in built.state_dict().items()}, _numbers(built)
+
+
+def _int_fields(config: Any) -> dict[str, int]:
+    return {
+        k: v
+        for k, v in vars(config).items()
+        if isinstance(v, int) and not isinstance(v, bool) and v > 1 and not k.startswith("_") and "token" not in k
+    }
+
+
+def pretrained_config(model: nn.Module) -> Any:
+    """A copy of the model's config whose size fields describe its (pruned) parameter shapes.
+
+    Raises :class:`SlimkitError` naming the first parameter no config reproduces (e.g. widths that
+    differ between layers).
+    """
+    hf = pretrained_model(model)
+    want = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    numbers = _numbers(hf)
+    cls = type(hf)
+    original = _layout(cls, hf.config)
+    if original is None:
+        raise SlimkitError(f"{cls.__name__} cannot be rebuilt from its own config")
+    config = copy.deepcopy(hf.config)
+    head_dims = {m.head_dim for m in hf.modules() if isinstance(getattr(m, "head_dim", None), int)}
+    if len(head_dims) == 1 and getattr(config, "head_dim", None) is None:  # pruning keeps the head size
+        config.head_dim = head_dims.pop()
+
+    def score(layout: Layout | None) -> tuple[int, int]:
+        """(parameters of the right shape, module numbers that agree, e.g. heads and head sizes)."""
+        if layout is None:
+            return -1, -1
+        shapes, nums = layout
+        return sum(shapes.get(k) == v for k, v in want.items()), sum(nums.get(k) == v for k, v in numbers.items())
+
+    # candidate values of a field: the pruned size of a dimension it used to equal, or the field
+    # scaled as a dimension was (heads: 8 -> 4 when a projection went from 512 to 256)
+    pairs = {(o, n) for k, v in want.items() if k in original[0] for o, n in zip(original[0][k], v, strict=False)}
+    ratios = {n / o for o, n in pairs if o != n}
+    best = score(_layout(cls, config))
+    for _ in range(_MAX_ROUNDS):
+        improved = False
+        for field, value in _int_fields(config).items():
+            candidates = {n for o, n in pairs if o == value} | {round(value * r) for r in ratios if value * r % 1 == 0}
+            for new in sorted(candidates - {value, 0}):
+                trial = copy.deepcopy(config)
+                setattr(trial, field, new)
+                trial_score = score(_layout(cls, trial))
+                if trial_score > best:
+                    best, config, improved = trial_score, trial, True
+        if not improved:
+            break
+    if best[0] != len(want):
+        shapes = (_layout(cls, config) or ({}, {}))[0]
+        name = next(k for k, v in want.items() if shapes.get(k) != v)
+        raise SlimkitError(
+            f"no {type(config).__name__} describes the pruned {cls.__name__}: {name} has shape {list(want[name])} "
+            "(widths that differ between layers, e.g. after global_ranking, need slimkit.save(model, path, "
+            "factory=...); pruning every layer with the same ratio keeps a describable model)"
+        )
+    return config
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write the pruned ``transformers`` model inside ``model`` as a ``save_pretrained`` folder
+    (safetensors) whose config describes the pruned shapes; ``<Class>.from_pretrained(path)`` loads it.
+
+    The folder is built aside and moved into place only on success; ``force`` replaces an existing one.
+    """
+    hf = pretrained_model(model)
+    config = pretrained_config(hf)
+    saved = hf.config
+    with atomic_path(path, force=force) as tmp:
+        hf.config = config
+        try:
+            hf.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            hf.config = saved
+    return Path(path)
