@@ -381,14 +381,15 @@ class DimTracer:
         operands = [(a, self.ids_of(a)) for a in [*args, *kwargs.values()] if _is_tensor(a) and a.dim() > 0]
         ids = [i.expand(shape) if tracked(i) else None for _, i in operands]
         for k, (a, _) in enumerate(operands):
-            # a size-1 dimension broadcast over another operand's features (a gate of shape (N, 1)
-            # scaling (N, C)) carries no feature of its own there: it must not tie them together
+            # an operand broadcast over another one's features (a gate of shape (N, 1) scaling (N, C),
+            # a per-head-dimension norm weight (D,) over every head) has one id for many of them: it
+            # must not tie them together, and its own dimensions stay as they are
             lead = len(shape) - a.dim()
             if ids[k] is not None and any(
-                a.shape[d] == 1
-                and shape[lead + d] > 1
-                and any(t is not None and j != k and varies(t, lead + d) for j, t in enumerate(ids))
-                for d in range(a.dim())
+                (e < lead or a.shape[e - lead] == 1)
+                and any(t is not None and j != k and varies(t, e) for j, t in enumerate(ids))
+                for e in range(len(shape))
+                if shape[e] > 1
             ):
                 self.space.block(ids[k], f"broadcast over the features of another operand: {where}")
                 ids[k] = None
