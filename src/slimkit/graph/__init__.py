@@ -100,6 +100,7 @@ class DependencyGraph:
     shared: list[list[tuple[str, str]]] = dataclasses.field(default_factory=list)  # tied parameters' owners
     # (layer, attribute, components): an integer attribute that counts the kept ones of these components
     bindings: list[tuple[str, str, np.ndarray]] = dataclasses.field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # on the first sample
 
     def group_of(self, module: str) -> Group | None:
         """The group in which ``module`` produces units (e.g. a conv's output channels)."""
@@ -179,7 +180,14 @@ def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) 
         ):
             skipped[name] = "not reached by the analysis (it runs inside an operation the pruner cannot see into)"
     bindings = [(layer, attr, labels[ids.numpy()]) for layer, attr, ids in tracer.bindings]
-    return DependencyGraph(groups=groups, skipped=skipped, slots=tracer.slots, shared=shared, bindings=bindings)
+    return DependencyGraph(
+        groups=groups,
+        skipped=skipped,
+        slots=tracer.slots,
+        shared=shared,
+        bindings=bindings,
+        output_shapes=tracer.output_shapes,
+    )
 
 
 def _by_signature(comp: np.ndarray, slot_no: np.ndarray, n_slots: int, prunable: np.ndarray) -> list[np.ndarray]:

@@ -79,6 +79,21 @@ class LayerPruner:
                     parts.append(_rows(get(p), dim))
         return _cat(parts)
 
+    def row_norms(self, module: nn.Module, kind: str, get: Get, p: int) -> torch.Tensor:
+        """(slot size,): ``sum |x| ** p`` over the elements each index of slot ``kind`` owns (what
+        magnitude importance needs), reduced on each parameter in place when :meth:`rows` is the default."""
+        if type(self).rows is not LayerPruner.rows:  # rows laid out by the subclass
+            return self.rows(module, kind, get).abs().pow(p).sum(1)
+        total = torch.zeros(0)
+        for attr, t in module.named_parameters(recurse=False):
+            for dim in range(t.dim()):
+                if self.kind(module, attr, dim) == kind:
+                    v = get(t)
+                    other = [d for d in range(v.dim()) if d != dim]
+                    part = torch.linalg.vector_norm(v, p, dim=other).pow(p) if other else v.abs().pow(p)
+                    total = part if not len(total) else total + part
+        return total
+
     def rebuild(self, model: nn.Module, name: str, module: nn.Module, keep: dict[str, torch.Tensor]) -> None:
         """Make layer ``name`` keep only indices ``keep[kind]`` of each slot (recorded for checkpoints)."""
         tensors = {}
@@ -245,8 +260,9 @@ class RNNPruner(LayerPruner):
 
 def is_attention_block(m: nn.Module) -> bool:
     """Attention written with separate q/k/v/out ``nn.Linear`` projections and an int ``heads``."""
-    return all(isinstance(getattr(m, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj")) and (
-        isinstance(getattr(m, "heads", None), int)
+    children = m._modules  # read directly: a missing attribute of a module costs an exception
+    return isinstance(vars(m).get("heads"), int) and all(
+        isinstance(children.get(p), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj")
     )
 
 

@@ -177,6 +177,7 @@ class DimTracer:
         # id(a view of a parameter: w.T, experts[e]) -> (weak reference, parameter, its dim of each view dim)
         self.views: dict[int, tuple[Any, nn.Parameter, tuple[int | None, ...]]] = {}
         self.leaf_depth = 0
+        self.output_shapes: list[tuple[int, ...]] = []
 
     # ------------------------------------------------------------------ slots
     def slot(self, module: str, kind: str, size: int, producer: bool) -> Slot:
@@ -303,6 +304,7 @@ class DimTracer:
         finally:
             for h in handles:
                 h.remove()
+        self.output_shapes = [tuple(t.shape) for t in flat_tensors(out)]
         for ids in flat_tensors(self.ids_of(flat_tensors(out))):
             self.space.block(ids, "feeds the model output (its size is part of the model's interface)")
 

@@ -66,8 +66,9 @@ def _weight_scores(model: nn.Module, group: Group, method: str, grads: bool, agg
     per_slot = {}
     for k, slot in enumerate(group.slots):
         layer = model.get_submodule(slot.module)
-        rows = pruner_for(layer).rows(layer, slot.kind, get)
-        per_slot[k] = rows.abs().sum(1) if method in ("l1", "taylor") else rows.pow(2).sum(1).sqrt()
+        l1 = method in ("l1", "taylor")
+        norms = pruner_for(layer).row_norms(layer, slot.kind, get, 1 if l1 else 2)
+        per_slot[k] = norms if l1 else norms.sqrt()
     return _unit_scores(group, per_slot, aggregate, power=2 if method == "l2" else 1)
 
 

@@ -35,7 +35,7 @@ from slimkit.core.transform import (
     select,
 )
 from slimkit.evaluate.cost import count_macs, count_params
-from slimkit.graph import DependencyGraph, Group, analyze, map_batch, pruner_for
+from slimkit.graph import DependencyGraph, Group, analyze, first_sample, map_batch, pruner_for
 from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.prune import importance as imp
 from slimkit.prune import mha
@@ -220,20 +220,16 @@ def remove_units(model: nn.Module, graph: DependencyGraph, removal: list[np.ndar
     return changes
 
 
-def _output_shapes(model: nn.Module, example: Any) -> list[list[tuple[int, ...]]]:
-    """Shapes of every output tensor on ``example`` and on a batch one larger."""
-    shapes = []
+def _output_shapes(model: nn.Module, batches: list[Any]) -> list[list[tuple[int, ...]]]:
+    """Shapes of every output tensor on each of ``batches``."""
     with eval_mode(model), torch.no_grad():
-        for batch in (example, map_batch(example, lambda t: torch.cat([t, t[:1]]))):
-            out = call_model(model, batch)
-            shapes.append([tuple(t.shape) for t in flat_tensors(out)])
-    return shapes
+        return [[tuple(t.shape) for t in flat_tensors(call_model(model, b))] for b in batches]
 
 
-def _run_error(model: nn.Module, example: Any, want: list[list[tuple[int, ...]]]) -> str | None:
-    """None if the model runs on the example and a larger batch with the shapes ``want``, else what went wrong."""
+def _run_error(model: nn.Module, batches: list[Any], want: list[list[tuple[int, ...]]]) -> str | None:
+    """None if the model runs on ``batches`` with the output shapes ``want``, else what went wrong."""
     try:
-        got = _output_shapes(model, example)
+        got = _output_shapes(model, batches)
     except Exception as exc:  # noqa: BLE001  (any failure of the pruned model is the answer)
         return f"it no longer runs ({first_line(exc)[:200]})"
     return None if got == want else f"output shapes change from {want[0]} to {got[0]}"
@@ -242,15 +238,18 @@ def _run_error(model: nn.Module, example: Any, want: list[list[tuple[int, ...]]]
 def remove_checked(
     model: nn.Module, graph: DependencyGraph, removal: list[np.ndarray], example: Any
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """:func:`remove_units`, then run the pruned model on ``example`` and on a batch one larger.
+    """:func:`remove_units`, then run the pruned model on the example's first sample (as the
+    analysis did) and on two samples.
 
     A group whose removal makes the model fail or change an output shape is put back and returned
     as skipped (``{producer layer: reason}``); the rest stays pruned. Returns ``(changes, skipped)``.
     """
-    want = _output_shapes(model, example)
+    sample = first_sample(example)
+    batches = [sample, map_batch(sample, lambda t: torch.cat([t, t]))]
+    want = [graph.output_shapes, *_output_shapes(model, batches[1:])]
     snap = Snapshot(model, copy_weights=False)  # surgery replaces parameters, never edits them
     changes = remove_units(model, graph, removal)
-    if _run_error(model, example, want) is None:
+    if _run_error(model, batches, want) is None:
         return changes, {}
     snap.restore()
     nothing = np.zeros(0, dtype=np.int64)
@@ -258,12 +257,12 @@ def remove_checked(
     for g, units in enumerate(removal):  # which groups break the model on their own
         if len(units):
             remove_units(model, graph, [u if k == g else nothing for k, u in enumerate(removal)])
-            error = _run_error(model, example, want)
+            error = _run_error(model, batches, want)
             snap.restore()
             if error:
                 broken[g] = error
     changes = remove_units(model, graph, [nothing if g in broken else u for g, u in enumerate(removal)])
-    error = _run_error(model, example, want)
+    error = _run_error(model, batches, want)
     if error:
         snap.restore()
         raise SlimkitError(f"pruning breaks the model together although each group alone does not: {error}")
@@ -322,26 +321,27 @@ def prune_channels(
 
 def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.Tensor, data: Any) -> TransformRecord:
     unconverted = mha.convert(model)  # nn.MultiheadAttention -> an equivalent block with prunable heads
-    graph = analyze(model, example_inputs, protected=config.protected)
-    graph.skipped.update(unconverted)
-    batches = None
-    if data is not None:
-        batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
-    grams = {}
-    if config.importance == "output" or config.refit:  # calibration: the data's batches, else the example
-        grams = imp.linear_input_grams(model, imp.linear_readers(model, graph), batches or [example_inputs])
-    originals = {n: (model.get_submodule(n).weight, model.get_submodule(n).bias) for n in grams}
-    scores = imp.score(
-        model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate, grams=grams
-    )
-    params = count_params(model)
-    ratio = config.ratio
-    if config.target_macs is not None or config.target_params is not None:
-        ratio = _search_ratio(model, graph, scores, config, example_inputs)
-    removal = plan(model, graph, scores, config, ratio)
-    changes, broken = remove_checked(model, graph, removal, example_inputs)
-    graph.skipped.update(broken)
-    refitted = _refit(model, graph, removal, changes, grams, originals) if config.refit else []
+    with eval_mode(model):  # one switch for the analysis, scoring and checks (each would switch every module)
+        graph = analyze(model, example_inputs, protected=config.protected)
+        graph.skipped.update(unconverted)
+        batches = None
+        if data is not None:
+            batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
+        grams = {}
+        if config.importance == "output" or config.refit:  # calibration: the data's batches, else the example
+            grams = imp.linear_input_grams(model, imp.linear_readers(model, graph), batches or [example_inputs])
+        originals = {n: (model.get_submodule(n).weight, model.get_submodule(n).bias) for n in grams}
+        scores = imp.score(
+            model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate, grams=grams
+        )
+        params = count_params(model)
+        ratio = config.ratio
+        if config.target_macs is not None or config.target_params is not None:
+            ratio = _search_ratio(model, graph, scores, config, example_inputs)
+        removal = plan(model, graph, scores, config, ratio)
+        changes, broken = remove_checked(model, graph, removal, example_inputs)
+        graph.skipped.update(broken)
+        refitted = _refit(model, graph, removal, changes, grams, originals) if config.refit else []
     recalibrated = bool(changes and batches and config.recalibrate_bn)
     if recalibrated:
         reestimate_bn(model, batches)
