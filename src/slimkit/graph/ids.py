@@ -15,10 +15,12 @@ _LABEL_PASSES = 8  # label-propagation passes before a union-find is handed over
 def collapse(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Views of same-shape tensors ``ts`` cut to length 1 along every dimension where all of them repeat
     (stride 0, as broadcast per-channel ids do over batch and space): the pairs they form are the same."""
-    for d, n in enumerate(ts[0].shape):
-        if n > 1 and all(t.stride(d) == 0 for t in ts):
-            ts = tuple(t.narrow(d, 0, 1) for t in ts)
-    return ts
+    strides = [t.stride() for t in ts]
+    cut = [n > 1 and all(s[d] == 0 for s in strides) for d, n in enumerate(ts[0].shape)]
+    if not any(cut):
+        return ts
+    index = tuple(slice(0, 1) if c else slice(None) for c in cut)
+    return tuple(t[index] for t in ts)
 
 
 class IdSpace:
