@@ -293,7 +293,7 @@ def pretrained_roundtrip(model: nn.Module, x: torch.Tensor) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            save_pretrained(model, Path(tmp) / "hf")
+            save_pretrained(model, Path(tmp) / "hf", example_inputs=x)
             again = Logits(type(model.m).from_pretrained(Path(tmp) / "hf")).eval()
         except Exception as exc:  # noqa: BLE001
             return f"no ({str(exc)[:60]})"

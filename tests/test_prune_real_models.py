@@ -339,6 +339,27 @@ def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_w
     assert not (tmp_path / "hf").exists()
 
 
+def test_save_pretrained_with_an_example_refuses_a_config_that_would_compute_differently(tmp_path: Path) -> None:
+    config = transformers.GemmaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    torch.manual_seed(0)
+    model = Logits(transformers.GemmaForCausalLM(config)).eval()  # scales embeddings by sqrt(config.hidden_size)
+    sk.apply_(model, ChannelPruneConfig(ratio=0.5), example_inputs=TEXT)
+    with pytest.raises(SlimkitError, match="computes different outputs"):
+        sk.io.save_pretrained(model, tmp_path / "hf", example_inputs=TEXT)
+    assert not (tmp_path / "hf").exists()
+    llama = _llama()
+    sk.apply_(llama, ChannelPruneConfig(ratio=0.5), example_inputs=TEXT)
+    sk.io.save_pretrained(llama, tmp_path / "llama", example_inputs=TEXT)  # checked against the reloaded folder
+
+
 def gpt2_logits() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=100, bos_token_id=0, eos_token_id=0)

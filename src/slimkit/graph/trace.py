@@ -382,17 +382,26 @@ class DimTracer:
         shape = value.shape
         operands = [(a, self.ids_of(a)) for a in [*args, *kwargs.values()] if _is_tensor(a) and a.dim() > 0]
         ids = [i.expand(shape) if tracked(i) else None for _, i in operands]
-        for k, (a, _) in enumerate(operands):
-            # an operand broadcast over another one's features (a gate of shape (N, 1) scaling (N, C),
-            # a per-head-dimension norm weight (D,) over every head) has one id for many of them: it
-            # must not tie them together, and its own dimensions stay as they are
-            lead = len(shape) - a.dim()
-            if ids[k] is not None and any(
-                (e < lead or a.shape[e - lead] == 1)
+        # an operand broadcast over another one's features (a gate of shape (N, 1) scaling (N, C), a
+        # per-head-dimension norm weight (D,) over every head) has one id for many of them: it must
+        # not tie them together, and its own dimensions stay as they are. When each operand is
+        # broadcast over the other's features (stream weights (N, 1) times a hidden state (1, D)),
+        # the one with the most features keeps them.
+        spread = [
+            ids[k] is not None
+            and any(
+                (e < len(shape) - a.dim() or a.shape[e - len(shape) + a.dim()] == 1)
                 and any(t is not None and j != k and varies(t, e) for j, t in enumerate(ids))
                 for e in range(len(shape))
                 if shape[e] > 1
-            ):
+            )
+            for k, (a, _) in enumerate(operands)
+        ]
+        alive = [k for k, i in enumerate(ids) if i is not None]
+        if alive and all(spread[k] for k in alive):
+            spread[max(alive, key=lambda k: len(torch.unique(collapse(ids[k])[0])))] = False
+        for k in range(len(operands)):
+            if spread[k]:
                 self.space.block(ids[k], f"broadcast over the features of another operand: {where}")
                 ids[k] = None
         for k, (a, _) in enumerate(operands):
@@ -632,18 +641,29 @@ class DimTracer:
             return untracked(torch.empty(0))
         a_k, b_k = a.unsqueeze(-1), b.unsqueeze(-3)  # (..., n, k, 1), (..., 1, k, m)
         shape = torch.broadcast_shapes(a_k.shape, b_k.shape)
-        a_vary, b_vary = varies(a, -1), varies(b, -2)
-        if a_vary and not tracked(b):
-            a = self.keep_whole(a, -1, f"multiplied with a fixed tensor: {where}")
-        if b_vary and not tracked(a):
-            b = self.keep_whole(b, -2, f"multiplied with a fixed tensor: {where}")
-        self.space.unify(*collapse(a.unsqueeze(-1).expand(shape), b.unsqueeze(-3).expand(shape)))
+        # ids that vary along a's rows / b's columns are the output's features, not the contracted ones
+        a_k = a if not varies(a, -2) else untracked(a)
+        b_k = b if not varies(b, -1) else untracked(b)
+        if varies(a, -1) and not tracked(b_k):
+            a_k = a = self.keep_whole(a, -1, f"multiplied with a fixed tensor: {where}")
+        if varies(b, -2) and not tracked(a_k):
+            b_k = b = self.keep_whole(b, -2, f"multiplied with a fixed tensor: {where}")
+        self.space.unify(*collapse(a_k.unsqueeze(-1).expand(shape), b_k.unsqueeze(-3).expand(shape)))
         rows = a[..., :, :1] if not varies(a, -1) else torch.full_like(a[..., :, :1], UNTRACKED)
         cols = b[..., :1, :] if not varies(b, -2) else torch.full_like(b[..., :1, :], UNTRACKED)
         out_shape = (*shape[:-3], shape[-3], shape[-1])
         rows, cols = rows.expand(out_shape), cols.expand(out_shape)
         if tracked(rows) and tracked(cols):
-            self.space.unify(*collapse(rows, cols))
+            row_features, col_features = varies(rows, -2), varies(cols, -1)
+            if not row_features and not col_features:  # per-head ids on both sides: the same heads
+                self.space.unify(*collapse(rows, cols))
+            else:  # one side's features spread over the other's (a stream-mixing matrix times hidden states)
+                richer = len(torch.unique(collapse(rows)[0])) >= len(torch.unique(collapse(cols)[0]))
+                keep_rows = row_features and (not col_features or richer)
+                self.space.block(
+                    cols if keep_rows else rows, f"broadcast over the features of another operand: {where}"
+                )
+                return rows if keep_rows else cols
         return torch.maximum(rows, cols)
 
 

@@ -65,12 +65,30 @@ def _layout(model_class: type, config: Any) -> Layout | None:
     return {k: tuple(v.shape) for k, v in built.state_dict().items()}, _numbers(built)
 
 
-def _int_fields(config: Any) -> dict[str, int]:
-    return {
-        k: v
-        for k, v in vars(config).items()
-        if isinstance(v, int) and not isinstance(v, bool) and v > 1 and not k.startswith("_") and "token" not in k
-    }
+def _size_fields(config: Any) -> dict[tuple[str, int | None], int]:
+    """The config's integer fields and the integer entries of its list fields (ResNet's
+    ``hidden_sizes``), as ``{(name, index or None): value}``."""
+    out: dict[tuple[str, int | None], int] = {}
+    for k, v in vars(config).items():
+        if k.startswith("_") or "token" in k:
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+            out[(k, None)] = v
+        elif isinstance(v, list | tuple) and v and all(isinstance(e, int) and not isinstance(e, bool) for e in v):
+            out.update({(k, i): e for i, e in enumerate(v) if e > 1})
+    return out
+
+
+def _with(config: Any, field: tuple[str, int | None], value: int) -> Any:
+    trial = copy.deepcopy(config)
+    name, index = field
+    if index is None:
+        setattr(trial, name, value)
+    else:
+        entries = list(getattr(trial, name))
+        entries[index] = value
+        setattr(trial, name, type(getattr(config, name))(entries))
+    return trial
 
 
 def pretrained_config(model: nn.Module) -> Any:
@@ -105,11 +123,10 @@ def pretrained_config(model: nn.Module) -> Any:
     best = score(_layout(cls, config))
     for _ in range(_MAX_ROUNDS):
         improved = False
-        for field, value in _int_fields(config).items():
+        for field, value in _size_fields(config).items():
             candidates = {n for o, n in pairs if o == value} | {round(value * r) for r in ratios if value * r % 1 == 0}
             for new in sorted(candidates - {value, 0}):
-                trial = copy.deepcopy(config)
-                setattr(trial, field, new)
+                trial = _with(config, field, new)
                 trial_score = score(_layout(cls, trial))
                 if trial_score > best:
                     best, config, improved = trial_score, trial, True
@@ -126,11 +143,17 @@ def pretrained_config(model: nn.Module) -> Any:
     return config
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+def save_pretrained(
+    model: nn.Module, path: str | os.PathLike[str], example_inputs: Any = None, *, force: bool = False
+) -> Path:
     """Write the pruned ``transformers`` model inside ``model`` as a ``save_pretrained`` folder
     (safetensors) whose config describes the pruned shapes; ``<Class>.from_pretrained(path)`` loads it.
 
-    The folder is built aside and moved into place only on success; ``force`` replaces an existing one.
+    With ``example_inputs`` (what the transformers model takes: ``input_ids``, ``pixel_values`` or a
+    dict of them) the folder is loaded back and must give the same outputs: some models read a
+    width from their config in ``forward`` (Gemma scales its embeddings by ``sqrt(hidden_size)``), so
+    a config with the pruned width would compute something else. The folder is built aside and
+    moved into place only on success; ``force`` replaces an existing one.
     """
     hf = pretrained_model(model)
     config = pretrained_config(hf)
@@ -141,4 +164,22 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], *, force: bo
             hf.save_pretrained(tmp, safe_serialization=True)
         finally:
             hf.config = saved
+        if example_inputs is not None:
+            _check_reload(hf, tmp, example_inputs)
     return Path(path)
+
+
+def _check_reload(hf: nn.Module, folder: Path, example: Any) -> None:
+    from slimkit.core.model import eval_mode
+    from slimkit.graph.trace import call_model, flat_tensors
+
+    again = type(hf).from_pretrained(folder)
+    with eval_mode(hf), torch.no_grad():
+        want = flat_tensors(call_model(hf, example))[0]
+        got = flat_tensors(call_model(again.eval(), example))[0]
+    scale = float(want.abs().max()) or 1.0
+    if got.shape != want.shape or float((got - want).abs().max()) > 1e-4 * scale:
+        raise SlimkitError(
+            f"{type(hf).__name__} loaded from a config with the pruned widths computes different outputs (its "
+            "forward reads a width from the config); save it with slimkit.save(model, path, factory=...)"
+        )
