@@ -79,7 +79,7 @@ _UNTRACKED_RESULTS = set(
     "__format__ __repr__ __hash__ get_device is_cuda layout names is_sparse is_quantized is_meta "
     "is_nested __array__ numpy __reduce_ex__ __deepcopy__ has_names is_complex _version output_nr "
     "is_inference argmax argmin count_nonzero __contains__ __iter__ untyped_storage get_default_dtype is_grad_enabled "
-    "is_autocast_enabled triu tril".split()
+    "is_autocast_enabled triu tril new_zeros new_ones new_full new_empty new_tensor".split()
 )
 
 
@@ -890,8 +890,20 @@ def _repeat_interleave(t: DimTracer, name: str, args: tuple, kwargs: dict, value
     return ids.narrow(dim, 0, 1).expand(value.shape) if ids.shape[dim] else untracked(value)
 
 
+def _repeat(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    """``x.repeat(*sizes)``: tiling along a feature dimension would need every copy pruned alike."""
+    ids = t.ids_of(args[0])
+    sizes = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
+    lead = len(sizes) - ids.dim()
+    if any(int(n) > 1 and d >= lead and varies(ids, d - lead) for d, n in enumerate(sizes)):
+        t.block_all(args, kwargs, f"repeated along a feature dimension: {where}")
+        return untracked(value)
+    return ids.repeat(*[int(n) for n in sizes])
+
+
 _RULES = {
     "linear": _linear,
+    "repeat": _repeat,
     "index_add": _index_add,
     "index_add_": _index_add,
     "repeat_interleave": _repeat_interleave,
