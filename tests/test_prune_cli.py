@@ -36,6 +36,12 @@ def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: 
     assert json.loads((tmp_path / "summed" / "report.json").read_text())["records"][0]["config"]["aggregate"] == "sum"
     code, _, err = cli("prune", tmp_path / "ckpt", "--aggregate", "max", "-o", tmp_path / "x")
     assert code == 2 and "unknown aggregate 'max'; choose one of normalized, sum" in err
+    code, _, err = cli(
+        "prune", tmp_path / "ckpt", "--importance", "output", "--refit", "--global", "-o", tmp_path / "refit"
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "refit" / "report.json").read_text())["records"][0]
+    assert record["config"]["refit"] and record["details"]["refitted"] == ["fc1", "fc2"]  # both read pruned units
 
 
 def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001

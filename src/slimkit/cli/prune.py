@@ -18,13 +18,18 @@ def prune_command(
         Path, typer.Option("--output", "-o", help="Checkpoint folder to write (a .keras model: .keras file or folder).")
     ],
     ratio: Annotated[float, typer.Option(help="Share of channels/units removed per group.")] = 0.5,
-    importance: Annotated[str, typer.Option(help="l1, l2, taylor, bn_scale, activation, apoz or random.")] = "l2",
+    importance: Annotated[
+        str, typer.Option(help="l1, l2, taylor, bn_scale, activation, apoz, output or random.")
+    ] = "l2",
     aggregate: Annotated[
         str, typer.Option(help="Combine a group's layers: 'normalized' (equal say) or 'sum' (norm of all its weights).")
     ] = "normalized",
     target_macs: Annotated[float | None, typer.Option(help="Keep this share of the MACs (e.g. 0.25).")] = None,
     target_params: Annotated[float | None, typer.Option(help="Keep this share of the parameters.")] = None,
     global_ranking: Annotated[bool, typer.Option("--global", help="Rank units of all layers together.")] = False,
+    refit: Annotated[
+        bool, typer.Option(help="Refit the Linear layers reading pruned units by least squares on calibration data.")
+    ] = False,
     round_to: Annotated[
         str, typer.Option(help="Keep widths multiples of this; 'auto' = this CPU's SIMD channel block (8 or 16).")
     ] = "1",
@@ -55,8 +60,15 @@ def prune_command(
 
         supported = "--ratio, --target-macs, --target-params, --importance l1/l2, --round-to, --protect, --data, " \
             "--finetune-epochs, --distill, --lr"  # fmt: skip
-        for flag, used in (("--sparsity", sparsity is not None), ("--nm", nm is not None), ("--global", global_ranking),
-                           ("--steps", steps != 1), ("--aggregate", aggregate != "normalized")):  # fmt: skip
+        torch_only = {
+            "--sparsity": sparsity is not None,
+            "--nm": nm is not None,
+            "--global": global_ranking,
+            "--steps": steps != 1,
+            "--aggregate": aggregate != "normalized",
+            "--refit": refit,
+        }
+        for flag, used in torch_only.items():
             if used:
                 raise unsupported("prune", flag, supported)
         if importance not in ("l1", "l2"):
@@ -82,7 +94,7 @@ def prune_command(
             raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
         config = ChannelPruneConfig(
             ratio=ratio, importance=importance, aggregate=aggregate, target_macs=target_macs,
-            target_params=target_params, global_ranking=global_ranking,
+            target_params=target_params, global_ranking=global_ranking, refit=refit,
             round_to=round_to if round_to == "auto" else int(round_to), protected=protect or [],
         )  # fmt: skip
     result = prune_checkpoint(

@@ -780,7 +780,8 @@ def _norm_params(t: DimTracer, x_ids: torch.Tensor, dim: int, params: list[Any],
         if slot is None:
             t.space.block(x_ids, f"normalised with a tensor that is not a parameter: {where}")
             return x_ids
-        t.space.unify(x_ids, channel_ids(slot.ids, dim, x_ids.shape))
+        if feat is not slot.ids:  # a norm's weight, bias and statistics usually index one slot: tie it once
+            t.space.unify(x_ids, channel_ids(slot.ids, dim, x_ids.shape))
         feat = slot.ids if feat is None else feat
     return x_ids if feat is None else channel_ids(feat, dim, x_ids.shape)
 

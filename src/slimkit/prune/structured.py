@@ -282,25 +282,26 @@ def _refit(
     originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
 ) -> list[str]:
     """Refit every pruned Linear with a Gram matrix to its original outputs; returns their names."""
-    gone: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    gone: dict[tuple[str, str], list[np.ndarray]] = collections.defaultdict(list)
     for group, units in zip(graph.groups, removal, strict=True):
         if group.name in changes:  # applied (not put back)
             for slot, idx in zip(group.slots, group.indices(units), strict=True):
-                if slot.kind == "in" and slot.module in grams:
-                    gone[slot.module].append(idx)
+                if slot.module in grams:
+                    gone[(slot.module, slot.kind)].append(idx)
     done = []
-    for name, parts in gone.items():
+    for name in sorted({m for m, kind in gone if kind == "in"}):
         weight, bias = originals[name]  # surgery replaced the parameters: these are the original ones
-        keep = torch.from_numpy(np.setdiff1d(np.arange(weight.shape[1]), np.concatenate(parts)))
-        new_w, new_b = refit_from_gram(weight, bias, grams[name], keep, ridge=1e-3)
-        if bool(torch.isfinite(new_w).all()):
-            layer = model.get_submodule(name)
-            with torch.no_grad():
-                layer.weight.copy_(new_w)
+        keep = np.setdiff1d(np.arange(weight.shape[1]), np.concatenate(gone[(name, "in")]))
+        new_w, new_b = refit_from_gram(weight, bias, grams[name], torch.from_numpy(keep), ridge=1e-3)
+        rows = torch.from_numpy(np.setdiff1d(np.arange(weight.shape[0]), np.concatenate(gone.get((name, "out"), [[]]))))
+        layer = model.get_submodule(name)
+        if bool(torch.isfinite(new_w).all()) and layer.weight.shape == (len(rows), len(keep)):
+            with torch.no_grad():  # the layer may have lost outputs too (a hidden layer): keep its rows
+                layer.weight.copy_(new_w[rows])
                 if new_b is not None:
-                    layer.bias.copy_(new_b)
+                    layer.bias.copy_(new_b[rows])
             done.append(name)
-    return sorted(done)
+    return done
 
 
 def prune_channels(
