@@ -420,3 +420,15 @@ def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementa
     with torch.no_grad():
         torch.testing.assert_close(model(TEXT), want, atol=1e-5, rtol=1e-4)
     assert _prune_and_check(model, TEXT) < 0.5  # and the whole model prunes (experts, heads, widths)
+
+
+def test_refit_leaves_a_tied_output_layer_alone() -> None:
+    model = _llama(tie_word_embeddings=True)
+    x = torch.randint(0, 100, (16, 10))
+    config = ChannelPruneConfig(ratio=0.5, importance="output", global_ranking=True, refit=True)
+    sk.apply_(model, config, example_inputs=x)
+    refitted = sk.records(model)[-1].details["refitted"]
+    assert refitted and "m.lm_head" not in refitted  # its weight is the embedding matrix
+    assert model.m.lm_head.weight is model.m.model.embed_tokens.weight
+    with torch.no_grad():
+        assert model(x).shape == (16, 10, 100)

@@ -288,8 +288,9 @@ def _refit(
             for slot, idx in zip(group.slots, group.indices(units), strict=True):
                 if slot.module in grams:
                     gone[(slot.module, slot.kind)].append(idx)
+    tied = {module for owners in graph.shared for module, _ in owners}  # refitting would change the other owner
     done = []
-    for name in sorted({m for m, kind in gone if kind == "in"}):
+    for name in sorted({m for m, kind in gone if kind == "in"} - tied):
         weight, bias = originals[name]  # surgery replaced the parameters: these are the original ones
         keep = np.setdiff1d(np.arange(weight.shape[1]), np.concatenate(gone[(name, "in")]))
         new_w, new_b = refit_from_gram(weight, bias, grams[name], torch.from_numpy(keep), ridge=1e-3)
