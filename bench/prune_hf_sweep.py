@@ -22,7 +22,6 @@ import argparse
 import collections
 import contextlib
 import io
-import json
 import signal
 import sys
 import warnings
@@ -179,7 +178,9 @@ def main() -> None:
         finally:
             signal.alarm(0)
         counts[row["status"]] += 1
-        print(f"{name:28s} {json.dumps(row)[:400]}", flush=True)
+        kept = f"{row['kept']:.2f}x" if "kept" in row else "-"
+        why = row.get("why") or "; ".join(f"{k}: {v}" for k, v in row.get("skipped", {}).items())
+        print(f"{name:28s} {row['status']:14s} {kept:>6s}  {why[:200]}", flush=True)
     print(", ".join(f"{k} {v}" for k, v in counts.most_common()) + f" of {len(names)}", file=sys.stdout)
 
 
