@@ -49,18 +49,16 @@ def _prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float = 0.5) -> f
     return _params(model) / before
 
 
-def _llama(**kw: int) -> nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=100,
-        **kw,
-    )
+def _decoder(family: str, **kw: int) -> nn.Module:
+    """A small ``<family>ForCausalLM`` (Llama, Gemma...) with grouped-query attention, wrapped."""
+    sizes = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
+    config = getattr(transformers, f"{family}Config")(**{**sizes, "num_hidden_layers": 2, "vocab_size": 100, **kw})
     torch.manual_seed(0)
-    return Logits(transformers.LlamaForCausalLM(config))
+    return Logits(getattr(transformers, f"{family}ForCausalLM")(config))
+
+
+def _llama(**kw: int) -> nn.Module:
+    return _decoder("Llama", **kw)
 
 
 TEXT = torch.randint(0, 100, (2, 10))
@@ -340,17 +338,7 @@ def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_w
 
 
 def test_save_pretrained_with_an_example_refuses_a_config_that_would_compute_differently(tmp_path: Path) -> None:
-    config = transformers.GemmaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
-    torch.manual_seed(0)
-    model = Logits(transformers.GemmaForCausalLM(config)).eval()  # scales embeddings by sqrt(config.hidden_size)
+    model = _decoder("Gemma", head_dim=16).eval()  # scales its embeddings by sqrt(config.hidden_size)
     sk.apply_(model, ChannelPruneConfig(ratio=0.5), example_inputs=TEXT)
     with pytest.raises(SlimkitError, match="computes different outputs"):
         sk.io.save_pretrained(model, tmp_path / "hf", example_inputs=TEXT)
@@ -372,16 +360,7 @@ def test_fused_qkv_split_and_literal_head_counts_follow_the_pruned_heads() -> No
     attn = gpt2.m.transformer.h[0].attn
     assert attn.c_attn.nf == 3 * attn.split_size == 3 * 16 and attn.c_proj.weight.shape[0] == 16
     # StableLM writes q.view(bsz, q_len, self.num_heads, self.head_dim): the head count attribute follows
-    config = transformers.StableLmConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        vocab_size=100,
-    )
-    torch.manual_seed(0)
-    stablelm = Logits(transformers.StableLmForCausalLM(config))
+    stablelm = _decoder("StableLm", num_key_value_heads=4, num_hidden_layers=1)
     _prune_and_check(stablelm, TEXT)
     attn = stablelm.m.model.layers[0].self_attn
     assert attn.num_heads == 2 and attn.q_proj.out_features == 2 * attn.head_dim
