@@ -70,14 +70,18 @@ class LayerPruner:
         """The slot kind that dimension ``dim`` of parameter ``attr`` indexes (None: never pruned)."""
         return f"{attr}.{dim}"
 
+    def indexed(self, module: nn.Module, kind: str) -> list[tuple[torch.Tensor, int]]:
+        """``(parameter, dimension)`` pairs that slot ``kind`` indexes."""
+        return [
+            (p, dim)
+            for attr, p in module.named_parameters(recurse=False)
+            for dim in range(p.dim())
+            if self.kind(module, attr, dim) == kind
+        ]
+
     def rows(self, module: nn.Module, kind: str, get: Get) -> torch.Tensor:
         """(slot size, owned elements): ``get(param)`` values that each index of slot ``kind`` owns."""
-        parts = []
-        for attr, p in module.named_parameters(recurse=False):
-            for dim in range(p.dim()):
-                if self.kind(module, attr, dim) == kind:
-                    parts.append(_rows(get(p), dim))
-        return _cat(parts)
+        return _cat([_rows(get(p), dim) for p, dim in self.indexed(module, kind)])
 
     def row_norms(self, module: nn.Module, kind: str, get: Get, p: int) -> torch.Tensor:
         """(slot size,): ``sum |x| ** p`` over the elements each index of slot ``kind`` owns (what
@@ -85,13 +89,11 @@ class LayerPruner:
         if type(self).rows is not LayerPruner.rows:  # rows laid out by the subclass
             return self.rows(module, kind, get).abs().pow(p).sum(1)
         total = torch.zeros(0)
-        for attr, t in module.named_parameters(recurse=False):
-            for dim in range(t.dim()):
-                if self.kind(module, attr, dim) == kind:
-                    v = get(t)
-                    other = [d for d in range(v.dim()) if d != dim]
-                    part = torch.linalg.vector_norm(v, p, dim=other).pow(p) if other else v.abs().pow(p)
-                    total = part if not len(total) else total + part
+        for t, dim in self.indexed(module, kind):
+            v = get(t)
+            other = [d for d in range(v.dim()) if d != dim]
+            part = torch.linalg.vector_norm(v, p, dim=other).pow(p) if other else v.abs().pow(p)
+            total = part if not len(total) else total + part
         return total
 
     def rebuild(self, model: nn.Module, name: str, module: nn.Module, keep: dict[str, torch.Tensor]) -> None:

@@ -382,28 +382,7 @@ class DimTracer:
         shape = value.shape
         operands = [(a, self.ids_of(a)) for a in [*args, *kwargs.values()] if _is_tensor(a) and a.dim() > 0]
         ids = [i.expand(shape) if tracked(i) else None for _, i in operands]
-        # an operand broadcast over another one's features (a gate of shape (N, 1) scaling (N, C), a
-        # per-head-dimension norm weight (D,) over every head) has one id for many of them: it must
-        # not tie them together, and its own dimensions stay as they are. When each operand is
-        # broadcast over the other's features (stream weights (N, 1) times a hidden state (1, D)),
-        # the one with the most features keeps them.
-        spread = [
-            ids[k] is not None
-            and any(
-                (e < len(shape) - a.dim() or a.shape[e - len(shape) + a.dim()] == 1)
-                and any(t is not None and j != k and varies(t, e) for j, t in enumerate(ids))
-                for e in range(len(shape))
-                if shape[e] > 1
-            )
-            for k, (a, _) in enumerate(operands)
-        ]
-        alive = [k for k, i in enumerate(ids) if i is not None]
-        if alive and all(spread[k] for k in alive):
-            spread[max(alive, key=lambda k: len(torch.unique(collapse(ids[k])[0])))] = False
-        for k in range(len(operands)):
-            if spread[k]:
-                self.space.block(ids[k], f"broadcast over the features of another operand: {where}")
-                ids[k] = None
+        ids = self.drop_spread([a.shape for a, _ in operands], ids, where)
         for k, (a, _) in enumerate(operands):
             lead = len(shape) - a.dim()
             for d in range(a.dim()):
@@ -430,6 +409,33 @@ class DimTracer:
             self.space.unify(out, t)
             out = torch.maximum(out, t)
         return out.expand(shape)
+
+    def drop_spread(self, shapes: list[torch.Size], ids: list[torch.Tensor | None], where: str) -> list:
+        """``ids`` (expanded to one output shape) of operands of the given ``shapes``, without those
+        broadcast over another one's features: a gate of shape (N, 1) scaling (N, C), a
+        per-head-dimension norm weight (D,) over every head, has one id for many features and must not
+        tie them together (its own dimensions are blocked). When each operand is broadcast over the
+        other's features (stream weights (N, 1) times a hidden state (1, D)), the richer one stays."""
+        out = next((i.shape for i in ids if i is not None), None)
+        if out is None:
+            return ids
+
+        def spread(k: int) -> bool:
+            lead = len(out) - len(shapes[k])
+            return any(
+                (e < lead or shapes[k][e - lead] == 1)
+                and any(t is not None and j != k and varies(t, e) for j, t in enumerate(ids))
+                for e in range(len(out))
+                if out[e] > 1
+            )
+
+        alive = [k for k, i in enumerate(ids) if i is not None]
+        drop = {k for k in alive if spread(k)}
+        if drop and len(drop) == len(alive):
+            drop.discard(max(alive, key=lambda k: len(torch.unique(collapse(ids[k])[0]))))
+        for k in drop:
+            self.space.block(ids[k], f"broadcast over the features of another operand: {where}")
+        return [None if k in drop else i for k, i in enumerate(ids)]
 
     def _move(self, name: str, func: Any, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
         if not _is_tensor(value):
@@ -652,19 +658,13 @@ class DimTracer:
         rows = a[..., :, :1] if not varies(a, -1) else torch.full_like(a[..., :, :1], UNTRACKED)
         cols = b[..., :1, :] if not varies(b, -2) else torch.full_like(b[..., :1, :], UNTRACKED)
         out_shape = (*shape[:-3], shape[-3], shape[-1])
-        rows, cols = rows.expand(out_shape), cols.expand(out_shape)
-        if tracked(rows) and tracked(cols):
-            row_features, col_features = varies(rows, -2), varies(cols, -1)
-            if not row_features and not col_features:  # per-head ids on both sides: the same heads
-                self.space.unify(*collapse(rows, cols))
-            else:  # one side's features spread over the other's (a stream-mixing matrix times hidden states)
-                richer = len(torch.unique(collapse(rows)[0])) >= len(torch.unique(collapse(cols)[0]))
-                keep_rows = row_features and (not col_features or richer)
-                self.space.block(
-                    cols if keep_rows else rows, f"broadcast over the features of another operand: {where}"
-                )
-                return rows if keep_rows else cols
-        return torch.maximum(rows, cols)
+        if not (tracked(rows) and tracked(cols)):
+            return torch.maximum(rows.expand(out_shape), cols.expand(out_shape))
+        kept = self.drop_spread([rows.shape, cols.shape], [rows.expand(out_shape), cols.expand(out_shape)], where)
+        live = [i for i in kept if i is not None]
+        if len(live) == 2:  # per-head ids on both sides: the same heads
+            self.space.unify(*collapse(*live))
+        return torch.maximum(*live) if len(live) == 2 else live[0]
 
 
 # ---------------------------------------------------------------------- rules with layers

@@ -178,13 +178,7 @@ def _unit_params(model: nn.Module, group: Group) -> np.ndarray:
     total = np.zeros(len(group))
     for k, slot in enumerate(group.slots):
         layer = model.get_submodule(slot.module)
-        pruner = pruner_for(layer)
-        per_index = sum(
-            p.numel() // p.shape[d]
-            for attr, p in layer.named_parameters(recurse=False)
-            for d in range(p.dim())
-            if pruner.kind(layer, attr, d) == slot.kind
-        )
+        per_index = sum(p.numel() // p.shape[d] for p, d in pruner_for(layer).indexed(layer, slot.kind))
         total += per_index * np.diff(group.offsets[k])
     return np.maximum(total, 1)
 
