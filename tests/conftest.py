@@ -60,6 +60,8 @@ def zoo_example(name: str, batch: int = 4) -> torch.Tensor:
         x = torch.randint(1, 1000, (batch, 32), generator=g)
         x[0, 20:] = 0  # some padding
         return x
+    if name == "unet":
+        return torch.rand(batch, 1, 64, 64, generator=g)
     if name == "recsys_mlp":
         return torch.stack([torch.randint(0, n, (batch,), generator=g) for n in (1000, 500, 20, 4)], dim=1)
     raise KeyError(name)

@@ -105,7 +105,7 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN
     r = quantize(model, data, QuantizeConfig(), tmp_path / "lstm.onnx")
     assert r.mode == "dynamic" and "Linear/MatMul and RNN" in r.reason
     assert r.bytes_int8 < 0.35 * r.bytes_fp32
-    assert abs(r.accuracy_fp32 - r.accuracy_int8) <= 0.02
+    assert abs(r.fp32_value - r.int8_value) <= 0.02
     # the "auto" choices keep whichever of per-channel / per-tensor weight scales and row-wise /
     # per-tensor tables scores best on val; ties go to per-tensor tables (faster lookups)
     fixed = {
@@ -115,10 +115,10 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN
         for tables in ("rowwise", "onnx")
         for pc in (True, False)
     }
-    assert r.accuracy_int8 == max(f.accuracy_int8 for f in fixed.values())
-    per_tensor_tables = max(f.accuracy_int8 for (tables, _), f in fixed.items() if tables == "onnx")
+    assert r.int8_value == max(f.int8_value for f in fixed.values())
+    per_tensor_tables = max(f.int8_value for (tables, _), f in fixed.items() if tables == "onnx")
     [note] = [n for n in r.notes if n.startswith("embedding tables: ")]
-    assert ("per-tensor int8" in note) == (per_tensor_tables == r.accuracy_int8), note
+    assert ("per-tensor int8" in note) == (per_tensor_tables == r.int8_value), note
 
 
 def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, mnist, tmp_path: Path) -> None:  # noqa: ANN001

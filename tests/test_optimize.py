@@ -66,8 +66,9 @@ def test_target_checks() -> None:
         Target(max_drop=0.5)
     with pytest.raises(SlimkitError, match=r"share of the original in \(0, 1\]"):
         Target(macs=4.0)
-    with pytest.raises(SlimkitError, match="unknown metric"):
-        Target(macs=0.5, metric="bleu")
+    with pytest.raises(SlimkitError, match="does not know whether a higher 'bleu' is better"):
+        Target(macs=0.5, metric="bleu").for_task("accuracy")
+    assert Target(macs=0.5, metric="bleu").for_task("accuracy", higher_is_better=True).higher_is_better
     with pytest.raises(SlimkitError, match="fraction"):
         Target(macs=0.5, min_metrics={"f1": 97})
     t = Target(macs=0.5, max_drop=1.0, min_metrics={"f1": 0.9})

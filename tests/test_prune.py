@@ -209,6 +209,35 @@ def test_removing_dead_units_keeps_outputs(kinds: list[str], width: int, seed: i
     assert torch.allclose(net(x), before, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["recsys_mlp", "unet"])
+def test_pairwise_dots_and_transposed_convolutions_prune_exactly(name: str) -> None:
+    """The recommender's pairwise dot products tie every table's embedding width into one group; a U-Net's
+    transposed convolutions read and write prunable channels. Removing units zeroed everywhere is exact."""
+    torch.manual_seed(0)
+    net = sk.zoo.create(name).eval()
+    x = zoo_example(name)
+    graph = analyze(net, x)
+    assert not graph.skipped.keys() - {"top.4", "head"}  # only the output layer keeps its width
+    if name == "recsys_mlp":
+        emb = next(g for g in graph.groups if any(s.module == "embeddings.3" for s in g.slots))
+        assert {f"embeddings.{i}" for i in range(4)} <= {s.module for s in emb.slots}
+    with torch.no_grad():
+        for group in graph.groups:
+            for slot, idx in zip(group.slots, group.unit(0), strict=True):
+                m = net.get_submodule(slot.module)
+                for pname, p in m.named_parameters(recurse=False):
+                    for d in range(p.dim()):
+                        if pruner_for(m).kind(m, pname, d) == slot.kind:
+                            p.index_fill_(d, torch.as_tensor(idx), 0.0)
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean[torch.as_tensor(idx)] = 0
+    before = net(x)
+    ratios = {next(s.module for s in g.slots if s.producer): 1 / len(g) for g in graph.groups}
+    prune_channels(net, ChannelPruneConfig(ratio=0.0, ratios=ratios, importance="l1"), x)
+    assert count_params(net) < count_params(sk.zoo.create(name))
+    assert torch.allclose(net(x), before, atol=1e-5)
+
+
 # ---------------------------------------------------------------- options
 def test_global_ranking_target_macs_and_round_to() -> None:
     torch.manual_seed(0)

@@ -53,8 +53,8 @@ def test_early_stopping_restores_best(digits: sk.data.Dataset) -> None:
     assert history.stopped_early and len(history.epochs) < 30 and seen == history.epochs
     best = max(e["val_accuracy"] for e in history.epochs)
     assert history.epochs[history.best_epoch - 1]["val_accuracy"] == best
-    _, acc = sk.train._evaluate_loss(model, digits.val)
-    assert acc == pytest.approx(best)
+    assert history.best_val == best
+    assert sk.task.get_task().evaluate(model, digits.val)["accuracy"] == pytest.approx(best)
 
 
 def test_distillation_loss_properties() -> None:

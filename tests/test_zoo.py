@@ -34,6 +34,8 @@ def layer_macs(model: nn.Module, x: torch.Tensor) -> int:
             total[0] += out[0].numel() * k
         elif isinstance(m, nn.Linear):
             total[0] += out[0].numel() * m.in_features
+        elif isinstance(m, nn.ConvTranspose2d):  # every input element meets out_channels x kernel weights
+            total[0] += _inp[0][0].numel() * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     with torch.no_grad():

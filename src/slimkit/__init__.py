@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from slimkit import compress, data, fuse, prune, simplify, train, zoo
+from slimkit import compress, data, fuse, prune, simplify, task, train, zoo
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, TransformRecord, apply_, records
 from slimkit.evaluate import Report, compare, evaluate
@@ -40,6 +40,7 @@ __all__ = [
     "prune",
     "save",
     "simplify",
+    "task",
     "train",
     "zoo",
 ]

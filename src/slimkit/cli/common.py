@@ -33,7 +33,15 @@ TrustPickle = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
-DataName = Annotated[str, typer.Option("--data", "-d", help="Dataset name (see 'slimkit env') or a .npz file.")]
+DataName = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Dataset name (see 'slimkit env'), a .npz file, or 'package.module:function' returning your "
+        "DataLoaders (a dict of train / val / test, a tuple, or slimkit Loaders).",
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,8 @@ OPTION_RANGES: dict[str | tuple[str, str], Range] = {
     "beta": NON_NEGATIVE,
     "l2": NON_NEGATIVE,
     "max_drop": NON_NEGATIVE,
+    "val_batches": COUNT,
+    "steps_per_epoch": COUNT,
     "epochs": COUNT,
     "start_epochs": NON_NEGATIVE,
     "finetune_epochs": NON_NEGATIVE,

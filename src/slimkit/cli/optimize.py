@@ -24,12 +24,30 @@ def optimize_command(
             help="Budget, repeatable or comma-separated: macs=0.25, params=0.2, bytes=0.05, latency=0.3@64 "
             "(shares of the original) or absolute: macs=1.5M, bytes=300KB, latency=2ms@64.",
         ),
-    ],  # fmt: skip
-    max_drop: Annotated[float | None, typer.Option(help="Accuracy points that may be lost (validation split).")] = None,
-    min_metric: Annotated[
-        list[str] | None, typer.Option(help="Floor of a validation metric, e.g. f1=0.97 (repeatable).")
+    ],
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="How much the deciding metric may degrade on validation, in its units: accuracy points (0.5), "
+            "RMSE (0.01), AUC (0.005)."
+        ),
     ] = None,
-    metric: Annotated[str, typer.Option(help="Metric that --max-drop limits.")] = "accuracy",
+    min_metric: Annotated[
+        list[str] | None, typer.Option(help="A validation metric at least this good, e.g. f1=0.97 (repeatable).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="The metric --max-drop limits (default: the task's: accuracy, rmse...).")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="classification, binary, regression, ranking, dense or fidelity (default: the data's, else "
+            "classification)."
+        ),
+    ] = None,
+    val_batches: Annotated[
+        int | None, typer.Option(help="Score at most this many validation batches per check (default: all).")
+    ] = None,
     recipe: Annotated[str, typer.Option(help="'auto' or a JSON / YAML recipe file.")] = "auto",
     time_budget: Annotated[str | None, typer.Option(help="Stop after this long, e.g. 20m, 90s, 1h30m.")] = None,
     quantize: Annotated[
@@ -37,6 +55,9 @@ def optimize_command(
     ] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after each pruning round (auto).")] = 4,
     rounds: Annotated[int, typer.Option(help="Pruning rounds (auto recipe).")] = 2,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Batches per fine-tuning epoch (auto recipe; needed for endless loaders).")
+    ] = None,
     allocation: Annotated[str, typer.Option(help="sensitivity, uniform or global (auto recipe).")] = "sensitivity",
     round_to: Annotated[
         str | None, typer.Option(help="Widths multiple of this, or 'auto' (default: auto when deploying to ORT).")
@@ -58,17 +79,34 @@ def optimize_command(
     from slimkit.optimize import optimize
     from slimkit.optimize.target import parse_min_metrics, parse_target
 
-    tgt = parse_target(target, max_drop=max_drop, min_metrics=parse_min_metrics(min_metric), metric=metric,
-                       time_budget=time_budget)  # fmt: skip
+    tgt = parse_target(
+        target, max_drop=max_drop, min_metrics=parse_min_metrics(min_metric), metric=metric, time_budget=time_budget
+    )
     if is_keras(model):
-        return _optimize_keras(model, data, output, tgt, recipe=recipe, quantize=quantize,
-                               finetune_epochs=finetune_epochs, rounds=rounds, allocation=allocation,
-                               round_to=_round_to(round_to), trials=trials, storage=storage, resume=resume, seed=seed,
-                               force=force)  # fmt: skip
+        return _optimize_keras(
+            model,
+            data,
+            output,
+            tgt,
+            recipe=recipe,
+            quantize=quantize,
+            finetune_epochs=finetune_epochs,
+            rounds=rounds,
+            allocation=allocation,
+            round_to=_round_to(round_to),
+            trials=trials,
+            storage=storage,
+            resume=resume,
+            seed=seed,
+            force=force,
+            extra={"task": task, "val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
+        )
     net = load_model(model, factory, trust_pickle)
     if not hasattr(net, "parameters"):
         raise SlimkitError(f"{model} is not a PyTorch model (optimize needs a checkpoint, .pt2 or a pickle)")
     dataset = load_data(data)
+    if task is None and getattr(dataset, "task", None) is None and not hasattr(dataset, "splits"):
+        console.print("note: no --task given and the data names none: scoring as classification")
     with console.status("optimizing") as status:
 
         def log(line: str) -> None:
@@ -76,26 +114,57 @@ def optimize_command(
             console.print(line)
 
         result = optimize(
-            net, dataset, tgt, recipe=recipe, output=output, quantize=quantize, finetune_epochs=finetune_epochs,
-            rounds=rounds, allocation=allocation, round_to=_round_to(round_to), trials=trials, storage=storage,
-            resume=resume, seed=seed, force=force, log=log,
-        )  # fmt: skip
+            net,
+            dataset,
+            tgt,
+            task=task,
+            val_batches=val_batches,
+            recipe=recipe,
+            output=output,
+            quantize=quantize,
+            finetune_epochs=finetune_epochs,
+            rounds=rounds,
+            allocation=allocation,
+            round_to=_round_to(round_to),
+            steps_per_epoch=steps_per_epoch,
+            trials=trials,
+            storage=storage,
+            resume=resume,
+            seed=seed,
+            force=force,
+            log=log,
+        )
     console.print(result.comparison)
     console.print(result.summary())
-    files = "checkpoint/, model.onnx" + (", model.int8.onnx" if result.int8_path else "")
+    files = ", ".join(f + "/" if k == "checkpoint" else f for k, f in result.files.items())
+    files += ", model.int8.onnx" if result.int8_path else ""
     console.print(f"outputs in {output}/: {files}, report.json, report.html")
 
 
-def _optimize_keras(model: Path, data: str, output: Path, tgt: object, *, trials: int, storage: str | None,
-                    resume: bool, **kwargs: object) -> None:  # fmt: skip
+def _optimize_keras(
+    model: Path,
+    data: str,
+    output: Path,
+    tgt: object,
+    *,
+    trials: int,
+    storage: str | None,
+    resume: bool,
+    extra: dict[str, object],
+    **kwargs: object,
+) -> None:
     """``slimkit optimize model.keras``: the Keras loop (slimkit.keras.optimize); same outputs, model.keras."""
     from slimkit.keras.optimize import optimize
     from slimkit.keras.workflows import unsupported
 
-    supported = "--target, --max-drop, --min-metric, --metric, --recipe, --time-budget, --quantize, " \
-        "--finetune-epochs, --rounds, --allocation sensitivity/uniform, --round-to, --seed, --force"  # fmt: skip
-    for flag, used in (("--trials", trials > 0), ("--storage", storage is not None), ("--resume", resume)):
-        if used:
+    supported = (
+        "--target, --max-drop, --min-metric, --metric, --recipe, --time-budget, --quantize, "
+        "--finetune-epochs, --rounds, --allocation sensitivity/uniform, --round-to, --seed, --force"
+    )
+    used = {"--trials": trials > 0, "--storage": storage is not None, "--resume": resume}
+    used |= {f"--{k.replace('_', '-')}": v not in (None, "classification") for k, v in extra.items()}
+    for flag, on in used.items():
+        if on:
             raise unsupported("optimize", flag, supported)
     with console.status("optimizing") as status:
 

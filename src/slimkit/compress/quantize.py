@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import shutil
 import tempfile
 import warnings
@@ -51,6 +52,7 @@ from slimkit.core.hardware import has_vnni
 from slimkit.core.optional import quiet, require
 from slimkit.core.transform import Config, register_config
 from slimkit.io.onnx import strip_debug_info
+from slimkit.task import Task, format_metric, in_points, worse_by
 
 MODES = ("auto", "static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -67,10 +69,11 @@ TABLES = {
 class QuantizeConfig(Config):
     """How :func:`quantize` makes an int8 ONNX model.
 
-    ``calibration_samples`` training samples calibrate static mode; ``max_drop`` (points of
-    accuracy on ``split``) turns on sensitivity-guided exclusion of at most ``max_excluded``
-    nodes; ``exclude`` names ONNX nodes that always stay in float. ``reduce_range`` (7-bit
-    weights) defaults to on for x86 CPUs without VNNI. ``per_channel="auto"`` uses per-channel
+    ``calibration_samples`` training samples calibrate static mode; ``max_drop`` (how much the
+    task's metric may degrade on ``split``, in its units: accuracy points, RMSE, AUC...) turns on
+    sensitivity-guided exclusion of at most ``max_excluded`` nodes; ``val_batches`` bounds the
+    ``split`` batches scored (None: all); ``exclude`` names ONNX nodes that always stay in float.
+    ``reduce_range`` (7-bit weights) defaults to on for x86 CPUs without VNNI. ``per_channel="auto"`` uses per-channel
     weight scales in static mode and, in dynamic mode, scores per-channel and per-tensor scales on
     ``split`` and keeps the better (per-tensor is ONNX Runtime's default and sometimes wins on
     recurrent weights). ``embeddings`` (dynamic mode, a PyTorch model's ``nn.Embedding``
@@ -93,6 +96,7 @@ class QuantizeConfig(Config):
     max_excluded: int = 8
     exclude: tuple[str, ...] = ()
     split: str = "val"
+    val_batches: int | None = None
     reduce_range: bool | None = None
     strip_metadata: bool = True
     embeddings: str = "auto"
@@ -106,7 +110,9 @@ class QuantizeConfig(Config):
         if self.calibration_samples < 1 or self.calibration_batch_size < 1:
             raise SlimkitError("calibration_samples and calibration_batch_size must be at least 1")
         if self.max_drop is not None and self.max_drop < 0:
-            raise SlimkitError(f"max_drop must be >= 0 accuracy points, got {self.max_drop}")
+            raise SlimkitError(f"max_drop must be >= 0, got {self.max_drop}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise SlimkitError(f"val_batches must be at least 1, got {self.val_batches}")
         if self.embeddings not in ("auto", "rowwise", "onnx"):
             raise SlimkitError(f"embeddings must be 'auto', 'rowwise' or 'onnx', got {self.embeddings!r}")
         if self.per_channel not in (True, False, "auto"):
@@ -117,14 +123,15 @@ class QuantizeConfig(Config):
 
 @dataclasses.dataclass
 class QuantizeResult:
-    """What :func:`quantize` wrote and measured (accuracies are fractions on ``split``)."""
+    """What :func:`quantize` wrote and measured: the task's ``metric`` on ``split`` before and after."""
 
     path: Path
     mode: str
     reason: str
     split: str
-    accuracy_fp32: float
-    accuracy_int8: float
+    metric: str
+    fp32_value: float
+    int8_value: float
     bytes_fp32: int
     bytes_int8: int
     excluded: list[str] = dataclasses.field(default_factory=list)
@@ -135,23 +142,25 @@ class QuantizeResult:
 
     @property
     def drop(self) -> float:
-        """Accuracy lost, in points."""
-        return 100 * (self.accuracy_fp32 - self.accuracy_int8)
+        """How much worse the metric got, in its units (points for accuracy)."""
+        return worse_by(self.metric, self.fp32_value, self.int8_value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "path": str(self.path), "drop_points": self.drop}
+        return {**dataclasses.asdict(self), "path": str(self.path), "drop": self.drop}
 
     def __str__(self) -> str:
+        unit = " points" if in_points(self.metric) else ""
         lines = [
             f"int8 ({self.mode}) -> {self.path}: {self.reason}",
-            f"  {self.split} accuracy {100 * self.accuracy_fp32:.2f}% -> {100 * self.accuracy_int8:.2f}% "
-            f"({-self.drop:+.2f} points); file {self.bytes_fp32:,} -> {self.bytes_int8:,} bytes "
+            f"  {self.split} {self.metric} {format_metric(self.metric, self.fp32_value)} -> "
+            f"{format_metric(self.metric, self.int8_value)} ({-self.drop:+.4g}{unit}); "
+            f"file {self.bytes_fp32:,} -> {self.bytes_int8:,} bytes "
             f"({self.bytes_int8 / self.bytes_fp32:.3f}x)",
         ]
         if self.excluded:
             lines.append(f"  left in float: {', '.join(self.excluded)}")
         if self.met_max_drop is False:
-            lines.append("  the accuracy-drop limit was NOT met")
+            lines.append(f"  the {self.metric} limit was NOT met")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -199,18 +208,32 @@ class _Quantizer:
     """One quantization run's files, data and settings (kept in a temporary folder)."""
 
     def __init__(
-        self, fp32: Path, workdir: Path, data: Any, cfg: QuantizeConfig, mode: str, reference: Path | None = None
+        self,
+        fp32: Path,
+        workdir: Path,
+        data: Any,
+        cfg: QuantizeConfig,
+        mode: str,
+        task: Task,
+        reference: Path | None = None,
     ) -> None:
-        """``fp32`` is quantized; ``reference`` (default ``fp32``) gives the logits it is compared with."""
-        self.fp32, self.workdir, self.cfg, self.mode = fp32, workdir, cfg, mode
-        x_cal = data.splits["train"][0][: cfg.calibration_samples]
+        """``fp32`` is quantized; ``reference`` (default ``fp32``) gives the outputs it is compared with."""
+        from slimkit.data import as_loader
         from slimkit.io.onnx import OnnxModel
 
+        self.fp32, self.workdir, self.cfg, self.mode, self.task = fp32, workdir, cfg, mode, task
         self.input_name = OnnxModel(fp32).input_name
-        self.reader = _calibration_reader(self.input_name, x_cal, cfg.calibration_batch_size)
         self.cache = workdir / "calibration.json"
-        self.x_val, self.y_val = data.splits[cfg.split]
-        self.ref_logits = _logits(reference or fp32, self.x_val)
+        self.reader = _calibration_reader(
+            self.input_name, _calibration_inputs(data, task, cfg.calibration_samples), cfg.calibration_batch_size
+        )
+        batches = itertools.islice(as_loader(data, cfg.split), cfg.val_batches)
+        self.val = [(x, task.reference_targets(x, y)) for x, y in map(task.split, batches)]
+        if not self.val:
+            raise SlimkitError(f"cannot quantize: the {cfg.split} data is empty")
+        runner = OnnxModel(reference or fp32)
+        self.ref_out = [task.predict(runner, x).double() for x, _ in self.val]
+        self.fp32_value = self._metric(self.ref_out)
         self.runs = 0
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
         self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
@@ -276,11 +299,24 @@ class _Quantizer:
             out["activations"] = "uint8 (dynamic, per batch)"
         return out
 
+    def _metric(self, outputs: list[torch.Tensor]) -> float:
+        meter = self.task.meter()
+        for (x, y), out in zip(self.val, outputs, strict=True):
+            meter.update(out.float(), y, x)
+        return meter.result()[self.task.metric]
+
     def score(self, path: Path) -> tuple[float, float]:
-        """Accuracy on the split and mean squared logit error against fp32."""
-        logits = _logits(path, self.x_val)
-        acc = float((logits.argmax(1) == self.y_val).double().mean())
-        return acc, float(((logits - self.ref_logits) ** 2).mean())
+        """The task's metric on the split and the mean squared output error against fp32."""
+        from slimkit.io.onnx import OnnxModel
+
+        runner = OnnxModel(path)
+        outputs = [self.task.predict(runner, x).double() for x, _ in self.val]
+        err = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, self.ref_out, strict=True))
+        return self._metric(outputs), err / sum(r.numel() for r in self.ref_out)
+
+    def worse_by(self, value: float) -> float:
+        """How much worse than fp32 ``value`` of the task's metric is (in its units)."""
+        return worse_by(self.task.metric, self.fp32_value, value)
 
 
 def drop_zero_bias_offsets(path: Path) -> None:
@@ -324,11 +360,23 @@ def _pre_process(path: Path, notes: list[str]) -> Path:
     return out
 
 
-def _logits(path: Path, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    from slimkit.io.onnx import OnnxModel
+def _calibration_inputs(data: Any, task: Task, samples: int) -> torch.Tensor:
+    """The first ``samples`` model inputs of the training split (one tensor: ONNX Runtime's calibrators
+    read a single input)."""
+    from slimkit.data import as_loader
 
-    m = OnnxModel(path)
-    return torch.cat([m(xb) for xb in x.split(batch_size)]).double()
+    taken, rows = [], 0
+    for batch in as_loader(data, "train"):
+        x = task.inputs(batch)
+        if not isinstance(x, torch.Tensor):
+            raise SlimkitError("int8 calibration takes models with one input tensor; this model takes several")
+        taken.append(x[: samples - rows])
+        rows += len(taken[-1])
+        if rows >= samples:
+            break
+    if not taken:
+        raise SlimkitError("cannot calibrate int8: the training data is empty")
+    return torch.cat(taken)
 
 
 def quantize(
@@ -338,11 +386,13 @@ def quantize(
     output: str | Path = "model.int8.onnx",
     *,
     force: bool = False,
+    task: Task | str | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` (a module, or an fp32 ``.onnx`` file) to an int8 ONNX file at ``output``.
 
-    ``data`` is a :class:`slimkit.data.Dataset`: its training split calibrates static mode and
-    ``config.split`` (default ``val``) measures the accuracy drop. ``output`` is written
+    ``data`` is a :class:`slimkit.data.Dataset` or :class:`slimkit.data.Loaders`: its training split
+    calibrates static mode and ``config.split`` (default ``val``) measures the ``task``'s metric
+    (default: the data's task, else classification accuracy). ``output`` is written
     atomically and only replaced with ``force=True``. Returns a :class:`QuantizeResult`.
     """
     cfg = config or QuantizeConfig()
@@ -351,8 +401,11 @@ def quantize(
     output = check_output(output, force)
     if output.suffix.lower() != ".onnx":
         raise SlimkitError(f"the int8 model is an ONNX file: name the output *.onnx, not {output.name!r}")
-    if not hasattr(data, "splits") or cfg.split not in data.splits:
-        raise SlimkitError(f"quantize needs a slimkit Dataset with a {cfg.split!r} split, got {type(data).__name__}")
+    if not hasattr(data, "loader"):
+        raise SlimkitError(f"quantize needs a slimkit Dataset or Loaders, got {type(data).__name__}")
+    from slimkit.evaluate import data_task
+
+    task = data_task(data, task)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="slimkit-quant-") as tmp:
         workdir = Path(tmp)
@@ -387,20 +440,19 @@ def quantize(
         if padded:
             sources = {"onnx": workdir / "padded.onnx"}
             notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
-        qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, reference=fp32)
+        qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, task, reference=fp32)
         qz.float_nodes = list(padded.values())  # pad in float, then quantize once
-        acc_fp32 = float((qz.ref_logits.argmax(1) == qz.y_val).double().mean())
         excluded = list(cfg.exclude)
         # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
         scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)
-        scored = []  # ((accuracy, faster tables, -logit error), path, tables, per-channel)
+        scored = []  # ((-metric loss, faster tables, -output error), metric, path, tables, per-channel)
         for kind, source in sources.items():
             for per_channel in scales:
                 qz.fp32, qz.per_channel = source, per_channel
                 path = qz.run(excluded)
-                acc, err = qz.score(path)
-                scored.append(((acc, kind == "onnx", -err), path, kind, per_channel))
-        (acc, _, _), best, kind, qz.per_channel = max(scored, key=lambda c: c[0])
+                value, err = qz.score(path)
+                scored.append(((-qz.worse_by(value), kind == "onnx", -err), value, path, kind, per_channel))
+        _, value, best, kind, qz.per_channel = max(scored, key=lambda c: c[0])
         qz.fp32 = sources[kind]
         if "rowwise" in sources:
             chosen = f" (scored on the {cfg.split} split against row-wise)" if len(sources) > 1 else ""
@@ -410,9 +462,9 @@ def quantize(
         sensitivity: dict[str, float] = {}
         met = None
         if cfg.max_drop is not None:
-            met = 100 * (acc_fp32 - acc) <= cfg.max_drop
+            met = qz.worse_by(value) <= cfg.max_drop
             if not met:
-                best, acc, excluded, sensitivity, met = _exclude_sensitive(qz, excluded, acc_fp32, best, acc)
+                best, value, excluded, sensitivity, met = _exclude_sensitive(qz, excluded, best, value)
         bytes_int8 = best.stat().st_size
         with atomic_path(output, force=force) as target:
             shutil.copy(best, target)
@@ -421,8 +473,9 @@ def quantize(
             mode=mode,
             reason=reason,
             split=cfg.split,
-            accuracy_fp32=acc_fp32,
-            accuracy_int8=acc,
+            metric=task.metric,
+            fp32_value=qz.fp32_value,
+            int8_value=value,
             bytes_fp32=raw.stat().st_size,
             bytes_int8=bytes_int8,
             excluded=excluded,
@@ -434,7 +487,7 @@ def quantize(
 
 
 def _exclude_sensitive(
-    qz: _Quantizer, excluded: list[str], acc_fp32: float, best: Path, acc: float
+    qz: _Quantizer, excluded: list[str], best: Path, value: float
 ) -> tuple[Path, float, list[str], dict[str, float], bool]:
     """Rank nodes by the logit error left when only they stay in float; exclude the best ones in turn."""
     candidates = [name for name, _ in quantizable_nodes(qz.fp32) if name not in excluded]
@@ -446,10 +499,10 @@ def _exclude_sensitive(
     for name in ranked[: qz.cfg.max_excluded]:
         excluded.append(name)
         best = qz.run(excluded)
-        acc = qz.score(best)[0]
-        if 100 * (acc_fp32 - acc) <= qz.cfg.max_drop:
-            return best, acc, excluded, sensitivity, True
-    return best, acc, excluded, sensitivity, False
+        value = qz.score(best)[0]
+        if qz.worse_by(value) <= qz.cfg.max_drop:
+            return best, value, excluded, sensitivity, True
+    return best, value, excluded, sensitivity, False
 
 
 def quantize_dynamic_torch(

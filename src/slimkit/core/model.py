@@ -65,17 +65,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = mode
 
 
-def check_input(model: nn.Module, x: torch.Tensor) -> None:
-    """Raise :class:`ShapeError` naming the problem if ``model`` cannot take the batch ``x``."""
+def check_input(model: nn.Module, x: Any) -> None:
+    """Raise :class:`ShapeError` naming the problem if ``model`` cannot take the batch ``x`` (a tensor,
+    or a tuple / dict of them)."""
+    from slimkit.graph import map_batch
+    from slimkit.graph.trace import call_model, flat_tensors
+
     want = (arch_of(model) or {}).get("input")
-    got = f"shape {tuple(x.shape)} and dtype {str(x.dtype).removeprefix('torch.')}"
-    if want and list(x.shape[1:]) != list(want["shape"]):
+    got = ", ".join(f"shape {tuple(t.shape)} and dtype {str(t.dtype).removeprefix('torch.')}" for t in flat_tensors(x))
+    if want and isinstance(x, torch.Tensor) and list(x.shape[1:]) != list(want["shape"]):
         raise ShapeError(
             f"{model_name(model)} expects inputs of shape (N, {', '.join(map(str, want['shape']))}), got {got}"
         )
     try:
         with eval_mode(model), torch.no_grad():
-            model(x[:2])
+            call_model(model, map_batch(x, lambda t: t[:2]))
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
         reason = first_line(exc)
         raise ShapeError(f"{model_name(model)} cannot run on inputs of {got}: {reason}") from None

@@ -10,6 +10,6 @@
 from __future__ import annotations
 
 from slimkit.data import builtin as _builtin  # noqa: F401  (registers the built-in datasets)
-from slimkit.data.base import Dataset, as_loader, load, names, random_shift
+from slimkit.data.base import Dataset, Loaders, as_data, as_loader, load, names, random_shift
 
-__all__ = ["Dataset", "as_loader", "load", "names", "random_shift"]
+__all__ = ["Dataset", "Loaders", "as_data", "as_loader", "load", "names", "random_shift"]

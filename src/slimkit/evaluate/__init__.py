@@ -5,27 +5,27 @@
 >>> model = sk.zoo.create_for("resnet_cifar", data, depth=8)
 >>> report = sk.evaluate(model, data, latency_runs=3)
 >>> sorted(report.metrics)
-['accuracy', 'f1', 'precision', 'recall']
+['accuracy', 'f1', 'loss', 'precision', 'recall']
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import check_input, eval_mode, model_name
 from slimkit.core.optional import available
 from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency, torch_latency
 from slimkit.evaluate.fidelity import docstring_sentences, fidelity
-from slimkit.evaluate.metrics import classification_metrics
 from slimkit.evaluate.report import Comparison, Report, compare
+from slimkit.task import Classification, Task, get_task
 
 __all__ = [
     "Comparison",
@@ -41,65 +41,83 @@ __all__ = [
 ]
 
 
-def predict(model: Any, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, K) and labels (N,) of ``model`` (a module or OnnxModel) over ``loader``."""
+def predict(model: Any, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, K) and labels (N,) of a classifier (a module or OnnxModel) over ``loader``."""
+    task = Classification()
     probs, labels = [], []
     ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
     with ctx, torch.inference_mode():
-        for x, y in loader:
-            probs.append(torch.softmax(model(x).float(), dim=1).numpy())
-            labels.append(y.numpy())
+        for batch in loader:
+            x, y = task.split(batch)
+            probs.append(torch.softmax(task.predict(model, x), dim=1).numpy())
+            labels.append(torch.as_tensor(y).numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of ``model`` over ``loader`` (eval mode, no gradients): the quick check used
+def accuracy(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy of a classifier over ``loader`` (eval mode, no gradients): the quick check used
     inside search loops (soups, layer-drop); :func:`evaluate` gives the full report."""
-    correct, n = 0, 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            n += len(y)
-    if not n:
-        raise SlimkitError("cannot measure accuracy: the data is empty")
-    return correct / n
+    return Classification().evaluate(model, loader)["accuracy"]
+
+
+def data_task(data: Any, task: Task | str | None = None) -> Task:
+    """The task to score ``data`` with: ``task`` if given, else the one the data names, else classification."""
+    return get_task(task if task is not None else getattr(data, "task", None))
 
 
 def evaluate(
     model: Any,
     data: Any,
     *,
+    task: Task | str | None = None,
     split: str = "test",
     batch_size: int = 256,
+    max_batches: int | None = None,
     latency: bool = True,
     batch_sizes: tuple[int, ...] = (1, 64),
     latency_runs: int = 30,
     onnx: bool | None = None,
+    metrics: dict[str, float] | None = None,
+    example_inputs: Any = None,
 ) -> Report:
     """Evaluate ``model`` (an ``nn.Module`` or :class:`slimkit.io.OnnxModel`) on ``data``.
 
-    ``data`` is a :class:`slimkit.data.Dataset` (its ``split`` is used) or a DataLoader of
-    ``(x, y)`` batches. Latency is the median of ``latency_runs`` timed calls after warm-up, per
-    batch size, in torch eager mode; ``onnx=True`` also measures ONNX Runtime on an exported copy
-    (default: when the ``onnx`` extra is installed).
+    ``data`` is a :class:`slimkit.data.Dataset` or :class:`slimkit.data.Loaders` (its ``split`` is
+    used) or any iterable of batches (a DataLoader). ``task`` (default: the data's, else
+    classification) reads the batches and gives the metrics; ``max_batches`` bounds the batches
+    scored. Latency is the median of ``latency_runs`` timed calls after warm-up, per batch size, in
+    torch eager mode; ``onnx=True`` also measures ONNX Runtime on an exported copy (default: when the
+    ``onnx`` extra is installed and the model takes one tensor).
+
+    ``metrics`` measured elsewhere (the user's own evaluation) replace the scoring: then ``data`` may
+    be None and ``example_inputs`` (a batch of model inputs) times and counts the model.
     """
+    from slimkit.data import as_loader
     from slimkit.io.onnx import OnnxModel
 
-    if hasattr(data, "loader"):
-        loader, data_name, num_classes = data.loader(split, batch_size, shuffle=False), data.name, data.num_classes
-    elif isinstance(data, DataLoader):
-        loader, data_name, num_classes = data, "data", None
-    else:
-        raise SlimkitError(f"data must be a slimkit Dataset or a DataLoader, got {type(data).__name__}")
-    example = next(iter(loader))[0]
+    task = data_task(data, task)
+    data_name = getattr(data, "name", "data" if metrics is None else "the user's evaluate")
+    loader = None
+    if metrics is None or example_inputs is None:
+        loader = as_loader(data, split, batch_size=batch_size)
+        if loader is None:
+            raise SlimkitError("evaluate needs data (a Dataset, Loaders or DataLoader), or metrics and example_inputs")
+    if example_inputs is None:
+        try:
+            example_inputs = task.inputs(next(iter(loader)))
+        except StopIteration:
+            raise SlimkitError(f"cannot evaluate: the {split} data is empty") from None
+    example = example_inputs
     is_module = isinstance(model, nn.Module)
     if is_module:
         check_input(model, example)
     elif not isinstance(model, OnnxModel):
         raise SlimkitError(f"cannot evaluate a {type(model).__name__}: pass a torch.nn.Module or an OnnxModel")
 
-    probs, labels = predict(model, loader)
-    metrics, confusion = classification_metrics(probs, labels, num_classes or probs.shape[1])
+    meter = None
+    if metrics is None:
+        meter = task.run(model, loader, max_batches=max_batches)
+        metrics = meter.result()
     times: dict[str, float] = {}
     if is_module:
         params, macs = count_params(model), count_macs(model, example)
@@ -108,7 +126,8 @@ def evaluate(
         size = len(weights_bytes(model)[0])  # the checkpoint's weights file
         if latency:
             times = torch_latency(model, example, batch_sizes, runs=latency_runs)
-            if onnx or (onnx is None and available("onnxruntime") and available("onnxscript")):
+            single = isinstance(example, torch.Tensor)
+            if onnx or (onnx is None and single and available("onnxruntime") and available("onnxscript")):
                 times |= _onnx_latency(model, example, batch_sizes, latency_runs)
     else:
         params, macs, size = model.params, None, model.bytes
@@ -118,14 +137,16 @@ def evaluate(
         model=model_name(model),
         data=data_name,
         split=split,
-        samples=len(labels),
+        samples=0 if meter is None else meter.samples,
         metrics=metrics,
-        confusion=confusion,
+        confusion=getattr(meter, "confusion", np.zeros((0, 0))).tolist(),
         params=params,
         macs=macs,
         bytes=size,
         latency_ms=times,
         env={"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
+        task=task.name if meter is not None else "user",
+        metric=task.metric,
     )
 
 

@@ -101,10 +101,15 @@ def count_macs(model: nn.Module, example: Any) -> int:
     return (counter.get_total_flops() + adjust[0]) // 2
 
 
-def batch_of(example: torch.Tensor, size: int) -> torch.Tensor:
-    """``size`` rows built by repeating the rows of ``example``."""
-    reps = -(-size // len(example))
-    return example.repeat(reps, *([1] * (example.dim() - 1)))[:size].contiguous()
+def batch_of(example: Any, size: int) -> Any:
+    """``size`` rows built by repeating the rows of ``example`` (a tensor, or a tuple / dict of them)."""
+    from slimkit.graph import map_batch
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        reps = -(-size // len(t))
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:size].contiguous()
+
+    return map_batch(example, grow)
 
 
 def measure_latency(run: Callable[[], object], *, warmup: int = 5, runs: int = 30) -> float:
@@ -137,12 +142,14 @@ def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, r
 
 
 def torch_latency(
-    model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64), runs: int = 30
+    model: nn.Module, example: Any, batch_sizes: tuple[int, ...] = (1, 64), runs: int = 30
 ) -> dict[str, float]:
     """Median eager latency in ms per batch size, keys like ``"torch/b64"``."""
+    from slimkit.graph.trace import call_model
+
     out = {}
     with eval_mode(model), torch.inference_mode():
         for b in batch_sizes:
             x = batch_of(example, b)
-            out[f"torch/b{b}"] = measure_latency(lambda x=x: model(x), runs=runs)
+            out[f"torch/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
     return out

@@ -25,6 +25,8 @@ class Report:
     bytes: int | None
     latency_ms: dict[str, float]
     env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task: str = "classification"
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,7 +72,15 @@ class Report:
 
 
 def _fmt_metric(name: str, v: float) -> str:
-    return f"{v:.4f}" if name == "log_loss" else f"{100 * v:.2f}%"
+    from slimkit.task import format_metric
+
+    return format_metric(name, v)
+
+
+def _change_key(name: str) -> str:
+    from slimkit.task import in_points
+
+    return f"{name} (points)" if in_points(name) else f"{name} (change)"
 
 
 def _fmt_int(v: int | None) -> str:
@@ -114,22 +124,33 @@ class Comparison(dict):
 
     def _rows(self) -> list[tuple[str, str, str, str]]:
         b, a = dict(self.before.rows()), dict(self.after.rows())
-        keys = {f"{k} (points)": k for k in self.before.metrics}
+        keys = {_change_key(k): k for k in self.before.metrics}
         keys |= {"params x": "params", "MACs x": "MACs", "bytes x": "file size"}
         keys |= {f"latency {k} x": f"latency {k}" for k in self.before.latency_ms}
         rows = []
         for key, row in keys.items():
             if row in b and row in a:
                 c = self.get(key)
-                text = "" if c is None else (f"{c:+.2f}" if key.endswith("(points)") else f"{c:.2f}x")
+                text = (
+                    ""
+                    if c is None
+                    else (
+                        f"{c:+.2f}"
+                        if key.endswith("(points)")
+                        else f"{c:+.4f}"
+                        if key.endswith("(change)")
+                        else f"{c:.2f}x"
+                    )
+                )
                 rows.append((row, b[row], a[row], text))
         return rows
 
 
 def compare(before: Report, after: Report) -> Comparison:
-    """Changes from ``before`` to ``after``: metric differences in points, cost ratios after / before.
+    """Changes from ``before`` to ``after``: metric differences, cost ratios after / before.
 
-    A dict with keys ``"<metric> (points)"`` for quality and ``"params x"``, ``"MACs x"``,
+    A dict with keys ``"<metric> (points)"`` for metrics that are shares (accuracy, F1, mean IoU:
+    differences x100), ``"<metric> (change)"`` for the others (AUC, RMSE, cosine) and ``"params x"``, ``"MACs x"``,
     ``"bytes x"``, ``"latency <key> x"`` for costs (below 1 means smaller or faster); printing it
     shows a before / after table.
     """
@@ -138,9 +159,10 @@ def compare(before: Report, after: Report) -> Comparison:
 
 def _changes(before: Report, after: Report) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
+    from slimkit.task import in_points
+
     for k in before.metrics.keys() & after.metrics.keys():
-        scale = 1 if k == "log_loss" else 100
-        out[f"{k} (points)"] = scale * (after.metrics[k] - before.metrics[k])
+        out[_change_key(k)] = (100 if in_points(k) else 1) * (after.metrics[k] - before.metrics[k])
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or a == 0 else b / a

@@ -367,6 +367,11 @@ for _conv in (nn.Conv1d, nn.Conv2d):
     register_pruner(_conv, ConvPruner())
 for _rnn in (nn.LSTM, nn.GRU, nn.RNN):
     register_pruner(_rnn, RNNPruner())
+for _transpose in (nn.ConvTranspose1d, nn.ConvTranspose2d):  # groups > 1 are kept whole by the tracer
+    register_pruner(
+        _transpose,
+        ParamLayout({"weight": ("in", "out"), "bias": ("out",)}, sizes={"in_channels": "in", "out_channels": "out"}),
+    )
 register_pruner(nn.Embedding, ParamLayout({"weight": (None, "dim")}, sizes={"embedding_dim": "dim"}))
 register_pruner(nn.LayerNorm, ParamLayout(_NORM, sizes={"normalized_shape": "feat"}))
 register_pruner(nn.GroupNorm, ParamLayout(_NORM, sizes={"num_channels": "feat"}))

@@ -647,9 +647,11 @@ class DimTracer:
             return untracked(torch.empty(0))
         a_k, b_k = a.unsqueeze(-1), b.unsqueeze(-3)  # (..., n, k, 1), (..., 1, k, m)
         shape = torch.broadcast_shapes(a_k.shape, b_k.shape)
-        # ids that vary along a's rows / b's columns are the output's features, not the contracted ones
-        a_k = a if not varies(a, -2) else untracked(a)
-        b_k = b if not varies(b, -1) else untracked(b)
+        # ids that vary along a's rows / b's columns only are the output's features, not the contracted
+        # ones; ids that vary along both (a stack of embedding tables times its transpose: pairwise dot
+        # products) are contracted: every row's k-th feature meets every column's, so they are one unit
+        a_k = a if not varies(a, -2) or varies(a, -1) else untracked(a)
+        b_k = b if not varies(b, -1) or varies(b, -2) else untracked(b)
         if varies(a, -1) and not tracked(b_k):
             a_k = a = self.keep_whole(a, -1, f"multiplied with a fixed tensor: {where}")
         if varies(b, -2) and not tracked(a_k):
@@ -668,6 +670,17 @@ class DimTracer:
 
 
 # ---------------------------------------------------------------------- rules with layers
+def _bias(t: DimTracer, b: Any, slot_out: Any, where: str) -> None:
+    """A bias ``b`` (if any) is pruned with the outputs of ``slot_out``; one that is not a parameter pins them."""
+    if b is None:
+        return
+    slot_b = t.param_slot(b, 0, False) if isinstance(b, nn.Parameter) else None
+    if slot_b is None:
+        t.space.block(slot_out.ids, f"a bias that is not a parameter: {where}")
+    else:
+        t.space.unify(slot_b.ids, slot_out.ids)
+
+
 def _weight_rule(
     t: DimTracer, x: Any, w: Any, b: Any, value: torch.Tensor, out_dim: int, in_dim: int, where: str, out_at: int = -1
 ) -> Any:
@@ -688,12 +701,7 @@ def _weight_rule(
         t.space.block(x_ids, f"read by a weight whose input dimension is fixed: {where}")
     if slot_out is None:
         return untracked(value)
-    if b is not None:
-        slot_b = t.param_slot(b, 0, False) if isinstance(b, nn.Parameter) else None
-        if slot_b is None:
-            t.space.block(slot_out.ids, f"a bias that is not a parameter: {where}")
-        else:
-            t.space.unify(slot_b.ids, slot_out.ids)
+    _bias(t, b, slot_out, where)
     return channel_ids(slot_out.ids, out_at, value.shape)
 
 
@@ -768,6 +776,22 @@ def _conv(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where:
         t.space.unify(per_group[1:], per_group[:1].expand(groups - 1, -1))
     t.space.unify(ids, channel_ids(inp.ids, 1, ids.shape))
     return channel_ids(out.ids, 1, value.shape)
+
+
+def _conv_transpose(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
+    """A transposed convolution (U-Net up-sampling): weight ``(in, out, *kernel)``; grouped ones stay whole."""
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    slot_in = t.param_slot(w, 0, False) if t.weight_view(w) is not None else None
+    slot_out = t.param_slot(w, 1, True) if slot_in is not None else None
+    if groups != 1 or slot_in is None or slot_out is None:
+        t.block_all((x, w, b), {}, f"a grouped or computed transposed convolution: {where}")
+        return untracked(value)
+    ids = t.ids_of(x)
+    t.space.unify(ids, channel_ids(slot_in.ids, 1, ids.shape))
+    _bias(t, b, slot_out, where)
+    return channel_ids(slot_out.ids, 1, value.shape)
 
 
 def _norm_params(t: DimTracer, x_ids: torch.Tensor, dim: int, params: list[Any], where: str) -> torch.Tensor:
@@ -918,6 +942,8 @@ _RULES = {
     "__rmatmul__": _matmul,
     "conv1d": _conv,
     "conv2d": _conv,
+    "conv_transpose1d": _conv_transpose,
+    "conv_transpose2d": _conv_transpose,
     "layer_norm": _layer_norm,
     "rms_norm": _rms_norm,
     "group_norm": _group_norm,

@@ -10,6 +10,7 @@ import copy
 import importlib
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -369,6 +370,35 @@ def confirmed_factory(recorded: str, given: str | None, where: str) -> str:
     return given
 
 
+def user_function(spec: str, what: str, kind: str) -> Any:
+    """The user's function ``module.path:function`` (``what``: how the option is called, ``kind``: what
+    the function makes), under the trust rules of :func:`build_from_factory`; one-line errors."""
+    problem = factory_problem(spec)
+    if problem is not None:
+        raise ModelFileError(f"{what} {_short(spec)} is not a {kind} slimkit will call: {problem}")
+    module_name, _, attr = spec.partition(":")
+    here = os.getcwd()
+    searched = here not in sys.path and "" not in sys.path
+    if searched:  # the user's own module in the working folder, found after every installed package
+        sys.path.append(here)
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelFileError(f"cannot import {what} {spec!r}: {first_line(exc)}") from None
+    finally:
+        if searched:
+            sys.path.remove(here)
+    if not callable(fn):
+        raise ModelFileError(f"{what} {spec!r} is a {type(fn).__name__}, which is not callable")
+    defined_in = getattr(fn, "__module__", None)
+    problem = _module_problem(defined_in) if isinstance(defined_in, str) else "it does not say where it is defined"
+    if problem is not None:
+        raise ModelFileError(
+            f"{what} {spec!r} is not a {kind} slimkit will call: it comes from {defined_in}, and {problem}"
+        )
+    return fn
+
+
 def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
     """Call ``module.path:function(**kwargs)`` named by the user; the result remembers the factory.
 
@@ -377,23 +407,8 @@ def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
     callable is defined, so re-exports count), non-callables, and ``kwargs`` that are not plain
     JSON. The result must be a ``torch.nn.Module``.
     """
-    problem = factory_problem(factory)
-    if problem is not None:
-        raise ModelFileError(f"factory {_short(factory)} is not a model factory slimkit will call: {problem}")
     check_plain(kwargs, f"the arguments of factory {factory!r}")
-    module_name, _, attr = factory.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelFileError(f"cannot import factory {factory!r}: {first_line(exc)}") from None
-    if not callable(fn):
-        raise ModelFileError(f"factory {factory!r} is a {type(fn).__name__}, which is not callable")
-    defined_in = getattr(fn, "__module__", None)
-    problem = _module_problem(defined_in) if isinstance(defined_in, str) else "it does not say where it is defined"
-    if problem is not None:
-        raise ModelFileError(
-            f"factory {factory!r} is not a model factory slimkit will call: it comes from {defined_in}, and {problem}"
-        )
+    fn = user_function(factory, "factory", "model factory")
     try:
         model = fn(**copy.deepcopy(kwargs))
     except TypeError as exc:

@@ -429,6 +429,7 @@ def optimize(
         target = parse_target(target, max_drop=max_drop)
     if not isinstance(target, Target):
         raise SlimkitError(f"target must be a slimkit.Target or strings like 'macs=0.25', got {type(target).__name__}")
+    target = target.for_task("accuracy")
     original = load(model)
     keras_module().utils.set_random_seed(seed)
     torch.manual_seed(seed)
@@ -458,7 +459,7 @@ def optimize(
         log(f"recipe: {recipe}")
         notes: list[str] = []
         states, recipe = run_passes(loop, recipe, notes, log)
-        best = max(states, key=lambda s: _rank(s, loop.limits, m))
+        best = max(states, key=lambda s: _rank(s, loop.limits, target))
         if not best["candidate"].target_ok:
             notes.append("the target was NOT met on validation: the report shows the closest candidate")
         result = _finish(loop, best, recipe, notes, started, None if temporary else workdir, log)
@@ -499,7 +500,7 @@ def _finish(loop: KerasLoop, state: dict[str, Any], recipe: Recipe, notes: list[
              "original_fp32_onnx_bytes": reference.stat().st_size, "optimized_onnx_bytes": deployed.stat().st_size,
              "smaller": reference.stat().st_size / deployed.stat().st_size}  # fmt: skip
     for c in loop.candidates:
-        c.pareto = c.id in pareto_front(loop.candidates, target.metric, "macs")
+        c.pareto = c.id in pareto_front(loop.candidates, target.metric, "macs", target.higher_is_better)
     chosen: Candidate = state["candidate"]
     return KerasOptimizeResult(
         model=model, int8_path=int8, target=target, recipe=recipe, base_val=loop.base, before=before, after=after,

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,11 +29,13 @@ from slimkit.compress import LowRankConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latencies
+from slimkit.evaluate.report import Report
 from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, uniform
 from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig, prune_channels
 from slimkit.simplify import FoldConfig
+from slimkit.task import Task, format_metric, in_points
 
 Log = Callable[[str], None]
 
@@ -66,10 +67,13 @@ class Candidate:
         return {**dataclasses.asdict(self), "target_ok": self.target_ok}
 
 
-def pareto_front(candidates: list[Candidate], metric: str, cost: str = "macs") -> list[int]:
-    """Ids of the candidates no other candidate beats on both ``metric`` (higher) and ``cost`` (lower)."""
+def pareto_front(
+    candidates: list[Candidate], metric: str, cost: str = "macs", higher_is_better: bool | None = True
+) -> list[int]:
+    """Ids of the candidates no other candidate beats on both ``metric`` and ``cost`` (lower)."""
+    sign = -1 if higher_is_better is False else 1
     pts = [(c.id, c.metrics.get(metric), c.costs.get(cost)) for c in candidates]
-    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    pts = [(i, sign * m, c) for i, m, c in pts if m is not None and c is not None]
     front = []
     for i, m, c in pts:
         dominated = any((m2 >= m and c2 <= c) and (m2 > m or c2 < c) for _, m2, c2 in pts)
@@ -78,8 +82,9 @@ def pareto_front(candidates: list[Candidate], metric: str, cost: str = "macs") -
     return front
 
 
-def ort_latency(path: Path, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
-                ) -> tuple[float, float | None]:  # fmt: skip
+def ort_latency(
+    path: Path, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
+) -> tuple[float, float | None]:
     """Median ONNX Runtime latency (ms) of ``path`` on ``batch`` rows, and of ``reference`` timed in
     alternation with it (the ratio of the two stays fair when other processes load the CPU)."""
     from slimkit.io.onnx import OnnxModel
@@ -90,8 +95,9 @@ def ort_latency(path: Path, example: torch.Tensor, batch: int, runs: int = 20, r
     return meds[0], (meds[1] if reference is not None else None)
 
 
-def export_latency(model: nn.Module, example: torch.Tensor, batch: int, runs: int = 20,
-                   reference: Path | None = None) -> tuple[float, float | None]:  # fmt: skip
+def export_latency(
+    model: nn.Module, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
+) -> tuple[float, float | None]:
     from slimkit.io.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
@@ -123,8 +129,14 @@ class BackOff:
     (:mod:`slimkit.keras.optimize`): they provide ``out_of_time``, ``log``, ``finetune``, ``record``,
     ``accept`` and ``_candidate`` (a changed copy of the state's model)."""
 
-    def _attempt(self, state: dict[str, Any], label: str, variants: list[tuple[str, Config | dict, Callable]],
-                 recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
+    def _attempt(
+        self,
+        state: dict[str, Any],
+        label: str,
+        variants: list[tuple[str, Config | dict, Callable]],
+        recovery: FineTuneConfig | None,
+        passno: int,
+    ) -> bool:
         """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality."""
         for k, (desc, cfg, fn) in enumerate(variants):
             if self.out_of_time():
@@ -147,10 +159,16 @@ class BackOff:
         return False
 
     def prune_in_rounds(
-        self, state: dict[str, Any], step: SensitivityPruneConfig, final_w: dict[str, int], start_w: dict[str, int],
-        recovery: FineTuneConfig | None, passno: int, variant: Callable[[dict[str, float]], tuple[Any, Callable]],
+        self,
+        state: dict[str, Any],
+        step: SensitivityPruneConfig,
+        final_w: dict[str, int],
+        start_w: dict[str, int],
+        recovery: FineTuneConfig | None,
+        passno: int,
+        variant: Callable[[dict[str, float]], tuple[Any, Callable]],
         widths_of: Callable[[Any], dict[str, int]],
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
         each with a milder fallback; ``variant(ratios)`` gives a round's ``(config, fn)``, ``widths_of``
         the model's current widths."""
@@ -163,8 +181,13 @@ class BackOff:
             if done_rounds > rounds + extra:
                 return False
             frac = min(1.0, done_rounds / rounds)
-            round_w = {p: max(final_w[p], _round_width(start_w[p], round(start_w[p] * (
-                final_w[p] / start_w[p]) ** frac), self.round_to_used)) for p in final_w}  # fmt: skip
+            round_w = {
+                p: max(
+                    final_w[p],
+                    _round_width(start_w[p], round(start_w[p] * (final_w[p] / start_w[p]) ** frac), self.round_to_used),
+                )
+                for p in final_w
+            }
             mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
             label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
             variants = []
@@ -177,6 +200,30 @@ class BackOff:
                 return True
             if not self._attempt(state, label, variants, recovery, passno):
                 return False
+
+
+@dataclasses.dataclass
+class UserLoop:
+    """The user's own training and evaluation, when given to :func:`slimkit.optimize.optimize`:
+    ``finetune(model, epochs, teacher)`` trains in place, ``evaluate(model, split)`` returns metrics."""
+
+    finetune: Callable[[nn.Module, int, nn.Module | None], Any] | None = None
+    evaluate: Callable[[Any, str], dict[str, float]] | None = None
+
+    @classmethod
+    def check(cls, data: Any, finetune: Any, evaluate: Any, example: Any) -> UserLoop:
+        """The user loop after checking that the arguments make a complete run (one-line errors)."""
+        for name, fn in (("finetune", finetune), ("evaluate", evaluate)):
+            if fn is not None and not callable(fn):
+                raise SlimkitError(f"{name} must be a function, got {type(fn).__name__}")
+        if data is None:
+            missing = [name for name, v in (("evaluate", evaluate), ("example_inputs", example)) if v is None]
+            if missing:
+                raise SlimkitError(
+                    f"without data, optimize needs {' and '.join(missing)}: pass data (a Dataset or Loaders) "
+                    "or your own evaluate(model, split) and example_inputs"
+                )
+        return cls(finetune, evaluate)
 
 
 class Loop(BackOff):
@@ -195,13 +242,22 @@ class Loop(BackOff):
         deadline: float | None,
         log: Log,
         progress: bool,
-        sensitivity_cache: Callable[[nn.Module, SensitivityPruneConfig], Sensitivity] | None = None,
+        sensitivity_cache: Callable[[str, Callable[[], Sensitivity]], Sensitivity] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         base: dict[str, Any] | None = None,
+        task: Task | None = None,
+        val_batches: int | None = None,
+        user: UserLoop | None = None,
+        example: Any = None,
     ) -> None:
+        from slimkit.evaluate import data_task
+
         self.original = original.eval()
         self.data = data
-        self.example = data.example
+        self.task = (task or data_task(data)).bind(self.original)
+        self.val_batches = val_batches
+        self.user = user or UserLoop()
+        self.example = example if example is not None else data.example
         self.target = target
         self.workdir = workdir
         self.deadline = deadline
@@ -233,23 +289,64 @@ class Loop(BackOff):
             costs["latency"] = ort_latency(self.reference_onnx, self.example, self.target.latency_batch, runs=40)[0]
         return {"metrics": metrics, "loss": loss, "costs": costs}
 
-    def val_metrics(self, model: Any) -> tuple[dict[str, float], float]:
-        from slimkit.evaluate import predict
-        from slimkit.evaluate.metrics import classification_metrics
+    def scores(self, model: Any, split: str = "val") -> dict[str, float]:
+        """Metrics of ``model`` (a module or an ONNX runner) on ``split``, ``loss`` among them: the user's
+        ``evaluate``, else the task's."""
+        if self.user.evaluate is None:
+            loader = self.data.loader(split, shuffle=False)
+            return self.task.evaluate(model, loader, max_batches=self.val_batches if split == "val" else None)
+        got = self.user.evaluate(model, split)
+        if not isinstance(got, dict) or not all(isinstance(v, int | float) for v in got.values()):
+            raise SlimkitError(f"evaluate(model, {split!r}) must return a dict of numbers, got {got!r:.200}")
+        metrics = {k: float(v) for k, v in got.items()}
+        if self.target.metric not in metrics:
+            raise SlimkitError(
+                f"evaluate(model, {split!r}) returned no {self.target.metric!r} (it gave {', '.join(metrics)}); "
+                "pass metric= the key that decides"
+            )
+        return metrics
 
-        probs, labels = predict(model, self.data.val)
-        metrics, _ = classification_metrics(probs, labels, self.data.num_classes or probs.shape[1])
-        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        return metrics, loss
+    def val_metrics(self, model: Any) -> tuple[dict[str, float], float]:
+        """The metrics of ``model`` (a module or an ONNX runner) on validation, and its loss (without
+        one from the user's ``evaluate``: the deciding metric made lower-is-better)."""
+        metrics = self.scores(model, "val")
+        return metrics, metrics.get("loss", -self.target.score(metrics))
+
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report:
+        """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs)."""
+        from slimkit.evaluate import evaluate
+
+        if self.user.evaluate is None:
+            return evaluate(model, self.data, task=self.task, split=split, batch_sizes=batch_sizes)
+        return evaluate(
+            model,
+            None,
+            metrics=self.scores(model, split),
+            example_inputs=self.example,
+            split=split,
+            batch_sizes=batch_sizes,
+        )
 
     def torch_costs(self, model: nn.Module) -> dict[str, float | None]:
         from slimkit.io.checkpoint import weights_bytes
 
-        return {"macs": count_macs(model, self.example), "params": count_params(model),
-                "bytes": len(weights_bytes(model)[0])}  # fmt: skip
+        return {
+            "macs": count_macs(model, self.example),
+            "params": count_params(model),
+            "bytes": len(weights_bytes(model)[0]),
+        }
 
-    def record(self, model: Any, step: str, config: Config | dict | None, *, onnx: Path | None = None,
-               fp32: nn.Module | None = None, started: float, passno: int) -> Candidate:  # fmt: skip
+    def record(
+        self,
+        model: Any,
+        step: str,
+        config: Config | dict | None,
+        *,
+        onnx: Path | None = None,
+        fp32: nn.Module | None = None,
+        started: float,
+        passno: int,
+    ) -> Candidate:
         """Validate ``model`` (a module, or the int8 ``onnx`` file made from ``fp32``) and keep it."""
         if onnx is not None:
             from slimkit.io.onnx import OnnxModel
@@ -273,19 +370,29 @@ class Loop(BackOff):
             widths = _widths(model, self.layer_names)
         cfg = config.to_dict() if isinstance(config, Config) else dict(config or {})
         c = Candidate(
-            id=len(self.candidates), step=step, config=cfg, metrics=metrics, loss=loss, costs=costs,
+            id=len(self.candidates),
+            step=step,
+            config=cfg,
+            metrics=metrics,
+            loss=loss,
+            costs=costs,
             quality_ok=self.target.quality_ok(metrics, self.base["metrics"]),
-            cost_ok=self.target.cost_ok(costs, self.base["costs"]), seconds=time.monotonic() - started,
-            widths=widths, passno=passno,
-        )  # fmt: skip
+            cost_ok=self.target.cost_ok(costs, self.base["costs"]),
+            seconds=time.monotonic() - started,
+            widths=widths,
+            passno=passno,
+        )
         self.candidates.append(c)
         m = self.target.metric
-        drop = 100 * (self.base["metrics"][m] - metrics[m])
-        self.log(f"  [{c.id}] {step}: val {m} {100 * metrics[m]:.2f}% ({-drop:+.2f} pts), "
-                 f"MACs {costs['macs'] / self.base['costs']['macs']:.3f}x, "
-                 f"file {costs['bytes'] / self.base['costs']['bytes']:.3f}x"
-                 + (f", latency {costs['latency'] / self.base['costs']['latency']:.2f}x" if "latency" in costs else "")
-                 + ("" if c.quality_ok else "  [breaks the quality constraint]"))  # fmt: skip
+        drop = self.target.drop(metrics, self.base["metrics"])
+        unit = " pts" if in_points(m) else ""
+        self.log(
+            f"  [{c.id}] {step}: val {m} {format_metric(m, metrics[m])} ({-drop:+.4g}{unit}), "
+            f"MACs {costs['macs'] / self.base['costs']['macs']:.3f}x, "
+            f"file {costs['bytes'] / self.base['costs']['bytes']:.3f}x"
+            + (f", latency {costs['latency'] / self.base['costs']['latency']:.2f}x" if "latency" in costs else "")
+            + ("" if c.quality_ok else "  [breaks the quality constraint]")
+        )
         return c
 
     def paired(self, ms: float, reference_ms: float | None) -> float:
@@ -297,14 +404,40 @@ class Loop(BackOff):
 
     # ---- steps -----------------------------------------------------------------------------
     def finetune(self, model: nn.Module, cfg: FineTuneConfig, epochs: int | None = None) -> None:
+        """Recovery training of ``model`` in place: the user's ``finetune`` if given, else :func:`slimkit.train.fit`."""
         from slimkit.train import fit
 
+        if self.user.finetune is not None:
+            self.user.finetune(model, epochs or cfg.epochs, self.original if cfg.distill else None)
+            model.eval()
+            return
+        if self.data is None:
+            raise SlimkitError("the recipe fine-tunes, but there is no training data: pass data or finetune=fn")
         fit(
-            model, self.data.train, val=self.data.val, epochs=epochs or cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
-            teacher=self.original if cfg.distill else None, temperature=cfg.temperature, alpha=cfg.alpha,
-            patience=cfg.patience, augment=self.data.augment if cfg.augment else None, progress=self.progress,
-            on_epoch=self.on_epoch, seed=self.seed,
-        )  # fmt: skip
+            model,
+            self.data.train,
+            val=self.data.val,
+            task=self.task,
+            epochs=epochs or cfg.epochs,
+            steps_per_epoch=cfg.steps_per_epoch,
+            lr=cfg.lr,
+            optimizer=cfg.optimizer,
+            teacher=self.original if cfg.distill or not self.task.needs_targets else None,
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            patience=cfg.patience,
+            augment=getattr(self.data, "augment", None) if cfg.augment else None,
+            progress=self.progress,
+            on_epoch=self.on_epoch,
+            seed=self.seed,
+            max_val_batches=self.val_batches,
+            deadline=self.deadline,
+        )
+
+    def prune(self, model: nn.Module, cfg: ChannelPruneConfig) -> None:
+        """Structured pruning of ``model`` in place, importance and calibration on training batches."""
+        data = None if self.data is None else self.data.train
+        prune_channels(model, cfg, self.example, data=data, task=self.task)
 
     def run_pass(self, recipe: Recipe, passno: int = 1) -> dict[str, Any]:
         """Run every recipe step once; returns the pass's final state (model, int8 path, candidate)."""
@@ -335,18 +468,21 @@ class Loop(BackOff):
             started = time.monotonic()
             if isinstance(step, FineTuneConfig):
                 self.finetune(state["model"], step)
-                state["candidate"] = self.accept(self.record(state["model"], "fine-tune", step, started=started,
-                                                             passno=passno))  # fmt: skip
+                state["candidate"] = self.accept(
+                    self.record(state["model"], "fine-tune", step, started=started, passno=passno)
+                )
             elif isinstance(step, FoldConfig):
                 apply_(state["model"], step, example_inputs=self.example)
-                state["candidate"] = self.accept(self.record(state["model"], "fold", step, started=started,
-                                                             passno=passno))  # fmt: skip
+                state["candidate"] = self.accept(
+                    self.record(state["model"], "fold", step, started=started, passno=passno)
+                )
             elif isinstance(step, QuantizeConfig):
                 self.quantize_step(state, step, passno)
             i += 1
         if state["candidate"] is None:
-            state["candidate"] = self.accept(self.record(state["model"], "unchanged", None, started=time.monotonic(),
-                                                         passno=passno))  # fmt: skip
+            state["candidate"] = self.accept(
+                self.record(state["model"], "unchanged", None, started=time.monotonic(), passno=passno)
+            )
         return state
 
     def save_progress(self, recipe: Recipe, passno: int, next_step: int, state: dict[str, Any]) -> None:
@@ -356,10 +492,15 @@ class Loop(BackOff):
         folder = self.progress_dir / f"pass{passno:02d}-step{next_step:02d}"
         if folder.exists():
             return
-        info = {"recipe": recipe.to_dict(), "passno": passno, "next_step": next_step,
-                "candidate": state["candidate"].id if state["candidate"] is not None else None,
-                "backed_off": state["backed_off"], "candidates": [c.to_dict() for c in self.candidates],
-                "allocations": self.allocations}  # fmt: skip
+        info = {
+            "recipe": recipe.to_dict(),
+            "passno": passno,
+            "next_step": next_step,
+            "candidate": state["candidate"].id if state["candidate"] is not None else None,
+            "backed_off": state["backed_off"],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "allocations": self.allocations,
+        }
         save(state["model"], folder, example=self.example, extra_files={"progress.json": json.dumps(info, default=str)})
 
     def restore_progress(self) -> Recipe | None:
@@ -377,8 +518,13 @@ class Loop(BackOff):
         self.allocations = info["allocations"]
         if info["candidate"] is None:
             return None
-        self.restored = {"passno": info["passno"], "next_step": info["next_step"], "candidate": info["candidate"],
-                         "backed_off": info["backed_off"], "model": load(folders[-1])}  # fmt: skip
+        self.restored = {
+            "passno": info["passno"],
+            "next_step": info["next_step"],
+            "candidate": info["candidate"],
+            "backed_off": info["backed_off"],
+            "model": load(folders[-1]),
+        }
         return Recipe.from_dict(info["recipe"])
 
     def accept(self, c: Candidate) -> Candidate:
@@ -391,8 +537,7 @@ class Loop(BackOff):
         fn(cand)
         return cand
 
-    def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None,
-                      passno: int) -> bool:  # fmt: skip
+    def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None, passno: int) -> bool:
         if isinstance(step, SensitivityPruneConfig):
             return self.budget_prune(state, step, recovery, passno)
         if isinstance(step, ChannelPruneConfig):
@@ -401,17 +546,17 @@ class Loop(BackOff):
                 now = self.torch_costs(state["model"])
                 cfg = dataclasses.replace(
                     step,
-                    target_macs=None if step.target_macs is None
+                    target_macs=None
+                    if step.target_macs is None
                     else min(1.0, step.target_macs * self.base["costs"]["macs"] / now["macs"]),
-                    target_params=None if step.target_params is None
+                    target_params=None
+                    if step.target_params is None
                     else min(1.0, step.target_params * self.base["costs"]["params"] / now["params"]),
-                )  # fmt: skip
-            mild = _milder(cfg)
-            variants = [("", cfg, lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train))]
-            if mild is not None:
-                variants.append(
-                    (" (milder)", mild, lambda m, c=mild: prune_channels(m, c, self.example, data=self.data.train))
                 )
+            mild = _milder(cfg)
+            variants = [("", cfg, lambda m, c=cfg: self.prune(m, c))]
+            if mild is not None:
+                variants.append((" (milder)", mild, lambda m, c=mild: self.prune(m, c)))
             return self._attempt(state, "prune", variants, recovery, passno)
         if isinstance(step, LowRankConfig):
             if step.layers is None:
@@ -426,12 +571,16 @@ class Loop(BackOff):
             return self._attempt(state, "low-rank", variants, recovery, passno)
         raise SlimkitError(f"not a compressing step: {type(step).__name__}")
 
-    def budget_prune(self, state: dict[str, Any], step: SensitivityPruneConfig, recovery: FineTuneConfig | None,
-                     passno: int) -> bool:  # fmt: skip
+    def budget_prune(
+        self, state: dict[str, Any], step: SensitivityPruneConfig, recovery: FineTuneConfig | None, passno: int
+    ) -> bool:
         """Sensitivity-allocated (or uniform / global) pruning to the step's budget, in rounds."""
         model = state["model"]
-        limits = {k: getattr(step, f"target_{k}") * self.base["costs"][k]
-                  for k in ("macs", "params") if getattr(step, f"target_{k}") is not None}  # fmt: skip
+        limits = {
+            k: getattr(step, f"target_{k}") * self.base["costs"][k]
+            for k in ("macs", "params")
+            if getattr(step, f"target_{k}") is not None
+        }
         if step.allocation == "global":
             return self.global_prune(state, step, limits, recovery, passno)
         costs = CostModel(model, self.example, step.protected)
@@ -441,15 +590,30 @@ class Loop(BackOff):
         final_w = self.resolve(model, costs, sens, step, limits)
 
         def variant(ratios: dict[str, float]) -> tuple[Config, Callable]:
-            cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, importance=step.importance,
-                                     protected=list(step.protected))  # fmt: skip
-            return cfg, lambda m: prune_channels(m, cfg, self.example, data=self.data.train)
+            cfg = ChannelPruneConfig(
+                ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
+            )
+            return cfg, lambda m: self.prune(m, cfg)
 
-        return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno, variant,
-                                    lambda m: group_widths(m, self.example, step.protected))  # fmt: skip
+        return self.prune_in_rounds(
+            state,
+            step,
+            final_w,
+            dict(costs.groups),
+            recovery,
+            passno,
+            variant,
+            lambda m: group_widths(m, self.example, step.protected),
+        )
 
-    def resolve(self, model: nn.Module, costs: CostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
-                limits: dict[str, float]) -> dict[str, int]:  # fmt: skip
+    def resolve(
+        self,
+        model: nn.Module,
+        costs: CostModel,
+        sens: Sensitivity | None,
+        step: SensitivityPruneConfig,
+        limits: dict[str, float],
+    ) -> dict[str, int]:
         """Per-group final widths meeting ``limits`` on the real pruned model (estimates checked, tightened).
 
         Widths rounded to ``step.round_to`` that cannot meet the budget fall back to unrounded widths.
@@ -466,15 +630,23 @@ class Loop(BackOff):
         if found is None:
             raise SlimkitError("cannot meet the pruning budget on the real model (see the allocation)")
         widths, ratios = found
-        entry = {"allocation": step.allocation, "ratios": ratios, "widths": widths, "limits": limits,
-                 "estimated": costs.estimate(ratios), "base": costs.base}  # fmt: skip
+        entry = {
+            "allocation": step.allocation,
+            "ratios": ratios,
+            "widths": widths,
+            "limits": limits,
+            "estimated": costs.estimate(ratios),
+            "base": costs.base,
+        }
         if sens is not None:
             uni = uniform(costs, limits, max_ratio=step.max_ratio)
             entry["predicted_loss"] = sens.predicted_loss(ratios)
             entry["uniform_ratios"] = uni
             entry["uniform_predicted_loss"] = sens.predicted_loss(uni)
-            self.log(f"  allocation: predicted validation-loss increase {entry['predicted_loss']:.3f} "
-                     f"(uniform: {entry['uniform_predicted_loss']:.3f})")  # fmt: skip
+            self.log(
+                f"  allocation: predicted validation-loss increase {entry['predicted_loss']:.3f} "
+                f"(uniform: {entry['uniform_predicted_loss']:.3f})"
+            )
         self.allocations.append(entry)
         return widths
 
@@ -494,13 +666,16 @@ class Loop(BackOff):
             if sens is not None:  # greedy allocation, unless uniform ratios are predicted to lose less
                 greedy = allocate(sens, costs, lim, max_ratio=step.max_ratio, spread=step.spread)
                 ratios = greedy if sens.predicted_loss(greedy) <= sens.predicted_loss(ratios) else ratios
-            widths = {p: _round_width(n, n - math.floor(ratios.get(p, 0.0) * n + 1e-9), round_to,
-                                      nearest=True) for p, n in costs.groups.items()}  # fmt: skip
+            widths = {
+                p: _round_width(n, n - math.floor(ratios.get(p, 0.0) * n + 1e-9), round_to, nearest=True)
+                for p, n in costs.groups.items()
+            }
             trial = copy.deepcopy(model)
             exact = {p: (costs.groups[p] - w) / costs.groups[p] for p, w in widths.items() if w < costs.groups[p]}
             if exact:
-                prune_channels(trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)),
-                               self.example)  # fmt: skip
+                prune_channels(
+                    trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)), self.example
+                )
             real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
             over = max(real[k] / lim_k for k, lim_k in limits.items())
             if over <= 1.0 + 1e-9:
@@ -508,8 +683,16 @@ class Loop(BackOff):
             scale /= over * 1.005
         return None
 
-    def _grow(self, model: nn.Module, costs: CostModel, sens: Sensitivity | None, step: SensitivityPruneConfig,
-              limits: dict[str, float], widths: dict[str, int], round_to: int | str) -> dict[str, int]:  # fmt: skip
+    def _grow(
+        self,
+        model: nn.Module,
+        costs: CostModel,
+        sens: Sensitivity | None,
+        step: SensitivityPruneConfig,
+        limits: dict[str, float],
+        widths: dict[str, int],
+        round_to: int | str,
+    ) -> dict[str, int]:
         """Give back whole channel blocks that rounding took beyond the budget, where they lower the
         predicted loss most per unit of cost, while the (estimated, then real) budget still holds."""
         block = _block(round_to)
@@ -545,8 +728,9 @@ class Loop(BackOff):
         trial = copy.deepcopy(model)
         exact = {p: (n[p] - w) / n[p] for p, w in grown.items() if w < n[p]}
         if exact:
-            prune_channels(trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)),
-                           self.example)  # fmt: skip
+            prune_channels(
+                trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)), self.example
+            )
         real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
         return grown if all(real[k] <= lim for k, lim in limits.items()) else widths
 
@@ -556,55 +740,90 @@ class Loop(BackOff):
         from slimkit.optimize.sensitivity import lowrank_sensitivity
 
         self.log("  low-rank sensitivity: factorizing each Linear / Conv2d alone (validation split)")
-        layers = lowrank_sensitivity(model, self.data, (0.5, 0.25, 0.125))
+        m = self.target.metric
+        layers = lowrank_sensitivity(model, self.example, (0.5, 0.25, 0.125), self.probe_scores, m)
         if self.sensitivity is None:
-            self.sensitivity = Sensitivity(key="lowrank", base=self.base_scores(model), groups={})
+            self.sensitivity = Sensitivity(key="lowrank", base=self.probe_scores(model), groups={}, metric=m)
         self.sensitivity.layers = layers
         share = step.ratio if step.ratio is not None else 0.5
-        allowed = 0.5 * (self.target.max_drop if self.target.max_drop is not None else 1.0)
-        base_acc = self.sensitivity.base["accuracy"]
+        allowed = 0.5 * (self.target.max_drop if self.target.max_drop is not None else (1.0 if in_points(m) else 0.01))
         chosen = []
         for name, entry in layers.items():
             k = min(range(len(entry["ratios"])), key=lambda j: abs(entry["ratios"][j] - share))
-            if 100 * (base_acc - entry["accuracy"][k]) <= allowed:
+            if self.target.drop({m: entry[m][k]}, self.sensitivity.base) <= allowed:
                 chosen.append(name)
         skipped = sorted(set(layers) - set(chosen))
-        self.log(f"  low-rank: factorizing {', '.join(chosen) or 'nothing'}"
-                 + (f"; too sensitive: {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+        self.log(
+            f"  low-rank: factorizing {', '.join(chosen) or 'nothing'}"
+            + (f"; too sensitive: {', '.join(skipped)}" if skipped else "")
+        )
         return dataclasses.replace(step, layers=tuple(chosen))
 
-    def base_scores(self, model: nn.Module) -> dict[str, float]:
-        from slimkit.optimize.sensitivity import val_scores
-
-        return val_scores(model, self.data.val)
+    def probe_scores(self, model: nn.Module) -> dict[str, float]:
+        """Validation ``loss`` and deciding metric of a sensitivity probe."""
+        metrics, loss = self.val_metrics(model)
+        return {"loss": loss, self.target.metric: metrics[self.target.metric]}
 
     def get_sensitivity(self, model: nn.Module, step: SensitivityPruneConfig) -> Sensitivity:
-        if self.sensitivity_cache is not None:
-            sens = self.sensitivity_cache(model, step)
-        else:
-            from slimkit.optimize.sensitivity import measure_sensitivity
+        """Per-group sensitivity of ``model`` (from the run folder's cache when it was measured before)."""
+        from slimkit.optimize.sensitivity import measure_sensitivity, sensitivity_key
 
-            sens = measure_sensitivity(model, self.data, importance=step.importance, probe_ratios=step.probe_ratios,
-                                       protected=step.protected)  # fmt: skip
+        def measure() -> Sensitivity:
+            self.log(
+                "  sensitivity: pruning each group alone at "
+                f"{', '.join(f'{r:.0%}' for r in step.probe_ratios)} (validation split)"
+            )
+            return measure_sensitivity(
+                model,
+                self.data,
+                importance=step.importance,
+                probe_ratios=step.probe_ratios,
+                protected=step.protected,
+                task=self.task,
+                max_batches=self.val_batches,
+                scores=self.probe_scores,
+                metric=self.target.metric,
+                example_inputs=self.example,
+            )
+
+        if self.sensitivity_cache is None:
+            sens = measure()
+        else:
+            name = getattr(self.data, "name", "user evaluate")
+            key = sensitivity_key(
+                model, step.importance, tuple(step.probe_ratios), name, False, self.target.metric, self.val_batches
+            )
+            sens = self.sensitivity_cache(key, measure)
         self.sensitivity = sens
         return sens
 
-    def global_prune(self, state: dict[str, Any], step: SensitivityPruneConfig, limits: dict[str, float],
-                     recovery: FineTuneConfig | None, passno: int) -> bool:  # fmt: skip
+    def global_prune(
+        self,
+        state: dict[str, Any],
+        step: SensitivityPruneConfig,
+        limits: dict[str, float],
+        recovery: FineTuneConfig | None,
+        passno: int,
+    ) -> bool:
         for r in range(1, step.rounds + 1):
             now = self.torch_costs(state["model"])
             frac = r / step.rounds
-            shares = {k: (lim / self.base["costs"][k]) ** frac * self.base["costs"][k] / now[k]
-                      for k, lim in limits.items()}  # fmt: skip
+            shares = {
+                k: (lim / self.base["costs"][k]) ** frac * self.base["costs"][k] / now[k] for k, lim in limits.items()
+            }
             if all(s >= 1 for s in shares.values()):
                 continue
             cfg = ChannelPruneConfig(
-                ratio=0.0, global_ranking=True, importance=step.importance, protected=list(step.protected),
-                max_ratio=step.max_ratio, round_to=step.round_to,
+                ratio=0.0,
+                global_ranking=True,
+                importance=step.importance,
+                protected=list(step.protected),
+                max_ratio=step.max_ratio,
+                round_to=step.round_to,
                 target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,
                 target_params=min(1.0, shares["params"]) if "params" in shares else None,
-            )  # fmt: skip
-            fn = lambda m, c=cfg: prune_channels(m, c, self.example, data=self.data.train)  # noqa: E731
+            )
+            fn = lambda m, c=cfg: self.prune(m, c)  # noqa: E731
             if not self._attempt(state, f"prune round {r}/{step.rounds} (global)", [("", cfg, fn)], recovery, passno):
                 return False
         return True
@@ -616,11 +835,13 @@ class Loop(BackOff):
         fp32 = state["model"]
         c_fp32 = state["candidate"]
         cfg = step
-        if step.max_drop is None and self.target.max_drop is not None and self.target.metric == "accuracy":
+        if step.max_drop is None and self.target.max_drop is not None and not self.target.min_metrics:
             slack = self.target.slack(c_fp32.metrics, self.base["metrics"]) if c_fp32 is not None else 0.0
             cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
+        if self.val_batches is not None and cfg.val_batches is None:
+            cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
         path = self.workdir / f"int8-{len(self.candidates)}.onnx"
-        result = quantize(fp32, self.data, cfg, path, force=True)
+        result = quantize(fp32, self.data, cfg, path, force=True, task=self.task)
         c = self.record(None, f"int8 ({result.mode})", cfg, onnx=path, fp32=fp32, started=started, passno=passno)
         c.note = result.reason
         if c.quality_ok:

@@ -48,10 +48,13 @@ MAX_RECIPE_BYTES = 1_000_000
 class FineTuneConfig(Config):
     """Fine-tuning (recovery) after a compressing step, with distillation from the original model.
 
-    ``patience`` stops early when validation accuracy stalls; the best validation epoch is kept.
+    ``patience`` stops early when the task's validation metric stalls; the best validation epoch is
+    kept. ``steps_per_epoch`` makes an epoch that many batches (needed for a training stream without a
+    length; the stream is not restarted between epochs).
     """
 
     epochs: int = 3
+    steps_per_epoch: int | None = None
     lr: float = 5e-4
     optimizer: str = "adam"
     distill: bool = True
@@ -63,6 +66,8 @@ class FineTuneConfig(Config):
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise SlimkitError(f"fine-tuning epochs must be at least 1, got {self.epochs}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise SlimkitError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.lr <= 0:
             raise SlimkitError(f"fine-tuning lr must be positive, got {self.lr}")
         if not 0 <= self.alpha <= 1:
@@ -229,10 +234,12 @@ def auto_recipe(
     allocation: str = "sensitivity",
     importance: str = "l2",
     round_to: int | str | None = None,
+    steps_per_epoch: int | None = None,
 ) -> Recipe:
     """The default recipe for ``target``: sensitivity pruning in ``rounds``, each recovered by
     ``finetune_epochs`` of fine-tuning with distillation, a final fine-tune twice as long, BatchNorm
-    folding, then int8 quantization when the file or latency budget asks for it.
+    folding, then int8 quantization when the file or latency budget asks for it. ``steps_per_epoch``
+    makes a fine-tuning epoch that many batches (a training stream need not end).
 
     ``base`` holds the original's ``macs``, ``params``, ``bytes`` (absolute targets become shares).
     ``quantize`` defaults to True when a file-size target is below 0.5x or a latency target is given;
@@ -262,9 +269,9 @@ def auto_recipe(
             target_params=params if params is not None and params < 1 else None,
             allocation=allocation, importance=importance, rounds=rounds, round_to=round_to,
         ))  # fmt: skip
-        steps.append(FineTuneConfig(epochs=finetune_epochs))
+        steps.append(FineTuneConfig(epochs=finetune_epochs, steps_per_epoch=steps_per_epoch))
         # a longer last fine-tune at the final widths recovers what the rounds' short ones could not
-        steps.append(FineTuneConfig(epochs=2 * finetune_epochs, lr=1e-3))
+        steps.append(FineTuneConfig(epochs=2 * finetune_epochs, lr=1e-3, steps_per_epoch=steps_per_epoch))
     steps.append(FoldConfig())
     if quantize:
         steps.append(QuantizeConfig())

@@ -48,32 +48,42 @@ def pareto_figure(result: OptimizeResult, cost: str) -> str:
     """Validation metric vs a cost (share of the original): every candidate, the front, the choice."""
     plt = _plt()
     m = result.target.metric
+    scale, unit = _axis(m)
     base_cost = result.base_val["costs"].get(cost)
     base_metric = result.base_val["metrics"][m]
     pts = [(c, c.costs.get(cost)) for c in result.candidates if c.costs.get(cost) is not None]
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    ax.scatter([1.0], [100 * base_metric], marker="s", color="black", label="original", zorder=3)
-    ok = [(v / base_cost, 100 * c.metrics[m]) for c, v in pts if c.quality_ok]
-    bad = [(v / base_cost, 100 * c.metrics[m]) for c, v in pts if not c.quality_ok]
+    ax.scatter([1.0], [scale * base_metric], marker="s", color="black", label="original", zorder=3)
+    ok = [(v / base_cost, scale * c.metrics[m]) for c, v in pts if c.quality_ok]
+    bad = [(v / base_cost, scale * c.metrics[m]) for c, v in pts if not c.quality_ok]
     if ok:
         ax.scatter(*zip(*ok, strict=True), color="tab:blue", alpha=0.7, label="candidates")
     if bad:
         ax.scatter(*zip(*bad, strict=True), color="tab:red", marker="x", label="broke the constraint")
     from slimkit.optimize.pipeline import pareto_front
 
-    front_ids = set(pareto_front(result.candidates, m, cost))
-    front = sorted((v / base_cost, 100 * c.metrics[m]) for c, v in pts if c.id in front_ids)
+    front_ids = set(pareto_front(result.candidates, m, cost, result.target.higher_is_better))
+    front = sorted((v / base_cost, scale * c.metrics[m]) for c, v in pts if c.id in front_ids)
     if front:
         ax.plot(*zip(*front, strict=True), color="tab:blue", lw=1, ls="--", label="Pareto front")
     chosen = result.chosen_candidate
     if chosen.costs.get(cost) is not None:
-        ax.scatter([chosen.costs[cost] / base_cost], [100 * chosen.metrics[m]], marker="*", s=260, color="gold",
-                   edgecolor="black", zorder=4, label="chosen")  # fmt: skip
+        ax.scatter(
+            [chosen.costs[cost] / base_cost],
+            [scale * chosen.metrics[m]],
+            marker="*",
+            s=260,
+            color="gold",
+            edgecolor="black",
+            zorder=4,
+            label="chosen",
+        )
     limits = result.target.limits(result.base_val["costs"])
     if cost in limits:
         ax.axvline(limits[cost] / base_cost, color="gray", ls=":", label="budget")
     if result.target.max_drop is not None:
-        ax.axhline(100 * base_metric - result.target.max_drop, color="tab:red", ls=":", lw=1, label="max drop")
+        worst = scale * base_metric - result.target.max_drop * (1 if result.target.score({m: 1}) > 0 else -1)
+        ax.axhline(worst, color="tab:red", ls=":", lw=1, label="max drop")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 
@@ -82,40 +92,50 @@ def pareto_figure(result: OptimizeResult, cost: str) -> str:
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"{cost} (share of the original, log scale)")
-    ax.set_ylabel(f"validation {m} (%)")
+    ax.set_ylabel(f"validation {m}{unit}")
     ax.set_title(f"{m} vs {cost}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _png(fig, f"Validation {m} vs {cost}: every candidate, the Pareto front and the chosen model")
 
 
-def _sensitivity_curves(curves: dict[str, Any], base: float, start: float, xlabel: str, what: str) -> str:
-    """Validation accuracy of each group/layer alone at several strengths (``start``: untouched)."""
+def _axis(metric: str) -> tuple[float, str]:
+    """(scale, unit label) of a metric on a plot axis: shares in percent."""
+    from slimkit.task import in_points
+
+    return (100.0, " (%)") if in_points(metric) else (1.0, "")
+
+
+def _sensitivity_curves(curves: dict[str, Any], sens: Any, start: float, xlabel: str, what: str) -> str:
+    """The validation metric of each group/layer alone at several strengths (``start``: untouched)."""
     plt = _plt()
+    m = sens.metric
+    scale, unit = _axis(m)
+    base = sens.base[m]
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for name, g in curves.items():
-        ax.plot([start, *g["ratios"]], [100 * base, *(100 * a for a in g["accuracy"])], marker="o", ms=3, label=name)
+        ax.plot([start, *g["ratios"]], [scale * base, *(scale * a for a in g[m])], marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(f"validation {m}{unit}")
     if start > 0:
         ax.invert_xaxis()
     ax.set_title(f"per-layer {what}")
     ax.grid(alpha=0.3)
     if len(curves) <= 16:
         ax.legend(fontsize=6, ncol=2)
-    return _png(fig, f"Per-layer {what}: validation accuracy with one group or layer changed alone")
+    return _png(fig, f"Per-layer {what}: validation {m} with one group or layer changed alone")
 
 
 def sensitivity_figure(result: OptimizeResult) -> str:
     sens = result.sensitivity
     xlabel = "share of the group's units removed (alone, no fine-tuning)"
-    return _sensitivity_curves(sens.groups, sens.base["accuracy"], 0.0, xlabel, "sensitivity")
+    return _sensitivity_curves(sens.groups, sens, 0.0, xlabel, "sensitivity")
 
 
 def lowrank_figure(result: OptimizeResult) -> str:
     sens = result.sensitivity
     xlabel = "share of the layer's rank kept (SVD, alone, no fine-tuning)"
-    return _sensitivity_curves(sens.layers, sens.base["accuracy"], 1.0, xlabel, "low-rank sensitivity")
+    return _sensitivity_curves(sens.layers, sens, 1.0, xlabel, "low-rank sensitivity")
 
 
 def widths_figure(result: OptimizeResult) -> str:
@@ -169,21 +189,25 @@ def render_html(result: OptimizeResult) -> str:
     m = result.target.metric
     base = result.base_val
     met = '<span class="ok">met</span>' if result.target_met else '<span class="bad">NOT met</span>'
-    parts = [f"<h1>slimkit optimize: {e(result.before.model)} on {e(result.before.data)}</h1>",
-             f"<p>Target: {e(str(result.target))}. Target {met} on the validation split. "
-             f"Recipe: {e(str(result.recipe))}. {len(result.candidates)} candidates "
-             f"in {result.seconds:.0f} s.</p>"]  # fmt: skip
+    parts = [
+        f"<h1>slimkit optimize: {e(result.before.model)} on {e(result.before.data)}</h1>",
+        f"<p>Target: {e(str(result.target))}. Target {met} on the validation split. "
+        f"Recipe: {e(str(result.recipe))}. {len(result.candidates)} candidates "
+        f"in {result.seconds:.0f} s.</p>",
+    ]
     parts += [f'<p class="note">{e(n)}</p>' for n in result.notes]
     parts.append("<h2>Test split, measured once at the end</h2>")
     cmp = result.comparison
     parts.append(_table(["measure", "original", "optimized", "change"], [[e(c) for c in row] for row in cmp._rows()]))
     if result.speed:
         sp = result.speed
-        parts.append(f"<p>ONNX Runtime, batch {sp['batch']}, timed in alternation: fp32 original "
-                     f"{sp['original_fp32_onnx_ms']:.2f} ms, optimized ({e(sp['deployed'])}) "
-                     f"{sp['optimized_ms']:.2f} ms: "
-                     f"<b>{sp['speedup']:.2f}x</b> the throughput; file {sp['original_fp32_onnx_bytes']:,} -> "
-                     f"{sp['optimized_onnx_bytes']:,} bytes (<b>{sp['smaller']:.1f}x</b> smaller).</p>")  # fmt: skip
+        parts.append(
+            f"<p>ONNX Runtime, batch {sp['batch']}, timed in alternation: fp32 original "
+            f"{sp['original_fp32_onnx_ms']:.2f} ms, optimized ({e(sp['deployed'])}) "
+            f"{sp['optimized_ms']:.2f} ms: "
+            f"<b>{sp['speedup']:.2f}x</b> the throughput; file {sp['original_fp32_onnx_bytes']:,} -> "
+            f"{sp['optimized_onnx_bytes']:,} bytes (<b>{sp['smaller']:.1f}x</b> smaller).</p>"
+        )
     figs = [pareto_figure(result, "macs"), pareto_figure(result, "bytes")]
     if any(c.costs.get("latency") is not None for c in result.candidates):
         figs.append(pareto_figure(result, "latency"))
@@ -199,33 +223,76 @@ def render_html(result: OptimizeResult) -> str:
         parts.append("<h2>Sensitivity and widths</h2><div class='fig'>" + "".join(figs) + "</div>")
     for a in result.allocations:
         if "predicted_loss" in a:
-            parts.append(f"<p>Allocation ({e(a['allocation'])}): predicted validation-loss increase "
-                         f"{a['predicted_loss']:.3f}, uniform ratios would give "
-                         f"{a['uniform_predicted_loss']:.3f}.</p>")  # fmt: skip
+            parts.append(
+                f"<p>Allocation ({e(a['allocation'])}): predicted validation-loss increase "
+                f"{a['predicted_loss']:.3f}, uniform ratios would give "
+                f"{a['uniform_predicted_loss']:.3f}.</p>"
+            )
             rows = [[e(p), f"{r:.3f}", f"{a['uniform_ratios'].get(p, 0):.3f}"] for p, r in a["ratios"].items()]
             parts.append(_table(["group (producer)", "ratio (allocated)", "ratio (uniform)"], rows))
     parts.append("<h2>Size and latency (test)</h2><div class='fig'>" + cost_figure(result) + "</div>")
     rows = []
+    scale, unit = _axis(m)
     for c in result.candidates:
-        drop = 100 * (base["metrics"][m] - c.metrics[m])
+        drop = result.target.drop(c.metrics, base["metrics"])
         status = "chosen" if c.id == result.chosen else ("accepted" if c.accepted else "rejected")
         qual = '<span class="ok">ok</span>' if c.quality_ok else '<span class="bad">broken</span>'
         costs = ", ".join(f"{k} {'ok' if v else 'no'}" for k, v in c.cost_ok.items())
         lat = "" if c.costs.get("latency") is None else f"{c.costs['latency']:.2f}"
         share = [f"{c.costs[k] / base['costs'][k]:.3f}" for k in ("macs", "params", "bytes")]
-        rows.append([str(c.id), e(c.step), f"{100 * c.metrics[m]:.2f}", f"{-drop:+.2f}", *share, lat, qual,
-                     e(costs), e(status), f"{c.seconds:.1f}", e(c.note)])  # fmt: skip
+        rows.append(
+            [
+                str(c.id),
+                e(c.step),
+                f"{scale * c.metrics[m]:.4g}",
+                f"{-drop:+.4g}",
+                *share,
+                lat,
+                qual,
+                e(costs),
+                e(status),
+                f"{c.seconds:.1f}",
+                e(c.note),
+            ]
+        )
     parts.append("<h2>Every step and its effect (validation)</h2>")
-    parts.append(_table(["#", "step", f"{m} %", "points", "MACs x", "params x", "file x", "latency ms",
-                         "quality", "budget", "status", "s", "note"], rows))  # fmt: skip
+    parts.append(
+        _table(
+            [
+                "#",
+                "step",
+                f"{m}{unit}",
+                "change",
+                "MACs x",
+                "params x",
+                "file x",
+                "latency ms",
+                "quality",
+                "budget",
+                "status",
+                "s",
+                "note",
+            ],
+            rows,
+        )
+    )
     if result.trials:
         keys = sorted({k for t in result.trials for k in t.get("params", {})})
-        rows = [[str(t["number"]), e(t["state"]), "" if t.get("value") is None else f"{100 * t['value']:.2f}",
-                 *(e(str(t.get("params", {}).get(k, ""))) for k in keys)] for t in result.trials]  # fmt: skip
-        parts.append("<h2>Search trials</h2>" + _table(["trial", "state", f"val {m} %", *keys], rows))
+        rows = [
+            [
+                str(t["number"]),
+                e(t["state"]),
+                "" if t.get("value") is None else f"{scale * t['value']:.4g}",
+                *(e(str(t.get("params", {}).get(k, ""))) for k in keys),
+            ]
+            for t in result.trials
+        ]
+        parts.append("<h2>Search trials</h2>" + _table(["trial", "state", f"val {m}{unit}", *keys], rows))
     title = f"slimkit optimize report: {e(result.before.model)}"
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")  # fmt: skip
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write_html(result: OptimizeResult, path: str | Path) -> Path:

@@ -10,7 +10,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ from torch import nn
 
 from slimkit.core.errors import OutputExistsError, SlimkitError
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
-from slimkit.evaluate import Report, compare
-from slimkit.optimize.pipeline import Candidate, Log, Loop, copy_file, pareto_front, tighten
-from slimkit.optimize.recipe import Recipe, SensitivityPruneConfig, auto_recipe
-from slimkit.optimize.sensitivity import Sensitivity, fingerprint, measure_sensitivity, sensitivity_key
+from slimkit.evaluate import Report, compare, data_task
+from slimkit.optimize.pipeline import Candidate, Log, Loop, UserLoop, copy_file, pareto_front, tighten
+from slimkit.optimize.recipe import Recipe, auto_recipe
+from slimkit.optimize.sensitivity import Sensitivity, fingerprint
 from slimkit.optimize.target import Target, format_duration, parse_target
+from slimkit.task import Task, format_metric
 
 MAX_PASSES = 3
 
@@ -79,13 +80,13 @@ class OptimizeResult:
                 "before": self.before.to_dict(),
                 "after": self.after.to_dict(),
                 "change": dict(self.comparison),
-            },  # fmt: skip
+            },
             "candidates": [c.to_dict() for c in self.candidates],
             "chosen": self.chosen,
             "pareto": {
-                "macs": pareto_front(self.candidates, self.target.metric, "macs"),
-                "bytes": pareto_front(self.candidates, self.target.metric, "bytes"),
-            },  # fmt: skip
+                cost: pareto_front(self.candidates, self.target.metric, cost, self.target.higher_is_better)
+                for cost in ("macs", "bytes")
+            },
             "allocations": self.allocations,
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "widths": {"before": self.widths_before, "after": self.widths_after},
@@ -94,11 +95,7 @@ class OptimizeResult:
             "trials": self.trials,
             "notes": self.notes,
             "seconds": self.seconds,
-            "files": {
-                "checkpoint": "checkpoint",
-                "onnx": "model.onnx",
-                "int8": "model.int8.onnx" if self.int8_path else None,
-            },  # fmt: skip
+            "files": {**self.files, "int8": "model.int8.onnx" if self.int8_path else None},
         }
 
     def save(self, path: str | Path, *, force: bool = False, html: bool = True) -> Path:
@@ -127,23 +124,44 @@ class OptimizeResult:
             self.int8_path = folder / "model.int8.onnx"
 
     def _save_model(self, path: Path) -> None:
-        """The optimized model's own files in ``path``: ``checkpoint/`` and ``model.onnx``."""
+        """The optimized model's own files in ``path``: ``checkpoint/`` (a ``torch.export`` program
+        ``model.pt2`` for a model slimkit cannot rebuild: no zoo name, no factory) and ``model.onnx``
+        (for a model with one input tensor)."""
+        from slimkit.core.errors import ModelFileError
         from slimkit.io import export, save
 
-        save(self.model, path / "checkpoint", example=self.before_example, force=True)
-        export(self.model, path / "model.onnx", self.before_example, force=True)
+        try:
+            save(self.model, path / "checkpoint", example=self.before_example, force=True)
+            self.files = {"checkpoint": "checkpoint"}
+        except ModelFileError as exc:
+            if "does not know how to rebuild" not in str(exc):
+                raise
+            export(self.model, path / "model.pt2", self.before_example, force=True)
+            self.files = {"program": "model.pt2"}
+            note = "no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)"
+            if note not in self.notes:
+                self.notes.append(note)
+        if isinstance(self.before_example, torch.Tensor):
+            export(self.model, path / "model.onnx", self.before_example, force=True)
+            self.files["onnx"] = "model.onnx"
 
-    before_example: torch.Tensor | None = None
+    before_example: Any = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         c = self.chosen_candidate
-        lines = [f"target: {self.target}", f"recipe: {self.recipe}",
-                 f"target {'met' if self.target_met else 'NOT met'} on validation (candidate {c.id}: {c.step}); "
-                 f"{len(self.candidates)} candidates in {format_duration(self.seconds)}"]  # fmt: skip
+        lines = [
+            f"target: {self.target}",
+            f"recipe: {self.recipe}",
+            f"target {'met' if self.target_met else 'NOT met'} on validation (candidate {c.id}: {c.step}); "
+            f"{len(self.candidates)} candidates in {format_duration(self.seconds)}",
+        ]
         if self.speed:
             sp = self.speed
-            lines.append(f"{sp['deployed']} vs the fp32 ONNX original: file {sp['smaller']:.1f}x smaller, ONNX Runtime "
-                         f"batch {sp['batch']} throughput {sp['speedup']:.2f}x (timed in alternation)")  # fmt: skip
+            lines.append(
+                f"{sp['deployed']} vs the fp32 ONNX original: file {sp['smaller']:.1f}x smaller, ONNX Runtime "
+                f"batch {sp['batch']} throughput {sp['speedup']:.2f}x (timed in alternation)"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -243,8 +261,8 @@ def _has_progress(folder: Path) -> bool:
 class SensitivityCache:
     """Sensitivity results kept in ``sensitivity.json`` in the run folder, keyed by model + settings."""
 
-    def __init__(self, path: Path, data: Any, log: Log) -> None:
-        self.path, self.data, self.log = path, data, log
+    def __init__(self, path: Path, log: Log) -> None:
+        self.path, self.log = path, log
         self.entries: dict[str, Any] = {}
         if path.is_file():
             try:
@@ -252,33 +270,35 @@ class SensitivityCache:
             except json.JSONDecodeError:
                 self.entries = {}
 
-    def __call__(self, model: nn.Module, step: SensitivityPruneConfig) -> Sensitivity:
-        key = sensitivity_key(model, step.importance, tuple(step.probe_ratios), getattr(self.data, "name", "data"),
-                              False)  # fmt: skip
+    def __call__(self, key: str, measure: Callable[[], Sensitivity]) -> Sensitivity:
         if key in self.entries:
             self.log("  sensitivity: reusing the cached analysis")
             return Sensitivity.from_dict(self.entries[key])
-        self.log("  sensitivity: pruning each group alone at "
-                 f"{', '.join(f'{r:.0%}' for r in step.probe_ratios)} (validation split)")  # fmt: skip
-        sens = measure_sensitivity(model, self.data, importance=step.importance, probe_ratios=step.probe_ratios,
-                                   protected=step.protected)  # fmt: skip
+        sens = measure()
         self.entries[key] = sens.to_dict()
         write_text_atomic(self.path, json.dumps(self.entries, indent=1) + "\n", force=True)
         self.log(f"  sensitivity: {len(sens.groups)} groups in {sens.seconds:.1f} s (cached in {self.path.name})")
         return sens
 
 
-def _rank(state: dict[str, Any], limits: dict[str, float], metric: str) -> tuple:
+def _rank(state: dict[str, Any], limits: dict[str, float], target: Target) -> tuple:
     c: Candidate = state["candidate"]
     overrun = max([c.costs[k] / lim for k, lim in limits.items() if c.costs.get(k) is not None] or [1.0])
-    return (c.target_ok, c.quality_ok, -max(1.0, overrun), c.metrics[metric])
+    return (c.target_ok, c.quality_ok, -max(1.0, overrun), target.score(c.metrics))
 
 
 def optimize(
     model: nn.Module,
-    data: Any,
-    target: Target | str | list[str],
+    data: Any = None,
+    target: Target | str | list[str] | None = None,
     *,
+    task: Task | str | None = None,
+    finetune: Callable[[nn.Module, int, nn.Module | None], Any] | None = None,
+    evaluate: Callable[[Any, str], dict[str, float]] | None = None,
+    metric: str | None = None,
+    higher_is_better: bool | None = None,
+    example_inputs: Any = None,
+    val_batches: int | None = None,
     recipe: Recipe | str | Path | dict | None = "auto",
     output: str | Path | None = None,
     quantize: bool | None = None,
@@ -287,6 +307,7 @@ def optimize(
     allocation: str = "sensitivity",
     importance: str = "l2",
     round_to: int | str | None = None,
+    steps_per_epoch: int | None = None,
     trials: int = 0,
     storage: str | None = None,
     study_name: str = "slimkit-optimize",
@@ -299,8 +320,19 @@ def optimize(
 ) -> OptimizeResult:
     """Make ``model`` meet ``target`` with the least loss of quality; returns an :class:`OptimizeResult`.
 
-    ``data`` is a :class:`slimkit.data.Dataset` or its name: training data fine-tunes, the validation
-    split drives every decision, the test split is used once at the end. ``recipe`` is ``"auto"``
+    ``data`` is a :class:`slimkit.data.Dataset` (or its name) or :class:`slimkit.data.Loaders` (any
+    DataLoaders, iterable datasets too): training data fine-tunes, the validation split drives every
+    decision, the test split is used once at the end. ``task`` (default: the data's, else
+    classification) reads the batches and gives the loss, the metrics and the distillation loss;
+    the target's ``max_drop`` is in its deciding metric's units. ``val_batches`` bounds every
+    validation pass (sensitivity probes, candidates) to that many batches.
+
+    The user's own loop: ``finetune(model, epochs, teacher)`` trains ``model`` in place (``teacher``
+    is the original model when the recipe distils, else None) and ``evaluate(model, split)`` returns
+    a dict of metrics for ``"val"`` or ``"test"`` (``model`` may be an int8 ONNX runner, callable like
+    the module). With them slimkit never trains or evaluates by itself; ``metric`` names the deciding
+    key of ``evaluate``'s dict and ``higher_is_better`` its direction (known metrics need none);
+    ``example_inputs`` (a batch of model inputs) replaces ``data`` for tracing. ``recipe`` is ``"auto"``
     (built from the target: sensitivity pruning in ``rounds`` with ``finetune_epochs`` of distilled
     fine-tuning, BatchNorm folding, int8 when the file or latency budget needs it), a
     :class:`Recipe`, a dict or a JSON / YAML file. ``trials > 0`` searches recipe parameters with
@@ -327,6 +359,11 @@ def optimize(
         data = data_mod.load(data)
     if not isinstance(model, nn.Module):
         raise SlimkitError(f"optimize takes a torch.nn.Module, got {type(model).__name__}")
+    user = UserLoop.check(data, finetune, evaluate, example_inputs)
+    task = data_task(data, task)
+    target = target.for_task(metric or task.metric, higher_is_better)
+    if val_batches is not None and val_batches < 1:
+        raise SlimkitError(f"val_batches must be at least 1, got {val_batches}")
     if recipe is None or recipe == "auto":
         auto = {
             "quantize": quantize,
@@ -335,18 +372,43 @@ def optimize(
             "allocation": allocation,
             "importance": importance,
             "round_to": round_to,
+            "steps_per_epoch": steps_per_epoch,
         }
         auto_recipe(target, dict.fromkeys(("macs", "params", "bytes", "latency"), 1.0), **auto)  # checks them now
         recipe_setting: Any = {"auto": auto}
     else:
         recipe, auto = resolve_recipe(recipe), None
         recipe_setting = recipe.to_dict()
-    settings = {"recipe": recipe_setting, "seed": seed, "study": study_name, "search": trials > 0}
+    settings = {
+        "recipe": recipe_setting,
+        "seed": seed,
+        "study": study_name,
+        "search": trials > 0,
+        "task": task.name,
+        "val_batches": val_batches,
+        "user_loop": [name for name in ("finetune", "evaluate") if getattr(user, name) is not None],
+    }
     manifest = run_manifest(fingerprint(model), data, target, settings)
     with run_folder(output, resume=resume, force=force, manifest=manifest) as (workdir, temporary):
-        result = _run(model, data, target, recipe, workdir, temporary, auto=auto,
-                      trials=trials, storage=storage, study_name=study_name, resume=resume, seed=seed,
-                      progress=progress, html=html, started=started, log=log)  # fmt: skip
+        result = _run(
+            model,
+            data,
+            target,
+            recipe,
+            workdir,
+            temporary,
+            setup={"task": task, "val_batches": val_batches, "user": user, "example": example_inputs},
+            auto=auto,
+            trials=trials,
+            storage=storage,
+            study_name=study_name,
+            resume=resume,
+            seed=seed,
+            progress=progress,
+            html=html,
+            started=started,
+            log=log,
+        )
     if not temporary:  # the folder may have been built aside and swapped in: point at its final place
         result.placed_in(Path(output))  # type: ignore[arg-type]
         log(f"saved {output}")
@@ -364,23 +426,51 @@ def resolve_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
     raise SlimkitError(f"recipe must be 'auto', a Recipe, a dict or a file, got {type(recipe).__name__}")
 
 
-def _run(model: nn.Module, data: Any, target: Target, recipe: Any, workdir: Path, temporary: bool, *,
-         auto: dict[str, Any] | None, trials: int, storage: str | None, study_name: str, resume: bool, seed: int,
-         progress: bool, html: bool, started: float, log: Log) -> OptimizeResult:  # fmt: skip
+def _run(
+    model: nn.Module,
+    data: Any,
+    target: Target,
+    recipe: Any,
+    workdir: Path,
+    temporary: bool,
+    *,
+    setup: dict[str, Any],
+    auto: dict[str, Any] | None,
+    trials: int,
+    storage: str | None,
+    study_name: str,
+    resume: bool,
+    seed: int,
+    progress: bool,
+    html: bool,
+    started: float,
+    log: Log,
+) -> OptimizeResult:
     """The body of :func:`optimize` inside its run folder ``workdir``."""
     deadline = None if target.time_budget is None else started + target.time_budget
     torch.manual_seed(seed)
     original = copy.deepcopy(model).eval()
-    cache = SensitivityCache(workdir / "sensitivity.json", data, log)
+    cache = SensitivityCache(workdir / "sensitivity.json", log)
     log(f"target: {target}")
     scratch = workdir / ".work"  # int8 files of candidates; removed once the outputs are saved
     scratch.mkdir(exist_ok=True)
-    loop = Loop(original, data, target, workdir=scratch, deadline=deadline, log=log, progress=progress,
-                sensitivity_cache=cache)  # fmt: skip
+    loop = Loop(
+        original,
+        data,
+        target,
+        workdir=scratch,
+        deadline=deadline,
+        log=log,
+        progress=progress,
+        sensitivity_cache=cache,
+        **setup,
+    )
     loop.seed = seed
     m = target.metric
-    log(f"original on validation: {m} {100 * loop.base['metrics'][m]:.2f}%, MACs {loop.base['costs']['macs']:,}, "
-        f"params {loop.base['costs']['params']:,}")  # fmt: skip
+    log(
+        f"original on validation: {m} {format_metric(m, loop.base['metrics'][m])}, "
+        f"MACs {loop.base['costs']['macs']:,}, params {loop.base['costs']['params']:,}"
+    )
     if auto is not None:
         recipe = auto_recipe(target, loop.base["costs"], **auto)
     log(f"recipe: {recipe}")
@@ -389,8 +479,16 @@ def _run(model: nn.Module, data: Any, target: Target, recipe: Any, workdir: Path
     if trials:
         from slimkit.optimize.search import search
 
-        best, recipe, trial_rows = search(loop, recipe, trials=trials, storage=storage, study_name=study_name,
-                                          resume=resume, seed=seed, workdir=workdir)  # fmt: skip
+        best, recipe, trial_rows = search(
+            loop,
+            recipe,
+            trials=trials,
+            storage=storage,
+            study_name=study_name,
+            resume=resume,
+            seed=seed,
+            workdir=workdir,
+        )
         states = [best]
     else:
         first = 1
@@ -400,7 +498,7 @@ def _run(model: nn.Module, data: Any, target: Target, recipe: Any, workdir: Path
             if restored is not None:
                 recipe, first = restored, loop.restored["passno"]
         states, recipe = run_passes(loop, recipe, notes, log, first=first)
-    best = max(states, key=lambda s: _rank(s, loop.limits, m))
+    best = max(states, key=lambda s: _rank(s, loop.limits, target))
     chosen: Candidate = best["candidate"]
     if not chosen.target_ok:
         notes.append("the target was NOT met on validation: the report shows the closest candidate")
@@ -441,38 +539,61 @@ def run_passes(loop: Any, recipe: Recipe, notes: list[str], log: Log, first: int
     return states, recipe
 
 
-def _finish(loop: Loop, state: dict[str, Any], recipe: Recipe, notes: list[str], trials: list[dict[str, Any]],
-            started: float, output: Path | None, log: Log) -> OptimizeResult:  # fmt: skip
+def _finish(
+    loop: Loop,
+    state: dict[str, Any],
+    recipe: Recipe,
+    notes: list[str],
+    trials: list[dict[str, Any]],
+    started: float,
+    output: Path | None,
+    log: Log,
+) -> OptimizeResult:
     """Test-split measurement (once, at the end) of the original and the chosen model."""
-    from slimkit.evaluate import evaluate
     from slimkit.io.onnx import OnnxModel
 
-    data, target = loop.data, loop.target
+    target = loop.target
     batches = tuple(sorted({1, target.latency_batch, 64}))
     log("measuring on the test split (once): original, then the optimized model")
-    before = evaluate(loop.original, data, split="test", batch_sizes=batches)
+    before = loop.report(loop.original, "test", batches)
     model: nn.Module = state["model"]
     int8 = state.get("onnx")
     if int8 is not None:
-        after = evaluate(OnnxModel(int8), data, split="test", batch_sizes=batches)
+        after = loop.report(OnnxModel(int8), "test", batches)
         after.model = f"{after.model} (int8 ONNX)"
         after.macs = loop.torch_costs(model)["macs"]
     else:
-        after = evaluate(model, data, split="test", batch_sizes=batches)
+        after = loop.report(model, "test", batches)
     paired = _paired_speed(loop, model, int8, target.latency_batch)
+    front = pareto_front(loop.candidates, target.metric, "macs", target.higher_is_better)
     for c in loop.candidates:
-        c.pareto = c.id in pareto_front(loop.candidates, target.metric, "macs")
+        c.pareto = c.id in front
     chosen = state["candidate"]
     from slimkit.optimize.pipeline import _widths
 
     result = OptimizeResult(
-        model=model, int8_path=int8, target=target, recipe=recipe, base_val=loop.base, before=before, after=after,
-        candidates=loop.candidates, chosen=chosen.id, target_met=chosen.target_ok, sensitivity=loop.sensitivity,
-        allocations=loop.allocations, widths_before=_widths(loop.original, loop.layer_names),
-        widths_after=_widths(model, loop.layer_names), seconds=time.monotonic() - started, output=output,
-        trials=trials, notes=notes, quantize=state.get("quantize"), speed=paired,
-    )  # fmt: skip
-    result.before_example = data.example
+        model=model,
+        int8_path=int8,
+        target=target,
+        recipe=recipe,
+        base_val=loop.base,
+        before=before,
+        after=after,
+        candidates=loop.candidates,
+        chosen=chosen.id,
+        target_met=chosen.target_ok,
+        sensitivity=loop.sensitivity,
+        allocations=loop.allocations,
+        widths_before=_widths(loop.original, loop.layer_names),
+        widths_after=_widths(model, loop.layer_names),
+        seconds=time.monotonic() - started,
+        output=output,
+        trials=trials,
+        notes=notes,
+        quantize=state.get("quantize"),
+        speed=paired,
+    )
+    result.before_example = loop.example
     return result
 
 
@@ -483,7 +604,7 @@ def _paired_speed(loop: Loop, model: nn.Module, int8: Path | None, batch: int) -
     from slimkit.io.onnx import export_onnx
     from slimkit.optimize.pipeline import ort_latency
 
-    if not (available("onnxruntime") and available("onnxscript")):
+    if not (available("onnxruntime") and available("onnxscript")) or not isinstance(loop.example, torch.Tensor):
         return None
     reference = loop.reference_onnx
     if reference is None or not reference.exists():
@@ -494,7 +615,13 @@ def _paired_speed(loop: Loop, model: nn.Module, int8: Path | None, batch: int) -
         deployed = loop.workdir / "final.onnx"
         export_onnx(model, deployed, loop.example)
     ms, ref_ms = ort_latency(deployed, loop.example, batch, runs=30, reference=reference)
-    return {"batch": batch, "original_fp32_onnx_ms": ref_ms, "optimized_ms": ms, "speedup": ref_ms / ms,
-            "deployed": "int8 ONNX" if int8 is not None else "fp32 ONNX",
-            "original_fp32_onnx_bytes": reference.stat().st_size, "optimized_onnx_bytes": deployed.stat().st_size,
-            "smaller": reference.stat().st_size / deployed.stat().st_size}  # fmt: skip
+    return {
+        "batch": batch,
+        "original_fp32_onnx_ms": ref_ms,
+        "optimized_ms": ms,
+        "speedup": ref_ms / ms,
+        "deployed": "int8 ONNX" if int8 is not None else "fp32 ONNX",
+        "original_fp32_onnx_bytes": reference.stat().st_size,
+        "optimized_onnx_bytes": deployed.stat().st_size,
+        "smaller": reference.stat().st_size / deployed.stat().st_size,
+    }

@@ -104,19 +104,22 @@ def search(
     store = _storage(url)
     exists = study_name in {s.study_name for s in optuna.get_all_study_summaries(store)}
     if exists and local and not resume:
-        raise SlimkitError(f"the study {study_name!r} already exists in {url}: pass --resume to continue it "
-                           "(or --force to start over)")  # fmt: skip
+        raise SlimkitError(
+            f"the study {study_name!r} already exists in {url}: pass --resume to continue it (or --force to start over)"
+        )
     if exists and not local:
         loop.log(f"search: joining the study {study_name!r} in {url}")
     # Workers sharing a storage each sample with their own seed (the same seed would repeat the same
     # trials); the constant liar keeps them from all exploring the same region while trials run.
     sampler_seed = seed if local else (seed * 1_000_003 + os.getpid() + time.time_ns()) % 2**32
     study = optuna.create_study(
-        storage=store, study_name=study_name, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, trials),
-                                           constant_liar=not local),
+        storage=store,
+        study_name=study_name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, trials), constant_liar=not local),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    )  # fmt: skip
+    )
     if resume and local:  # a killed run leaves its trial RUNNING: fail it and run its parameters again
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
@@ -137,8 +140,8 @@ def search(
 
         def on_epoch(rec: dict[str, float]) -> None:
             epoch[0] += 1
-            if "val_accuracy" in rec:
-                trial.report(rec["val_accuracy"], epoch[0])
+            if f"val_{metric}" in rec:
+                trial.report(loop.target.score({metric: rec[f"val_{metric}"]}), epoch[0])
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
@@ -163,20 +166,23 @@ def search(
         trial.set_user_attr("candidates", [x.to_dict() for x in loop.candidates[first:]])
         trial.set_user_attr("chosen", c.to_dict())
         trial.set_user_attr("quantize", state.get("quantize"))
-        value = c.metrics[metric]
-        if not c.target_ok:
+        value = loop.target.score(c.metrics)  # higher is better, whatever the metric
+        if not c.target_ok:  # below every candidate that meets the target
             overrun = max([c.costs[k] / lim for k, lim in loop.limits.items() if c.costs.get(k)] or [1.0])
-            value -= 1.0 + max(0.0, overrun - 1.0) + (0 if c.quality_ok else 1.0)
+            unit = max(1.0, abs(loop.target.score(loop.base["metrics"])))
+            value -= unit * (1.0 + max(0.0, overrun - 1.0) + (0 if c.quality_ok else 1.0))
         return value
 
     remaining = None
     if loop.deadline is not None:
         remaining = max(1.0, loop.deadline - time.monotonic())
     if done < trials:
-        study.optimize(objective, timeout=remaining, callbacks=[MaxTrialsCallback(trials, states=finished)],
-                       catch=())  # fmt: skip
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if (trial_dir / str(t.number) / "checkpoint").exists()]  # fmt: skip
+        study.optimize(objective, timeout=remaining, callbacks=[MaxTrialsCallback(trials, states=finished)], catch=())
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if (trial_dir / str(t.number) / "checkpoint").exists()
+    ]
     if not complete:
         raise SlimkitError("no search trial finished: raise --time-budget or --trials")
     best = max(complete, key=lambda t: t.value)
@@ -197,10 +203,22 @@ def search(
     folder = trial_dir / str(best.number)
     model = load(folder / "checkpoint")
     onnx = folder / "model.int8.onnx"
-    state = {"model": model, "onnx": onnx if onnx.exists() else None, "candidate": chosen, "backed_off": [],
-             "quantize": best.user_attrs.get("quantize")}  # fmt: skip
+    state = {
+        "model": model,
+        "onnx": onnx if onnx.exists() else None,
+        "candidate": chosen,
+        "backed_off": [],
+        "quantize": best.user_attrs.get("quantize"),
+    }
     best_recipe = Recipe.from_dict(json.loads((folder / "recipe.json").read_text()))
-    rows = [{"number": t.number, "state": t.state.name, "value": t.value if t.value is None or math.isfinite(t.value)
-             else None, "params": t.params} for t in study.get_trials(deepcopy=False)]  # fmt: skip
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.value is None or math.isfinite(t.value) else None,
+            "params": t.params,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
     loop.log(f"search: best trial {best.number} (val {metric} score {best.value:.4f}) of {len(rows)}")
     return state, best_recipe, rows

@@ -20,44 +20,32 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
 from slimkit.evaluate.cost import count_macs, count_params
-from slimkit.graph import analyze
+from slimkit.graph import analyze, first_sample
+from slimkit.graph.trace import call_model
 from slimkit.prune import ChannelPruneConfig, prune_channels
+from slimkit.task import Classification, Task
 
 
-def val_scores(model: Any, loader: Any) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` (module or ONNX model) over ``loader``."""
-    total, correct, n = 0.0, 0, 0
-    ctx = eval_mode(model) if isinstance(model, nn.Module) else _null()
-    with ctx, torch.no_grad():
-        for x, y in loader:
-            logits = model(x).float()
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-    if not n:
-        raise SlimkitError("cannot measure the validation loss: the validation split is empty")
-    return {"loss": total / n, "accuracy": correct / n}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def val_scores(model: Any, loader: Any, task: Task | None = None, max_batches: int | None = None) -> dict[str, float]:
+    """The ``task``'s mean ``loss`` and deciding metric (default classification: ``accuracy``) of ``model``
+    (module or ONNX model) over at most ``max_batches`` batches of ``loader``."""
+    task = task or Classification()
+    scores = task.evaluate(model, loader, max_batches=max_batches)
+    return {"loss": scores["loss"], task.metric: scores[task.metric]}
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -77,7 +65,7 @@ class CostModel:
     to its unit count. A layer's cost is scaled by the kept share of every group it belongs to.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, protected: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, model: nn.Module, example: Any, protected: tuple[str, ...] | list[str] = ()) -> None:
         graph = analyze(model, example, protected=list(protected) or None)
         self.groups: dict[str, int] = {}
         self.members: dict[str, list[str]] = {}  # layer -> producers of the groups it belongs to
@@ -93,7 +81,7 @@ class CostModel:
         self.skipped = dict(graph.skipped)
         counter = FlopCounterMode(display=False)
         with eval_mode(model), torch.no_grad(), counter:
-            model(example[:1])
+            call_model(model, first_sample(example))
         flops = {k.partition(".")[2]: sum(v.values()) for k, v in counter.get_flop_counts().items() if "." in k}
         self.layer_macs: dict[str, float] = {}
         self.layer_params: dict[str, float] = {}
@@ -128,9 +116,9 @@ class CostModel:
 
 @dataclasses.dataclass
 class Sensitivity:
-    """Validation loss / accuracy of the model with one group (or layer) pruned at several ratios.
+    """Validation loss and the task's ``metric`` with one group (or layer) pruned at several ratios.
 
-    ``groups[p] = {"units": n, "ratios": [...], "loss": [...], "accuracy": [...]}`` for pruning;
+    ``groups[p] = {"units": n, "ratios": [...], "loss": [...], metric: [...]}`` for pruning;
     ``layers`` the same for low-rank factorization (``ratios`` are rank shares kept).
     """
 
@@ -139,6 +127,7 @@ class Sensitivity:
     groups: dict[str, dict[str, Any]]
     layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,15 +154,22 @@ class Sensitivity:
         return total
 
 
-def sensitivity_key(model: nn.Module, importance: str, probe_ratios: tuple[float, ...], data_name: str,
-                    lowrank: bool) -> str:  # fmt: skip
-    text = f"{fingerprint(model)}|{importance}|{probe_ratios}|{data_name}|{lowrank}"
+def sensitivity_key(
+    model: nn.Module,
+    importance: str,
+    probe_ratios: tuple[float, ...],
+    data_name: str,
+    lowrank: bool,
+    metric: str = "accuracy",
+    batches: int | None = None,
+) -> str:
+    text = f"{fingerprint(model)}|{importance}|{probe_ratios}|{data_name}|{lowrank}|{metric}|{batches}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def measure_sensitivity(
     model: nn.Module,
-    data: Any,
+    data: Any = None,
     *,
     importance: str = "l2",
     probe_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9),
@@ -181,64 +177,97 @@ def measure_sensitivity(
     lowrank: bool = False,
     rank_shares: tuple[float, ...] = (0.5, 0.25, 0.125),
     progress: Any = None,
+    task: Task | None = None,
+    max_batches: int | None = None,
+    scores: Callable[[nn.Module], dict[str, float]] | None = None,
+    metric: str | None = None,
+    example_inputs: Any = None,
 ) -> Sensitivity:
-    """Prune each group of ``model`` alone at ``probe_ratios``; validation loss and accuracy of each.
+    """Prune each group of ``model`` alone at ``probe_ratios``; validation loss and metric of each.
 
-    ``data`` is a :class:`slimkit.data.Dataset` (its ``val`` split is used, ``train`` batches feed
-    data-driven importances). With ``lowrank``, each Linear/Conv2d is also factorized alone (SVD)
-    keeping ``rank_shares`` of its rank. ``progress(done, total)`` is called after each probe.
+    ``data`` is a :class:`slimkit.data.Dataset` or :class:`slimkit.data.Loaders`: its ``val`` split
+    is scored by ``task`` (default: the data's), at most ``max_batches`` batches of it, and its
+    ``train`` batches feed data-driven importances. ``scores(model)`` (returning ``loss`` and
+    ``metric``) replaces that scoring, ``example_inputs`` the data's example: with both, no data is
+    needed. With ``lowrank``, each Linear/Conv2d is also factorized alone (SVD) keeping
+    ``rank_shares`` of its rank. ``progress(done, total)`` is called after each probe.
     """
     import time
 
+    from slimkit.evaluate import data_task
+
+    if scores is None:
+        task = task or data_task(data)
+        metric = task.metric
+        scores = functools.partial(_val_scores_of, data=data, task=task, max_batches=max_batches)
+    metric = metric or "accuracy"
+    example = example_inputs if example_inputs is not None else data.example
+    train = None if data is None else data.train
     start = time.perf_counter()
-    example = data.example
-    val = data.val
-    base = val_scores(model, val)
+    base = scores(model)
     costs = CostModel(model, example, protected)
     total = len(costs.groups) * len(probe_ratios)
     groups: dict[str, dict[str, Any]] = {}
     done = 0
     for producer, units in costs.groups.items():
-        entry: dict[str, Any] = {"units": units, "group": costs.group_names[producer], "ratios": [], "loss": [],
-                                 "accuracy": [], "macs": []}  # fmt: skip
+        entry: dict[str, Any] = {
+            "units": units,
+            "group": costs.group_names[producer],
+            "ratios": [],
+            "loss": [],
+            metric: [],
+            "macs": [],
+        }
         for r in probe_ratios:
             trial = copy.deepcopy(model)
             cfg = ChannelPruneConfig(ratio=0.0, ratios={producer: r}, importance=importance, protected=list(protected))
-            prune_channels(trial, cfg, example, data=data.train)
-            s = val_scores(trial, val)
+            prune_channels(trial, cfg, example, data=train, task=task)
+            s = scores(trial)
             entry["ratios"].append(r)
             entry["loss"].append(s["loss"])
-            entry["accuracy"].append(s["accuracy"])
+            entry[metric].append(s[metric])
             entry["macs"].append(count_macs(trial, example))
             done += 1
             if progress is not None:
                 progress(done, total)
         groups[producer] = entry
-    layers = lowrank_sensitivity(model, data, rank_shares) if lowrank else {}
-    key = sensitivity_key(model, importance, tuple(probe_ratios), getattr(data, "name", "data"), lowrank)
-    return Sensitivity(key=key, base=base, groups=groups, layers=layers, seconds=time.perf_counter() - start)
+    layers = lowrank_sensitivity(model, example, rank_shares, scores, metric) if lowrank else {}
+    name = getattr(data, "name", "data")
+    key = sensitivity_key(model, importance, tuple(probe_ratios), name, lowrank, metric, max_batches)
+    seconds = time.perf_counter() - start
+    return Sensitivity(key=key, base=base, groups=groups, layers=layers, seconds=seconds, metric=metric)
 
 
-def lowrank_sensitivity(model: nn.Module, data: Any, rank_shares: tuple[float, ...]) -> dict[str, dict[str, Any]]:
-    """Validation loss / accuracy with each Linear / Conv2d factorized alone (SVD) at ``rank_shares``."""
+def _val_scores_of(model: nn.Module, *, data: Any, task: Task, max_batches: int | None) -> dict[str, float]:
+    return val_scores(model, data.val, task, max_batches)
+
+
+def lowrank_sensitivity(
+    model: nn.Module,
+    example: Any,
+    rank_shares: tuple[float, ...],
+    scores: Callable[[nn.Module], dict[str, float]],
+    metric: str,
+) -> dict[str, dict[str, Any]]:
+    """``scores`` (validation ``loss`` and ``metric``) with each Linear / Conv2d factorized alone (SVD)
+    at ``rank_shares`` of its rank."""
     from slimkit.compress import LowRankConfig
     from slimkit.core.transform import apply_
 
     out: dict[str, dict[str, Any]] = {}
-    example = data.example
     for name, m in model.named_modules():
         if not isinstance(m, nn.Linear | nn.Conv2d) or (isinstance(m, nn.Conv2d) and m.groups > 1):
             continue
-        entry: dict[str, Any] = {"ratios": [], "loss": [], "accuracy": [], "params": []}
+        entry: dict[str, Any] = {"ratios": [], "loss": [], metric: [], "params": []}
         for share in rank_shares:
             trial = copy.deepcopy(model)
             apply_(trial, LowRankConfig(ratio=share, layers=(name,)), example_inputs=example)
             if count_params(trial) >= count_params(model):
                 continue  # factorizing would not save parameters here
-            s = val_scores(trial, data.val)
+            s = scores(trial)
             entry["ratios"].append(share)
             entry["loss"].append(s["loss"])
-            entry["accuracy"].append(s["accuracy"])
+            entry[metric].append(s[metric])
             entry["params"].append(count_params(trial))
         if entry["ratios"]:
             out[name] = entry
@@ -308,8 +337,15 @@ def allocate(
     return min(results, key=lambda r: sum(loss(p, v) for p, v in r.items()))
 
 
-def _local_search(ratios: dict[str, float], costs: CostModel, limits: dict[str, float], loss: Any,
-                  lo: dict[str, float], hi: dict[str, float], iterations: int = 300) -> dict[str, float]:  # fmt: skip
+def _local_search(
+    ratios: dict[str, float],
+    costs: CostModel,
+    limits: dict[str, float],
+    loss: Any,
+    lo: dict[str, float],
+    hi: dict[str, float],
+    iterations: int = 300,
+) -> dict[str, float]:
     """Move ratio between pairs of groups while the estimated budget holds and the predicted loss falls."""
     ratios = dict(ratios)
 

@@ -1,14 +1,21 @@
 """What the user wants: a cost budget, a quality constraint and a time budget (:class:`Target`).
 
 Costs are shares of the original model (``macs=0.25``: 4x fewer multiply-accumulates) or absolute
-values (``max_macs=1_500_000``). Quality is checked on the **validation** split: at most
-``max_drop`` points lost on ``metric`` and / or a floor per metric (``min_metrics={"f1": 0.97}``).
+values (``max_macs=1_500_000``). Quality is checked on the **validation** split: ``metric`` (default:
+the task's deciding metric) may degrade by at most ``max_drop`` in its own units, its direction
+respected (points for shares such as accuracy, F1 or mean IoU: ``0.5``; the metric's own units for
+the others: "RMSE may rise by at most 0.01", "AUC may drop by at most 0.005"), and / or every metric
+in ``min_metrics`` must be at least that good (``{"f1": 0.97}``, ``{"rmse": 0.9}``).
 
 >>> t = parse_target(["macs=0.25", "bytes=300KB", "latency=0.3@64"], max_drop=0.5)
 >>> t.macs, t.max_bytes, t.latency, t.latency_batch
 (0.25, 307200, 0.3, 64)
->>> print(parse_target("macs=0.25", max_drop=0.5))
+>>> print(parse_target("macs=0.25", max_drop=0.5).for_task("accuracy"))
 MACs <= 25% of the original; accuracy drop <= 0.5 points (validation)
+>>> t = parse_target("params=0.25", max_drop=0.01, metric="rmse")
+>>> print(t); t.quality_ok({"rmse": 0.905}, {"rmse": 0.9}), t.quality_ok({"rmse": 0.92}, {"rmse": 0.9})
+params <= 25% of the original; rmse rise <= 0.01 (validation)
+(True, False)
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ import re
 from typing import Any
 
 from slimkit.core.errors import SlimkitError
+from slimkit.task import format_metric, in_points, metric_info, worse_by
 
-METRICS = ("accuracy", "precision", "recall", "f1")
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1, "%": 1}
 _BYTES = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "%": 1}
 _TIME = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
@@ -34,8 +41,12 @@ class Target:
       ``bytes`` is the deployable file (int8 ONNX when quantized, else the fp32 weights);
       ``latency`` is ONNX Runtime at ``latency_batch`` rows.
     - ``max_macs`` / ``max_params`` / ``max_bytes`` / ``max_latency_ms``: absolute limits.
-    - ``max_drop``: points of ``metric`` (validation) that may be lost; ``min_metrics``: floors
-      (fractions, e.g. ``{"f1": 0.97}``) of any reported metric.
+    - ``metric``: the deciding metric (None: the task's, e.g. accuracy, RMSE, mean IoU, cosine);
+      ``higher_is_better`` its direction when slimkit does not know it (a metric of the user's own
+      ``evaluate``).
+    - ``max_drop``: how much ``metric`` may degrade on validation, in points for shares (accuracy,
+      F1, mean IoU) and in its own units otherwise (RMSE, AUC, cosine); ``min_metrics``: each metric
+      at least this good (fractions for shares, e.g. ``{"f1": 0.97}``; ``{"rmse": 0.9}`` is a ceiling).
     - ``time_budget``: seconds for the whole run (None: no limit).
     """
 
@@ -48,7 +59,8 @@ class Target:
     max_bytes: int | None = None
     max_latency_ms: float | None = None
     latency_batch: int = 64
-    metric: str = "accuracy"
+    metric: str | None = None
+    higher_is_better: bool | None = None
     max_drop: float | None = None
     min_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     time_budget: float | None = None
@@ -62,22 +74,20 @@ class Target:
         for name in ("macs", "params", "bytes", "latency"):
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:
-                raise SlimkitError(f"target {name}={v} must be a share of the original in (0, 1]; "
-                                   f"give an absolute limit with max_{name}")  # fmt: skip
+                raise SlimkitError(
+                    f"target {name}={v} must be a share of the original in (0, 1]; "
+                    f"give an absolute limit with max_{name}"
+                )
         for name in ("max_macs", "max_params", "max_bytes", "max_latency_ms"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise SlimkitError(f"target {name}={v} must be positive")
         if self.latency_batch < 1:
             raise SlimkitError(f"latency batch size must be at least 1, got {self.latency_batch}")
-        if self.metric not in METRICS:
-            raise SlimkitError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if self.max_drop is not None and self.max_drop < 0:
-            raise SlimkitError(f"max_drop must be >= 0 points, got {self.max_drop}")
+            raise SlimkitError(f"max_drop must be >= 0, got {self.max_drop}")
         for k, v in self.min_metrics.items():
-            if k not in METRICS:
-                raise SlimkitError(f"unknown metric {k!r} in min_metrics; choose one of {', '.join(METRICS)}")
-            if not 0 <= v <= 1:
+            if in_points(k) and not 0 <= v <= 1:
                 raise SlimkitError(f"min_metrics[{k!r}]={v} must be a fraction in [0, 1] (0.97 = 97%)")
         if self.time_budget is not None and self.time_budget <= 0:
             raise SlimkitError(f"time_budget must be positive seconds, got {self.time_budget}")
@@ -87,8 +97,12 @@ class Target:
     def costs(self) -> dict[str, tuple[str, float]]:
         """``{cost: ("share" | "abs", value)}`` for every cost the target limits."""
         out: dict[str, tuple[str, float]] = {}
-        for name, absolute in (("macs", "max_macs"), ("params", "max_params"), ("bytes", "max_bytes"),
-                               ("latency", "max_latency_ms")):  # fmt: skip
+        for name, absolute in (
+            ("macs", "max_macs"),
+            ("params", "max_params"),
+            ("bytes", "max_bytes"),
+            ("latency", "max_latency_ms"),
+        ):
             if getattr(self, name) is not None:
                 out[name] = ("share", getattr(self, name))
             elif getattr(self, absolute) is not None:
@@ -111,19 +125,53 @@ class Target:
         """Whether each limited cost of a candidate holds (unmeasured costs count as not holding)."""
         return {k: costs.get(k) is not None and costs[k] <= lim * (1 + 1e-9) for k, lim in self.limits(base).items()}
 
+    def for_task(self, metric: str, higher_is_better: bool | None = None) -> Target:
+        """The target with its deciding metric settled: its own, else the task's ``metric``; its
+        direction from slimkit's metric table, else ``higher_is_better``, else an error."""
+        name = self.metric or metric
+        info = metric_info(name)
+        direction = self.higher_is_better
+        if direction is None:
+            direction = info[0] if info is not None else higher_is_better
+        if direction is None:
+            raise SlimkitError(
+                f"slimkit does not know whether a higher {name!r} is better: pass higher_is_better=True or False"
+            )
+        for k in self.min_metrics:
+            if k != name and metric_info(k) is None:
+                raise SlimkitError(f"min_metrics[{k!r}]: slimkit does not know its direction; make it the metric")
+        return dataclasses.replace(self, metric=name, higher_is_better=direction)
+
+    @property
+    def deciding(self) -> str:
+        """The deciding metric (before :meth:`for_task` settles it: classification's accuracy)."""
+        return self.metric or "accuracy"
+
+    def _higher(self, name: str) -> bool | None:
+        return self.higher_is_better if name == self.metric else None
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """The deciding metric made higher-is-better (for ranking candidates)."""
+        return -worse_by(self.deciding, 0.0, metrics[self.deciding], self._higher(self.deciding))
+
+    def drop(self, metrics: dict[str, float], base: dict[str, float]) -> float:
+        """How much worse ``metrics`` are than ``base`` on the deciding metric, in its units (points for shares)."""
+        return worse_by(self.deciding, base[self.deciding], metrics[self.deciding], self._higher(self.deciding))
+
     def quality_ok(self, metrics: dict[str, float], base: dict[str, float]) -> bool:
         """Whether validation ``metrics`` satisfy the quality constraint relative to ``base``."""
-        if self.max_drop is not None and 100 * (base[self.metric] - metrics[self.metric]) > self.max_drop + 1e-9:
-            return False
-        return all(metrics.get(k, -math.inf) >= v - 1e-12 for k, v in self.min_metrics.items())
+        return self.slack(metrics, base) >= -1e-9
 
     def slack(self, metrics: dict[str, float], base: dict[str, float]) -> float:
-        """Points of quality left before the constraint breaks (negative: broken; inf: no constraint)."""
+        """Quality left before the constraint breaks, in the deciding metric's units (negative: broken;
+        inf: no constraint)."""
         out = math.inf
         if self.max_drop is not None:
-            out = self.max_drop - 100 * (base[self.metric] - metrics[self.metric])
+            drop = self.drop(metrics, base)
+            out = self.max_drop - drop if math.isfinite(drop) else -math.inf
         for k, v in self.min_metrics.items():
-            out = min(out, 100 * (metrics.get(k, -math.inf) - v))
+            value = metrics.get(k, math.nan)
+            out = min(out, -worse_by(k, v, value, self._higher(k)) if math.isfinite(value) else -math.inf)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,8 +201,13 @@ class Target:
                 parts.append(f"{names[name]} <= {v:,}{unit}")
         quality = []
         if self.max_drop is not None:
-            quality.append(f"{self.metric} drop <= {self.max_drop:g} points")
-        quality += [f"{k} >= {100 * v:.2f}%" for k, v in self.min_metrics.items()]
+            metric = self.metric or "quality"
+            worse = "rise" if self.metric and worse_by(self.metric, 0, 1, self.higher_is_better) > 0 else "drop"
+            unit = " points" if self.metric is None or in_points(self.metric) else ""
+            quality.append(f"{metric} {worse} <= {self.max_drop:g}{unit}")
+        for k, v in self.min_metrics.items():
+            bound = "<=" if worse_by(k, 0, 1, self._higher(k)) > 0 else ">="
+            quality.append(f"{k} {bound} {format_metric(k, v)}")
         text = ", ".join(parts)
         if quality:
             text += "; " + ", ".join(quality) + " (validation)"
@@ -178,7 +231,7 @@ def parse_target(
     *,
     max_drop: float | None = None,
     min_metrics: dict[str, float] | None = None,
-    metric: str = "accuracy",
+    metric: str | None = None,
     time_budget: float | str | None = None,
 ) -> Target:
     """Build a :class:`Target` from CLI strings.
@@ -214,8 +267,10 @@ def parse_target(
             if unit == "%":
                 v, unit = v / 100, ""
             elif not unit and v > 1:
-                raise SlimkitError(f"--target {item} is ambiguous: write latency={v:g}ms for milliseconds or "
-                                   f"latency={v:g}% for a share of the original")  # fmt: skip
+                raise SlimkitError(
+                    f"--target {item} is ambiguous: write latency={v:g}ms for milliseconds or "
+                    f"latency={v:g}% for a share of the original"
+                )
             kwargs["max_latency_ms" if unit else "latency"] = v
             continue
         units = _BYTES if name == "bytes" else _SUFFIX
@@ -223,9 +278,11 @@ def parse_target(
         if unit == "%":
             v, unit = v / 100, ""
         elif not unit and 1 < v <= 100:
-            raise SlimkitError(f"--target {item} is ambiguous: did you mean {v:g}% ({name}={v / 100:g}, a share of the "
-                               f"original) or an absolute count? Write {name}={v:g}% or {name}={v / 100:g} for a "
-                               f"share, or an absolute value with a unit ({name}={v:g}k, {name}=1.5M)")  # fmt: skip
+            raise SlimkitError(
+                f"--target {item} is ambiguous: did you mean {v:g}% ({name}={v / 100:g}, a share of the "
+                f"original) or an absolute count? Write {name}={v:g}% or {name}={v / 100:g} for a "
+                f"share, or an absolute value with a unit ({name}={v:g}k, {name}=1.5M)"
+            )
         if unit or v > 1:
             kwargs[f"max_{name}"] = int(round(v))
         elif v <= 0:
@@ -234,12 +291,13 @@ def parse_target(
             kwargs[name] = v
     if isinstance(time_budget, str):
         time_budget = parse_duration(time_budget)
-    return Target(**kwargs, max_drop=max_drop, min_metrics=dict(min_metrics or {}), metric=metric,
-                  time_budget=time_budget)  # fmt: skip
+    return Target(
+        **kwargs, max_drop=max_drop, min_metrics=dict(min_metrics or {}), metric=metric, time_budget=time_budget
+    )
 
 
 def parse_min_metrics(items: list[str] | None) -> dict[str, float]:
-    """``["f1=0.97", "recall=96"]`` -> ``{"f1": 0.97, "recall": 0.96}`` (values above 1 are percent)."""
+    """``["f1=0.97", "recall=96"]`` -> ``{"f1": 0.97, "recall": 0.96}`` (above 1: percent, for shares)."""
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -249,7 +307,7 @@ def parse_min_metrics(items: list[str] | None) -> dict[str, float]:
             v = float(value)
         except ValueError:
             raise SlimkitError(f"--min-metric value must be a number, got {value!r} in {item!r}") from None
-        out[name.strip()] = v / 100 if v > 1 else v
+        out[name.strip()] = v / 100 if v > 1 and in_points(name.strip()) else v
     return out
 
 

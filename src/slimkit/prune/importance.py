@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimkit.compress.factor import input_gram
@@ -33,6 +32,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
 from slimkit.graph import DependencyGraph, Group, pruner_for
 from slimkit.graph.trace import call_model
+from slimkit.task import Classification, Task
 
 METHODS = ("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "output", "random")
 NEEDS_DATA = ("taylor", "activation", "apoz")
@@ -105,8 +105,8 @@ def _input_statistics(model: nn.Module, graph: DependencyGraph, batches: Iterabl
         handles.append(m.register_forward_pre_hook(hook(name, 1 if isinstance(m, nn.Conv1d | nn.Conv2d) else -1)))
     try:
         with eval_mode(model), torch.no_grad():
-            for x, _ in batches:
-                model(x)
+            for inputs in batches:
+                call_model(model, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -125,8 +125,8 @@ def linear_readers(model: nn.Module, graph: DependencyGraph) -> list[str]:
 
 
 def linear_input_grams(model: nn.Module, names: list[str], batches: Iterable) -> dict[str, torch.Tensor]:
-    """Gram matrix ``[x, 1]^T [x, 1]`` of the inputs of each Linear ``names`` over ``batches``
-    (``(x, y)`` pairs or model inputs); memory: one (inputs + 1)^2 float64 matrix per layer."""
+    """Gram matrix ``[x, 1]^T [x, 1]`` of the inputs of each Linear ``names`` over ``batches`` of model
+    inputs; memory: one (inputs + 1)^2 float64 matrix per layer."""
     grams: dict[str, torch.Tensor] = {}
 
     def hook(name: str) -> Any:
@@ -139,8 +139,8 @@ def linear_input_grams(model: nn.Module, names: list[str], batches: Iterable) ->
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
         with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                call_model(model, batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch)
+            for inputs in batches:
+                call_model(model, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -167,11 +167,12 @@ def _output_scores(model: nn.Module, group: Group, grams: dict[str, torch.Tensor
     return total if found else None
 
 
-def _taylor_gradients(model: nn.Module, batches: Iterable) -> None:
+def _taylor_gradients(model: nn.Module, batches: Iterable, task: Task) -> None:
     model.zero_grad(set_to_none=True)
     with eval_mode(model):
-        for x, y in batches:
-            F.cross_entropy(model(x), y).backward()
+        for batch in batches:
+            inputs, targets = task.split(batch)
+            task.loss(task.predict(model, inputs), task.reference_targets(inputs, targets)).backward()
 
 
 def score(
@@ -182,9 +183,12 @@ def score(
     seed: int = 0,
     aggregate: str = "normalized",
     grams: dict[str, torch.Tensor] | None = None,
+    task: Task | None = None,
 ) -> list[np.ndarray]:
-    """One array of unit scores per group of ``graph`` (higher = more important); ``output`` uses
-    ``grams`` (:func:`linear_input_grams`) or computes them on ``batches``."""
+    """One array of unit scores per group of ``graph`` (higher = more important). ``batches`` are data
+    batches that ``task`` (default classification) reads: their inputs feed the activation statistics,
+    inputs and targets the ``taylor`` gradients; ``output`` uses ``grams`` (:func:`linear_input_grams`)
+    or computes them on ``batches``."""
     if method not in METHODS:
         raise SlimkitError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
     if aggregate not in AGGREGATES:
@@ -194,14 +198,15 @@ def score(
     if method == "random":
         rng = np.random.default_rng(seed)
         return [rng.random(len(g)) for g in graph.groups]
+    task = task or Classification()
     if method == "taylor":
-        _taylor_gradients(model, batches)
+        _taylor_gradients(model, batches, task)
         try:
             return [_weight_scores(model, g, method, grads=True, aggregate=aggregate) for g in graph.groups]
         finally:
             model.zero_grad(set_to_none=True)
     if method in ("activation", "apoz"):
-        stats = _input_statistics(model, graph, batches, method)
+        stats = _input_statistics(model, graph, [task.inputs(b) for b in batches], method)
         out = []
         for g in graph.groups:
             per_slot = {k: stats[s.module] for k, s in enumerate(g.slots) if s.kind == "in" and s.module in stats}
@@ -213,7 +218,7 @@ def score(
         return out
     if method == "output":
         if grams is None:
-            grams = linear_input_grams(model, linear_readers(model, graph), batches or [])
+            grams = linear_input_grams(model, linear_readers(model, graph), [task.inputs(b) for b in batches or []])
         scores = [_output_scores(model, g, grams) for g in graph.groups]
         return [
             _weight_scores(model, g, "l2", grads=False, aggregate=aggregate) if s is None else s

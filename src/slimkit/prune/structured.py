@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -39,6 +40,7 @@ from slimkit.graph import DependencyGraph, Group, analyze, first_sample, map_bat
 from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.prune import importance as imp
 from slimkit.prune import mha
+from slimkit.task import Task, get_task
 from slimkit.train import reestimate_bn
 
 
@@ -302,33 +304,44 @@ def _refit(
 def prune_channels(
     model: nn.Module,
     config: ChannelPruneConfig,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
     data: Any = None,
+    *,
+    task: Task | str | None = None,
 ) -> TransformRecord:
-    """Prune ``model`` in place; ``data`` (batches of ``(x, y)``) feeds data-driven importances.
+    """Prune ``model`` in place; ``data`` (an iterable of batches that ``task`` reads, default
+    classification's ``(x, y)``) feeds data-driven importances, calibration and BatchNorm statistics.
 
     Returns the :class:`TransformRecord`, which is also attached to the model (``slimkit.records``).
     """
     with transaction(model):  # a failure leaves the model exactly as it was
-        record = _prune(model, config, example_inputs, data)
+        record = _prune(model, config, example_inputs, data, get_task(task))
         add_record(model, record)
     return record
 
 
-def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.Tensor, data: Any) -> TransformRecord:
+def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: Any, data: Any, task: Task) -> TransformRecord:
     unconverted = mha.convert(model)  # nn.MultiheadAttention -> an equivalent block with prunable heads
     with eval_mode(model):  # one switch for the analysis, scoring and checks (each would switch every module)
         graph = analyze(model, example_inputs, protected=config.protected)
         graph.skipped.update(unconverted)
         batches = None
         if data is not None:
-            batches = [b for _, b in zip(range(config.calibration_batches), data, strict=False)]
+            batches = list(itertools.islice(data, config.calibration_batches))
         grams = {}
-        if config.importance == "output" or config.refit:  # calibration: the data's batches, else the example
-            grams = imp.linear_input_grams(model, imp.linear_readers(model, graph), batches or [example_inputs])
+        if config.importance == "output" or config.refit:  # calibration: the data's inputs, else the example
+            inputs = [task.inputs(b) for b in batches] if batches else [example_inputs]
+            grams = imp.linear_input_grams(model, imp.linear_readers(model, graph), inputs)
         originals = {n: (model.get_submodule(n).weight, model.get_submodule(n).bias) for n in grams}
         scores = imp.score(
-            model, graph, config.importance, batches, seed=config.seed, aggregate=config.aggregate, grams=grams
+            model,
+            graph,
+            config.importance,
+            batches,
+            seed=config.seed,
+            aggregate=config.aggregate,
+            grams=grams,
+            task=task,
         )
         params = count_params(model)
         ratio = config.ratio
@@ -340,7 +353,7 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
         refitted = _refit(model, graph, removal, changes, grams, originals) if config.refit else []
     recalibrated = bool(changes and batches and config.recalibrate_bn)
     if recalibrated:
-        reestimate_bn(model, batches)
+        reestimate_bn(model, batches, task=task)
     return TransformRecord(
         transform="ChannelPruneConfig",
         config=config.to_dict(),
@@ -394,4 +407,4 @@ def _apply(model: nn.Module, config: ChannelPruneConfig, example_inputs: torch.T
             f"importance {config.importance!r} needs labelled batches: call "
             "slimkit.prune.prune_channels(model, config, example_inputs, data=loader)"
         )
-    return _prune(model, config, example_inputs, None)
+    return _prune(model, config, example_inputs, None, get_task())

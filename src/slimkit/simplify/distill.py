@@ -70,6 +70,10 @@ def _recsys(kw: dict, width: float, depth: int | None) -> dict:
     return {"embed_dim": _scaled(kw.get("embed_dim", 16), width), "hidden": hidden[:depth] if depth else hidden}
 
 
+def _unet(kw: dict, width: float, depth: int | None) -> dict:
+    return {"width": _scaled(kw.get("width", 16), width), **({"depth": depth} if depth is not None else {})}
+
+
 # zoo name -> (teacher kwargs, width, depth) -> the student's changed kwargs
 _SHRINK: dict[str, Callable[[dict, float, int | None], dict]] = {
     "seed_cnn": _cnn,
@@ -79,6 +83,7 @@ _SHRINK: dict[str, Callable[[dict, float, int | None], dict]] = {
     "text_lstm": _lstm,
     "text_transformer": _transformer,
     "recsys_mlp": _recsys,
+    "unet": _unet,
 }
 
 

@@ -14,27 +14,35 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.model import eval_mode
+from slimkit.graph.trace import call_model, flat_tensors
+from slimkit.task import Classification, Task, format_metric, get_task
 
 __all__ = ["History", "distillation_loss", "fit", "reestimate_bn"]
 
 
 @dataclasses.dataclass
 class History:
-    """Per-epoch records (``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``)."""
+    """Per-epoch records (``epoch``, ``train_loss``, ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``);
+    ``metric`` is the task's deciding metric."""
 
     epochs: list[dict[str, float]] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    metric: str = "accuracy"
+
+    @property
+    def best_val(self) -> float | None:
+        """The deciding metric at the best validation epoch."""
+        if self.best_epoch is None:
+            return None
+        return self.epochs[self.best_epoch - 1][f"val_{self.metric}"]
 
     @property
     def best_val_accuracy(self) -> float | None:
@@ -45,14 +53,9 @@ class History:
 def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
 ) -> torch.Tensor:
-    """Hinton et al. (2015): ``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)``."""
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return (1 - alpha) * F.cross_entropy(student_logits, labels) + alpha * temperature**2 * soft
+    """Hinton et al. (2015): ``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)``
+    (the classification task's :meth:`~slimkit.task.Task.distill_loss`)."""
+    return Classification().distill_loss(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha)
 
 
 def _optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -65,30 +68,21 @@ def _optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.
     raise SlimkitError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
 
 
-def _evaluate_loss(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    total, correct, n = 0.0, 0, 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in loader:
-            logits = model(x)
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-    return total / n, correct / n
-
-
-def _divergence(x: torch.Tensor, epoch: int, loss: float) -> str:
+def _divergence(inputs: Any, epoch: int, loss: float) -> str:
     """Why the loss is not finite: bad inputs or a too high learning rate."""
-    if x.is_floating_point() and not torch.isfinite(x).all():
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in flat_tensors(inputs)):
         return f"the training inputs contain NaN or infinite values (epoch {epoch}); clean the data"
     return f"training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
 
 
 def fit(
     model: nn.Module,
-    train: DataLoader,
+    train: Iterable,
     *,
-    val: DataLoader | None = None,
+    val: Iterable | None = None,
+    task: Task | str | None = None,
     epochs: int = 10,
+    steps_per_epoch: int | None = None,
     lr: float = 1e-3,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
@@ -98,20 +92,30 @@ def fit(
     patience: int | None = None,
     restore_best: bool = True,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: nn.Module | Callable[[Any], Any] | None = None,
     temperature: float = 4.0,
     alpha: float = 0.5,
+    max_val_batches: int | None = None,
+    deadline: float | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> History:
     """Train ``model`` in place and return its :class:`History`.
 
+    - ``train`` / ``val``: any iterables of batches (DataLoaders, map-style or iterable datasets);
+      ``task`` (a :class:`slimkit.task.Task` or its name, default classification) reads them and gives
+      the loss and the validation metrics.
+    - ``steps_per_epoch``: an epoch is that many batches (the loader is drawn on without restarting
+      between epochs: a stream need not end); required when ``train`` has no length.
     - ``schedule``: ``"cosine"`` (decays to 0 over all steps, after ``warmup_steps``) or ``"constant"``.
-    - ``patience``: stop when validation accuracy has not improved for that many epochs; with
+    - ``patience``: stop when the task's validation metric has not improved for that many epochs; with
       ``restore_best`` the best validation weights are put back at the end.
-    - ``augment``: a batch transform applied to training inputs (e.g. ``slimkit.data.random_shift()``).
-    - ``teacher``: distil from these logits with :func:`distillation_loss` (``temperature``, ``alpha``).
+    - ``augment``: a transform of training inputs (e.g. ``slimkit.data.random_shift()``).
+    - ``teacher``: distil from its outputs with the task's ``distill_loss`` (``temperature``, ``alpha``).
+    - ``deadline``: a ``time.monotonic()`` value; training stops after the step that passes it (the
+      epoch so far is validated and recorded; ``History.stopped_early`` is set).
     """
+    task = get_task(task)
     if epochs < 1:
         raise SlimkitError(f"epochs must be at least 1, got {epochs}")
     for name, value, ok, rule in (
@@ -120,6 +124,7 @@ def fit(
         ("temperature", temperature, lambda v: v > 0, "> 0"),
         ("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("patience", 1 if patience is None else patience, lambda v: v >= 1, ">= 1"),
+        ("steps_per_epoch", 1 if steps_per_epoch is None else steps_per_epoch, lambda v: v >= 1, ">= 1"),
     ):
         if not (math.isfinite(value) and ok(value)):
             raise SlimkitError(f"{name} must be a finite number {rule}, got {value}")
@@ -128,9 +133,12 @@ def fit(
         raise SlimkitError(f"the model's weight {bad} holds NaN or infinite values before training; check the model")
     if schedule not in ("cosine", "constant"):
         raise SlimkitError(f"unknown schedule {schedule!r}; choose cosine or constant")
+    if teacher is None and not task.needs_targets:
+        raise SlimkitError(f"the {task.name} task has no labels to train on: give a teacher (distillation)")
+    steps = steps_per_epoch or _length(train)
     torch.manual_seed(seed)
     opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
-    total_steps = epochs * len(train)
+    total_steps = epochs * steps
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -143,54 +151,103 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if isinstance(teacher, nn.Module):
         teacher.eval()
-    history = History()
-    best_acc, best_state, stale = -1.0, None, 0
-    bar = _Progress(progress, epochs, len(train))
+    history = History(metric=task.metric)
+    sign = 1.0 if task.higher_is_better else -1.0
+    best, best_state, stale = -math.inf, None, 0
+    stream = _Batches(train, steps_per_epoch)
+    bar = _Progress(progress, epochs, steps)
     with bar:
         for epoch in range(1, epochs + 1):
             model.train()
             start, loss_sum, n = time.perf_counter(), 0.0, 0
-            for x, y in train:
+            for batch in stream.epoch():
+                inputs, targets = task.split(batch)
                 if augment is not None:
-                    x = augment(x)
-                logits = model(x)
+                    inputs = augment(inputs)
+                out = task.predict(model, inputs)
                 if teacher is None:
-                    loss = F.cross_entropy(logits, y)
+                    loss = task.loss(out, targets)
                 else:
                     with torch.no_grad():
-                        t_logits = teacher(x)
-                    loss = distillation_loss(logits, t_logits, y, temperature, alpha)
+                        t_out = task.predict(teacher, inputs)
+                    loss = task.distill_loss(out, t_out, targets, temperature=temperature, alpha=alpha)
                 if not torch.isfinite(loss):
-                    raise SlimkitError(_divergence(x, epoch, float(loss.detach())))
+                    raise SlimkitError(_divergence(inputs, epoch, float(loss.detach())))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += float(loss.detach()) * len(y)
-                n += len(y)
+                rows = len(out)
+                loss_sum += float(loss.detach()) * rows
+                n += rows
                 bar.step(f"epoch {epoch}/{epochs} loss {loss_sum / n:.4f}")
+                if deadline is not None and time.monotonic() > deadline:
+                    history.stopped_early = True
+                    break
+            if not n:
+                raise SlimkitError("the training data is empty: no batch to train on")
             record = {"epoch": epoch, "train_loss": loss_sum / n, "lr": opt.param_groups[0]["lr"]}
             if val is not None:
-                record["val_loss"], record["val_accuracy"] = _evaluate_loss(model, val)
+                scores = task.evaluate(model, val, max_batches=max_val_batches)
+                record["val_loss"] = scores["loss"]
+                record[f"val_{task.metric}"] = scores[task.metric]
             record["seconds"] = time.perf_counter() - start
             history.epochs.append(record)
-            bar.epoch_done(record)
+            bar.epoch_done(record, task.metric)
             if on_epoch is not None:
                 on_epoch(record)
             if val is None:
+                if history.stopped_early:
+                    break
                 continue
-            if record["val_accuracy"] > best_acc:
-                best_acc, stale, history.best_epoch = record["val_accuracy"], 0, epoch
+            value = sign * record[f"val_{task.metric}"]
+            if value > best:
+                best, stale, history.best_epoch = value, 0, epoch
                 best_state = copy.deepcopy(model.state_dict()) if restore_best else None
             else:
                 stale += 1
                 if patience is not None and stale >= patience:
                     history.stopped_early = True
-                    break
+            if history.stopped_early:
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _length(loader: Iterable) -> int:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise SlimkitError(
+            "the training data has no length (an IterableDataset or a generator): pass steps_per_epoch"
+        ) from None
+
+
+class _Batches:
+    """Epochs over a loader: whole passes, or ``steps`` batches each drawn from one running iterator
+    (restarted only when it ends), so a stream of any length trains in fixed-size epochs."""
+
+    def __init__(self, loader: Iterable, steps: int | None) -> None:
+        self.loader, self.steps = loader, steps
+        self.it: Iterator | None = None
+
+    def epoch(self) -> Iterator:
+        if self.steps is None:
+            yield from self.loader
+            return
+        for _ in range(self.steps):
+            if self.it is None:
+                self.it = iter(self.loader)
+            try:
+                yield next(self.it)
+            except StopIteration:
+                self.it = iter(self.loader)
+                try:
+                    yield next(self.it)
+                except StopIteration:
+                    return
 
 
 class _Progress:
@@ -226,20 +283,28 @@ class _Progress:
         if self.enabled:
             self.progress.update(self.task, advance=1, description=text)
 
-    def epoch_done(self, r: dict[str, float]) -> None:
+    def epoch_done(self, r: dict[str, float], metric: str) -> None:
         if self.enabled:
-            val = f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:.2f}%" if "val_loss" in r else ""
+            val = (
+                f"  val loss {r['val_loss']:.4f}  val {metric} {format_metric(metric, r['val_' + metric])}"
+                if "val_loss" in r
+                else ""
+            )
             self.console.print(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}{val}  ({r['seconds']:.1f} s)")
 
 
-def reestimate_bn(model: nn.Module, batches: Any, *, max_batches: int | None = None) -> nn.Module:
-    """Recompute every BatchNorm's running mean and variance on ``batches`` of ``(x, y)``, in place.
+def reestimate_bn(
+    model: nn.Module, batches: Any, *, max_batches: int | None = None, task: Task | None = None
+) -> nn.Module:
+    """Recompute every BatchNorm's running mean and variance on ``batches`` (any batches a task reads:
+    their inputs are used), in place.
 
     The statistics are reset and then averaged over the batches with equal weight (momentum
     ``None``); the rest of the model stays in eval mode (no dropout) and no weight changes. Use it
     after anything that shifts activations (pruning, weight averaging): it is cheap and often
     recovers most of the accuracy before any fine-tuning.
     """
+    task = task or Classification()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return model
@@ -252,10 +317,10 @@ def reestimate_bn(model: nn.Module, batches: Any, *, max_batches: int | None = N
             m.momentum = None
             m.train()
         with torch.no_grad():
-            for i, (x, _) in enumerate(batches):
+            for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
-                model(x)
+                call_model(model, task.inputs(batch))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

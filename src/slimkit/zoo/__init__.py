@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from slimkit.zoo import cnn, mobilenet, recsys, resnet, text  # noqa: F401, E402  (register models)
+from slimkit.zoo import cnn, mobilenet, recsys, resnet, segment, text  # noqa: F401, E402  (register models)
 from slimkit.zoo.registry import ARCH_ATTR, arch_of, create, create_for, list_models, register
 
 list = list_models  # noqa: A001  (``sk.zoo.list()`` reads naturally; the builtin is not used here)

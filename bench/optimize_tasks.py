@@ -1,0 +1,97 @@
+"""``optimize`` beyond classification, on real data: each task through the same loop with a target and a
+quality constraint in the task's own metric, measured once on the test split.
+
+- MovieLens-100k rating regression (RMSE): params <= 0.25x, RMSE rise <= 0.01;
+- MovieLens-100k per-user ranking (AUC over each user's held-out ratings): params <= 0.25x, drop <= 0.005;
+- segmentation of canvases of real MNIST digits (a U-Net written here, mean IoU): MACs <= 0.25x, drop <= 1 point.
+
+The originals are trained here (seeded). Run ``python bench/optimize_tasks.py`` (``--only ranking`` for one
+case); figures go to bench/RESULTS-tasks.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+import slimkit as sk
+from slimkit.evaluate import count_macs, count_params
+from slimkit.optimize import Target, optimize
+
+
+def recommender(data: Any, task: str, epochs: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("recsys_mlp", data, embed_dim=32, hidden=[128, 64])
+    sk.train.fit(model, data.train, val=data.val, task=task, epochs=epochs, lr=2e-3, progress=False)
+    return model
+
+
+def unet(data: Any, epochs: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("unet", data, width=16, depth=2)
+    sk.train.fit(model, data.train, val=data.val, task="dense", epochs=epochs, lr=3e-3, progress=False)
+    return model
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "regression": {
+        "data": "movielens-100k-ratings",
+        "build": lambda d: recommender(d, "regression", 8),
+        "target": Target(params=0.25, max_drop=0.01),
+        "options": {"finetune_epochs": 10, "rounds": 3},
+    },
+    "ranking": {
+        "data": "movielens-100k-ranking",
+        "build": lambda d: recommender(d, "ranking", 8),
+        "target": Target(params=0.25, max_drop=0.005),
+        "options": {"finetune_epochs": 10, "rounds": 3},
+    },
+    "segmentation": {
+        "data": "mnist-canvas",
+        "build": lambda d: unet(d, 20),
+        "target": Target(macs=0.25, max_drop=1.0),
+        "options": {"finetune_epochs": 4, "rounds": 2},
+    },
+}
+
+
+def run(name: str) -> dict[str, Any]:
+    case = CASES[name]
+    torch.set_num_threads(2)
+    data = sk.data.load(case["data"])
+    start = time.perf_counter()
+    model = case["build"](data)
+    trained = time.perf_counter() - start
+    result = optimize(model, data, case["target"], quantize=False, log=print, **case["options"])
+    m = result.target.metric
+    row = {
+        "case": name,
+        "data": case["data"],
+        "target": str(result.target),
+        "met on validation": result.target_met,
+        f"test {m} before": result.before.metrics[m],
+        f"test {m} after": result.after.metrics[m],
+        "params x": count_params(result.model) / count_params(model),
+        "MACs x": count_macs(result.model, data.example) / count_macs(model, data.example),
+        "train s": trained,
+        "optimize s": result.seconds,
+    }
+    print(result.comparison)
+    print(row)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    args = parser.parse_args()
+    rows = [run(name) for name in args.only.split(",")]
+    for row in rows:
+        print(" | ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()

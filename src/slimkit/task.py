@@ -1,0 +1,673 @@
+"""What a model is for: one :class:`Task` tells every part of slimkit how to read a batch, the loss of a
+batch, the metrics over a data split, which metric decides (and its direction) and how a student
+learns from its teacher.
+
+Built-ins (``get_task(name)``): ``classification`` (the default), ``binary`` (click-through: AUC,
+log-loss), ``regression`` (MSE, MAE, RMSE), ``ranking`` (per-group AUC, NDCG@k), ``dense``
+(per-pixel cross-entropy, mean IoU) and ``fidelity`` (cosine to the original model's outputs and
+nearest-neighbour overlap; needs no labels).
+
+A batch may be an ``(x, y)`` pair, a tuple ``(x1, ..., xn, y)`` (the model takes ``x1, ..., xn``),
+a dict (Hugging Face style: ``labels`` / ``label`` is the target, the rest are keyword inputs) or
+bare inputs without targets. A model may return a tensor, a tuple (its first item is used) or a
+Hugging Face output (``logits``, else ``sentence_embedding``, ``pooler_output``,
+``last_hidden_state``). ``batch=`` and ``output=`` override either rule.
+
+>>> import torch
+>>> task = get_task("regression")
+>>> task.metric, task.higher_is_better
+('rmse', False)
+>>> model = torch.nn.Linear(3, 1)
+>>> batches = [(torch.randn(8, 3), torch.randn(8)) for _ in range(2)]
+>>> sorted(task.evaluate(model, batches))
+['loss', 'mae', 'mse', 'r2', 'rmse']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.model import eval_mode
+
+__all__ = [
+    "Binary",
+    "Classification",
+    "DensePrediction",
+    "Fidelity",
+    "Ranking",
+    "Regression",
+    "Task",
+    "format_metric",
+    "get_task",
+    "in_points",
+    "metric_info",
+    "output_tensor",
+    "split_batch",
+    "worse_by",
+]
+
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+OUTPUT_KEYS = ("logits", "sentence_embedding", "pooler_output", "last_hidden_state")
+
+# name -> (higher is better, shown and compared in points: x100)
+_METRICS: dict[str, tuple[bool, bool]] = {
+    "accuracy": (True, True),
+    "precision": (True, True),
+    "recall": (True, True),
+    "f1": (True, True),
+    "auc": (True, False),
+    "user_auc": (True, False),
+    "log_loss": (False, False),
+    "loss": (False, False),
+    "mse": (False, False),
+    "rmse": (False, False),
+    "mae": (False, False),
+    "r2": (True, False),
+    "miou": (True, True),
+    "pixel_accuracy": (True, True),
+    "cosine": (True, False),
+    "min_cosine": (True, False),
+}
+
+
+def metric_info(name: str) -> tuple[bool, bool] | None:
+    """``(higher_is_better, in_points)`` of a metric slimkit knows (``ndcg@10``, ``overlap@10`` too), else None."""
+    if re.fullmatch(r"(ndcg|overlap)@\d+", name):
+        return True, False
+    return _METRICS.get(name)
+
+
+def in_points(name: str) -> bool:
+    """Whether a metric is a share shown and compared in points (accuracy 0.9731 -> 97.31)."""
+    info = metric_info(name)
+    return info is not None and info[1]
+
+
+def worse_by(name: str, before: float, after: float, higher_is_better: bool | None = None) -> float:
+    """How much worse ``after`` is than ``before`` on metric ``name``, in its units (points for shares):
+    ``worse_by("accuracy", 0.95, 0.94) == 1.0``, ``worse_by("rmse", 0.90, 0.91) == 0.01``."""
+    if higher_is_better is None:
+        info = metric_info(name)
+        higher_is_better = True if info is None else info[0]
+    return (1 if higher_is_better else -1) * (100 if in_points(name) else 1) * (before - after)
+
+
+def format_metric(name: str, value: float) -> str:
+    """``97.31%`` for metrics in points, ``0.8123`` for the others."""
+    return f"{100 * value:.2f}%" if in_points(name) else f"{value:.4f}"
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of a batch; targets are None when the batch holds inputs only."""
+    if isinstance(batch, dict) or hasattr(batch, "keys") and not isinstance(batch, torch.Tensor):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
+            return dict(batch), None
+        return {k: v for k, v in batch.items() if k != key}, batch[key]
+    if isinstance(batch, tuple | list):
+        if len(batch) == 1:
+            return batch[0], None
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        return tuple(batch[:-1]), batch[-1]
+    return batch, None
+
+
+def output_tensor(raw: Any) -> torch.Tensor:
+    """The tensor a task scores in a model's output (see the module docstring)."""
+    if isinstance(raw, torch.Tensor):
+        return raw
+    for key in OUTPUT_KEYS:
+        value = raw.get(key) if hasattr(raw, "get") else getattr(raw, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(raw, tuple | list) and raw and isinstance(raw[0], torch.Tensor):
+        return raw[0]
+    raise SlimkitError(
+        f"cannot find the prediction in the model's output ({type(raw).__name__}); "
+        "pass output=fn to the task to pick it (e.g. Task(output=lambda out: out['scores']))"
+    )
+
+
+def _rows(t: torch.Tensor) -> int:
+    return int(t.shape[0]) if t.dim() else 1
+
+
+class Meter:
+    """Accumulates one split's outputs batch by batch; ``result()`` gives the metrics."""
+
+    samples: int = 0
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Task:
+    """The base of every task: batch reading, the evaluation loop and distillation defaults.
+
+    Subclasses set ``name``, ``metric`` (the deciding metric) and implement ``loss``,
+    ``meter`` and (if plain output matching is not right) ``distill_loss``.
+    """
+
+    name: ClassVar[str] = "task"
+    needs_targets: ClassVar[bool] = True
+    metric: str = ""
+    batch: Callable[[Any], tuple[Any, Any]] | None = dataclasses.field(default=None, repr=False)
+    output: Callable[[Any], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
+
+    # ---- reading batches and outputs ------------------------------------------------------
+    def split(self, batch: Any) -> tuple[Any, Any]:
+        """``(inputs, targets)`` of a batch."""
+        inputs, targets = (self.batch or split_batch)(batch)
+        if targets is None and self.needs_targets:
+            raise SlimkitError(
+                f"the {self.name} task needs targets, but a batch holds inputs only; give (inputs, targets) "
+                "batches, a dict with 'labels', or task='fidelity' to match the original model without labels"
+            )
+        return inputs, targets
+
+    def inputs(self, batch: Any) -> Any:
+        return (self.batch or split_batch)(batch)[0]
+
+    def predict(self, model: Any, inputs: Any) -> torch.Tensor:
+        """The model's prediction tensor on ``inputs`` (float)."""
+        from slimkit.graph.trace import call_model
+
+        raw = call_model(model, inputs)
+        return (self.output or output_tensor)(raw).float()
+
+    # ---- what subclasses define -------------------------------------------------------------
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def meter(self) -> Meter:
+        raise NotImplementedError
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """How far the student's outputs are from the teacher's (default: mean squared error)."""
+        return F.mse_loss(student, teacher)
+
+    def distill_loss(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        targets: Any,
+        *,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+    ) -> torch.Tensor:
+        """``(1 - alpha) * loss(targets) + alpha * soft_loss(teacher)`` (only the soft part without targets)."""
+        soft = self.soft_loss(student, teacher, temperature)
+        if targets is None or alpha >= 1:
+            return soft
+        return (1 - alpha) * self.loss(student, targets) + alpha * soft
+
+    @property
+    def higher_is_better(self) -> bool:
+        info = metric_info(self.metric)
+        return True if info is None else info[0]
+
+    def bind(self, reference: nn.Module) -> Task:
+        """The task with the original model bound where it needs one (fidelity); others unchanged."""
+        return self
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, model: Any, loader: Iterable, *, max_batches: int | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (a module or an ONNX runner) over ``loader`` (eval mode, no gradients),
+        ``loss`` among them; at most ``max_batches`` batches."""
+        return self.run(model, loader, max_batches=max_batches).result()
+
+    def run(self, model: Any, loader: Iterable, *, max_batches: int | None = None) -> Meter:
+        """The filled :class:`Meter` of :meth:`evaluate` (classification keeps its confusion matrix)."""
+        meter = self.meter()
+        ctx = eval_mode(model) if isinstance(model, nn.Module) else _null()
+        with ctx, torch.no_grad():
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                inputs, targets = self.split(batch)
+                out = self.predict(model, inputs)
+                meter.update(out, self.reference_targets(inputs, targets), inputs)
+                meter.samples += _rows(out)
+        if not meter.samples:
+            raise SlimkitError("cannot evaluate: the data split is empty")
+        return meter
+
+    def reference_targets(self, inputs: Any, targets: Any) -> Any:
+        """The targets a meter scores against (fidelity: the original model's outputs)."""
+        return targets
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ---- classification --------------------------------------------------------------------------
+class _ConfusionMeter(Meter):
+    """Cross-entropy sum and a confusion matrix, grown as classes appear; ``dense`` scores every pixel."""
+
+    def __init__(self, *, dense: bool, ignore_index: int | None = None) -> None:
+        self.dense, self.ignore = dense, ignore_index
+        self.loss, self.n = 0.0, 0
+        self.confusion = np.zeros((0, 0), dtype=np.int64)
+        self.scores: list[np.ndarray] = []  # binary classification: P(class 1), for AUC / log-loss
+        self.labels: list[np.ndarray] = []
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        y = torch.as_tensor(targets).long()
+        if self.dense:  # (B, K, ...) -> (N, K)
+            out = out.movedim(1, -1).reshape(-1, out.shape[1])
+            y = y.reshape(-1)
+        if out.dim() != 2:
+            raise SlimkitError(
+                f"classification needs (batch, classes) outputs, got shape {tuple(out.shape)}; "
+                "choose the task that fits the model (regression, binary, dense, fidelity)"
+            )
+        if self.ignore is not None:
+            keep = y != self.ignore
+            out, y = out[keep], y[keep]
+        k = out.shape[1]
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise SlimkitError(f"labels must be class ids in [0, {k}), got values up to {int(y.max())}")
+        self.loss += float(F.cross_entropy(out, y, reduction="sum"))
+        self.n += len(y)
+        pred = out.argmax(1)
+        counts = torch.bincount(y * k + pred, minlength=k * k).reshape(k, k).numpy()
+        if self.confusion.shape[0] < k:
+            grown = np.zeros((k, k), dtype=np.int64)
+            grown[: self.confusion.shape[0], : self.confusion.shape[1]] = self.confusion
+            self.confusion = grown
+        self.confusion[:k, :k] += counts
+        if not self.dense and k == 2:
+            self.scores.append(torch.softmax(out, 1)[:, 1].numpy())
+            self.labels.append(y.numpy())
+
+    def result(self) -> dict[str, float]:
+        if not self.n:
+            raise SlimkitError("cannot score: no labelled samples in the data split")
+        c = self.confusion.astype(np.float64)
+        tp, true, predicted = np.diag(c), c.sum(1), c.sum(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(predicted > 0, tp / predicted, 0.0)
+            recall = np.where(true > 0, tp / true, 0.0)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+            iou = tp / (true + predicted - tp)
+        present = (true + predicted) > 0
+        if self.dense:
+            return {
+                "pixel_accuracy": float(tp.sum() / c.sum()),
+                "miou": float(np.mean(iou[present])),
+                "loss": self.loss / self.n,
+            }
+        out = {
+            "accuracy": float(tp.sum() / c.sum()),
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+            "loss": self.loss / self.n,
+        }
+        if self.scores:
+            scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
+            if len(np.unique(labels)) == 2:
+                out["auc"] = _auc(labels, scores)
+            out["log_loss"] = out["loss"]
+        return out
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def _kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || student_T)`` over the last dimension, averaged over rows (Hinton et al. 2015)."""
+    k = student.shape[-1]
+    return (
+        F.kl_div(
+            F.log_softmax(student.reshape(-1, k) / temperature, dim=1),
+            F.log_softmax(teacher.reshape(-1, k) / temperature, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
+
+
+@dataclasses.dataclass
+class Classification(Task):
+    """One class per sample: cross-entropy; accuracy (decides), macro precision / recall / F1, and AUC
+    and log-loss for two classes."""
+
+    name: ClassVar[str] = "classification"
+    metric: str = "accuracy"
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        return F.cross_entropy(out, targets)
+
+    def meter(self) -> Meter:
+        return _ConfusionMeter(dense=False)
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return _kd(student, teacher, temperature)
+
+
+@dataclasses.dataclass
+class DensePrediction(Classification):
+    """A class per pixel (segmentation): outputs ``(B, K, H, W)``, targets ``(B, H, W)`` class ids;
+    per-pixel cross-entropy, mean IoU (decides, over classes present) and pixel accuracy.
+    ``ignore_index`` pixels are not scored."""
+
+    name: ClassVar[str] = "dense"
+    metric: str = "miou"
+    ignore_index: int | None = None
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        return F.cross_entropy(out, targets, ignore_index=-100 if self.ignore_index is None else self.ignore_index)
+
+    def meter(self) -> Meter:
+        return _ConfusionMeter(dense=True, ignore_index=self.ignore_index)
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return _kd(student.movedim(1, -1), teacher.movedim(1, -1), temperature)
+
+
+# ---- regression ------------------------------------------------------------------------------
+def _column(out: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and targets of the same shape: a (B, 1) output scores (B,) targets."""
+    y = torch.as_tensor(targets).float()
+    if out.dim() == y.dim() + 1 and out.shape[-1] == 1:
+        out = out.squeeze(-1)
+    if out.shape != y.shape:
+        raise SlimkitError(f"the model's outputs {tuple(out.shape)} do not match the targets {tuple(y.shape)}")
+    return out, y
+
+
+class _RegressionMeter(Meter):
+    def __init__(self) -> None:
+        self.sq = self.abs = self.sum = self.sum_sq = 0.0
+        self.n = 0
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        out, y = _column(out, targets)
+        err = (out - y).double()
+        self.sq += float((err**2).sum())
+        self.abs += float(err.abs().sum())
+        self.sum += float(y.double().sum())
+        self.sum_sq += float((y.double() ** 2).sum())
+        self.n += y.numel()
+
+    def result(self) -> dict[str, float]:
+        if not self.n:
+            raise SlimkitError("cannot score: no samples in the data split")
+        mse = self.sq / self.n
+        var = self.sum_sq / self.n - (self.sum / self.n) ** 2
+        return {
+            "rmse": math.sqrt(mse),
+            "mse": mse,
+            "mae": self.abs / self.n,
+            "r2": 1 - mse / var if var > 0 else float("nan"),
+            "loss": mse,
+        }
+
+
+@dataclasses.dataclass
+class Regression(Task):
+    """Real-valued targets: mean squared error; RMSE (decides), MSE, MAE, R^2."""
+
+    name: ClassVar[str] = "regression"
+    metric: str = "rmse"
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        return F.mse_loss(*_column(out, targets))
+
+    def meter(self) -> Meter:
+        return _RegressionMeter()
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return F.mse_loss(student.squeeze(-1), teacher.squeeze(-1))
+
+
+# ---- binary / click-through and ranking --------------------------------------------------------
+def _logit(out: torch.Tensor) -> torch.Tensor:
+    """One logit per sample: (B,), (B, 1), or the class-1 margin of (B, 2) outputs."""
+    if out.dim() == 2 and out.shape[1] == 2:
+        return out[:, 1] - out[:, 0]
+    if out.dim() == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    if out.dim() != 1:
+        raise SlimkitError(f"a binary task needs one logit per sample (or two classes), got shape {tuple(out.shape)}")
+    return out
+
+
+class _ScoreMeter(Meter):
+    """Keeps every score, label (and group id for ranking) of the split: AUC and NDCG need them all."""
+
+    def __init__(self, group: Callable[[Any], torch.Tensor] | None, k: int) -> None:
+        self.group, self.k = group, k
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.groups: list[np.ndarray] = []
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        z = _logit(out)
+        self.scores.append(z.double().numpy())
+        self.labels.append(torch.as_tensor(targets).reshape(-1).double().numpy())
+        if self.group is not None:
+            self.groups.append(torch.as_tensor(self.group(inputs)).reshape(-1).numpy())
+
+    def result(self) -> dict[str, float]:
+        if not self.scores:
+            raise SlimkitError("cannot score: no samples in the data split")
+        z, y = np.concatenate(self.scores), np.concatenate(self.labels)
+        binary = (y > 0).astype(np.float64)
+        p = np.clip(1 / (1 + np.exp(-z)), 1e-7, 1 - 1e-7)
+        out = {
+            "log_loss": float(-(binary * np.log(p) + (1 - binary) * np.log(1 - p)).mean()),
+            "accuracy": float(((z > 0) == (binary > 0)).mean()),
+        }
+        out["loss"] = out["log_loss"]
+        if len(np.unique(binary)) == 2:
+            out["auc"] = _auc(binary, z)
+        if self.group is not None:
+            out |= _ranking(np.concatenate(self.groups), z, y, self.k)
+        return out
+
+
+def _ranking(groups: np.ndarray, scores: np.ndarray, relevance: np.ndarray, k: int) -> dict[str, float]:
+    """Mean per-group AUC (groups with both classes) and NDCG@k (groups with a relevant item)."""
+    from sklearn.metrics import roc_auc_score
+
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    aucs, ndcgs = [], []
+    discounts = 1 / np.log2(np.arange(2, k + 2))
+    for idx in np.split(order, bounds):
+        s, r = scores[idx], relevance[idx]
+        if 0 < (r > 0).sum() < len(r):
+            aucs.append(roc_auc_score(r > 0, s))
+        if (r > 0).any():
+            gains = 2 ** r[np.argsort(-s, kind="stable")][:k] - 1
+            ideal = 2 ** np.sort(r)[::-1][:k] - 1
+            ndcgs.append(float((gains * discounts[: len(gains)]).sum() / (ideal * discounts[: len(ideal)]).sum()))
+    out = {}
+    if aucs:
+        out["user_auc"] = float(np.mean(aucs))
+    if ndcgs:
+        out[f"ndcg@{k}"] = float(np.mean(ndcgs))
+    return out
+
+
+def _bce(out: torch.Tensor, targets: Any) -> torch.Tensor:
+    y = (torch.as_tensor(targets).reshape(-1).float() > 0).float()
+    return F.binary_cross_entropy_with_logits(_logit(out), y)
+
+
+@dataclasses.dataclass
+class Binary(Task):
+    """Yes / no per sample (click-through): one logit (or two classes); binary cross-entropy; AUC
+    (decides), log-loss, accuracy at 0.5."""
+
+    name: ClassVar[str] = "binary"
+    metric: str = "auc"
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        return _bce(out, targets)
+
+    def meter(self) -> Meter:
+        return _ScoreMeter(None, 0)
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        soft_targets = torch.sigmoid(_logit(teacher) / temperature)
+        return F.binary_cross_entropy_with_logits(_logit(student) / temperature, soft_targets) * temperature**2
+
+
+def _first_column(inputs: Any) -> torch.Tensor:
+    """The group (user / query) id of each sample: the first input's first column."""
+    x = inputs
+    while isinstance(x, tuple | list):
+        x = x[0]
+    if isinstance(x, dict):
+        x = next(iter(x.values()))
+    return x[:, 0] if x.dim() > 1 else x
+
+
+@dataclasses.dataclass
+class Ranking(Binary):
+    """Scores ranked within groups (users, queries): trained pointwise with binary cross-entropy on
+    relevance > 0; mean per-group AUC (``user_auc``, decides) and NDCG@``k`` (graded relevance).
+    ``group(inputs)`` gives each sample's group id (default: the first input column, the user id of a
+    recommender's ``(B, fields)`` id tensor)."""
+
+    name: ClassVar[str] = "ranking"
+    metric: str = "user_auc"
+    group: Callable[[Any], torch.Tensor] = dataclasses.field(default=_first_column, repr=False)
+    k: int = 10
+
+    def meter(self) -> Meter:
+        return _ScoreMeter(self.group, self.k)
+
+
+# ---- fidelity ----------------------------------------------------------------------------------
+class _FidelityMeter(Meter):
+    def __init__(self, k: int, max_neighbours: int) -> None:
+        self.k, self.cap = k, max_neighbours
+        self.cos: list[np.ndarray] = []
+        self.sq, self.n = 0.0, 0
+        self.mine: list[torch.Tensor] = []
+        self.ref: list[torch.Tensor] = []
+        self.kept = 0
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        a, b = out.reshape(len(out), -1).double(), targets.reshape(len(targets), -1).double()
+        if a.shape != b.shape:
+            raise SlimkitError(
+                f"the model's outputs {tuple(out.shape)} do not match the original's {tuple(targets.shape)}"
+            )
+        self.cos.append(F.cosine_similarity(a, b, dim=1).numpy())
+        self.sq += float(((a - b) ** 2).sum())
+        self.n += a.numel()
+        room = self.cap - self.kept
+        if room > 0:
+            self.mine.append(F.normalize(a[:room], dim=1))
+            self.ref.append(F.normalize(b[:room], dim=1))
+            self.kept += len(self.mine[-1])
+
+    def result(self) -> dict[str, float]:
+        if not self.cos:
+            raise SlimkitError("cannot score: no samples in the data split")
+        cos = np.concatenate(self.cos)
+        out = {"cosine": float(cos.mean()), "min_cosine": float(cos.min()), "loss": self.sq / self.n}
+        a, b = torch.cat(self.mine), torch.cat(self.ref)
+        k = min(self.k, len(a) - 1)
+        if k >= 1:
+            out[f"overlap@{self.k}"] = _overlap(a, b, k)
+        return out
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    """Mean share of each row's ``k`` nearest rows (cosine) under ``a`` that are also among them under ``b``."""
+    eye = torch.eye(len(a), dtype=torch.bool)
+    near_a = (a @ a.T).masked_fill(eye, -math.inf).topk(k, dim=1).indices
+    near_b = (b @ b.T).masked_fill(eye, -math.inf).topk(k, dim=1).indices
+    hits = (near_a.unsqueeze(2) == near_b.unsqueeze(1)).any(2).sum(1)
+    return float(hits.double().mean() / k)
+
+
+@dataclasses.dataclass
+class Fidelity(Task):
+    """Stay close to the original model's outputs (sentence embeddings, features): no labels needed.
+    Loss: mean squared error to the original's outputs; metrics: mean cosine (decides), the worst
+    cosine, and ``overlap@k``: the share of each sample's ``k`` nearest neighbours (cosine, among
+    the first ``max_neighbours`` samples of the split) that the original also ranks in its ``k``
+    nearest, what a semantic-search user notices. The loop binds the original model as
+    ``reference``."""
+
+    name: ClassVar[str] = "fidelity"
+    needs_targets: ClassVar[bool] = False
+    metric: str = "cosine"
+    reference: nn.Module | None = dataclasses.field(default=None, repr=False)
+    k: int = 10
+    max_neighbours: int = 4096
+
+    def split(self, batch: Any) -> tuple[Any, Any]:
+        return self.inputs(batch), None
+
+    def bind(self, reference: nn.Module) -> Task:
+        return self if self.reference is not None else dataclasses.replace(self, reference=reference)
+
+    def reference_targets(self, inputs: Any, targets: Any) -> Any:
+        if self.reference is None:
+            raise SlimkitError(
+                "the fidelity task has no original model to compare with: pass Fidelity(reference=model)"
+            )
+        with eval_mode(self.reference), torch.no_grad():
+            return self.predict(self.reference, inputs)
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        if targets is None:
+            raise SlimkitError("the fidelity task trains only against a teacher: fine-tune with distillation on")
+        return F.mse_loss(out, targets)
+
+    def meter(self) -> Meter:
+        return _FidelityMeter(self.k, self.max_neighbours)
+
+
+TASKS: dict[str, type[Task]] = {
+    t.name: t for t in (Classification, Binary, Regression, Ranking, DensePrediction, Fidelity)
+}
+
+
+def get_task(task: Task | str | None = None, **kwargs: Any) -> Task:
+    """A :class:`Task` from itself, its name (``classification``, ``binary``, ``regression``, ``ranking``,
+    ``dense``, ``fidelity``) or None (classification); ``kwargs`` go to its constructor."""
+    if isinstance(task, Task):
+        return dataclasses.replace(task, **kwargs) if kwargs else task
+    name = (task or "classification").strip().lower().replace("_", "-")
+    name = {"segmentation": "dense", "dense-prediction": "dense", "ctr": "binary", "embedding": "fidelity"}.get(
+        name, name
+    )
+    if name not in TASKS:
+        raise SlimkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as exc:
+        raise SlimkitError(f"task {name}: {exc}") from None

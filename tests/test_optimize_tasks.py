@@ -1,0 +1,217 @@
+"""The optimize loop beyond classification: any task, the user's own loaders and the user's own loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import slimkit as sk
+from slimkit.core.errors import SlimkitError
+from slimkit.evaluate import count_params
+from slimkit.optimize import FineTuneConfig, Recipe, SensitivityPruneConfig, Target, optimize
+
+RECIPE = Recipe((SensitivityPruneConfig(target_params=0.5, probe_ratios=(0.5,)), FineTuneConfig(epochs=2, lr=2e-3)))
+
+
+def _regression(n: int = 1024, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    return x, torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2] + 0.05 * torch.randn(n, generator=g)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+class _Counting:
+    """An iterable of batches that counts the batches taken from it."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.taken = loader, 0
+
+    def __iter__(self):  # noqa: ANN204
+        for batch in self.loader:
+            self.taken += 1
+            yield batch
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, sk.data.Loaders]:
+    x, y = _regression()
+    xv, yv = _regression(512, seed=1)
+    data = sk.data.Loaders(
+        train=DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True),
+        val=DataLoader(TensorDataset(xv, yv), batch_size=128),
+        test=DataLoader(TensorDataset(*_regression(512, seed=2)), batch_size=128),
+        task="regression",
+        name="synthetic-regression",
+    )
+    model = _mlp()
+    sk.train.fit(model, data.train, val=data.val, task="regression", epochs=15, lr=3e-3, progress=False)
+    return model, data
+
+
+def test_regression_through_optimize_respects_rmse_units(trained, tmp_path) -> None:  # noqa: ANN001
+    model, data = trained
+    val = _Counting(data.val)
+    loaders = sk.data.Loaders(train=data.train, val=val, test=data.test, task="regression", name=data.name)
+    result = optimize(
+        model,
+        loaders,
+        Target(params=0.5, max_drop=0.05),
+        recipe=RECIPE,
+        val_batches=2,
+        output=tmp_path / "run",
+        quantize=False,
+    )
+    assert result.target.metric == "rmse" and result.target.higher_is_better is False
+    assert result.after.task == "regression" and "rmse" in result.after.metrics
+    base = result.base_val["metrics"]["rmse"]
+    for c in result.candidates:  # the quality verdict is RMSE rising by at most 0.05
+        assert c.quality_ok == (c.metrics["rmse"] - base <= 0.05 + 1e-9)
+    chosen = result.chosen_candidate
+    assert chosen.target_ok and chosen.costs["params"] <= 0.5 * result.base_val["costs"]["params"]
+    # every validation pass read at most 2 batches of 4: the sensitivity probes, candidates and fine-tuning
+    evaluations = 1 + 1 + len(result.candidates) + 2 * 2  # base, probe base, candidates, fine-tune epochs
+    assert val.taken <= 2 * (evaluations + 8)
+
+
+def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
+    model, data = trained
+    calls: list[tuple[str, object]] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("slimkit trained or scored by itself")
+
+    monkeypatch.setattr(sk.train, "fit", refuse)
+    monkeypatch.setattr(sk.task.Task, "evaluate", refuse)
+    monkeypatch.setattr(sk.task.Task, "run", refuse)
+
+    def finetune(net: nn.Module, epochs: int, teacher: nn.Module | None) -> None:  # a plain PyTorch loop
+        calls.append(("finetune", teacher is not None))
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        net.train()
+        for _ in range(epochs):
+            for x, y in data.train:
+                target = y if teacher is None else 0.5 * y + 0.5 * teacher(x).squeeze(1).detach()
+                loss = nn.functional.mse_loss(net(x).squeeze(1), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    def evaluate(net: object, split: str) -> dict[str, float]:
+        calls.append(("evaluate", split))
+        loader = data.val if split == "val" else data.test
+        with torch.no_grad():
+            err = torch.cat([net(x).reshape(-1) - y for x, y in loader])
+        return {"mean_abs_error": float(err.abs().mean()), "bias": float(err.mean())}
+
+    with pytest.raises(SlimkitError, match="does not know whether a higher 'mean_abs_error' is better"):
+        optimize(
+            model,
+            target="params=0.5",
+            finetune=finetune,
+            evaluate=evaluate,
+            metric="mean_abs_error",
+            example_inputs=torch.randn(4, 8),
+        )
+    result = optimize(
+        model,
+        target=Target(params=0.5, max_drop=0.05),
+        finetune=finetune,
+        evaluate=evaluate,
+        metric="mean_abs_error",
+        higher_is_better=False,
+        example_inputs=torch.randn(4, 8),
+        recipe=RECIPE,
+        quantize=False,
+    )
+    assert ("finetune", True) in calls and ("evaluate", "val") in calls and ("evaluate", "test") in calls
+    assert calls.count(("evaluate", "test")) == 2  # the original and the chosen model, once each
+    assert result.before.metrics.keys() == {"mean_abs_error", "bias"}
+    assert result.chosen_candidate.target_ok
+    assert count_params(result.model) <= 0.5 * count_params(model)
+
+
+def test_user_loop_bad_input_is_one_line(trained) -> None:  # noqa: ANN001
+    model, _ = trained
+    with pytest.raises(SlimkitError, match="without data, optimize needs evaluate and example_inputs"):
+        optimize(model, target="params=0.5")
+    with pytest.raises(SlimkitError, match="evaluate must be a function"):
+        optimize(model, target="params=0.5", evaluate="val", example_inputs=torch.randn(2, 8))
+    with pytest.raises(SlimkitError, match="returned no 'rmse'"):
+        optimize(
+            model,
+            target="params=0.5",
+            evaluate=lambda m, s: {"mae": 1.0},
+            metric="rmse",
+            example_inputs=torch.randn(2, 8),
+            recipe=RECIPE,
+        )
+    with pytest.raises(SlimkitError, match="must return a dict of numbers"):
+        optimize(
+            model,
+            target="params=0.5",
+            evaluate=lambda m, s: 0.5,
+            metric="rmse",
+            example_inputs=torch.randn(2, 8),
+            recipe=RECIPE,
+        )
+    with pytest.raises(SlimkitError, match="no training data"):
+        optimize(
+            model,
+            target="params=0.5",
+            evaluate=lambda m, s: {"rmse": 1.0},
+            metric="rmse",
+            example_inputs=torch.randn(2, 8),
+            recipe=RECIPE,
+        )
+
+
+LOADERS = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def _split(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(0, k, (n,), generator=g) for k in (50, 40, 10, 4)], 1)
+    y = torch.sin(ids[:, 0].float()) + 0.1 * ids[:, 1].float() / 4 + 0.3 * (ids[:, 3] == 2).float()
+    return TensorDataset(ids, y)
+
+
+def loaders():
+    return {
+        "train": DataLoader(_split(2048, 0), batch_size=64, shuffle=True),
+        "val": DataLoader(_split(512, 1), batch_size=256),
+        "test": DataLoader(_split(512, 2), batch_size=256),
+        "task": "regression",
+    }
+"""
+
+
+def test_cli_takes_the_users_loaders_from_the_working_folder(cli, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+    import sys
+
+    (tmp_path / "my_loaders.py").write_text(LOADERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_loaders", raising=False)
+    data = sk.data.load("my_loaders:loaders")
+    assert str(tmp_path) not in sys.path  # found in the working folder without changing the import path
+    model = sk.zoo.create("recsys_mlp", cardinalities=[50, 40, 10, 4], num_classes=1, hidden=[32, 16])
+    sk.train.fit(model, data.train, val=data.val, task="regression", epochs=6, lr=1e-2, progress=False)
+    sk.save(model, tmp_path / "ckpt", example=data.example)
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE.to_dict()))
+    args = ["optimize", "ckpt", "-d", "my_loaders:loaders", "-o", "run", "-t", "params=0.5", "--max-drop", "0.1"]
+    code, out, err = cli(*args, "--recipe", "r.json", "--no-quantize", "--val-batches", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["target"]["metric"] == "rmse" and report["test"]["after"]["task"] == "regression"
+    assert "rmse" in out
+    code, _, err = cli("optimize", "ckpt", "-d", "my_loaders:nothing", "-o", "run2", "-t", "params=0.5")
+    assert code == 2 and "cannot import data function" in err and "Traceback" not in err
