@@ -51,9 +51,9 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "segmentation": {
         "data": "mnist-canvas",
-        "build": lambda d: unet(d, 20),
+        "build": lambda d: unet(d, 25),
         "target": Target(macs=0.25, max_drop=1.0),
-        "options": {"finetune_epochs": 4, "rounds": 2},
+        "options": {"finetune_epochs": 6, "rounds": 2},
     },
 }
 

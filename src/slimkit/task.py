@@ -25,6 +25,7 @@ Hugging Face output (``logits``, else ``sentence_embedding``, ``pooler_output``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -159,8 +160,8 @@ class Meter:
 class Task:
     """The base of every task: batch reading, the evaluation loop and distillation defaults.
 
-    Subclasses set ``name``, ``metric`` (the deciding metric) and implement ``loss``,
-    ``meter`` and (if plain output matching is not right) ``distill_loss``.
+    Subclasses set ``name``, ``metric`` (the deciding metric) and implement ``loss``, ``meter`` and
+    (where mean squared error between outputs is not the right distance) ``soft_loss``.
     """
 
     name: ClassVar[str] = "task"
@@ -234,7 +235,7 @@ class Task:
     def run(self, model: Any, loader: Iterable, *, max_batches: int | None = None) -> Meter:
         """The filled :class:`Meter` of :meth:`evaluate` (classification keeps its confusion matrix)."""
         meter = self.meter()
-        ctx = eval_mode(model) if isinstance(model, nn.Module) else _null()
+        ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
         with ctx, torch.no_grad():
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
@@ -250,14 +251,6 @@ class Task:
     def reference_targets(self, inputs: Any, targets: Any) -> Any:
         """The targets a meter scores against (fidelity: the original model's outputs)."""
         return targets
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---- classification --------------------------------------------------------------------------
