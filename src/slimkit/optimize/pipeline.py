@@ -831,6 +831,10 @@ class Loop(BackOff):
     def quantize_step(self, state: dict[str, Any], step: QuantizeConfig, passno: int) -> None:
         from slimkit.compress import quantize
 
+        if self.data is None:
+            self.log("  int8 quantization skipped: it calibrates on data (pass data= with your own evaluate)")
+            state["backed_off"].append("QuantizeConfig (no calibration data)")
+            return
         started = time.monotonic()
         fp32 = state["model"]
         c_fp32 = state["candidate"]
