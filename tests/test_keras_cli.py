@@ -90,9 +90,57 @@ def test_cli_optimize_keras(cli, model_file: Path, tmp_path: Path) -> None:  # n
     assert "outputs in" in out and "model.keras" in out
     small = keras.models.load_model(out_dir / "model.keras")
     assert small.get_layer("conv1").filters < 16 or small.get_layer("conv2").filters < 16
-    code, _, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--trials", "2",
+    code, _, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--task", "regression",
                        "-o", tmp_path / "x")  # fmt: skip
-    assert code == 2 and "--trials is not available for .keras models" in err
+    assert code == 2 and "--task is not available for .keras models" in err
+
+
+def test_cli_optimize_keras_searches_and_resumes_through_the_one_loop(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out_dir = tmp_path / "search"
+    args = ["optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--max-drop", "5", "--finetune-epochs",
+            "1", "--no-quantize", "-o", out_dir]  # fmt: skip
+    code, out, err = cli(*args, "--trials", "2")
+    assert code == 0, err
+    first = json.loads((out_dir / "report.json").read_text())
+    assert [t["state"] for t in first["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert all(t["params"]["s0.allocation"] in ("sensitivity", "uniform") for t in first["trials"])  # no global
+    code, out, err = cli(*args, "--trials", "3")
+    assert code == 2 and "--resume" in err  # an existing run is never replaced silently
+    code, out, err = cli(*args, "--trials", "3", "--resume")
+    assert code == 0, err
+    assert "2 finished trial(s) in the study, 1 to run" in out
+    report = json.loads((out_dir / "report.json").read_text())
+    assert len(report["trials"]) == 3 and report["framework"] == "keras"
+    assert [t["params"] for t in report["trials"][:2]] == [t["params"] for t in first["trials"]]  # kept, not re-run
+    chosen = report["candidates"][report["chosen"]]
+    assert chosen["costs"]["macs"] <= 0.5 * report["validation"]["original"]["costs"]["macs"]
+    from slimkit.keras.cost import count_macs
+
+    assert count_macs(keras.models.load_model(out_dir / "model.keras")) == chosen["costs"]["macs"]
+
+
+def test_keras_optimize_resumes_after_the_last_finished_step(model_file: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from slimkit.keras.optimize import KerasBackend, optimize
+
+    recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
+                        {"FineTuneConfig": {"epochs": 1}}, {"FoldConfig": {}}]}  # fmt: skip
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt  # as if the process died during the fold step
+
+    with monkeypatch.context() as m:
+        m.setattr(KerasBackend, "transform", killed)
+        with pytest.raises(KeyboardInterrupt):
+            optimize(model_file, "digits", "macs=0.5", recipe=recipe, output=out)
+    assert [p.name for p in (out / "progress").iterdir()] == ["pass01-step02"]
+    lines: list[str] = []
+    result = optimize(model_file, "digits", "macs=0.5", recipe=recipe, output=out, resume=True, log=lines.append)
+    assert any("resumed after step 2 of pass 1" in s for s in lines)
+    assert not any("sensitivity:" in s or "prune round" in s for s in lines)  # nothing done twice
+    assert [c.step for c in result.candidates] == ["prune round 1/1 (sensitivity)", "fold"]
+    assert result.target_met and (out / "model.keras").is_file() and not (out / "progress").exists()
 
 
 def test_cli_other_verbs_take_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001

@@ -258,7 +258,7 @@ def test_time_budget_stops_the_loop(small_cnn: torch.nn.Module, mini: sk.data.Da
 def test_interrupted_greedy_run_resumes_after_the_last_finished_step(
     small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import slimkit.optimize.pipeline as pipeline
+    from slimkit.optimize.backend import TorchBackend
 
     recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
                         {"FineTuneConfig": {"epochs": 1}}, {"FoldConfig": {}}]}  # fmt: skip
@@ -268,7 +268,7 @@ def test_interrupted_greedy_run_resumes_after_the_last_finished_step(
         raise KeyboardInterrupt  # as if the process died during the fold step
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "apply_", killed)
+        m.setattr(TorchBackend, "transform", killed)
         with pytest.raises(KeyboardInterrupt):
             optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, output=out)
     assert not (out / "report.json").exists() and [p.name for p in (out / "progress").iterdir()] == ["pass01-step02"]

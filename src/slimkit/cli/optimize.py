@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from slimkit.cli import app
 from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
+
+if TYPE_CHECKING:
+    from slimkit.optimize import OptimizeResult
 
 
 @app.command("optimize")
@@ -134,11 +137,7 @@ def optimize_command(
             force=force,
             log=log,
         )
-    console.print(result.comparison)
-    console.print(result.summary())
-    files = ", ".join(f + "/" if k == "checkpoint" else f for k, f in result.files.items())
-    files += ", model.int8.onnx" if result.int8_path else ""
-    console.print(f"outputs in {output}/: {files}, report.json, report.html")
+    _print_result(result, output)
 
 
 def _optimize_keras(
@@ -147,22 +146,19 @@ def _optimize_keras(
     output: Path,
     tgt: object,
     *,
-    trials: int,
-    storage: str | None,
-    resume: bool,
     extra: dict[str, object],
     **kwargs: object,
 ) -> None:
-    """``slimkit optimize model.keras``: the Keras loop (slimkit.keras.optimize); same outputs, model.keras."""
+    """``slimkit optimize model.keras``: the same loop with the Keras backend; same outputs, model.keras."""
     from slimkit.keras.optimize import optimize
     from slimkit.keras.workflows import unsupported
 
     supported = (
         "--target, --max-drop, --min-metric, --metric, --recipe, --time-budget, --quantize, "
-        "--finetune-epochs, --rounds, --allocation sensitivity/uniform, --round-to, --seed, --force"
+        "--finetune-epochs, --rounds, --allocation sensitivity/uniform, --round-to, --trials, --storage, "
+        "--resume, --seed, --force"
     )
-    used = {"--trials": trials > 0, "--storage": storage is not None, "--resume": resume}
-    used |= {f"--{k.replace('_', '-')}": v not in (None, "classification") for k, v in extra.items()}
+    used = {f"--{k.replace('_', '-')}": v not in (None, "classification") for k, v in extra.items()}
     for flag, on in used.items():
         if on:
             raise unsupported("optimize", flag, supported)
@@ -173,9 +169,15 @@ def _optimize_keras(
             console.print(line)
 
         result = optimize(model, data, tgt, output=output, log=log, **kwargs)  # type: ignore[arg-type]
+    _print_result(result, output)
+
+
+def _print_result(result: OptimizeResult, output: Path) -> None:
+    """The test-split comparison, the run's summary and the files written."""
     console.print(result.comparison)
     console.print(result.summary())
-    files = "model.keras, model.onnx" + (", model.int8.onnx" if result.int8_path else "")
+    files = ", ".join(f + "/" if k == "checkpoint" else f for k, f in result.files.items())
+    files += ", model.int8.onnx" if result.int8_path else ""
     console.print(f"outputs in {output}/: {files}, report.json, report.html")
 
 

@@ -15,6 +15,8 @@ their probabilities serves as logits), so the brief's ``Dense(10, activation="so
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,8 +49,17 @@ def _distiller_class() -> type:
     class Distiller(keras.Model):
         """``student`` trained towards ``teacher``'s soft targets (see :func:`distiller`)."""
 
-        def __init__(self, student: Any, teacher: Any, *, temperature: float = 4.0, alpha: float = 0.9,
-                     student_probs: bool = False, teacher_probs: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        def __init__(
+            self,
+            student: Any,
+            teacher: Any,
+            *,
+            temperature: float = 4.0,
+            alpha: float = 0.9,
+            student_probs: bool = False,
+            teacher_probs: bool = False,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
             self.student = student
             self._teacher = _Hidden(teacher)
@@ -68,8 +79,9 @@ def _distiller_class() -> type:
         def _logits(out: Any, probs: bool) -> Any:
             return ops.log(ops.clip(out, 1e-12, 1.0)) if probs else out
 
-        def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
-                         training: bool = True) -> Any:  # fmt: skip
+        def compute_loss(
+            self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+        ) -> Any:
             s = self._logits(y_pred, self.student_probs)  # (B, K)
             t = ops.stop_gradient(self._logits(self.teacher(x, training=False), self.teacher_probs))
             temp = self.temperature
@@ -108,8 +120,15 @@ def distiller(student: Any, teacher: Any, *, temperature: float = 4.0, alpha: fl
     if s_out != t_out:
         raise SlimkitError(f"the student outputs {s_out} but the teacher {t_out}; they must predict the same classes")
     cls = _distiller_class()
-    return cls(student, teacher, temperature=temperature, alpha=alpha, student_probs=outputs_probabilities(student),
-               teacher_probs=outputs_probabilities(teacher), name=f"distill_{student.name}")  # fmt: skip
+    return cls(
+        student,
+        teacher,
+        temperature=temperature,
+        alpha=alpha,
+        student_probs=outputs_probabilities(student),
+        teacher_probs=outputs_probabilities(teacher),
+        name=f"distill_{student.name}",
+    )
 
 
 def keep_best_class() -> type:
@@ -125,8 +144,9 @@ def keep_best_class() -> type:
         epochs without improvement.
         """
 
-        def __init__(self, x_val: np.ndarray, y_val: np.ndarray, target: Any = None,
-                     patience: int | None = None) -> None:  # fmt: skip
+        def __init__(
+            self, x_val: np.ndarray, y_val: np.ndarray, target: Any = None, patience: int | None = None
+        ) -> None:
             super().__init__()
             self.x_val, self.y_val, self.target, self.patience = x_val, y_val, target, patience
             self.history: list[float] = []
@@ -197,13 +217,17 @@ def fit(
     patience: int | None = None,
     seed: int = 0,
     verbose: int = 0,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place with Keras ``fit`` (slimkit's recovery step); the best validation epoch is kept.
 
     With ``teacher``, the loss is the distillation loss of :func:`distiller`; else
     sparse categorical cross-entropy (on probabilities or logits, as the model outputs). Adam with a
-    cosine decay from ``lr``. Returns ``{"start", "best", "history", "best_epoch"}`` (validation
-    accuracies).
+    cosine decay from ``lr``. ``on_epoch({"epoch", "val_accuracy"})`` is called after every epoch (it
+    may raise to stop, e.g. an Optuna pruner); training stops after the epoch that passes
+    ``deadline`` (a ``time.monotonic()`` value). Returns ``{"start", "best", "history", "best_epoch"}``
+    (validation accuracies).
     """
     keras = keras_module()
     if epochs < 1:
@@ -220,7 +244,15 @@ def fit(
         net.compile(optimizer=_optimizer(optimizer, lr, steps), loss=loss)
     keep = keep_best_class()(val[0], val[1], target=model, patience=patience)
     feed = batches(x, y, batch_size, augment, seed)
-    net.fit(feed, epochs=epochs, callbacks=[keep], verbose=verbose)
+
+    def after_epoch(epoch: int, logs: Any = None) -> None:
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "val_accuracy": keep.history[-1]})
+        if deadline is not None and time.monotonic() > deadline:
+            net.stop_training = True
+
+    watch = keras.callbacks.LambdaCallback(on_epoch_end=after_epoch)
+    net.fit(feed, epochs=epochs, callbacks=[keep, watch], verbose=verbose)
     return {"start": keep.start, "best": keep.best, "history": keep.history, "best_epoch": keep.best_epoch}
 
 
@@ -263,10 +295,27 @@ def distill(
         ds = for_model(data, student)
         train, val_xy = xy(ds, student, "train"), xy(ds, student, "val")
         aug = ds.augment if augment else None
-    out = fit(student, train, val_xy, epochs=epochs, lr=lr, teacher=teacher, temperature=temperature, alpha=alpha,
-              augment=aug, batch_size=batch_size, seed=seed, verbose=verbose)  # fmt: skip
+    out = fit(
+        student,
+        train,
+        val_xy,
+        epochs=epochs,
+        lr=lr,
+        teacher=teacher,
+        temperature=temperature,
+        alpha=alpha,
+        augment=aug,
+        batch_size=batch_size,
+        seed=seed,
+        verbose=verbose,
+    )
     teacher_acc = float((probabilities(teacher, val_xy[0]).argmax(-1) == val_xy[1].reshape(-1)).mean())
     config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "augment": augment, "seed": seed}
-    details = {"teacher_val_accuracy": teacher_acc, "start_val_accuracy": out["start"], "val_accuracy": out["best"],
-               "best_epoch": out["best_epoch"], "history": out["history"]}  # fmt: skip
+    details = {
+        "teacher_val_accuracy": teacher_acc,
+        "start_val_accuracy": out["start"],
+        "val_accuracy": out["best"],
+        "best_epoch": out["best_epoch"],
+        "history": out["history"],
+    }
     return KerasResult(student, TransformRecord("keras.distill", config, details=details))

@@ -40,9 +40,14 @@ def unsupported(verb: str, what: str, supported: str) -> SlimkitError:
 
 
 def evaluate(
-    model: Any, data: Any, *, split: str = "test", latency: bool = True, batch_sizes: tuple[int, ...] = (1, 64),
+    model: Any,
+    data: Any,
+    *,
+    split: str = "test",
+    latency: bool = True,
+    batch_sizes: tuple[int, ...] = (1, 64),
     latency_runs: int = 30,
-) -> Report:  # fmt: skip
+) -> Report:
     """:func:`slimkit.evaluate` of a Keras model: quality and ONNX Runtime latency of its fp32 ONNX
     export on ``split`` (data laid out for the model); params and MACs of the Keras model."""
     from slimkit.evaluate import evaluate as evaluate_onnx
@@ -52,35 +57,34 @@ def evaluate(
     ds = for_model(data, model)
     with tempfile.TemporaryDirectory(prefix="slimkit-keras-") as tmp:
         path = export_onnx(model, Path(tmp) / f"{model.name}.onnx")
-        report = evaluate_onnx(OnnxModel(path), ds, split=split, latency=latency, batch_sizes=batch_sizes,
-                               latency_runs=latency_runs)  # fmt: skip
+        report = evaluate_onnx(
+            OnnxModel(path), ds, split=split, latency=latency, batch_sizes=batch_sizes, latency_runs=latency_runs
+        )
     report.model = f"{model.name} (Keras, fp32 ONNX)"
     report.params, report.macs = count_params(model), count_macs(model)
     return report
 
 
-def _budget_ratios(model: Any, limits: dict[str, float], protected: Sequence[str], importance: str,
-                   round_to: int | str) -> dict[str, float]:  # fmt: skip
-    """Uniform ratios whose pruned model meets ``limits`` (estimated, then checked on the real model)."""
+def _budget_ratios(
+    model: Any, limits: dict[str, float], protected: Sequence[str], importance: str, round_to: int | str
+) -> dict[str, float]:
+    """Uniform ratios whose pruned model meets ``limits`` (:func:`slimkit.optimize.pipeline.fit_widths`)."""
     from slimkit.keras.prune import prune_units
-    from slimkit.optimize.pipeline import _round_width
-    from slimkit.optimize.sensitivity import uniform
+    from slimkit.optimize.pipeline import fit_widths
 
     costs = KerasCostModel(model, tuple(protected))
     if not costs.groups:
         raise SlimkitError(f"{model.name} has no prunable unit group (all feed the output, are protected or blocked)")
-    goal = dict(limits)
-    for _ in range(6):
-        ratios = uniform(costs, goal)
-        widths = {p: _round_width(n, n - round(n * ratios[p]), round_to, nearest=True) for p, n in costs.groups.items()}
-        cut = {p: (n - widths[p]) / n for p, n in costs.groups.items() if widths[p] < n}
-        trial = prune_units(model, cut, importance).model
-        real = {"macs": count_macs(trial), "params": count_params(trial)}
-        over = max(real[k] / lim for k, lim in limits.items())
-        if over <= 1 + 1e-9:
-            return cut
-        goal = {k: v / over * 0.99 for k, v in goal.items()}
-    raise SlimkitError(f"cannot meet the budget {limits} by pruning {model.name}'s unit groups")
+
+    def measure(ratios: dict[str, float]) -> dict[str, float]:
+        trial = prune_units(model, ratios, importance).model if ratios else model
+        return {"macs": count_macs(trial), "params": count_params(trial)}
+
+    found = fit_widths(costs, limits, measure, round_to=round_to)
+    if found is None:
+        raise SlimkitError(f"cannot meet the budget {limits} by pruning {model.name}'s unit groups")
+    widths = found[0]
+    return {p: (n - widths[p]) / n for p, n in costs.groups.items() if widths[p] < n}
 
 
 def _write(model: Any, output: Path, report: dict[str, Any] | None, force: bool) -> Path:
@@ -101,8 +105,15 @@ def _recover(original: Any, model: Any, data: Any, epochs: int, lr: float, disti
     from slimkit.keras.distill import fit
 
     ds = for_model(data, model)
-    fit(model, arrays(ds, "train"), arrays(ds, "val"), epochs=epochs, lr=lr, teacher=original if distill else None,
-        augment=ds.augment)  # fmt: skip
+    fit(
+        model,
+        arrays(ds, "train"),
+        arrays(ds, "val"),
+        epochs=epochs,
+        lr=lr,
+        teacher=original if distill else None,
+        augment=ds.augment,
+    )
 
 
 def _before_after(original: Any, model: Any, data: Any, records: list[TransformRecord]) -> dict[str, Any]:
@@ -122,8 +133,9 @@ def _report(result: dict[str, Any]) -> dict[str, Any]:
         "before": result["before"].to_dict() if result["before"] else None,
         "after": result["after"].to_dict() if result["after"] else None,
         "records": [r.to_dict() if hasattr(r, "to_dict") else str(r) for r in result["records"]],
-        "params": result["params"], "macs": result["macs"],
-    }  # fmt: skip
+        "params": result["params"],
+        "macs": result["macs"],
+    }
 
 
 def prune_file(
@@ -171,9 +183,17 @@ def prune_file(
 
 
 def lowrank_file(
-    path: str | Path, output: str | Path | None, *, ratio: float, layers: Sequence[str] | None, data: Any,
-    samples: int = 2000, epochs: int = 0, lr: float = 1e-4, force: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    path: str | Path,
+    output: str | Path | None,
+    *,
+    ratio: float,
+    layers: Sequence[str] | None,
+    data: Any,
+    samples: int = 2000,
+    epochs: int = 0,
+    lr: float = 1e-4,
+    force: bool = False,
+) -> dict[str, Any]:
     """Narrow Dense layers of a ``.keras`` model to ``ratio`` of their units by activation PCA
     (:func:`slimkit.keras.pca_dense`, the next Dense refit); every narrowable Dense without ``layers``."""
     from slimkit.keras._graph import Graph
@@ -209,10 +229,18 @@ def lowrank_file(
 
 
 def simplify_file(
-    path: str | Path, output: str | Path, *, fold: bool = False, remove: Sequence[str] = (),
-    remove_types: Sequence[str] = (), repair: str = "transfer", data: Any = None, epochs: int = 0, lr: float = 1e-3,
+    path: str | Path,
+    output: str | Path,
+    *,
+    fold: bool = False,
+    remove: Sequence[str] = (),
+    remove_types: Sequence[str] = (),
+    repair: str = "transfer",
+    data: Any = None,
+    epochs: int = 0,
+    lr: float = 1e-3,
     force: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Remove layers (by name or Keras class name) with shape repair and / or fold BatchNormalization
     of a ``.keras`` model; optionally fine-tune; save ``output``."""
     from slimkit.keras._graph import Graph
@@ -281,9 +309,18 @@ def quantize_file(path: str | Path, data: Any, config: Any, output: str | Path, 
 
 
 def distill_file(
-    path: str | Path, output: str | Path, *, data: Any, width: float = 0.5, temperature: float = 4.0,
-    alpha: float = 0.5, epochs: int = 10, lr: float = 1e-3, seed: int = 0, force: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    path: str | Path,
+    output: str | Path,
+    *,
+    data: Any,
+    width: float = 0.5,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
     """Distil a ``.keras`` teacher into a student derived from it (every prunable group narrowed to
     ``width`` by l2 importance, weights kept) with Keras ``fit``; save the student to ``output``."""
     from slimkit.keras.distill import distill
@@ -295,8 +332,16 @@ def distill_file(
         raise SlimkitError(f"--width must be in (0, 1], got {width}")
     teacher = load(path)
     student, derive = prune_units(teacher, dict.fromkeys(group_widths(teacher), 1 - width) if width < 1 else 0.0)
-    student, record = distill(teacher, student, for_model(data, teacher), epochs=epochs, lr=lr,
-                              temperature=temperature, alpha=alpha, seed=seed)  # fmt: skip
+    student, record = distill(
+        teacher,
+        student,
+        for_model(data, teacher),
+        epochs=epochs,
+        lr=lr,
+        temperature=temperature,
+        alpha=alpha,
+        seed=seed,
+    )
     result = _before_after(teacher, student, data, [derive, record])
     result["output"] = _write(student, output, _report(result), force)
     return result
@@ -330,6 +375,10 @@ def fuse_file(
         best = max(range(len(members)), key=lambda i: val[i])
         record.details["member_val_accuracy"] = val
     result = _before_after(members[best], fused, data, [record])
-    result["output"] = _write(fused, output, {"method": method, "members": [str(p) for p in paths],
-                                              "best_member": best, **_report(result)}, force)  # fmt: skip
+    result["output"] = _write(
+        fused,
+        output,
+        {"method": method, "members": [str(p) for p in paths], "best_member": best, **_report(result)},
+        force,
+    )
     return result

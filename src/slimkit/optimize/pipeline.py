@@ -11,31 +11,29 @@ budget ends. Every candidate is kept (validation metric and costs) for the Paret
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from slimkit.compress import LowRankConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
-from slimkit.core.transform import Config, apply_
-from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latencies
-from slimkit.evaluate.report import Report
+from slimkit.core.transform import Config
+from slimkit.evaluate.cost import batch_of, measure_latencies
 from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
-from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, uniform
+from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, probe_groups, sensitivity_key, uniform
 from slimkit.optimize.target import Target
-from slimkit.prune import ChannelPruneConfig, prune_channels
+from slimkit.prune import ChannelPruneConfig
 from slimkit.simplify import FoldConfig
-from slimkit.task import Task, format_metric, in_points
+from slimkit.task import format_metric, in_points
+
+if TYPE_CHECKING:
+    from slimkit.optimize.backend import Backend
 
 Log = Callable[[str], None]
 
@@ -83,7 +81,7 @@ def pareto_front(
 
 
 def ort_latency(
-    path: Path, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
+    path: Path, example: Any, batch: int, runs: int = 20, reference: Path | None = None
 ) -> tuple[float, float | None]:
     """Median ONNX Runtime latency (ms) of ``path`` on ``batch`` rows, and of ``reference`` timed in
     alternation with it (the ratio of the two stays fair when other processes load the CPU)."""
@@ -95,246 +93,159 @@ def ort_latency(
     return meds[0], (meds[1] if reference is not None else None)
 
 
-def export_latency(
-    model: nn.Module, example: torch.Tensor, batch: int, runs: int = 20, reference: Path | None = None
-) -> tuple[float, float | None]:
-    from slimkit.io.onnx import export_onnx
+def fit_widths(
+    costs: CostModel,
+    limits: dict[str, float],
+    measure: Callable[[dict[str, float]], dict[str, float]],
+    *,
+    sens: Sensitivity | None = None,
+    max_ratio: float = 0.9,
+    spread: float | None = 0.25,
+    round_to: int | str = 1,
+) -> tuple[dict[str, int], dict[str, float]] | None:
+    """Per-group widths (and the ratios they came from) whose pruned model meets ``limits``
+    (absolute ``{"macs", "params"}``) measured for real: ``measure(ratios)`` gives the real costs of
+    the model pruned by ``ratios``. The estimated budget is tightened by each miss; widths are
+    multiples of ``round_to`` where a group has that many units, then whole blocks that rounding took
+    beyond the budget are given back. Ratios come from :func:`allocate` over ``sens`` (unless
+    :func:`uniform` is predicted to lose less), or are uniform. None when no widths fit.
 
-    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
-        path = Path(tmp) / "m.onnx"
-        export_onnx(model, path, example)
-        return ort_latency(path, example, batch, runs, reference)
+    The one width fitter of slimkit: the optimize loop (both frameworks) and budget pruning of
+    ``.keras`` files use it.
+    """
+    n = costs.groups
 
+    def real(widths: dict[str, int]) -> dict[str, float]:
+        return measure({p: (n[p] - w) / n[p] for p, w in widths.items() if w < n[p]})
 
-def group_widths(model: nn.Module, example: torch.Tensor, protected: tuple[str, ...] = ()) -> dict[str, int]:
-    """Units per prunable group, keyed by the group's producer layer."""
-    return dict(CostModel(model, example, protected).groups)
-
-
-def _widths(model: nn.Module, names: list[str]) -> dict[str, int]:
-    """Output width of each named layer (channels, features, hidden units)."""
-    out = {}
-    mods = dict(model.named_modules())
-    for n in names:
-        m = mods.get(n)
-        for attr in ("out_channels", "out_features", "hidden_size", "embedding_dim", "num_features"):
-            if m is not None and hasattr(m, attr):
-                out[n] = int(getattr(m, attr))
-                break
-    return out
-
-
-class BackOff:
-    """The back-off search of a compressing step, shared by the PyTorch :class:`Loop` and the Keras loop
-    (:mod:`slimkit.keras.optimize`): they provide ``out_of_time``, ``log``, ``finetune``, ``record``,
-    ``accept`` and ``_candidate`` (a changed copy of the state's model)."""
-
-    def _attempt(
-        self,
-        state: dict[str, Any],
-        label: str,
-        variants: list[tuple[str, Config | dict, Callable]],
-        recovery: FineTuneConfig | None,
-        passno: int,
-    ) -> bool:
-        """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality."""
-        for k, (desc, cfg, fn) in enumerate(variants):
-            if self.out_of_time():
-                self.log(f"time budget reached during {label}")
-                return False
-            started = time.monotonic()
-            cand = self._candidate(state["model"], fn)
-            if recovery is not None:
-                self.finetune(cand, recovery)
-            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
-            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
-                c.note = "quality broken: fine-tuned again"
-                self.finetune(cand, recovery)
-                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
-            if c.quality_ok:
-                state["model"], state["candidate"] = cand, self.accept(c)
-                return True
-            c.note = "backed off: breaks the quality constraint"
-            self.log(f"  backing off {label}{desc}")
-        return False
-
-    def prune_in_rounds(
-        self,
-        state: dict[str, Any],
-        step: SensitivityPruneConfig,
-        final_w: dict[str, int],
-        start_w: dict[str, int],
-        recovery: FineTuneConfig | None,
-        passno: int,
-        variant: Callable[[dict[str, float]], tuple[Any, Callable]],
-        widths_of: Callable[[Any], dict[str, int]],
-    ) -> bool:
-        """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
-        each with a milder fallback; ``variant(ratios)`` gives a round's ``(config, fn)``, ``widths_of``
-        the model's current widths."""
-        rounds, done_rounds, extra = step.rounds, 0, 1
-        while True:
-            current = widths_of(state["model"])
-            if all(current.get(p, w) <= w for p, w in final_w.items()):
-                return True
-            done_rounds += 1
-            if done_rounds > rounds + extra:
-                return False
-            frac = min(1.0, done_rounds / rounds)
-            round_w = {
-                p: max(
-                    final_w[p],
-                    _round_width(start_w[p], round(start_w[p] * (final_w[p] / start_w[p]) ** frac), self.round_to_used),
-                )
-                for p in final_w
-            }
-            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
-            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
-            variants = []
-            for desc, widths in (("", round_w), (" (milder)", mid_w)):
-                ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
-                if not ratios or (desc and widths == round_w):
-                    continue
-                variants.append((desc, *variant(ratios)))
-            if not variants:
-                return True
-            if not self._attempt(state, label, variants, recovery, passno):
-                return False
+    scale = 1.0
+    for _ in range(8):
+        lim = {k: v * scale for k, v in limits.items()}
+        try:
+            ratios = uniform(costs, lim, max_ratio=max_ratio)
+            if sens is not None:  # greedy allocation, unless uniform ratios are predicted to lose less
+                greedy = allocate(sens, costs, lim, max_ratio=max_ratio, spread=spread)
+                ratios = greedy if sens.predicted_loss(greedy) <= sens.predicted_loss(ratios) else ratios
+        except SlimkitError:
+            return None
+        widths = {
+            p: _round_width(k, k - math.floor(ratios.get(p, 0.0) * k + 1e-9), round_to, nearest=True)
+            for p, k in n.items()
+        }
+        got = real(widths)
+        over = max(got[k] / lim_k for k, lim_k in limits.items())
+        if over <= 1.0 + 1e-9:
+            return _grow(costs, sens, limits, widths, round_to, real), ratios
+        scale /= over * 1.005
+    return None
 
 
-@dataclasses.dataclass
-class UserLoop:
-    """The user's own training and evaluation, when given to :func:`slimkit.optimize.optimize`:
-    ``finetune(model, epochs, teacher)`` trains in place, ``evaluate(model, split)`` returns metrics."""
+def _grow(
+    costs: CostModel,
+    sens: Sensitivity | None,
+    limits: dict[str, float],
+    widths: dict[str, int],
+    round_to: int | str,
+    real: Callable[[dict[str, int]], dict[str, float]],
+) -> dict[str, int]:
+    """Give back whole channel blocks that rounding took beyond the budget, where they lower the
+    predicted loss most per unit of cost, while the (estimated, then real) budget still holds."""
+    block = _block(round_to)
+    if block <= 1:
+        return widths
+    n = costs.groups
 
-    finetune: Callable[[nn.Module, int, nn.Module | None], Any] | None = None
-    evaluate: Callable[[Any, str], dict[str, float]] | None = None
+    def ratios_of(w: dict[str, int]) -> dict[str, float]:
+        return {p: (n[p] - v) / n[p] for p, v in w.items()}
 
-    @classmethod
-    def check(cls, data: Any, finetune: Any, evaluate: Any, example: Any) -> UserLoop:
-        """The user loop after checking that the arguments make a complete run (one-line errors)."""
-        for name, fn in (("finetune", finetune), ("evaluate", evaluate)):
-            if fn is not None and not callable(fn):
-                raise SlimkitError(f"{name} must be a function, got {type(fn).__name__}")
-        if data is None:
-            missing = [name for name, v in (("evaluate", evaluate), ("example_inputs", example)) if v is None]
-            if missing:
-                raise SlimkitError(
-                    f"without data, optimize needs {' and '.join(missing)}: pass data (a Dataset or Loaders) "
-                    "or your own evaluate(model, split) and example_inputs"
-                )
-        return cls(finetune, evaluate)
+    def loss(w: dict[str, int]) -> float:
+        return sens.predicted_loss(ratios_of(w)) if sens is not None else -sum(v / n[p] for p, v in w.items())
+
+    grown = dict(widths)
+    while True:
+        best, best_score = None, math.inf
+        for p in grown:
+            if grown[p] + block > n[p]:
+                continue
+            trial = {**grown, p: grown[p] + block}
+            est = costs.estimate(ratios_of(trial))
+            if any(est[k] > 0.995 * lim for k, lim in limits.items()):
+                continue
+            added = sum(est[k] / costs.base[k] for k in limits) + 1e-12
+            score = (loss(trial) - loss(grown)) / added  # most loss removed per cost added
+            if score < best_score:
+                best, best_score = trial, score
+        if best is None:
+            break
+        grown = best
+    if grown == widths:
+        return widths
+    got = real(grown)
+    return grown if all(got[k] <= lim for k, lim in limits.items()) else widths
 
 
-class Loop(BackOff):
+class Loop:
     """State of one optimization run (one pass or several): the original, budgets, candidates.
 
-    Used by :func:`slimkit.optimize.optimize` and by each search trial; not a public API.
+    Written once for every framework: all it does to models goes through ``backend``
+    (:class:`slimkit.optimize.backend.Backend`). Used by :func:`slimkit.optimize.optimize`, by
+    :func:`slimkit.keras.optimize.optimize` and by each search trial; not a public API.
     """
 
     def __init__(
         self,
-        original: nn.Module,
-        data: Any,
+        backend: Backend,
+        original: Any,
         target: Target,
         *,
         workdir: Path,
         deadline: float | None,
         log: Log,
-        progress: bool,
         sensitivity_cache: Callable[[str, Callable[[], Sensitivity]], Sensitivity] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        base: dict[str, Any] | None = None,
-        task: Task | None = None,
-        val_batches: int | None = None,
-        user: UserLoop | None = None,
-        example: Any = None,
     ) -> None:
-        from slimkit.evaluate import data_task
-
-        self.original = original.eval()
-        self.data = data
-        self.task = (task or data_task(data)).bind(self.original)
-        self.val_batches = val_batches
-        self.user = user or UserLoop()
-        self.example = example if example is not None else data.example
+        self.be = backend
+        self.original = original
         self.target = target
         self.workdir = workdir
         self.deadline = deadline
         self.log = log
-        self.progress = progress
         self.sensitivity_cache = sensitivity_cache
         self.on_epoch = on_epoch
         self.candidates: list[Candidate] = []
         self.allocations: list[dict[str, Any]] = []
         self.sensitivity: Sensitivity | None = None
-        self.layer_names = list(group_widths(original, self.example))
         self.reference_onnx: Path | None = None
-        self.seed = 0
         self.progress_dir: Path | None = None  # where finished steps are checkpointed (resumable runs)
         self.restored: dict[str, Any] | None = None
         self.round_to_used: int | str = 1
-        self.base = base or self.measure_base()
+        self._files = 0
+        self.base = self.measure_base()
         self.limits = target.limits(self.base["costs"])
+
+    @property
+    def example(self) -> Any:
+        return self.be.example
+
+    def scratch(self, suffix: str) -> Path:
+        """A new file name in the run's scratch folder."""
+        self._files += 1
+        return self.workdir / f"candidate-{self._files:03d}{suffix}"
 
     # ---- measuring -------------------------------------------------------------------------
     def measure_base(self) -> dict[str, Any]:
         metrics, loss = self.val_metrics(self.original)
-        costs = self.torch_costs(self.original)
+        costs = self.be.costs(self.original)
         if "latency" in self.target.costs():
-            from slimkit.io.onnx import export_onnx
-
-            self.reference_onnx = self.workdir / "original.onnx"
-            export_onnx(self.original, self.reference_onnx, self.example)
+            self.reference_onnx = self.be.export_onnx(self.original, self.workdir / "original.onnx")
             costs["latency"] = ort_latency(self.reference_onnx, self.example, self.target.latency_batch, runs=40)[0]
         return {"metrics": metrics, "loss": loss, "costs": costs}
 
-    def scores(self, model: Any, split: str = "val") -> dict[str, float]:
-        """Metrics of ``model`` (a module or an ONNX runner) on ``split``, ``loss`` among them: the user's
-        ``evaluate``, else the task's."""
-        if self.user.evaluate is None:
-            loader = self.data.loader(split, shuffle=False)
-            return self.task.evaluate(model, loader, max_batches=self.val_batches if split == "val" else None)
-        got = self.user.evaluate(model, split)
-        if not isinstance(got, dict) or not all(isinstance(v, int | float) for v in got.values()):
-            raise SlimkitError(f"evaluate(model, {split!r}) must return a dict of numbers, got {got!r:.200}")
-        metrics = {k: float(v) for k, v in got.items()}
-        if self.target.metric not in metrics:
-            raise SlimkitError(
-                f"evaluate(model, {split!r}) returned no {self.target.metric!r} (it gave {', '.join(metrics)}); "
-                "pass metric= the key that decides"
-            )
-        return metrics
-
     def val_metrics(self, model: Any) -> tuple[dict[str, float], float]:
-        """The metrics of ``model`` (a module or an ONNX runner) on validation, and its loss (without
+        """The metrics of ``model`` (a model or an ONNX runner) on validation, and its loss (without
         one from the user's ``evaluate``: the deciding metric made lower-is-better)."""
-        metrics = self.scores(model, "val")
+        metrics = self.be.scores(model, "val")
         return metrics, metrics.get("loss", -self.target.score(metrics))
-
-    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report:
-        """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs)."""
-        from slimkit.evaluate import evaluate
-
-        if self.user.evaluate is None:
-            return evaluate(model, self.data, task=self.task, split=split, batch_sizes=batch_sizes)
-        return evaluate(
-            model,
-            None,
-            metrics=self.scores(model, split),
-            example_inputs=self.example,
-            split=split,
-            batch_sizes=batch_sizes,
-        )
-
-    def torch_costs(self, model: nn.Module) -> dict[str, float | None]:
-        from slimkit.io.checkpoint import weights_bytes
-
-        return {
-            "macs": count_macs(model, self.example),
-            "params": count_params(model),
-            "bytes": len(weights_bytes(model)[0]),
-        }
 
     def record(
         self,
@@ -343,31 +254,23 @@ class Loop(BackOff):
         config: Config | dict | None,
         *,
         onnx: Path | None = None,
-        fp32: nn.Module | None = None,
         started: float,
         passno: int,
     ) -> Candidate:
-        """Validate ``model`` (a module, or the int8 ``onnx`` file made from ``fp32``) and keep it."""
-        if onnx is not None:
-            from slimkit.io.onnx import OnnxModel
+        """Validate ``model`` (or the int8 ``onnx`` file made from it) and keep it as a candidate."""
+        from slimkit.io.onnx import OnnxModel
 
-            runner = OnnxModel(onnx)
-            metrics, loss = self.val_metrics(runner)
-            costs = self.torch_costs(fp32)
+        metrics, loss = self.val_metrics(model if onnx is None else OnnxModel(onnx))
+        costs = self.be.costs(model)
+        if onnx is not None:
             costs["bytes"] = onnx.stat().st_size
-            if "latency" in self.limits:
-                costs["latency"] = self.paired(
-                    *ort_latency(onnx, self.example, self.target.latency_batch, reference=self.reference_onnx)
-                )
-            widths = _widths(fp32, self.layer_names)
-        else:
-            metrics, loss = self.val_metrics(model)
-            costs = self.torch_costs(model)
-            if "latency" in self.limits:
-                costs["latency"] = self.paired(
-                    *export_latency(model, self.example, self.target.latency_batch, reference=self.reference_onnx)
-                )
-            widths = _widths(model, self.layer_names)
+        if "latency" in self.limits:
+            path = onnx or self.be.export_onnx(model, self.scratch(".onnx"))
+            costs["latency"] = self.paired(
+                *ort_latency(path, self.example, self.target.latency_batch, reference=self.reference_onnx)
+            )
+            if onnx is None:
+                path.unlink()
         cfg = config.to_dict() if isinstance(config, Config) else dict(config or {})
         c = Candidate(
             id=len(self.candidates),
@@ -379,7 +282,7 @@ class Loop(BackOff):
             quality_ok=self.target.quality_ok(metrics, self.base["metrics"]),
             cost_ok=self.target.cost_ok(costs, self.base["costs"]),
             seconds=time.monotonic() - started,
-            widths=widths,
+            widths=self.be.widths(model),
             passno=passno,
         )
         self.candidates.append(c)
@@ -402,47 +305,20 @@ class Loop(BackOff):
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
+    def accept(self, c: Candidate) -> Candidate:
+        c.accepted = True
+        return c
+
     # ---- steps -----------------------------------------------------------------------------
-    def finetune(self, model: nn.Module, cfg: FineTuneConfig, epochs: int | None = None) -> None:
-        """Recovery training of ``model`` in place: the user's ``finetune`` if given, else :func:`slimkit.train.fit`."""
-        from slimkit.train import fit
-
-        if self.user.finetune is not None:
-            self.user.finetune(model, epochs or cfg.epochs, self.original if cfg.distill else None)
-            model.eval()
-            return
-        if self.data is None:
-            raise SlimkitError("the recipe fine-tunes, but there is no training data: pass data or finetune=fn")
-        fit(
-            model,
-            self.data.train,
-            val=self.data.val,
-            task=self.task,
-            epochs=epochs or cfg.epochs,
-            steps_per_epoch=cfg.steps_per_epoch,
-            lr=cfg.lr,
-            optimizer=cfg.optimizer,
-            teacher=self.original if cfg.distill or not self.task.needs_targets else None,
-            temperature=cfg.temperature,
-            alpha=cfg.alpha,
-            patience=cfg.patience,
-            augment=getattr(self.data, "augment", None) if cfg.augment else None,
-            progress=self.progress,
-            on_epoch=self.on_epoch,
-            seed=self.seed,
-            max_val_batches=self.val_batches,
-            deadline=self.deadline,
-        )
-
-    def prune(self, model: nn.Module, cfg: ChannelPruneConfig) -> None:
-        """Structured pruning of ``model`` in place, importance and calibration on training batches."""
-        data = None if self.data is None else self.data.train
-        prune_channels(model, cfg, self.example, data=data, task=self.task)
+    def finetune(self, model: Any, cfg: FineTuneConfig) -> None:
+        """Recovery training of ``model`` in place (distilled from the original when ``cfg.distill``)."""
+        self.be.finetune(model, cfg, self.original, on_epoch=self.on_epoch, deadline=self.deadline)
 
     def run_pass(self, recipe: Recipe, passno: int = 1) -> dict[str, Any]:
         """Run every recipe step once; returns the pass's final state (model, int8 path, candidate)."""
-        model = copy.deepcopy(self.original)
-        state: dict[str, Any] = {"model": model, "onnx": None, "candidate": None, "backed_off": []}
+        self.be.check_recipe(recipe)
+        state: dict[str, Any] = {"model": self.be.copy(self.original), "onnx": None, "candidate": None}
+        state["backed_off"] = []
         steps = list(recipe.steps)
         i = 0
         if self.restored is not None and self.restored["passno"] == passno:
@@ -472,7 +348,7 @@ class Loop(BackOff):
                     self.record(state["model"], "fine-tune", step, started=started, passno=passno)
                 )
             elif isinstance(step, FoldConfig):
-                apply_(state["model"], step, example_inputs=self.example)
+                state["model"] = self.be.transform(state["model"], step)
                 state["candidate"] = self.accept(
                     self.record(state["model"], "fold", step, started=started, passno=passno)
                 )
@@ -487,8 +363,6 @@ class Loop(BackOff):
 
     def save_progress(self, recipe: Recipe, passno: int, next_step: int, state: dict[str, Any]) -> None:
         """Checkpoint the pass after a finished step (one atomic folder: model + loop state)."""
-        from slimkit.io import save
-
         folder = self.progress_dir / f"pass{passno:02d}-step{next_step:02d}"
         if folder.exists():
             return
@@ -501,12 +375,10 @@ class Loop(BackOff):
             "candidates": [c.to_dict() for c in self.candidates],
             "allocations": self.allocations,
         }
-        save(state["model"], folder, example=self.example, extra_files={"progress.json": json.dumps(info, default=str)})
+        self.be.save(state["model"], folder, {"progress.json": json.dumps(info, default=str)})
 
     def restore_progress(self) -> Recipe | None:
         """Load the latest saved progress (``--resume`` without a search); returns its pass's recipe."""
-        from slimkit.io import load
-
         if self.progress_dir is None or not self.progress_dir.is_dir():
             return None
         folders = sorted(p for p in self.progress_dir.iterdir() if (p / "progress.json").is_file())
@@ -523,19 +395,39 @@ class Loop(BackOff):
             "next_step": info["next_step"],
             "candidate": info["candidate"],
             "backed_off": info["backed_off"],
-            "model": load(folders[-1]),
+            "model": self.be.load(folders[-1]),
         }
         return Recipe.from_dict(info["recipe"])
 
-    def accept(self, c: Candidate) -> Candidate:
-        c.accepted = True
-        return c
-
-    def _candidate(self, model: nn.Module, fn: Callable[[nn.Module], Any]) -> nn.Module:
-        """``fn`` changes a model in place: it gets a copy, the state's model is never changed."""
-        cand = copy.deepcopy(model)
-        fn(cand)
-        return cand
+    def _attempt(
+        self,
+        state: dict[str, Any],
+        label: str,
+        variants: list[tuple[str, Config | dict, Callable[[Any], Any]]],
+        recovery: FineTuneConfig | None,
+        passno: int,
+    ) -> bool:
+        """Try ``variants`` (strongest first) of a compressing step; keep the first that holds quality.
+        ``fn(model)`` of a variant changes a copy of the state's model and returns it."""
+        for k, (desc, cfg, fn) in enumerate(variants):
+            if self.out_of_time():
+                self.log(f"time budget reached during {label}")
+                return False
+            started = time.monotonic()
+            cand = fn(self.be.copy(state["model"]))
+            if recovery is not None:
+                self.finetune(cand, recovery)
+            c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
+            if not c.quality_ok and recovery is not None and k == 0 and not self.out_of_time():
+                c.note = "quality broken: fine-tuned again"
+                self.finetune(cand, recovery)
+                c = self.record(cand, f"{label}{desc} + more fine-tuning", cfg, started=started, passno=passno)
+            if c.quality_ok:
+                state["model"], state["candidate"] = cand, self.accept(c)
+                return True
+            c.note = "backed off: breaks the quality constraint"
+            self.log(f"  backing off {label}{desc}")
+        return False
 
     def compress_step(self, state: dict[str, Any], step: Config, recovery: FineTuneConfig | None, passno: int) -> bool:
         if isinstance(step, SensitivityPruneConfig):
@@ -543,7 +435,7 @@ class Loop(BackOff):
         if isinstance(step, ChannelPruneConfig):
             cfg = step
             if step.target_macs is not None or step.target_params is not None:  # shares of the original
-                now = self.torch_costs(state["model"])
+                now = self.be.costs(state["model"])
                 cfg = dataclasses.replace(
                     step,
                     target_macs=None
@@ -554,9 +446,9 @@ class Loop(BackOff):
                     else min(1.0, step.target_params * self.base["costs"]["params"] / now["params"]),
                 )
             mild = _milder(cfg)
-            variants = [("", cfg, lambda m, c=cfg: self.prune(m, c))]
+            variants = [("", cfg, lambda m, c=cfg: self.be.prune(m, c))]
             if mild is not None:
-                variants.append((" (milder)", mild, lambda m, c=mild: self.prune(m, c)))
+                variants.append((" (milder)", mild, lambda m, c=mild: self.be.prune(m, c)))
             return self._attempt(state, "prune", variants, recovery, passno)
         if isinstance(step, LowRankConfig):
             if step.layers is None:
@@ -564,10 +456,10 @@ class Loop(BackOff):
                 if not step.layers:
                     self.log("  low-rank: every layer is too sensitive (or would not shrink): step skipped")
                     return False
-            variants = [("", step, lambda m: apply_(m, step, example_inputs=self.example))]
+            variants = [("", step, lambda m: self.be.transform(m, step))]
             mild = _milder(step)
             if mild is not None:
-                variants.append((" (milder)", mild, lambda m: apply_(m, mild, example_inputs=self.example)))
+                variants.append((" (milder)", mild, lambda m: self.be.transform(m, mild)))
             return self._attempt(state, "low-rank", variants, recovery, passno)
         raise SlimkitError(f"not a compressing step: {type(step).__name__}")
 
@@ -583,52 +475,86 @@ class Loop(BackOff):
         }
         if step.allocation == "global":
             return self.global_prune(state, step, limits, recovery, passno)
-        costs = CostModel(model, self.example, step.protected)
-        sens = None
-        if step.allocation == "sensitivity":
-            sens = self.get_sensitivity(model, step)
+        costs = self.be.cost_model(model, step.protected)
+        if not costs.groups:
+            self.log("  pruning: no prunable group (every group is blocked or protected): step skipped")
+            return False
+        sens = self.get_sensitivity(model, step) if step.allocation == "sensitivity" else None
         final_w = self.resolve(model, costs, sens, step, limits)
+        return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno)
 
-        def variant(ratios: dict[str, float]) -> tuple[Config, Callable]:
-            cfg = ChannelPruneConfig(
-                ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
-            )
-            return cfg, lambda m: self.prune(m, cfg)
-
-        return self.prune_in_rounds(
-            state,
-            step,
-            final_w,
-            dict(costs.groups),
-            recovery,
-            passno,
-            variant,
-            lambda m: group_widths(m, self.example, step.protected),
-        )
+    def prune_in_rounds(
+        self,
+        state: dict[str, Any],
+        step: SensitivityPruneConfig,
+        final_w: dict[str, int],
+        start_w: dict[str, int],
+        recovery: FineTuneConfig | None,
+        passno: int,
+    ) -> bool:
+        """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
+        each with a milder fallback."""
+        rounds, done_rounds, extra = step.rounds, 0, 1
+        while True:
+            current = dict(self.be.cost_model(state["model"], step.protected).groups)
+            if all(current.get(p, w) <= w for p, w in final_w.items()):
+                return True
+            done_rounds += 1
+            if done_rounds > rounds + extra:
+                return False
+            frac = min(1.0, done_rounds / rounds)
+            round_w = {
+                p: max(
+                    final_w[p],
+                    _round_width(start_w[p], round(start_w[p] * (final_w[p] / start_w[p]) ** frac), self.round_to_used),
+                )
+                for p in final_w
+            }
+            mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
+            label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
+            variants = []
+            for desc, widths in (("", round_w), (" (milder)", mid_w)):
+                ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
+                if not ratios or (desc and widths == round_w):
+                    continue
+                cfg = ChannelPruneConfig(
+                    ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
+                )
+                variants.append((desc, cfg, lambda m, c=cfg: self.be.prune(m, c)))
+            if not variants:
+                return True
+            if not self._attempt(state, label, variants, recovery, passno):
+                return False
 
     def resolve(
         self,
-        model: nn.Module,
+        model: Any,
         costs: CostModel,
         sens: Sensitivity | None,
         step: SensitivityPruneConfig,
         limits: dict[str, float],
     ) -> dict[str, int]:
-        """Per-group final widths meeting ``limits`` on the real pruned model (estimates checked, tightened).
+        """Per-group final widths meeting ``limits`` on the real pruned model (:func:`fit_widths`).
 
         Widths rounded to ``step.round_to`` that cannot meet the budget fall back to unrounded widths.
         """
+
+        def measure(ratios: dict[str, float]) -> dict[str, float]:
+            cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, protected=list(step.protected))
+            trial = self.be.prune(self.be.copy(model), cfg) if ratios else model
+            return self.be.costs(trial)
+
+        fit = functools.partial(
+            fit_widths, costs, limits, measure, sens=sens, max_ratio=step.max_ratio, spread=step.spread
+        )
         self.round_to_used = step.round_to
-        try:
-            found = self._resolve(model, costs, sens, step, limits, step.round_to)
-        except SlimkitError:
-            found = None
+        found = fit(round_to=step.round_to)
         if found is None and _block(step.round_to) > 1:
             self.log(f"  widths in multiples of {_block(step.round_to)} cannot meet the budget: not rounding")
             self.round_to_used = 1
-            found = self._resolve(model, costs, sens, step, limits, 1)
+            found = fit(round_to=1)
         if found is None:
-            raise SlimkitError("cannot meet the pruning budget on the real model (see the allocation)")
+            raise SlimkitError(f"cannot meet the pruning budget {limits} by pruning the model's groups")
         widths, ratios = found
         entry = {
             "allocation": step.allocation,
@@ -648,100 +574,15 @@ class Loop(BackOff):
                 f"(uniform: {entry['uniform_predicted_loss']:.3f})"
             )
         self.allocations.append(entry)
+        self.log("  widths: " + ", ".join(f"{p} {costs.groups[p]} -> {w}" for p, w in widths.items()))
         return widths
 
-    def _resolve(
-        self,
-        model: nn.Module,
-        costs: CostModel,
-        sens: Sensitivity | None,
-        step: SensitivityPruneConfig,
-        limits: dict[str, float],
-        round_to: int | str,
-    ) -> tuple[dict[str, int], dict[str, float]] | None:
-        scale = 1.0
-        for _ in range(8):
-            lim = {k: v * scale for k, v in limits.items()}
-            ratios = uniform(costs, lim, max_ratio=step.max_ratio)
-            if sens is not None:  # greedy allocation, unless uniform ratios are predicted to lose less
-                greedy = allocate(sens, costs, lim, max_ratio=step.max_ratio, spread=step.spread)
-                ratios = greedy if sens.predicted_loss(greedy) <= sens.predicted_loss(ratios) else ratios
-            widths = {
-                p: _round_width(n, n - math.floor(ratios.get(p, 0.0) * n + 1e-9), round_to, nearest=True)
-                for p, n in costs.groups.items()
-            }
-            trial = copy.deepcopy(model)
-            exact = {p: (costs.groups[p] - w) / costs.groups[p] for p, w in widths.items() if w < costs.groups[p]}
-            if exact:
-                prune_channels(
-                    trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)), self.example
-                )
-            real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
-            over = max(real[k] / lim_k for k, lim_k in limits.items())
-            if over <= 1.0 + 1e-9:
-                return self._grow(model, costs, sens, step, limits, widths, round_to), ratios
-            scale /= over * 1.005
-        return None
-
-    def _grow(
-        self,
-        model: nn.Module,
-        costs: CostModel,
-        sens: Sensitivity | None,
-        step: SensitivityPruneConfig,
-        limits: dict[str, float],
-        widths: dict[str, int],
-        round_to: int | str,
-    ) -> dict[str, int]:
-        """Give back whole channel blocks that rounding took beyond the budget, where they lower the
-        predicted loss most per unit of cost, while the (estimated, then real) budget still holds."""
-        block = _block(round_to)
-        if block <= 1:
-            return widths
-        n = costs.groups
-
-        def ratios_of(w: dict[str, int]) -> dict[str, float]:
-            return {p: (n[p] - v) / n[p] for p, v in w.items()}
-
-        def loss(w: dict[str, int]) -> float:
-            return sens.predicted_loss(ratios_of(w)) if sens is not None else -sum(v / n[p] for p, v in w.items())
-
-        grown = dict(widths)
-        while True:
-            best, best_score = None, math.inf
-            for p in grown:
-                if grown[p] + block > n[p]:
-                    continue
-                trial = {**grown, p: grown[p] + block}
-                est = costs.estimate(ratios_of(trial))
-                if any(est[k] > 0.995 * lim for k, lim in limits.items()):
-                    continue
-                added = sum(est[k] / costs.base[k] for k in limits) + 1e-12
-                score = (loss(trial) - loss(grown)) / added  # most loss removed per cost added
-                if score < best_score:
-                    best, best_score = trial, score
-            if best is None:
-                break
-            grown = best
-        if grown == widths:
-            return widths
-        trial = copy.deepcopy(model)
-        exact = {p: (n[p] - w) / n[p] for p, w in grown.items() if w < n[p]}
-        if exact:
-            prune_channels(
-                trial, ChannelPruneConfig(ratio=0.0, ratios=exact, protected=list(step.protected)), self.example
-            )
-        real = {"macs": count_macs(trial, self.example), "params": count_params(trial)}
-        return grown if all(real[k] <= lim for k, lim in limits.items()) else widths
-
-    def pick_lowrank_layers(self, model: nn.Module, step: LowRankConfig) -> LowRankConfig:
+    def pick_lowrank_layers(self, model: Any, step: LowRankConfig) -> LowRankConfig:
         """Factorize only the layers whose low-rank sensitivity is small: factorizing one alone (SVD, at
         the probed rank share nearest the step's) may cost at most half the allowed quality drop."""
-        from slimkit.optimize.sensitivity import lowrank_sensitivity
-
         self.log("  low-rank sensitivity: factorizing each Linear / Conv2d alone (validation split)")
         m = self.target.metric
-        layers = lowrank_sensitivity(model, self.example, (0.5, 0.25, 0.125), self.probe_scores, m)
+        layers = self.be.lowrank_probe(model, (0.5, 0.25, 0.125), self.probe_scores, m)
         if self.sensitivity is None:
             self.sensitivity = Sensitivity(key="lowrank", base=self.probe_scores(model), groups={}, metric=m)
         self.sensitivity.layers = layers
@@ -759,40 +600,50 @@ class Loop(BackOff):
         )
         return dataclasses.replace(step, layers=tuple(chosen))
 
-    def probe_scores(self, model: nn.Module) -> dict[str, float]:
+    def probe_scores(self, model: Any) -> dict[str, float]:
         """Validation ``loss`` and deciding metric of a sensitivity probe."""
         metrics, loss = self.val_metrics(model)
         return {"loss": loss, self.target.metric: metrics[self.target.metric]}
 
-    def get_sensitivity(self, model: nn.Module, step: SensitivityPruneConfig) -> Sensitivity:
+    def get_sensitivity(self, model: Any, step: SensitivityPruneConfig) -> Sensitivity:
         """Per-group sensitivity of ``model`` (from the run folder's cache when it was measured before)."""
-        from slimkit.optimize.sensitivity import measure_sensitivity, sensitivity_key
+        metric = self.target.metric
+        name = getattr(self.be.data, "name", None) or "user evaluate"
+        batches = getattr(self.be, "val_batches", None)
+        key = sensitivity_key(
+            self.be.fingerprint(model), step.importance, tuple(step.probe_ratios), name, False, metric, batches
+        )
 
         def measure() -> Sensitivity:
             self.log(
                 "  sensitivity: pruning each group alone at "
                 f"{', '.join(f'{r:.0%}' for r in step.probe_ratios)} (validation split)"
             )
-            return measure_sensitivity(
+            started = time.perf_counter()
+
+            def prune(m: Any, ratios: dict[str, float]) -> Any:
+                cfg = ChannelPruneConfig(
+                    ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
+                )
+                return self.be.prune(self.be.copy(m), cfg)
+
+            base = self.probe_scores(model)
+            costs = self.be.cost_model(model, step.protected)
+            groups = probe_groups(
                 model,
-                self.data,
-                importance=step.importance,
-                probe_ratios=step.probe_ratios,
-                protected=step.protected,
-                task=self.task,
-                max_batches=self.val_batches,
-                scores=self.probe_scores,
-                metric=self.target.metric,
-                example_inputs=self.example,
+                costs,
+                prune,
+                self.probe_scores,
+                lambda m: self.be.costs(m)["macs"],
+                tuple(step.probe_ratios),
+                metric,
             )
+            return Sensitivity(key, base, groups, seconds=time.perf_counter() - started, metric=metric)
 
         if self.sensitivity_cache is None:
             sens = measure()
+            self.log(f"  sensitivity: {len(sens.groups)} groups in {sens.seconds:.1f} s")
         else:
-            name = getattr(self.data, "name", "user evaluate")
-            key = sensitivity_key(
-                model, step.importance, tuple(step.probe_ratios), name, False, self.target.metric, self.val_batches
-            )
             sens = self.sensitivity_cache(key, measure)
         self.sensitivity = sens
         return sens
@@ -806,7 +657,7 @@ class Loop(BackOff):
         passno: int,
     ) -> bool:
         for r in range(1, step.rounds + 1):
-            now = self.torch_costs(state["model"])
+            now = self.be.costs(state["model"])
             frac = r / step.rounds
             shares = {
                 k: (lim / self.base["costs"][k]) ** frac * self.base["costs"][k] / now[k] for k, lim in limits.items()
@@ -823,30 +674,27 @@ class Loop(BackOff):
                 target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,
                 target_params=min(1.0, shares["params"]) if "params" in shares else None,
             )
-            fn = lambda m, c=cfg: self.prune(m, c)  # noqa: E731
+            fn = lambda m, c=cfg: self.be.prune(m, c)  # noqa: E731
             if not self._attempt(state, f"prune round {r}/{step.rounds} (global)", [("", cfg, fn)], recovery, passno):
                 return False
         return True
 
     def quantize_step(self, state: dict[str, Any], step: QuantizeConfig, passno: int) -> None:
-        from slimkit.compress import quantize
-
-        if self.data is None:
+        """int8 ONNX of the state's model, kept when it holds the quality constraint (the slack the fp32
+        candidate leaves is what int8 may use)."""
+        if self.be.data is None:
             self.log("  int8 quantization skipped: it calibrates on data (pass data= with your own evaluate)")
             state["backed_off"].append("QuantizeConfig (no calibration data)")
             return
         started = time.monotonic()
-        fp32 = state["model"]
         c_fp32 = state["candidate"]
         cfg = step
         if step.max_drop is None and self.target.max_drop is not None and not self.target.min_metrics:
             slack = self.target.slack(c_fp32.metrics, self.base["metrics"]) if c_fp32 is not None else 0.0
             cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
-        if self.val_batches is not None and cfg.val_batches is None:
-            cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
-        path = self.workdir / f"int8-{len(self.candidates)}.onnx"
-        result = quantize(fp32, self.data, cfg, path, force=True, task=self.task)
-        c = self.record(None, f"int8 ({result.mode})", cfg, onnx=path, fp32=fp32, started=started, passno=passno)
+        path = self.scratch(".int8.onnx")
+        result = self.be.quantize(state["model"], cfg, path)
+        c = self.record(state["model"], f"int8 ({result.mode})", cfg, onnx=path, started=started, passno=passno)
         c.note = result.reason
         if c.quality_ok:
             state["onnx"], state["candidate"], state["quantize"] = path, self.accept(c), result.to_dict()

@@ -20,9 +20,10 @@ from torch import nn
 from slimkit.core.errors import OutputExistsError, SlimkitError
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
 from slimkit.evaluate import Report, compare, data_task
-from slimkit.optimize.pipeline import Candidate, Log, Loop, UserLoop, copy_file, pareto_front, tighten
+from slimkit.optimize.backend import Backend, TorchBackend, UserLoop
+from slimkit.optimize.pipeline import Candidate, Log, Loop, copy_file, pareto_front, tighten
 from slimkit.optimize.recipe import Recipe, auto_recipe
-from slimkit.optimize.sensitivity import Sensitivity, fingerprint
+from slimkit.optimize.sensitivity import Sensitivity
 from slimkit.optimize.target import Target, format_duration, parse_target
 from slimkit.task import Task, format_metric
 
@@ -37,9 +38,10 @@ class OptimizeResult:
     ONNX file when the recipe quantized. ``before`` / ``after`` are measured once on the **test**
     split (``after`` measures the deployed artifact: the int8 file when there is one).
     ``candidates`` are every model the loop validated, ``chosen`` the id of the final one.
+    ``model`` is a ``torch.nn.Module``, or a Keras model for :func:`slimkit.keras.optimize`.
     """
 
-    model: nn.Module
+    model: Any
     int8_path: Path | None
     target: Target
     recipe: Recipe
@@ -59,6 +61,8 @@ class OptimizeResult:
     notes: list[str] = dataclasses.field(default_factory=list)
     quantize: dict[str, Any] | None = None
     speed: dict[str, Any] | None = None
+    backend: Backend | None = dataclasses.field(default=None, repr=False)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def comparison(self) -> Any:
@@ -71,6 +75,7 @@ class OptimizeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "framework": self.backend.framework if self.backend is not None else "pytorch",
             "target": self.target.to_dict(),
             "target_text": str(self.target),
             "target_met_on_validation": self.target_met,
@@ -124,29 +129,10 @@ class OptimizeResult:
             self.int8_path = folder / "model.int8.onnx"
 
     def _save_model(self, path: Path) -> None:
-        """The optimized model's own files in ``path``: ``checkpoint/`` (a ``torch.export`` program
-        ``model.pt2`` for a model slimkit cannot rebuild: no zoo name, no factory) and ``model.onnx``
-        (for a model with one input tensor)."""
-        from slimkit.core.errors import ModelFileError
-        from slimkit.io import export, save
-
-        try:
-            save(self.model, path / "checkpoint", example=self.before_example, force=True)
-            self.files = {"checkpoint": "checkpoint"}
-        except ModelFileError as exc:
-            if "does not know how to rebuild" not in str(exc):
-                raise
-            export(self.model, path / "model.pt2", self.before_example, force=True)
-            self.files = {"program": "model.pt2"}
-            note = "no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)"
-            if note not in self.notes:
-                self.notes.append(note)
-        if isinstance(self.before_example, torch.Tensor):
-            export(self.model, path / "model.onnx", self.before_example, force=True)
-            self.files["onnx"] = "model.onnx"
-
-    before_example: Any = None
-    files: dict[str, str] = dataclasses.field(default_factory=dict)
+        """The optimized model's own files in ``path`` (the backend's: ``checkpoint/`` or ``model.pt2``
+        and ``model.onnx`` for PyTorch, ``model.keras`` and ``model.onnx`` for Keras)."""
+        self.files, notes = self.backend.save_outputs(self.model, path)
+        self.notes += [n for n in notes if n not in self.notes]
 
     def summary(self) -> str:
         c = self.chosen_candidate
@@ -351,10 +337,7 @@ def optimize(
 
     started = time.monotonic()
     log = log or (lambda s: None)
-    if isinstance(target, str | list):
-        target = parse_target(target)
-    if not isinstance(target, Target):
-        raise SlimkitError(f"target must be a slimkit.Target or strings like 'macs=0.25', got {type(target).__name__}")
+    target = _as_target(target)
     if isinstance(data, str):
         data = data_mod.load(data)
     if not isinstance(model, nn.Module):
@@ -364,47 +347,114 @@ def optimize(
     target = target.for_task(metric or task.metric, higher_is_better)
     if val_batches is not None and val_batches < 1:
         raise SlimkitError(f"val_batches must be at least 1, got {val_batches}")
-    if recipe is None or recipe == "auto":
-        auto = {
-            "quantize": quantize,
-            "finetune_epochs": finetune_epochs,
-            "rounds": rounds,
-            "allocation": allocation,
-            "importance": importance,
-            "round_to": round_to,
-            "steps_per_epoch": steps_per_epoch,
-        }
-        auto_recipe(target, dict.fromkeys(("macs", "params", "bytes", "latency"), 1.0), **auto)  # checks them now
-        recipe_setting: Any = {"auto": auto}
-    else:
-        recipe, auto = resolve_recipe(recipe), None
-        recipe_setting = recipe.to_dict()
+    torch.manual_seed(seed)
+    original = copy.deepcopy(model).eval()
+    backend = TorchBackend(
+        original,
+        data,
+        task=task,
+        val_batches=val_batches,
+        user=user,
+        example=example_inputs,
+        progress=progress,
+        seed=seed,
+    )
+    backend.metric = target.metric
     settings = {
-        "recipe": recipe_setting,
-        "seed": seed,
-        "study": study_name,
-        "search": trials > 0,
         "task": task.name,
         "val_batches": val_batches,
         "user_loop": [name for name in ("finetune", "evaluate") if getattr(user, name) is not None],
     }
-    manifest = run_manifest(fingerprint(model), data, target, settings)
+    auto = {
+        "quantize": quantize,
+        "finetune_epochs": finetune_epochs,
+        "rounds": rounds,
+        "allocation": allocation,
+        "importance": importance,
+        "round_to": round_to,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    return run_optimize(
+        backend,
+        original,
+        data,
+        target,
+        recipe,
+        auto,
+        settings,
+        output=output,
+        trials=trials,
+        storage=storage,
+        study_name=study_name,
+        resume=resume,
+        seed=seed,
+        force=force,
+        html=html,
+        started=started,
+        log=log,
+    )
+
+
+def _as_target(target: Any) -> Target:
+    if isinstance(target, str | list):
+        target = parse_target(target)
+    if not isinstance(target, Target):
+        raise SlimkitError(f"target must be a slimkit.Target or strings like 'macs=0.25', got {type(target).__name__}")
+    return target
+
+
+def run_optimize(
+    backend: Backend,
+    original: Any,
+    data: Any,
+    target: Target,
+    recipe: Recipe | str | Path | dict | None,
+    auto: dict[str, Any],
+    settings: dict[str, Any],
+    *,
+    output: str | Path | None,
+    trials: int,
+    storage: str | None,
+    study_name: str,
+    resume: bool,
+    seed: int,
+    force: bool,
+    html: bool,
+    started: float,
+    log: Log,
+) -> OptimizeResult:
+    """The framework-neutral body of ``optimize``: the run folder, the loop (or the search), the result.
+    ``auto`` holds the :func:`auto_recipe` settings used when ``recipe`` is ``"auto"``."""
+    if recipe is None or recipe == "auto":
+        auto_recipe(target, dict.fromkeys(("macs", "params", "bytes", "latency"), 1.0), **auto)  # checks them now
+        recipe_setting: Any = {"auto": auto}
+    else:
+        recipe, auto = resolve_recipe(recipe), None
+        backend.check_recipe(recipe)
+        recipe_setting = recipe.to_dict()
+    settings = {
+        "framework": backend.framework,
+        "recipe": recipe_setting,
+        "seed": seed,
+        "study": study_name,
+        "search": trials > 0,
+        **settings,
+    }
+    manifest = run_manifest(backend.fingerprint(original), data, target, settings)
     with run_folder(output, resume=resume, force=force, manifest=manifest) as (workdir, temporary):
         result = _run(
-            model,
-            data,
+            backend,
+            original,
             target,
             recipe,
             workdir,
             temporary,
-            setup={"task": task, "val_batches": val_batches, "user": user, "example": example_inputs},
             auto=auto,
             trials=trials,
             storage=storage,
             study_name=study_name,
             resume=resume,
             seed=seed,
-            progress=progress,
             html=html,
             started=started,
             log=log,
@@ -427,45 +477,30 @@ def resolve_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
 
 
 def _run(
-    model: nn.Module,
-    data: Any,
+    backend: Backend,
+    original: Any,
     target: Target,
     recipe: Any,
     workdir: Path,
     temporary: bool,
     *,
-    setup: dict[str, Any],
     auto: dict[str, Any] | None,
     trials: int,
     storage: str | None,
     study_name: str,
     resume: bool,
     seed: int,
-    progress: bool,
     html: bool,
     started: float,
     log: Log,
 ) -> OptimizeResult:
-    """The body of :func:`optimize` inside its run folder ``workdir``."""
+    """The body of :func:`run_optimize` inside its run folder ``workdir``."""
     deadline = None if target.time_budget is None else started + target.time_budget
-    torch.manual_seed(seed)
-    original = copy.deepcopy(model).eval()
     cache = SensitivityCache(workdir / "sensitivity.json", log)
     log(f"target: {target}")
     scratch = workdir / ".work"  # int8 files of candidates; removed once the outputs are saved
     scratch.mkdir(exist_ok=True)
-    loop = Loop(
-        original,
-        data,
-        target,
-        workdir=scratch,
-        deadline=deadline,
-        log=log,
-        progress=progress,
-        sensitivity_cache=cache,
-        **setup,
-    )
-    loop.seed = seed
+    loop = Loop(backend, original, target, workdir=scratch, deadline=deadline, log=log, sensitivity_cache=cache)
     m = target.metric
     log(
         f"original on validation: {m} {format_metric(m, loop.base['metrics'][m])}, "
@@ -473,6 +508,7 @@ def _run(
     )
     if auto is not None:
         recipe = auto_recipe(target, loop.base["costs"], **auto)
+        backend.check_recipe(recipe)
     log(f"recipe: {recipe}")
     notes: list[str] = []
     trial_rows: list[dict[str, Any]] = []
@@ -510,8 +546,8 @@ def _run(
     return result
 
 
-def run_passes(loop: Any, recipe: Recipe, notes: list[str], log: Log, first: int = 1) -> tuple[list[dict], Recipe]:
-    """Run ``recipe`` pass after pass (``loop``: the PyTorch or the Keras loop) until the target holds,
+def run_passes(loop: Loop, recipe: Recipe, notes: list[str], log: Log, first: int = 1) -> tuple[list[dict], Recipe]:
+    """Run ``recipe`` pass after pass until the target holds,
     time runs out or a pass cannot help; each next pass tightens the pruning budget by what the last
     one missed. Returns every pass's state and the last recipe run."""
     states = []
@@ -552,26 +588,23 @@ def _finish(
     """Test-split measurement (once, at the end) of the original and the chosen model."""
     from slimkit.io.onnx import OnnxModel
 
-    target = loop.target
+    be, target = loop.be, loop.target
     batches = tuple(sorted({1, target.latency_batch, 64}))
     log("measuring on the test split (once): original, then the optimized model")
-    before = loop.report(loop.original, "test", batches)
-    model: nn.Module = state["model"]
+    before = be.report(loop.original, "test", batches)
+    model = state["model"]
     int8 = state.get("onnx")
     if int8 is not None:
-        after = loop.report(OnnxModel(int8), "test", batches)
+        after = be.report(OnnxModel(int8), "test", batches)
         after.model = f"{after.model} (int8 ONNX)"
-        after.macs = loop.torch_costs(model)["macs"]
+        after.macs = be.costs(model)["macs"]
     else:
-        after = loop.report(model, "test", batches)
-    paired = _paired_speed(loop, model, int8, target.latency_batch)
+        after = be.report(model, "test", batches)
     front = pareto_front(loop.candidates, target.metric, "macs", target.higher_is_better)
     for c in loop.candidates:
         c.pareto = c.id in front
     chosen = state["candidate"]
-    from slimkit.optimize.pipeline import _widths
-
-    result = OptimizeResult(
+    return OptimizeResult(
         model=model,
         int8_path=int8,
         target=target,
@@ -584,36 +617,30 @@ def _finish(
         target_met=chosen.target_ok,
         sensitivity=loop.sensitivity,
         allocations=loop.allocations,
-        widths_before=_widths(loop.original, loop.layer_names),
-        widths_after=_widths(model, loop.layer_names),
+        widths_before=be.widths(loop.original),
+        widths_after=be.widths(model),
         seconds=time.monotonic() - started,
         output=output,
         trials=trials,
         notes=notes,
         quantize=state.get("quantize"),
-        speed=paired,
+        speed=_paired_speed(loop, model, int8, target.latency_batch),
+        backend=be,
     )
-    result.before_example = loop.example
-    return result
 
 
-def _paired_speed(loop: Loop, model: nn.Module, int8: Path | None, batch: int) -> dict[str, Any] | None:
+def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict[str, Any] | None:
     """ONNX Runtime latency of the fp32 ONNX original and of the deployed model, timed in alternation
     (a fair ratio on a busy machine); None without the ``onnx`` extra."""
     from slimkit.core.optional import available
-    from slimkit.io.onnx import export_onnx
     from slimkit.optimize.pipeline import ort_latency
 
     if not (available("onnxruntime") and available("onnxscript")) or not isinstance(loop.example, torch.Tensor):
         return None
     reference = loop.reference_onnx
     if reference is None or not reference.exists():
-        reference = loop.workdir / "original.onnx"
-        export_onnx(loop.original, reference, loop.example)
-    deployed = int8
-    if deployed is None:
-        deployed = loop.workdir / "final.onnx"
-        export_onnx(model, deployed, loop.example)
+        reference = loop.be.export_onnx(loop.original, loop.workdir / "original.onnx")
+    deployed = int8 or loop.be.export_onnx(model, loop.workdir / "final.onnx")
     ms, ref_ms = ort_latency(deployed, loop.example, batch, runs=30, reference=reference)
     return {
         "batch": batch,

@@ -30,15 +30,16 @@ from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConf
 from slimkit.prune import ChannelPruneConfig
 
 
-def suggest(trial: Any, recipe: Recipe) -> Recipe:
-    """The recipe with its tunable fields sampled by ``trial`` (names like ``s0.allocation``)."""
+def suggest(trial: Any, recipe: Recipe, allocations: tuple[str, ...] = ("sensitivity", "uniform", "global")) -> Recipe:
+    """The recipe with its tunable fields sampled by ``trial`` (names like ``s0.allocation``);
+    ``allocations``: those the framework runs (global ranking only with ``"global"``)."""
     steps = []
     for i, s in enumerate(recipe.steps):
         p = f"s{i}."
         if isinstance(s, SensitivityPruneConfig):
             s = dataclasses.replace(
                 s,
-                allocation=trial.suggest_categorical(p + "allocation", ["sensitivity", "uniform", "global"]),
+                allocation=trial.suggest_categorical(p + "allocation", list(allocations)),
                 importance=trial.suggest_categorical(p + "importance", ["l1", "l2"]),
                 rounds=trial.suggest_int(p + "rounds", 1, 3),
             )
@@ -46,7 +47,9 @@ def suggest(trial: Any, recipe: Recipe) -> Recipe:
             s = dataclasses.replace(
                 s,
                 importance=trial.suggest_categorical(p + "importance", ["l1", "l2"]),
-                global_ranking=trial.suggest_categorical(p + "global_ranking", [False, True]),
+                global_ranking=trial.suggest_categorical(p + "global_ranking", [False, True])
+                if "global" in allocations
+                else False,
             )
         elif isinstance(s, FineTuneConfig):
             s = dataclasses.replace(
@@ -133,7 +136,7 @@ def search(
     trial_dir = workdir / "trials"
 
     def objective(trial: Any) -> float:
-        r = suggest(trial, recipe)
+        r = suggest(trial, recipe, loop.be.allocations)
         loop.log(f"trial {trial.number}: {json.dumps(trial.params)}")
         first = len(loop.candidates)
         epoch = [0]
@@ -157,9 +160,7 @@ def search(
         c: Candidate = state["candidate"]
         folder = trial_dir / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
-        from slimkit.io import save
-
-        save(state["model"], folder / "checkpoint", example=loop.example, force=True)
+        loop.be.save(state["model"], folder / "checkpoint")
         if state.get("onnx") is not None:
             copy_file(state["onnx"], folder / "model.int8.onnx")
         write_text_atomic(folder / "recipe.json", json.dumps(r.to_dict()) + "\n", force=True)
@@ -198,10 +199,8 @@ def search(
             c.step = f"trial {t.number}: {c.step}"
             loop.candidates.append(c)
     chosen = loop.candidates[chosen_id] if chosen_id is not None else _candidate(best.user_attrs["chosen"])
-    from slimkit.io import load
-
     folder = trial_dir / str(best.number)
-    model = load(folder / "checkpoint")
+    model = loop.be.load(folder / "checkpoint")
     onnx = folder / "model.int8.onnx"
     state = {
         "model": model,

@@ -155,7 +155,7 @@ class Sensitivity:
 
 
 def sensitivity_key(
-    model: nn.Module,
+    fingerprint: str,
     importance: str,
     probe_ratios: tuple[float, ...],
     data_name: str,
@@ -163,8 +163,47 @@ def sensitivity_key(
     metric: str = "accuracy",
     batches: int | None = None,
 ) -> str:
-    text = f"{fingerprint(model)}|{importance}|{probe_ratios}|{data_name}|{lowrank}|{metric}|{batches}"
+    """The cache key of a sensitivity analysis: the model's :func:`fingerprint` and every setting."""
+    text = f"{fingerprint}|{importance}|{probe_ratios}|{data_name}|{lowrank}|{metric}|{batches}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def probe_groups(
+    model: Any,
+    costs: CostModel,
+    prune: Callable[[Any, dict[str, float]], Any],
+    scores: Callable[[Any], dict[str, float]],
+    macs: Callable[[Any], float],
+    probe_ratios: tuple[float, ...],
+    metric: str,
+    progress: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Each group of ``costs`` pruned alone at ``probe_ratios`` (``prune(model, {producer: ratio})`` returns
+    a pruned copy): its ``scores`` (``loss`` and ``metric``) and MACs. Framework-neutral."""
+    total = len(costs.groups) * len(probe_ratios)
+    groups: dict[str, dict[str, Any]] = {}
+    done = 0
+    for producer, units in costs.groups.items():
+        entry: dict[str, Any] = {
+            "units": units,
+            "group": costs.group_names[producer],
+            "ratios": [],
+            "loss": [],
+            metric: [],
+            "macs": [],
+        }
+        for r in probe_ratios:
+            trial = prune(model, {producer: r})
+            s = scores(trial)
+            entry["ratios"].append(r)
+            entry["loss"].append(s["loss"])
+            entry[metric].append(s[metric])
+            entry["macs"].append(macs(trial))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        groups[producer] = entry
+    return groups
 
 
 def measure_sensitivity(
@@ -206,34 +245,19 @@ def measure_sensitivity(
     start = time.perf_counter()
     base = scores(model)
     costs = CostModel(model, example, protected)
-    total = len(costs.groups) * len(probe_ratios)
-    groups: dict[str, dict[str, Any]] = {}
-    done = 0
-    for producer, units in costs.groups.items():
-        entry: dict[str, Any] = {
-            "units": units,
-            "group": costs.group_names[producer],
-            "ratios": [],
-            "loss": [],
-            metric: [],
-            "macs": [],
-        }
-        for r in probe_ratios:
-            trial = copy.deepcopy(model)
-            cfg = ChannelPruneConfig(ratio=0.0, ratios={producer: r}, importance=importance, protected=list(protected))
-            prune_channels(trial, cfg, example, data=train, task=task)
-            s = scores(trial)
-            entry["ratios"].append(r)
-            entry["loss"].append(s["loss"])
-            entry[metric].append(s[metric])
-            entry["macs"].append(count_macs(trial, example))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        groups[producer] = entry
+
+    def prune(m: nn.Module, ratios: dict[str, float]) -> nn.Module:
+        trial = copy.deepcopy(m)
+        cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, importance=importance, protected=list(protected))
+        prune_channels(trial, cfg, example, data=train, task=task)
+        return trial
+
+    groups = probe_groups(
+        model, costs, prune, scores, lambda m: count_macs(m, example), tuple(probe_ratios), metric, progress
+    )
     layers = lowrank_sensitivity(model, example, rank_shares, scores, metric) if lowrank else {}
     name = getattr(data, "name", "data")
-    key = sensitivity_key(model, importance, tuple(probe_ratios), name, lowrank, metric, max_batches)
+    key = sensitivity_key(fingerprint(model), importance, tuple(probe_ratios), name, lowrank, metric, max_batches)
     seconds = time.perf_counter() - start
     return Sensitivity(key=key, base=base, groups=groups, layers=layers, seconds=seconds, metric=metric)
 

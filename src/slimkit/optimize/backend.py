@@ -1,0 +1,279 @@
+"""What the optimize loop needs from a framework: the :class:`Backend` protocol and its PyTorch side.
+
+The loop of :mod:`slimkit.optimize.pipeline` (candidates, back-off, budget fitting, resume, search,
+report) is written once against :class:`Backend`; :class:`TorchBackend` (here) and
+:class:`slimkit.keras.optimize.KerasBackend` implement it. A backend owns the data, the task and
+the example inputs; the loop owns the target, the budgets and the candidates.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import Config, apply_
+from slimkit.evaluate.cost import count_macs, count_params
+from slimkit.evaluate.report import Report
+from slimkit.optimize.recipe import FineTuneConfig, Recipe
+from slimkit.optimize.sensitivity import CostModel
+from slimkit.prune import ChannelPruneConfig, prune_channels
+from slimkit.task import Task
+
+OnEpoch = Callable[[dict[str, float]], None]
+
+
+class Backend(Protocol):
+    """One framework's side of the optimize loop. Models are opaque to the loop: it only passes them
+    back to these methods. ``prune`` and ``transform`` return the changed model (a new one, or the
+    given one changed in place); the loop gives them a :meth:`copy` when the input must stay."""
+
+    framework: str  # "pytorch" or "keras"
+    example: Any  # a batch of model inputs (tracing, latency)
+    allocations: tuple[str, ...]  # the SensitivityPruneConfig allocations it runs
+
+    def check_recipe(self, recipe: Recipe) -> None: ...
+    def copy(self, model: Any) -> Any: ...
+    def costs(self, model: Any) -> dict[str, float]: ...
+    def cost_model(self, model: Any, protected: tuple[str, ...]) -> CostModel: ...
+    def widths(self, model: Any) -> dict[str, int]: ...
+    def prune(self, model: Any, cfg: ChannelPruneConfig) -> Any: ...
+    def transform(self, model: Any, cfg: Config) -> Any: ...
+    def scores(self, model: Any, split: str) -> dict[str, float]: ...
+    def finetune(
+        self, model: Any, cfg: FineTuneConfig, original: Any, *, on_epoch: OnEpoch | None, deadline: float | None
+    ) -> None: ...
+    def export_onnx(self, model: Any, path: Path) -> Path: ...
+    def quantize(self, model: Any, cfg: Config, path: Path) -> Any: ...
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report: ...
+    def save(self, model: Any, folder: Path, extra_files: dict[str, str] | None = None) -> None: ...
+    def load(self, folder: Path) -> Any: ...
+    def save_outputs(self, model: Any, folder: Path) -> tuple[dict[str, str], list[str]]: ...
+    def fingerprint(self, model: Any) -> str: ...
+
+
+@dataclasses.dataclass
+class UserLoop:
+    """The user's own training and evaluation, when given to :func:`slimkit.optimize.optimize`:
+    ``finetune(model, epochs, teacher)`` trains in place, ``evaluate(model, split)`` returns metrics."""
+
+    finetune: Callable[[nn.Module, int, nn.Module | None], Any] | None = None
+    evaluate: Callable[[Any, str], dict[str, float]] | None = None
+
+    @classmethod
+    def check(cls, data: Any, finetune: Any, evaluate: Any, example: Any) -> UserLoop:
+        """The user loop after checking that the arguments make a complete run (one-line errors)."""
+        for name, fn in (("finetune", finetune), ("evaluate", evaluate)):
+            if fn is not None and not callable(fn):
+                raise SlimkitError(f"{name} must be a function, got {type(fn).__name__}")
+        if data is None:
+            missing = [name for name, v in (("evaluate", evaluate), ("example_inputs", example)) if v is None]
+            if missing:
+                raise SlimkitError(
+                    f"without data, optimize needs {' and '.join(missing)}: pass data (a Dataset or Loaders) "
+                    "or your own evaluate(model, split) and example_inputs"
+                )
+        return cls(finetune, evaluate)
+
+
+def output_widths(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Output width of each named layer (channels, features, hidden units)."""
+    out = {}
+    mods = dict(model.named_modules())
+    for n in names:
+        m = mods.get(n)
+        for attr in ("out_channels", "out_features", "hidden_size", "embedding_dim", "num_features"):
+            if m is not None and hasattr(m, attr):
+                out[n] = int(getattr(m, attr))
+                break
+    return out
+
+
+class TorchBackend:
+    """PyTorch models: slimkit's ``fit`` (or the user's ``finetune``), the task's metrics (or the
+    user's ``evaluate``), structural pruning by the dependency graph, ``torch.export`` to ONNX."""
+
+    framework = "pytorch"
+    allocations = ("sensitivity", "uniform", "global")
+
+    def __init__(
+        self,
+        original: nn.Module,
+        data: Any,
+        *,
+        task: Task | None = None,
+        val_batches: int | None = None,
+        user: UserLoop | None = None,
+        example: Any = None,
+        progress: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from slimkit.evaluate import data_task
+
+        self.data = data
+        self.task = (task or data_task(data)).bind(original)
+        self.val_batches = val_batches
+        self.user = user or UserLoop()
+        self.example = example if example is not None else data.example
+        self.progress = progress
+        self.seed = seed
+        self.layer_names = list(CostModel(original, self.example).groups)
+        self.metric: str | None = None  # the deciding metric (set by the loop): the user's evaluate must give it
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Every step runs on PyTorch models."""
+
+    def copy(self, model: nn.Module) -> nn.Module:
+        return copy.deepcopy(model)
+
+    def costs(self, model: nn.Module) -> dict[str, float]:
+        from slimkit.io.checkpoint import weights_bytes
+
+        return {
+            "macs": count_macs(model, self.example),
+            "params": count_params(model),
+            "bytes": len(weights_bytes(model)[0]),
+        }
+
+    def cost_model(self, model: nn.Module, protected: tuple[str, ...]) -> CostModel:
+        return CostModel(model, self.example, protected)
+
+    def widths(self, model: nn.Module) -> dict[str, int]:
+        return output_widths(model, self.layer_names)
+
+    def prune(self, model: nn.Module, cfg: ChannelPruneConfig) -> nn.Module:
+        """Structured pruning in place; importance and calibration on training batches."""
+        data = None if self.data is None else self.data.train
+        prune_channels(model, cfg, self.example, data=data, task=self.task)
+        return model
+
+    def transform(self, model: nn.Module, cfg: Config) -> nn.Module:
+        return apply_(model, cfg, example_inputs=self.example)
+
+    def scores(self, model: Any, split: str) -> dict[str, float]:
+        """Metrics of ``model`` (a module or an ONNX runner) on ``split``, ``loss`` among them: the user's
+        ``evaluate``, else the task's."""
+        if self.user.evaluate is None:
+            loader = self.data.loader(split, shuffle=False)
+            return self.task.evaluate(model, loader, max_batches=self.val_batches if split == "val" else None)
+        got = self.user.evaluate(model, split)
+        if not isinstance(got, dict) or not all(isinstance(v, int | float) for v in got.values()):
+            raise SlimkitError(f"evaluate(model, {split!r}) must return a dict of numbers, got {got!r:.200}")
+        metrics = {k: float(v) for k, v in got.items()}
+        if self.metric is not None and self.metric not in metrics:
+            raise SlimkitError(
+                f"evaluate(model, {split!r}) returned no {self.metric!r} (it gave {', '.join(metrics)}); "
+                "pass metric= the key that decides"
+            )
+        return metrics
+
+    def finetune(
+        self,
+        model: nn.Module,
+        cfg: FineTuneConfig,
+        original: nn.Module,
+        *,
+        on_epoch: OnEpoch | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Recovery training in place: the user's ``finetune`` if given, else :func:`slimkit.train.fit`."""
+        from slimkit.train import fit
+
+        if self.user.finetune is not None:
+            self.user.finetune(model, cfg.epochs, original if cfg.distill else None)
+            model.eval()
+            return
+        if self.data is None:
+            raise SlimkitError("the recipe fine-tunes, but there is no training data: pass data or finetune=fn")
+        fit(
+            model,
+            self.data.train,
+            val=self.data.val,
+            task=self.task,
+            epochs=cfg.epochs,
+            steps_per_epoch=cfg.steps_per_epoch,
+            lr=cfg.lr,
+            optimizer=cfg.optimizer,
+            teacher=original if cfg.distill or not self.task.needs_targets else None,
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            patience=cfg.patience,
+            augment=getattr(self.data, "augment", None) if cfg.augment else None,
+            progress=self.progress,
+            on_epoch=on_epoch,
+            seed=self.seed,
+            max_val_batches=self.val_batches,
+            deadline=deadline,
+        )
+
+    def export_onnx(self, model: nn.Module, path: Path) -> Path:
+        from slimkit.io.onnx import export_onnx
+
+        export_onnx(model, path, self.example)
+        return path
+
+    def quantize(self, model: nn.Module, cfg: Config, path: Path) -> Any:
+        from slimkit.compress import quantize
+
+        if self.val_batches is not None and getattr(cfg, "val_batches", 0) is None:
+            cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
+        return quantize(model, self.data, cfg, path, force=True, task=self.task)
+
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report:
+        """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs)."""
+        from slimkit.evaluate import evaluate
+
+        if self.user.evaluate is None:
+            return evaluate(model, self.data, task=self.task, split=split, batch_sizes=batch_sizes)
+        metrics = self.scores(model, split)
+        return evaluate(model, None, metrics=metrics, example_inputs=self.example, split=split, batch_sizes=batch_sizes)
+
+    def save(self, model: nn.Module, folder: Path, extra_files: dict[str, str] | None = None) -> None:
+        from slimkit.io import save
+
+        save(model, folder, example=self.example, extra_files=extra_files, force=True)
+
+    def load(self, folder: Path) -> nn.Module:
+        from slimkit.io import load
+
+        return load(folder)
+
+    def save_outputs(self, model: nn.Module, folder: Path) -> tuple[dict[str, str], list[str]]:
+        """``checkpoint/`` (a ``torch.export`` program ``model.pt2`` for a model slimkit cannot rebuild:
+        no zoo name, no factory) and ``model.onnx`` (for a model with one input tensor)."""
+        from slimkit.core.errors import ModelFileError
+        from slimkit.io import export, save
+
+        notes = []
+        try:
+            save(model, folder / "checkpoint", example=self.example, force=True)
+            files = {"checkpoint": "checkpoint"}
+        except ModelFileError as exc:
+            if "does not know how to rebuild" not in str(exc):
+                raise
+            export(model, folder / "model.pt2", self.example, force=True)
+            files = {"program": "model.pt2"}
+            notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")
+        if isinstance(self.example, torch.Tensor):
+            export(model, folder / "model.onnx", self.example, force=True)
+            files["onnx"] = "model.onnx"
+        return files, notes
+
+    def fingerprint(self, model: nn.Module) -> str:
+        from slimkit.optimize.sensitivity import fingerprint
+
+        return fingerprint(model)
+
+    def lowrank_probe(
+        self, model: nn.Module, shares: tuple[float, ...], scores: Callable[[Any], dict[str, float]], metric: str
+    ) -> dict[str, dict[str, Any]]:
+        """Low-rank sensitivity: each Linear / Conv2d factorized alone (SVD) at ``shares`` of its rank."""
+        from slimkit.optimize.sensitivity import lowrank_sensitivity
+
+        return lowrank_sensitivity(model, self.example, shares, scores, metric)
