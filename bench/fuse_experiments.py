@@ -74,6 +74,7 @@ from slimkit.fuse import (
     uniform_soup,
 )
 from slimkit.io import onnx_agreement
+from slimkit.train import DistillConfig
 
 # (lr, temperature, alpha) tried for the distilled student; the best on validation is kept
 DISTILL_GRID = ((3e-4, 4.0, 0.9), (1e-4, 4.0, 0.9), (3e-4, 2.0, 0.5))
@@ -255,8 +256,9 @@ def soups_and_distillation(seed: int, args: argparse.Namespace, data: sk.data.Da
     trials = []
     for lr, temperature, alpha in DISTILL_GRID:
         student = copy.deepcopy(indep[best_index])
-        history = distill_ensemble(fused[args.bar_ensemble], student, data, epochs=args.distill_epochs, lr=lr,
-                                   temperature=temperature, alpha=alpha, seed=seed)  # fmt: skip
+        cfg = DistillConfig(temperature=temperature, alpha=alpha)
+        history = distill_ensemble(student, fused[args.bar_ensemble], data, cfg, epochs=args.distill_epochs, lr=lr,
+                                   seed=seed)  # fmt: skip
         val = sk.records(student)[-1].details["val_accuracy"]  # the start counts as epoch 0
         trials.append((val, student, (lr, temperature, alpha)))
         kept = ", the start kept" if history.best_epoch == 0 else ""

@@ -23,6 +23,7 @@ import torch
 import slimkit as sk
 from slimkit.evaluate import count_params
 from slimkit.simplify import distill, drop_blocks_, remove_layers_
+from slimkit.train import DistillConfig
 
 
 def measure(model: torch.nn.Module, data: sk.data.Dataset) -> sk.Report:
@@ -115,7 +116,7 @@ def students(
             else:
                 feats = {"conv2": "conv2"} if kind == "hinton+features" else None
                 kd = {"temperature": temperature, "alpha": alpha, "features": feats}
-                distill(teacher, student, data, epochs=epochs, seed=seed, progress=False, **kd)
+                distill(student, teacher, data, DistillConfig(**kd), epochs=epochs, seed=seed, progress=False)
             rows[kind].append(100 * measure(student, data).metrics["accuracy"])
     params = count_params(sk.zoo.create_for("seed_cnn", data, width=0.25))
     print(f"\nstudent params {params:,}\n")

@@ -182,7 +182,7 @@ def test_distilled_student_learns_the_ensemble(members: list[nn.Module], digits:
             return float((student.eval()(x).argmax(1) == teacher(x).argmax(1)).float().mean())
 
     before = agreement()
-    history = distill_ensemble(teacher, student, digits, epochs=2, lr=1e-3)  # from scratch: a higher rate
+    history = distill_ensemble(student, teacher, digits, epochs=2, lr=1e-3)  # from scratch: a higher rate
     assert len(history.epochs) == 2
     assert agreement() > before + 0.3  # from chance level to mostly matching the ensemble
     assert count_macs(student, digits.example) == count_macs(members[0], digits.example)
@@ -198,12 +198,12 @@ def test_distilling_into_a_copy_of_the_best_member_keeps_what_it_knows(
 ) -> None:
     best, accs = best_member(members, digits)
     student = copy.deepcopy(members[best])
-    distill_ensemble(ensemble(members, "mean"), student, digits, epochs=1)
+    distill_ensemble(student, ensemble(members, "mean"), digits, epochs=1)
     details = sk.records(student)[-1].details
     assert details["start_val_accuracy"] == pytest.approx(accs[best])
     assert details["val_accuracy"] >= accs[best] - 0.05  # a gentle fine-tune, not a restart
     with pytest.raises(sk.SlimkitError, match="needs a slimkit Dataset"):
-        distill_ensemble(ensemble(members, "mean"), student, digits.train)
+        distill_ensemble(student, ensemble(members, "mean"), digits.train)
 
 
 def test_errors_are_one_line(members: list[nn.Module], digits: sk.data.Dataset) -> None:

@@ -24,6 +24,7 @@ from slimkit.fuse import (
     train_members,
 )
 from slimkit.io import onnx_agreement
+from slimkit.train import DistillConfig
 from tests.conftest import SMALL
 
 
@@ -174,12 +175,12 @@ def test_distillation_keeps_the_start_when_it_only_hurts(members: list[nn.Module
     start = copy.deepcopy(members[0])
     before = {k: v.clone() for k, v in start.state_dict().items()}
     worthless = ensemble([members[3]], "mean")  # the untrained member as teacher, followed closely
-    history = distill_ensemble(worthless, start, digits, epochs=1, lr=3e-3, alpha=1.0)
+    history = distill_ensemble(start, worthless, digits, DistillConfig(alpha=1.0), epochs=1, lr=3e-3)
     details = sk.records(start)[-1].details
     assert details["kept_start"] and history.best_epoch == 0
     assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())
     assert details["val_accuracy"] == pytest.approx(details["start_val_accuracy"])
     moved = copy.deepcopy(members[0])
-    distill_ensemble(worthless, moved, digits, epochs=1, lr=3e-3, alpha=1.0, keep_start=False)
+    distill_ensemble(moved, worthless, digits, DistillConfig(alpha=1.0), epochs=1, lr=3e-3, keep_start=False)
     assert not sk.records(moved)[-1].details["kept_start"]
     assert sk.records(moved)[-1].details["val_accuracy"] < details["start_val_accuracy"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from slimkit.core.errors import SlimkitError
+from slimkit.train import DistillConfig
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
@@ -180,7 +181,7 @@ def test_distiller_trains_the_student_with_your_own_fit(tmp_path, xy):
         return float(np.sum(t * (np.log(t + 1e-12) - np.log(s + 1e-12)), 1).mean())
 
     before, t_weights = gap(), [w.copy() for w in teacher.get_weights()]
-    d = skk.distiller(student, teacher, temperature=2.0, alpha=1.0)
+    d = skk.distiller(student, teacher, DistillConfig(temperature=2.0, alpha=1.0))
     d.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
     hist = d.fit(x, y, epochs=15, batch_size=32, verbose=0)
     assert np.isfinite(hist.history["loss"]).all() and hist.history["loss"][-1] < hist.history["loss"][0]
@@ -195,12 +196,12 @@ def test_distiller_trains_the_student_with_your_own_fit(tmp_path, xy):
 def test_distill_returns_the_student_and_a_record(xy):
     x, y = xy
     student = net(7)
-    same, record = skk.distill(net(0), student, (x, y), val=(x, y), epochs=2, lr=1e-2)
+    same, record = skk.distill(student, net(0), (x, y), val=(x, y), epochs=2, lr=1e-2)
     assert same is student
     d = record.details
     assert set(d) >= {"teacher_val_accuracy", "start_val_accuracy", "val_accuracy"}
     assert d["val_accuracy"] >= d["start_val_accuracy"]  # the best validation epoch is kept
     with pytest.raises(SlimkitError, match="needs val"):
-        skk.distill(net(0), student, (x, y))
+        skk.distill(student, net(0), (x, y))
     with pytest.raises(SlimkitError, match="outputs .* but the teacher"):
         skk.distiller(student, keras.Sequential([keras.Input((8, 8, 1)), L.Flatten(), L.Dense(4)]))

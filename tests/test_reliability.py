@@ -251,7 +251,7 @@ def test_training_messages_name_the_real_cause(digits: sk.data.Dataset) -> None:
     with pytest.raises(SlimkitError, match="inputs contain NaN"):  # problem 12: said "lower the learning rate"
         sk.train.fit(model, loader, epochs=1, progress=False)
     with pytest.raises(SlimkitError, match="temperature must be"):
-        sk.train.fit(model, digits.train, epochs=1, teacher=model, temperature=0.0, progress=False)
+        sk.train.fit(model, digits.train, epochs=1, teacher=model, distill=sk.train.DistillConfig(temperature=0.0))
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     with pytest.raises(SlimkitError, match="holds NaN or infinite values before training"):

@@ -88,7 +88,7 @@ def test_hinton_distillation_trains_the_student_towards_the_teacher(
     torch.manual_seed(1)
     student = derive_student(teacher, width=0.5)
     before = agreement(teacher, student.eval(), digits.test)
-    history = distill(teacher, student, digits, epochs=4, lr=3e-3, alpha=1.0, progress=False)
+    history = distill(student, teacher, digits, sk.train.DistillConfig(alpha=1.0), epochs=4, lr=3e-3, progress=False)
     assert len(history.epochs) == 4
     assert agreement(teacher, student, digits.test) > max(0.8, before + 0.5)  # alpha=1: teacher's labels only
 
@@ -109,7 +109,7 @@ def test_feature_matching_pulls_features_together(teacher: nn.Module, digits: sk
         torch.manual_seed(2)
         d = FeatureDistiller(derive_student(teacher, width=0.5), teacher, pairs, digits.example, beta=beta)
         assert isinstance(d.projections["layer2"], nn.Conv2d) and d.projections["layer2"].out_channels == 32
-        sk.train.fit(d, digits.train, teacher=d.teacher_logits, alpha=0.5, epochs=3, lr=3e-3, progress=False)
+        sk.train.fit(d, digits.train, teacher=d.teacher_logits, epochs=3, lr=3e-3, progress=False)
         mse[beta] = feature_mse(d, teacher, x)
         assert accuracy(d.student, digits.test) > 0.7
     assert mse[5.0] < 0.5 * mse[0.0]
@@ -120,7 +120,15 @@ def test_feature_matching_pulls_features_together(teacher: nn.Module, digits: sk
 def test_distill_with_features_runs_through_fit(teacher: nn.Module, digits: sk.data.Dataset) -> None:
     torch.manual_seed(3)
     student = derive_student(teacher, width=0.5)
-    history = distill(teacher, student, digits, epochs=2, lr=3e-3, features={"layer3": "layer3"}, progress=False)
+    history = distill(
+        student,
+        teacher,
+        digits,
+        sk.train.DistillConfig(features={"layer3": "layer3"}),
+        epochs=2,
+        lr=3e-3,
+        progress=False,
+    )
     assert len(history.epochs) == 2 and not student.training
     assert set(student.state_dict()) == set(derive_student(teacher, width=0.5).state_dict())  # no projections left
 
@@ -128,5 +136,5 @@ def test_distill_with_features_runs_through_fit(teacher: nn.Module, digits: sk.d
 def test_user_student_from_a_plain_loader(teacher: nn.Module, digits: sk.data.Dataset) -> None:
     torch.manual_seed(4)
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))  # not a zoo model
-    distill(teacher, student, digits.train, val=digits.val, epochs=10, lr=1e-2, progress=False)
+    distill(student, teacher, digits.train, val=digits.val, epochs=10, lr=1e-2, progress=False)
     assert accuracy(student, digits.test) > 0.85

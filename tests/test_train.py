@@ -81,7 +81,15 @@ def test_fit_with_teacher_moves_student_towards_teacher(digits: sk.data.Dataset)
             )
 
     before = kl()
-    sk.train.fit(student, digits.train, epochs=3, lr=3e-3, teacher=teacher, alpha=1.0, progress=False)
+    sk.train.fit(
+        student,
+        digits.train,
+        epochs=3,
+        lr=3e-3,
+        teacher=teacher,
+        distill=sk.train.DistillConfig(alpha=1.0),
+        progress=False,
+    )
     assert kl() < 0.5 * before
 
 

@@ -37,7 +37,7 @@ def fuse_command(
     ] = None,
     epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 10,
     temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the distillation term (the rest is cross-entropy).")] = 0.9,
+    alpha: Annotated[float, typer.Option(help="Weight of the distillation term (the rest is cross-entropy).")] = 0.5,
     lr: Annotated[
         float | None, typer.Option(help="Distillation learning rate (default: 3e-4 for best-member, else 1e-3).")
     ] = None,

@@ -9,7 +9,7 @@ another (smaller) architecture starts from scratch and needs more epochs.
 >>> data = sk.data.load("digits")
 >>> members = [sk.zoo.create_for("resnet_cifar", data, depth=8, width=0.5) for _ in range(2)]
 >>> student = copy.deepcopy(members[best_member(members, data)[0]])
->>> history = distill_ensemble(ensemble(members), student, data, epochs=1)
+>>> history = distill_ensemble(student, ensemble(members), data, epochs=1)
 >>> len(history.epochs)
 1
 """
@@ -24,20 +24,20 @@ from torch import nn
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import TransformRecord, add_record
 from slimkit.evaluate import accuracy
-from slimkit.train import History, fit
+from slimkit.evaluate.cost import count_params
+from slimkit.train import DistillConfig, History, check_pair, fit
 
 __all__ = ["distill_ensemble"]
 
 
 def distill_ensemble(
-    ensemble: nn.Module,
     student: nn.Module,
+    ensemble: nn.Module,
     data: Any,
+    config: DistillConfig | None = None,
     *,
     epochs: int = 10,
     lr: float = 3e-4,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
     augment: bool = True,
     keep_start: bool = True,
     seed: int = 0,
@@ -46,8 +46,9 @@ def distill_ensemble(
     """Train ``student`` in place on ``data`` (a Dataset) to match ``ensemble``'s predictions.
 
     The loss is Hinton et al.'s ``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)``
-    with the ensemble as teacher (any module returning logits; an :class:`~slimkit.fuse.Ensemble`
-    returns log-probabilities, which are valid logits), Adam with a cosine decay from ``lr``.
+    (``config``: a :class:`slimkit.train.DistillConfig`, default ``DistillConfig()``) with the
+    ensemble as teacher (any module returning logits; an :class:`~slimkit.fuse.Ensemble` returns
+    log-probabilities, which are valid logits), Adam with a cosine decay from ``lr``.
     The default ``lr`` suits a student started from a trained member (the usual case: a copy of
     :func:`~slimkit.fuse.best_member`); raise it (e.g. ``1e-3``) for a student trained from scratch.
     The best validation epoch is kept; with ``keep_start`` the student's starting weights count
@@ -59,6 +60,10 @@ def distill_ensemble(
     """
     if not hasattr(data, "train") or not hasattr(data, "val"):
         raise SlimkitError("distill_ensemble needs a slimkit Dataset (train and val splits) as data")
+    config = config or DistillConfig()
+    if config.features:
+        raise SlimkitError("distill_ensemble does not match features (an ensemble has no single layer to match)")
+    check_pair(student, ensemble, count_params)
     teacher = ensemble.eval()
     before = accuracy(student, data.val)
     start_state = copy.deepcopy(student.state_dict()) if keep_start else None
@@ -67,8 +72,7 @@ def distill_ensemble(
         data.train,
         val=data.val,
         teacher=teacher,
-        temperature=temperature,
-        alpha=alpha,
+        distill=config,
         epochs=epochs,
         lr=lr,
         augment=data.augment if augment else None,
@@ -81,7 +85,7 @@ def distill_ensemble(
         student.load_state_dict(start_state)
         history.best_epoch, kept_start = 0, True
     config = {
-        "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "augment": augment,
+        "epochs": epochs, "lr": lr, "temperature": config.temperature, "alpha": config.alpha, "augment": augment,
         "keep_start": keep_start, "seed": seed,
     }  # fmt: skip
     details = {

@@ -22,6 +22,7 @@ from slimkit.fuse.distill import distill_ensemble
 from slimkit.fuse.ensemble import METHODS, ensemble
 from slimkit.fuse.members import best_member, train_members
 from slimkit.fuse.soup import greedy_soup, uniform_soup
+from slimkit.train import DistillConfig
 
 SOUPS = ("uniform-soup", "greedy-soup")
 ALL_METHODS = (*METHODS, *SOUPS)
@@ -109,8 +110,8 @@ def fuse_and_save(
     distill_into: str | None = None,
     student_args: dict[str, Any] | None = None,
     distill_epochs: int = 10,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    temperature: float = DistillConfig.temperature,
+    alpha: float = DistillConfig.alpha,
     lr: float | None = None,
     l2: float = 1e-2,
     seed: int = 0,
@@ -177,8 +178,9 @@ def fuse_and_save(
             student = copy.deepcopy(members[best])
         else:
             student = create_for(distill_into, dataset, **(student_args or {}))
-        history = distill_ensemble(fused, student, dataset, epochs=distill_epochs, lr=lr, temperature=temperature,
-                                   alpha=alpha, seed=seed, progress=progress)  # fmt: skip
+        cfg = DistillConfig(temperature=temperature, alpha=alpha)
+        history = distill_ensemble(student, fused, dataset, cfg, epochs=distill_epochs, lr=lr, seed=seed,
+                                   progress=progress)  # fmt: skip
         distilled = records(student)[-1].details
         report["distilled"] = {
             **_measure(student, dataset),

@@ -2,7 +2,8 @@
 
 :func:`distiller` wraps a student and a teacher (any Keras model, e.g. an ensemble from
 :func:`slimkit.keras.ensemble`) in a ``keras.Model`` whose ``compute_loss`` is Hinton et al.'s
-``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)``, the teacher run on
+``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)`` (a
+:class:`slimkit.train.DistillConfig`), the teacher run on
 every batch (so it sees the same augmented inputs as the student). Compile and fit the wrapper
 with your own optimizer, callbacks and data; the student's weights are trained in place and the
 student is what you save (the wrapper is a training device, not a model file).
@@ -24,9 +25,11 @@ import numpy as np
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import TransformRecord
 from slimkit.keras._graph import keras_module, load
+from slimkit.keras.cost import count_params
 from slimkit.keras.data import batches, for_model, xy
 from slimkit.keras.fuse import outputs_probabilities, probabilities
 from slimkit.keras.prune import KerasResult
+from slimkit.train import DistillConfig, check_pair
 
 __all__ = ["distill", "distiller", "fit", "keep_best_class"]
 
@@ -98,24 +101,24 @@ def _distiller_class() -> type:
     return Distiller
 
 
-def distiller(student: Any, teacher: Any, *, temperature: float = 4.0, alpha: float = 0.9) -> Any:
+def distiller(student: Any, teacher: Any, config: DistillConfig | None = None) -> Any:
     """A ``keras.Model`` that trains ``student`` (in place) towards ``teacher``; compile and fit it yourself.
 
-    ``alpha`` weighs the distillation term against cross-entropy on the labels (``alpha=1``:
-    labels unused). Whether each model outputs probabilities or logits is detected.
+    ``config`` (a :class:`slimkit.train.DistillConfig`, default ``DistillConfig()``): ``alpha`` weighs
+    the distillation term against cross-entropy on the labels (``alpha=1``: labels unused) at
+    ``temperature``. Whether each model outputs probabilities or logits is detected.
 
     Example::
 
-        d = slimkit.keras.distiller(student, ensemble_model, temperature=4, alpha=0.9)
+        d = slimkit.keras.distiller(student, ensemble_model, DistillConfig(alpha=0.9))
         d.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
         d.fit(x_train, y_train, epochs=5, validation_data=(x_val, y_val))
         student.save("student.keras")  # plain Keras file
     """
     student, teacher = load(student), load(teacher)
-    if not 0 <= alpha <= 1:
-        raise SlimkitError(f"distillation alpha must be in [0, 1], got {alpha}")
-    if temperature <= 0:
-        raise SlimkitError(f"temperature must be positive, got {temperature}")
+    config = config or DistillConfig()
+    if config.features:
+        raise SlimkitError("feature matching (DistillConfig.features) is available for PyTorch students only")
     s_out, t_out = tuple(student.outputs[0].shape[1:]), tuple(teacher.outputs[0].shape[1:])
     if s_out != t_out:
         raise SlimkitError(f"the student outputs {s_out} but the teacher {t_out}; they must predict the same classes")
@@ -123,8 +126,8 @@ def distiller(student: Any, teacher: Any, *, temperature: float = 4.0, alpha: fl
     return cls(
         student,
         teacher,
-        temperature=temperature,
-        alpha=alpha,
+        temperature=config.temperature,
+        alpha=config.alpha,
         student_probs=outputs_probabilities(student),
         teacher_probs=outputs_probabilities(teacher),
         name=f"distill_{student.name}",
@@ -210,8 +213,7 @@ def fit(
     lr: float = 5e-4,
     optimizer: str = "adam",
     teacher: Any = None,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
+    distill: DistillConfig | None = None,
     augment: Any = None,
     batch_size: int = 64,
     patience: int | None = None,
@@ -222,7 +224,7 @@ def fit(
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place with Keras ``fit`` (slimkit's recovery step); the best validation epoch is kept.
 
-    With ``teacher``, the loss is the distillation loss of :func:`distiller`; else
+    With ``teacher``, the loss is the distillation loss of :func:`distiller` (``distill``); else
     sparse categorical cross-entropy (on probabilities or logits, as the model outputs). Adam with a
     cosine decay from ``lr``. ``on_epoch({"epoch", "val_accuracy"})`` is called after every epoch (it
     may raise to stop, e.g. an Optuna pruner); training stops after the epoch that passes
@@ -236,7 +238,7 @@ def fit(
     x, y = train
     steps = epochs * -(-len(x) // batch_size)
     if teacher is not None:
-        net = distiller(model, teacher, temperature=temperature, alpha=alpha)
+        net = distiller(model, teacher, distill)
         net.compile(optimizer=_optimizer(optimizer, lr, steps))
     else:
         net = model
@@ -257,15 +259,14 @@ def fit(
 
 
 def distill(
-    teacher: Any,
     student: Any,
+    teacher: Any,
     data: Any,
+    config: DistillConfig | None = None,
     *,
     val: Any = None,
     epochs: int = 10,
     lr: float = 3e-4,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
     augment: bool = True,
     batch_size: int = 64,
     seed: int = 0,
@@ -275,16 +276,19 @@ def distill(
 
     The Keras counterpart of :func:`slimkit.fuse.distill_ensemble`: ``data`` is a slimkit Dataset
     (its train split, with its augmentation when ``augment``, and its val split) or a training
-    ``(x, y)`` pair with ``val=(x_val, y_val)``. Adam with a cosine decay from ``lr``; the best
+    ``(x, y)`` pair with ``val=(x_val, y_val)``; ``config`` a :class:`slimkit.train.DistillConfig`.
+    Adam with a cosine decay from ``lr``; the best
     validation epoch is kept. Returns the student (the same object) and a record with the
     validation accuracy of the teacher, of the student before and after.
 
     Example::
 
         ens, _ = slimkit.keras.ensemble(members, "mean")
-        student, record = slimkit.keras.distill(ens, small_model, sk.data.load("mnist5k"), epochs=5)
+        student, record = slimkit.keras.distill(small_model, ens, sk.data.load("mnist5k"), epochs=5)
     """
     student, teacher = load(student), load(teacher)
+    config = config or DistillConfig()
+    check_pair(student, teacher, count_params)
     aug = None
     if isinstance(data, tuple | list):
         train = xy(data, student, "train")
@@ -302,15 +306,14 @@ def distill(
         epochs=epochs,
         lr=lr,
         teacher=teacher,
-        temperature=temperature,
-        alpha=alpha,
+        distill=config,
         augment=aug,
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
     )
     teacher_acc = float((probabilities(teacher, val_xy[0]).argmax(-1) == val_xy[1].reshape(-1)).mean())
-    config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "augment": augment, "seed": seed}
+    config = {"epochs": epochs, "lr": lr, **config.to_dict(), "augment": augment, "seed": seed}
     details = {
         "teacher_val_accuracy": teacher_acc,
         "start_val_accuracy": out["start"],

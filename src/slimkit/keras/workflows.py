@@ -21,6 +21,7 @@ from slimkit.keras._graph import load
 from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_widths
 from slimkit.keras.data import arrays, for_model
 from slimkit.keras.files import export_onnx, save
+from slimkit.train import DistillConfig
 
 __all__ = [
     "evaluate",
@@ -314,8 +315,8 @@ def distill_file(
     *,
     data: Any,
     width: float = 0.5,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
+    temperature: float = DistillConfig.temperature,
+    alpha: float = DistillConfig.alpha,
     epochs: int = 10,
     lr: float = 1e-3,
     seed: int = 0,
@@ -332,16 +333,8 @@ def distill_file(
         raise SlimkitError(f"--width must be in (0, 1], got {width}")
     teacher = load(path)
     student, derive = prune_units(teacher, dict.fromkeys(group_widths(teacher), 1 - width) if width < 1 else 0.0)
-    student, record = distill(
-        teacher,
-        student,
-        for_model(data, teacher),
-        epochs=epochs,
-        lr=lr,
-        temperature=temperature,
-        alpha=alpha,
-        seed=seed,
-    )
+    cfg = DistillConfig(temperature=temperature, alpha=alpha)
+    student, record = distill(student, teacher, for_model(data, teacher), cfg, epochs=epochs, lr=lr, seed=seed)
     result = _before_after(teacher, student, data, [derive, record])
     result["output"] = _write(student, output, _report(result), force)
     return result

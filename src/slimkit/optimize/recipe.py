@@ -38,6 +38,7 @@ from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig
 from slimkit.prune import importance as imp
 from slimkit.simplify import FoldConfig
+from slimkit.train import DistillConfig
 
 ALLOCATIONS = ("sensitivity", "uniform", "global")
 MAX_RECIPE_BYTES = 1_000_000
@@ -46,7 +47,8 @@ MAX_RECIPE_BYTES = 1_000_000
 @register_config
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FineTuneConfig(Config):
-    """Fine-tuning (recovery) after a compressing step, with distillation from the original model.
+    """Fine-tuning (recovery) after a compressing step, with distillation from the original model
+    (``distill``; ``temperature`` and ``alpha`` as in :class:`slimkit.train.DistillConfig`, same defaults).
 
     ``patience`` stops early when the task's validation metric stalls; the best validation epoch is
     kept. ``steps_per_epoch`` makes an epoch that many batches (needed for a training stream without a
@@ -58,8 +60,8 @@ class FineTuneConfig(Config):
     lr: float = 5e-4
     optimizer: str = "adam"
     distill: bool = True
-    temperature: float = 4.0
-    alpha: float = 0.5
+    temperature: float = DistillConfig.temperature
+    alpha: float = DistillConfig.alpha
     patience: int | None = None
     augment: bool = True
 
@@ -70,8 +72,12 @@ class FineTuneConfig(Config):
             raise SlimkitError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.lr <= 0:
             raise SlimkitError(f"fine-tuning lr must be positive, got {self.lr}")
-        if not 0 <= self.alpha <= 1:
-            raise SlimkitError(f"distillation alpha must be in [0, 1], got {self.alpha}")
+        self.distillation  # noqa: B018 (checks temperature and alpha)
+
+    @property
+    def distillation(self) -> DistillConfig:
+        """The distillation setting of this fine-tuning (used when ``distill``)."""
+        return DistillConfig(temperature=self.temperature, alpha=self.alpha)
 
 
 @register_config

@@ -9,7 +9,7 @@ teacher_feature)`` for named layer pairs, through a wrapper that ``fit`` trains 
 >>> data = sk.data.load("digits")
 >>> teacher = sk.zoo.create_for("resnet_cifar", data, depth=14)  # trained elsewhere
 >>> student = derive_student(teacher, width=0.5, depth=8)
->>> history = distill(teacher, student, data, epochs=1, progress=False)
+>>> history = distill(student, teacher, data, epochs=1, progress=False)
 >>> len(history.epochs)
 1
 """
@@ -17,6 +17,8 @@ teacher_feature)`` for named layer pairs, through a wrapper that ``fit`` trains 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,8 @@ from torch.utils.data import DataLoader
 from slimkit import zoo
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import arch_of, record_input, set_arch
-from slimkit.train import History, fit
+from slimkit.evaluate.cost import count_params
+from slimkit.train import DistillConfig, History, check_pair, fit
 
 
 def _scaled(n: int, width: float, multiple: int = 1) -> int:
@@ -225,15 +228,12 @@ class FeatureDistiller(nn.Module):
 
 
 def distill(
-    teacher: nn.Module,
     student: nn.Module,
+    teacher: nn.Module,
     data: Any,
+    config: DistillConfig | None = None,
     *,
     val: DataLoader | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    features: dict[str, str] | None = None,
-    beta: float = 1.0,
     epochs: int = 10,
     lr: float = 1e-3,
     seed: int = 0,
@@ -243,7 +243,8 @@ def distill(
 ) -> History:
     """Train ``student`` in place from ``teacher`` on ``data`` and return the training history.
 
-    Loss: ``(1 - alpha) * CE + alpha * T^2 * KL`` (Hinton et al. 2015), plus ``beta`` times the
+    ``config`` (a :class:`slimkit.train.DistillConfig`, default ``DistillConfig()``): the loss
+    ``(1 - alpha) * CE + alpha * T^2 * KL`` (Hinton et al. 2015), plus ``beta`` times the
     feature-matching MSE for each ``features`` pair (student layer -> teacher layer). ``data`` is a
     :class:`slimkit.data.Dataset` (train split; its val split unless ``val`` is given; its
     augmentation when ``augment`` is True) or a training DataLoader (``augment``: a batch
@@ -254,26 +255,24 @@ def distill(
     >>> data = sk.data.load("digits")
     >>> teacher = sk.zoo.create_for("resnet_cifar", data, depth=8)  # trained elsewhere
     >>> student = sk.zoo.create_for("resnet_cifar", data, depth=8, width=0.25)
-    >>> history = distill(teacher, student, data, epochs=1, features={"layer3": "layer3"}, progress=False)
+    >>> cfg = sk.train.DistillConfig(features={"layer3": "layer3"})
+    >>> history = distill(student, teacher, data, cfg, epochs=1, progress=False)
     """
+    config = config or DistillConfig()
+    check_pair(student, teacher, count_params)
     if hasattr(data, "train"):
         train, val = data.train, val if val is not None else data.val
         aug = data.augment if augment is True else (augment or None)
     else:
         train, aug = data, augment if callable(augment) else None
     teacher.eval()
-    if not features:
-        return fit(
-            student, train, val=val, teacher=teacher, temperature=temperature, alpha=alpha,
-            epochs=epochs, lr=lr, seed=seed, augment=aug, progress=progress, **fit_kwargs,
-        )  # fmt: skip
+    run = functools.partial(fit, val=val, epochs=epochs, lr=lr, seed=seed, augment=aug, progress=progress, **fit_kwargs)
+    if not config.features:
+        return run(student, train, teacher=teacher, distill=config)
     example = next(iter(train))[0][:8]
     torch.manual_seed(seed)
-    wrapper = FeatureDistiller(student, teacher, features, example, beta)
-    history = fit(
-        wrapper, train, val=val, teacher=wrapper.teacher_logits, temperature=temperature, alpha=alpha,
-        epochs=epochs, lr=lr, seed=seed, augment=aug, progress=progress, **fit_kwargs,
-    )  # fmt: skip
+    wrapper = FeatureDistiller(student, teacher, config.features, example, config.beta)
+    history = run(wrapper, train, teacher=wrapper.teacher_logits, distill=dataclasses.replace(config, features=None))
     student.eval()
     return history
 

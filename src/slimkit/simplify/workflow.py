@@ -23,7 +23,7 @@ from slimkit.simplify.distill import distill, student_for
 from slimkit.simplify.drop import drop_blocks_
 from slimkit.simplify.fold import fold_
 from slimkit.simplify.remove import remove_layers_
-from slimkit.train import fit
+from slimkit.train import DistillConfig, fit
 
 
 def _check_module(model: Any, what: str) -> None:
@@ -113,10 +113,10 @@ def distill_and_save(
     student: str | None = None,
     width: float = 0.5,
     depth: int | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
+    temperature: float = DistillConfig.temperature,
+    alpha: float = DistillConfig.alpha,
     features: dict[str, str] | None = None,
-    beta: float = 1.0,
+    beta: float = DistillConfig.beta,
     epochs: int = 10,
     lr: float = 1e-3,
     seed: int = 0,
@@ -131,8 +131,8 @@ def distill_and_save(
     dataset = _dataset(data)
     torch.manual_seed(seed)
     net = student_for(teacher, student, dataset, width=width, depth=depth)
-    history = distill(teacher, net, dataset, temperature=temperature, alpha=alpha, features=features, beta=beta,
-                      epochs=epochs, lr=lr, seed=seed, progress=progress)  # fmt: skip
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, features=features, beta=beta)
+    history = distill(net, teacher, dataset, cfg, epochs=epochs, lr=lr, seed=seed, progress=progress)
     result = _result(config, net, evaluate(teacher, dataset, latency=False), evaluate(net, dataset, latency=False),
                      history)  # fmt: skip
     _write(net, output, dataset.example, force, result)

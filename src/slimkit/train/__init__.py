@@ -21,10 +21,59 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
+from slimkit.core.transform import Config, register_config
 from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.task import Classification, Task, format_metric, get_task
 
-__all__ = ["History", "distillation_loss", "fit", "reestimate_bn"]
+__all__ = ["DistillConfig", "History", "distillation_loss", "fit", "reestimate_bn"]
+
+
+@register_config
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillConfig(Config):
+    """How a student learns from a teacher, the one distillation setting of slimkit (``fit``,
+    :func:`slimkit.simplify.distill`, :func:`slimkit.fuse.distill_ensemble`, the Keras
+    :func:`slimkit.keras.distill` / :func:`slimkit.keras.distiller`, recovery fine-tuning).
+
+    Loss: ``(1 - alpha) * task loss(labels) + alpha * soft loss(teacher)``; for classification the
+    soft loss is Hinton et al.'s ``T^2 * KL(teacher_T || student_T)`` at ``temperature``, for other
+    tasks their own (e.g. mean squared error); without labels only the soft loss. ``features``
+    (PyTorch students) adds FitNets feature matching, ``beta * MSE(proj(student layer), teacher
+    layer)`` for each ``{student layer: teacher layer}`` pair.
+
+    Every function that distils takes ``(student, teacher, ...)`` in that order.
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.5
+    features: dict[str, str] | None = None
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise SlimkitError(f"temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1):
+            raise SlimkitError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise SlimkitError(f"beta must be >= 0, got {self.beta}")
+
+
+def check_pair(student: Any, teacher: Any, count: Callable[[Any], int]) -> None:
+    """Warn when the student is larger than the teacher: probably the arguments are swapped
+    (``(student, teacher)`` is the order everywhere) and the teacher would be trained."""
+    import warnings
+
+    try:
+        bigger = count(student) > count(teacher)
+    except Exception:  # a teacher that is a function (e.g. cached logits) has no size
+        return
+    if bigger:
+        warnings.warn(
+            "the student has more parameters than the teacher: distillation takes (student, teacher), "
+            "in that order, and trains the first",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclasses.dataclass
@@ -93,8 +142,7 @@ def fit(
     restore_best: bool = True,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     teacher: nn.Module | Callable[[Any], Any] | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
+    distill: DistillConfig | None = None,
     max_val_batches: int | None = None,
     deadline: float | None = None,
     progress: bool = True,
@@ -111,7 +159,9 @@ def fit(
     - ``patience``: stop when the task's validation metric has not improved for that many epochs; with
       ``restore_best`` the best validation weights are put back at the end.
     - ``augment``: a transform of training inputs (e.g. ``slimkit.data.random_shift()``).
-    - ``teacher``: distil from its outputs with the task's ``distill_loss`` (``temperature``, ``alpha``).
+    - ``teacher``: distil from its outputs with the task's ``distill_loss`` as ``distill`` says
+      (a :class:`DistillConfig`, default ``DistillConfig()``; its ``features`` need
+      :func:`slimkit.simplify.distill`).
     - ``deadline``: a ``time.monotonic()`` value; training stops after the step that passes it (the
       epoch so far is validated and recorded; ``History.stopped_early`` is set).
     """
@@ -121,8 +171,6 @@ def fit(
     for name, value, ok, rule in (
         ("lr", lr, lambda v: v > 0, "> 0"),
         ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
-        ("temperature", temperature, lambda v: v > 0, "> 0"),
-        ("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("patience", 1 if patience is None else patience, lambda v: v >= 1, ">= 1"),
         ("steps_per_epoch", 1 if steps_per_epoch is None else steps_per_epoch, lambda v: v >= 1, ">= 1"),
     ):
@@ -135,6 +183,9 @@ def fit(
         raise SlimkitError(f"unknown schedule {schedule!r}; choose cosine or constant")
     if teacher is None and not task.needs_targets:
         raise SlimkitError(f"the {task.name} task has no labels to train on: give a teacher (distillation)")
+    distill = distill or DistillConfig()
+    if distill.features:
+        raise SlimkitError("fit does not match features: use slimkit.simplify.distill for DistillConfig.features")
     steps = steps_per_epoch or _length(train)
     torch.manual_seed(seed)
     opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
@@ -170,7 +221,7 @@ def fit(
                 else:
                     with torch.no_grad():
                         t_out = task.predict(teacher, inputs)
-                    loss = task.distill_loss(out, t_out, targets, temperature=temperature, alpha=alpha)
+                    loss = task.distill_loss(out, t_out, targets, temperature=distill.temperature, alpha=distill.alpha)
                 if not torch.isfinite(loss):
                     raise SlimkitError(_divergence(inputs, epoch, float(loss.detach())))
                 opt.zero_grad(set_to_none=True)
