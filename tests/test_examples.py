@@ -36,7 +36,7 @@ def slimkit_never_trains(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plain_pytorch_loop_example(slimkit_never_trains: None) -> None:
     result = _example("own_loop_pytorch").main(epochs=4, macs=0.35, max_drop=2.0)
     assert result.target_met
-    assert count_macs(result.model, result.before_example) <= 0.35 * result.before.macs
+    assert count_macs(result.model, result.backend.example) <= 0.35 * result.before.macs
     assert result.after.metrics["accuracy"] >= result.before.metrics["accuracy"] - 0.03
 
 

@@ -399,3 +399,26 @@ def test_the_briefs_keras_workflow_end_to_end(tmp_path):
     checked("fine-tuned", m)
     assert abs(accuracies["fine-tuned"] - accuracies["original"]) <= 0.01 + 1e-9  # 1 point: 10 of 1,000 digits
     assert model.get_layer("conv1").filters == 64  # every step returned a new model
+
+
+def test_apply_dispatches_on_the_framework_and_returns_the_new_keras_model(x_img):
+    import slimkit as sk
+    from slimkit.compress import LowRankConfig
+    from slimkit.keras.cost import count_macs
+    from slimkit.prune import ChannelPruneConfig
+    from slimkit.simplify import FoldConfig
+
+    model = seeded(residual_net())
+    ref = predict(model, x_img)
+    weights = [w.copy() for w in model.get_weights()]
+    folded = sk.apply_(model, FoldConfig())
+    assert folded is not model and not any(isinstance(layer, L.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(predict(folded, x_img), ref, atol=1e-4)
+    small = sk.apply_(folded, ChannelPruneConfig(target_macs=0.6))
+    assert count_macs(small) <= 0.6 * count_macs(model)
+    assert [r.transform for r in sk.records(small)] == ["keras.fold_batchnorm", "keras.prune_units"]
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))  # input untouched
+    with pytest.raises(SlimkitError, match="LowRankConfig is not available for keras models"):
+        sk.apply_(model, LowRankConfig(ratio=0.5))
+    with pytest.raises(SlimkitError, match="importance 'taylor' is not available for Keras"):
+        sk.apply_(model, ChannelPruneConfig(ratio=0.5, importance="taylor"))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
+from slimkit.core.errors import SlimkitError
 from slimkit.evaluate import accuracy, count_params
 from slimkit.simplify import FeatureDistiller, derive_student, distill, parse_student, student_for
 from slimkit.simplify.distill import _WithAuxLoss
@@ -91,6 +92,14 @@ def test_hinton_distillation_trains_the_student_towards_the_teacher(
     history = distill(student, teacher, digits, sk.train.DistillConfig(alpha=1.0), epochs=4, lr=3e-3, progress=False)
     assert len(history.epochs) == 4
     assert agreement(teacher, student, digits.test) > max(0.8, before + 0.5)  # alpha=1: teacher's labels only
+
+
+def test_swapped_student_and_teacher_are_warned_about(teacher: nn.Module, digits: sk.data.Dataset) -> None:
+    student = derive_student(teacher, width=0.5)
+    with pytest.warns(UserWarning, match=r"takes \(student, teacher\), in that order"):
+        distill(teacher, student, digits, epochs=1, steps_per_epoch=1, progress=False)
+    with pytest.raises(SlimkitError, match="alpha must be in"):
+        sk.train.DistillConfig(alpha=1.5)
 
 
 def feature_mse(d: FeatureDistiller, teacher: nn.Module, x: torch.Tensor) -> float:

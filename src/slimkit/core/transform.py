@@ -24,7 +24,6 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
-import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError, UnknownNameError
@@ -32,10 +31,11 @@ from slimkit.core.model import transaction
 from slimkit.core.registry import Registry
 
 C = TypeVar("C", bound="Config")
-Handler = Callable[[nn.Module, Any, "torch.Tensor | None"], "TransformRecord"]
+Handler = Callable[[Any, Any, Any], "TransformRecord | tuple[Any, TransformRecord]"]
 
 _CONFIGS: Registry[type[Config]] = Registry("config")
-_HANDLERS: dict[type, Handler] = {}
+_HANDLERS: dict[tuple[type, str], Handler] = {}
+FRAMEWORKS = ("pytorch", "keras")
 RECORDS_ATTR = "_slimkit_records"
 
 
@@ -114,14 +114,28 @@ def register_config(cls: type[C]) -> type[C]:
     return cls
 
 
-def register_transform(config_type: type[Config]) -> Callable[[Handler], Handler]:
-    """Decorator: ``handler(model, config, example_inputs) -> TransformRecord`` applies ``config_type``."""
+def register_transform(config_type: type[Config], framework: str = "pytorch") -> Callable[[Handler], Handler]:
+    """Decorator: ``handler(model, config, example_inputs)`` applies ``config_type`` to ``framework``'s
+    models. A PyTorch handler changes the module in place and returns a :class:`TransformRecord`; a
+    Keras handler returns ``(new_model, record)`` (Keras transforms rebuild the model)."""
+    if framework not in FRAMEWORKS:
+        raise SlimkitError(f"unknown framework {framework!r}; choose {' or '.join(FRAMEWORKS)}")
 
     def deco(fn: Handler) -> Handler:
-        _HANDLERS[config_type] = fn
+        _HANDLERS[(config_type, framework)] = fn
         return fn
 
     return deco
+
+
+def framework_of(model: Any) -> str:
+    """``"pytorch"`` for a ``torch.nn.Module``, ``"keras"`` for a Keras model; else a one-line error."""
+    # on Keras' torch backend a Keras model is a torch Module too: look for Keras first
+    if any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__):
+        return "keras"
+    if isinstance(model, nn.Module):
+        return "pytorch"
+    raise SlimkitError(f"expected a torch.nn.Module or a Keras model, got {type(model).__name__}")
 
 
 @dataclasses.dataclass
@@ -143,25 +157,39 @@ class TransformRecord:
         return "\n".join(lines)
 
 
-def apply_(model: nn.Module, config: Config, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """Apply ``config`` to ``model`` in place and return the model (records: :func:`records`).
+def apply_(model: Any, config: Config, example_inputs: Any = None) -> Any:
+    """Apply ``config`` to ``model`` and return the model (records: :func:`records`); use the result.
 
-    A transform either succeeds or raises and leaves ``model`` exactly as it was.
+    Dispatches on the config and the model's framework: a PyTorch module is changed in place and
+    returned; a Keras model is rebuilt, the new model returned and the given one left as it was. A
+    transform either succeeds or raises and leaves ``model`` exactly as it was.
     """
-    handler = _HANDLERS.get(type(config))
+    framework = framework_of(model)
+    if framework == "keras":
+        import slimkit.keras.transforms  # noqa: F401 (registers the Keras handlers)
+    handler = _HANDLERS.get((type(config), framework))
     if handler is None:
-        raise UnknownNameError(f"no transform is registered for {type(config).__name__}")
-    with transaction(model):  # a transform that fails leaves the model exactly as it was
-        add_record(model, handler(model, config, example_inputs))
-    return model
+        others = [fw for (t, fw) in _HANDLERS if t is type(config)]
+        if not others:
+            raise UnknownNameError(f"no transform is registered for {type(config).__name__}")
+        raise SlimkitError(
+            f"{type(config).__name__} is not available for {framework} models (only for {', '.join(others)})"
+        )
+    if framework == "pytorch":
+        with transaction(model):  # a transform that fails leaves the model exactly as it was
+            add_record(model, handler(model, config, example_inputs))
+        return model
+    new, record = handler(model, config, example_inputs)
+    object.__setattr__(new, RECORDS_ATTR, [*records(model), record])
+    return new
 
 
-def add_record(model: nn.Module, record: TransformRecord) -> None:
+def add_record(model: Any, record: TransformRecord) -> None:
     """Attach ``record`` to ``model`` (for transforms run through their own entry point)."""
     object.__setattr__(model, RECORDS_ATTR, [*records(model), record])
 
 
-def records(model: nn.Module) -> list[TransformRecord]:
+def records(model: Any) -> list[TransformRecord]:
     """The records of every transform applied to ``model`` so far, oldest first."""
     return list(getattr(model, RECORDS_ATTR, []))
 

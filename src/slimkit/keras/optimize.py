@@ -34,15 +34,14 @@ import numpy as np
 from slimkit.compress import QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.files import atomic_path
-from slimkit.core.transform import Config
+from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.report import Report
 from slimkit.keras._graph import Graph, keras_module, load, rebuild
-from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_widths, weights_bytes, widths
+from slimkit.keras.cost import KerasCostModel, count_macs, count_params, weights_bytes, widths
 from slimkit.keras.data import arrays, for_model
 from slimkit.keras.files import export_onnx, load_file, save
 from slimkit.keras.fuse import probabilities
-from slimkit.keras.prune import IMPORTANCE, prune_units
-from slimkit.keras.simplify import fold_batchnorm
+from slimkit.keras.prune import IMPORTANCE
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.run import OptimizeResult, run_optimize
 from slimkit.optimize.target import Target, parse_target
@@ -69,12 +68,9 @@ def check_recipe(recipe: Recipe) -> None:
             raise SlimkitError(
                 f"recipe step {i}: allocation 'global' is not available for Keras models; choose sensitivity or uniform"
             )
-        if isinstance(s, ChannelPruneConfig) and (
-            s.target_macs is not None or s.target_params is not None or s.global_ranking
-        ):
+        if isinstance(s, ChannelPruneConfig) and s.global_ranking:
             raise SlimkitError(
-                f"recipe step {i}: ChannelPruneConfig budgets and global ranking are not available for Keras models; "
-                "use SensitivityPruneConfig(target_macs=...) or ratios"
+                f"recipe step {i}: global ranking is not available for Keras models; give ratio, ratios or a target"
             )
 
 
@@ -111,13 +107,10 @@ class KerasBackend:
         return widths(model)
 
     def prune(self, model: Any, cfg: ChannelPruneConfig) -> Any:
-        ratios = dict(cfg.ratios) if cfg.ratios else dict.fromkeys(group_widths(model, cfg.protected), cfg.ratio)
-        return prune_units(model, ratios, cfg.importance).model
+        return apply_(model, cfg)
 
     def transform(self, model: Any, cfg: Config) -> Any:
-        if isinstance(cfg, FoldConfig):
-            return fold_batchnorm(model).model
-        raise SlimkitError(f"{type(cfg).__name__} is not available for Keras models")
+        return apply_(model, cfg)
 
     def scores(self, model: Any, split: str) -> dict[str, float]:
         """Classification metrics and log loss of a Keras model or an ONNX runner on ``split``."""

@@ -18,7 +18,7 @@ from slimkit.core.files import atomic_path, check_output
 from slimkit.core.transform import TransformRecord
 from slimkit.evaluate.report import Report
 from slimkit.keras._graph import load
-from slimkit.keras.cost import KerasCostModel, count_macs, count_params, group_widths
+from slimkit.keras.cost import count_macs, count_params, group_widths
 from slimkit.keras.data import arrays, for_model
 from slimkit.keras.files import export_onnx, save
 from slimkit.train import DistillConfig
@@ -64,28 +64,6 @@ def evaluate(
     report.model = f"{model.name} (Keras, fp32 ONNX)"
     report.params, report.macs = count_params(model), count_macs(model)
     return report
-
-
-def _budget_ratios(
-    model: Any, limits: dict[str, float], protected: Sequence[str], importance: str, round_to: int | str
-) -> dict[str, float]:
-    """Uniform ratios whose pruned model meets ``limits`` (:func:`slimkit.optimize.pipeline.fit_widths`)."""
-    from slimkit.keras.prune import prune_units
-    from slimkit.optimize.pipeline import fit_widths
-
-    costs = KerasCostModel(model, tuple(protected))
-    if not costs.groups:
-        raise SlimkitError(f"{model.name} has no prunable unit group (all feed the output, are protected or blocked)")
-
-    def measure(ratios: dict[str, float]) -> dict[str, float]:
-        trial = prune_units(model, ratios, importance).model if ratios else model
-        return {"macs": count_macs(trial), "params": count_params(trial)}
-
-    found = fit_widths(costs, limits, measure, round_to=round_to)
-    if found is None:
-        raise SlimkitError(f"cannot meet the budget {limits} by pruning {model.name}'s unit groups")
-    widths = found[0]
-    return {p: (n - widths[p]) / n for p, n in costs.groups.items() if widths[p] < n}
 
 
 def _write(model: Any, output: Path, report: dict[str, Any] | None, force: bool) -> Path:
@@ -157,28 +135,20 @@ def prune_file(
 ) -> dict[str, Any]:
     """Prune a ``.keras`` model's Conv filters / Dense units (uniform ``ratio`` or a MACs / params
     budget), optionally fine-tune with Keras ``fit`` (distilled from the original), save ``output``."""
-    from slimkit.keras.prune import prune_units
+    from slimkit.core.transform import apply_, records
+    from slimkit.prune import ChannelPruneConfig
 
     output = Path(output)
     check_output(output, force)
     model = load(path)
     if finetune_epochs and data is None:
         raise SlimkitError("fine-tuning (--finetune-epochs) needs --data")
-    if target_macs is not None or target_params is not None:
-        limits = {}
-        if target_macs is not None:
-            limits["macs"] = target_macs * count_macs(model)
-        if target_params is not None:
-            limits["params"] = target_params * count_params(model)
-        ratios = _budget_ratios(model, limits, protect, importance, round_to)
-    else:
-        ratios = dict.fromkeys(group_widths(model, tuple(protect)), ratio)
-    small, record = prune_units(model, ratios, importance=importance)
-    for name, why in KerasCostModel(model, tuple(protect)).skipped.items():  # left alone, with the reason
-        record.skipped.setdefault(name, why)
+    cfg = ChannelPruneConfig(ratio=ratio, importance=importance, target_macs=target_macs,
+                             target_params=target_params, round_to=round_to, protected=list(protect))  # fmt: skip
+    small = apply_(model, cfg)
     if finetune_epochs:
         _recover(model, small, data, finetune_epochs, lr, distill)
-    result = _before_after(model, small, data, [record])
+    result = _before_after(model, small, data, records(small)[-1:])
     result["output"] = _write(small, output, _report(result), force)
     return result
 
@@ -244,8 +214,8 @@ def simplify_file(
 ) -> dict[str, Any]:
     """Remove layers (by name or Keras class name) with shape repair and / or fold BatchNormalization
     of a ``.keras`` model; optionally fine-tune; save ``output``."""
-    from slimkit.keras._graph import Graph
-    from slimkit.keras.simplify import fold_batchnorm, remove_layers
+    from slimkit.core.transform import apply_, records
+    from slimkit.simplify import FoldConfig, RemoveLayersConfig
 
     output = Path(output)
     check_output(output, force)
@@ -254,24 +224,14 @@ def simplify_file(
         raise SlimkitError("give --fold, --remove NAME or --remove-type CLASS (Keras class names, e.g. MaxPooling2D)")
     if epochs and data is None:
         raise SlimkitError("fine-tuning (--epochs) needs --data")
-    calls = Graph(model).calls
-    names = list(remove)
-    for kind in remove_types:
-        found = [c.name for c in calls if c.kind == kind]
-        if not found:
-            kinds = sorted({c.kind for c in calls})
-            raise SlimkitError(f"{model.name} has no {kind} layer; its layer types: {', '.join(kinds)}")
-        names += found
-    small, records = model, []
-    if names:
-        small, rec = remove_layers(small, names, repair=repair)
-        records.append(rec)
+    small = model
+    if remove or remove_types:
+        small = apply_(small, RemoveLayersConfig(names=list(remove), types=list(remove_types), repair=repair))
     if fold:
-        small, rec = fold_batchnorm(small)
-        records.append(rec)
+        small = apply_(small, FoldConfig())
     if epochs:
         _recover(model, small, data, epochs, lr, distill=False)
-    result = _before_after(model, small, data, records)
+    result = _before_after(model, small, data, records(small))
     result["output"] = _write(small, output, _report(result), force)
     return result
 
