@@ -14,7 +14,7 @@ pytest.importorskip("sentence_transformers")
 from transformers import AutoModel, BertConfig, BertModel, BertTokenizerFast  # noqa: E402
 
 from slimkit import text  # noqa: E402
-from slimkit.core.errors import ModelFileError, SlimkitError  # noqa: E402
+from slimkit.core.errors import ModelFileError, ShapeError, SlimkitError  # noqa: E402
 from slimkit.evaluate import fidelity  # noqa: E402
 
 WORDS = "the a model layer head unit prune small fast text token weight sum mean value data test run one two".split()
@@ -226,6 +226,36 @@ def test_distillation_moves_student_towards_teacher(st_model, tokenizer: BertTok
     assert hist["steps"] == 8 * 6 and after > before
     with pytest.raises(SlimkitError):
         text.distil_(st_model, teacher, [], tokenizer)
+
+
+def test_encoder_goes_through_the_optimize_loop_with_the_fidelity_task(
+    tmp_path: Path,
+    st_model,  # noqa: ANN001
+    tokenizer: BertTokenizerFast,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from slimkit.compress import LowRankConfig, QuantizeConfig
+    from slimkit.io.onnx import OnnxModel
+    from slimkit.optimize import FineTuneConfig, Recipe, SensitivityPruneConfig, Target
+
+    data = text.sentence_loaders(tokenizer, SENTENCES[:64], SENTENCES[64:80], SENTENCES[80:], batch_size=16)
+    tune = FineTuneConfig(epochs=2, lr=1e-3, optimizer="adamw")
+    factorize = LowRankConfig(ratio=0.5, layers=("re:.*word_embeddings",))
+    prune = SensitivityPruneConfig(target_macs=0.6, refit=True, probe_ratios=(0.5,))
+    recipe = Recipe((factorize, tune, prune, tune, QuantizeConfig(mode="dynamic", per_channel=True)))
+    out = tmp_path / "run"
+    result = text.optimize_encoder(st_model, data, Target(macs=0.6, max_drop=0.1), recipe=recipe, output=out)
+    assert result.target_met and result.int8_path is not None
+    assert result.after.metrics["cosine"] >= 0.9 and "overlap@10" in result.after.metrics  # test split, no labels
+    assert text.count_params(result.model) < text.count_params(st_model)
+    again = text.load(out / "encoder")  # a sentence-transformers folder
+    x = text.tokenize(tokenizer, SENTENCES[:8])
+    want = result.model(**x)
+    assert torch.allclose(again.encode(SENTENCES[:8], convert_to_tensor=True), want, atol=1e-5)
+    assert torch.allclose(OnnxModel(out / "model.onnx")(**x), want, atol=1e-4)  # two named inputs
+    assert OnnxModel(out / "model.onnx").input_names == ["input_ids", "attention_mask"]
+    with pytest.raises(ShapeError, match="takes the inputs input_ids, attention_mask"):
+        OnnxModel(out / "model.onnx")(input_ids=x["input_ids"])
 
 
 @pytest.mark.slow

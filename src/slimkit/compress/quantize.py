@@ -224,9 +224,10 @@ class _Quantizer:
         self.fp32, self.workdir, self.cfg, self.mode, self.task = fp32, workdir, cfg, mode, task
         self.input_name = OnnxModel(fp32).input_name
         self.cache = workdir / "calibration.json"
-        self.reader = _calibration_reader(
-            self.input_name, _calibration_inputs(data, task, cfg.calibration_samples), cfg.calibration_batch_size
-        )
+        self.reader = None  # dynamic int8 needs no calibration
+        if mode == "static":
+            calibration = _calibration_inputs(data, task, cfg.calibration_samples)
+            self.reader = _calibration_reader(self.input_name, calibration, cfg.calibration_batch_size)
         batches = itertools.islice(as_loader(data, cfg.split), cfg.val_batches)
         self.val = [(x, task.reference_targets(x, y)) for x, y in map(task.split, batches)]
         if not self.val:

@@ -7,6 +7,9 @@ import dataclasses
 import torch
 from torch import nn
 
+from slimkit.graph import map_batch
+from slimkit.graph.trace import call_model, flat_tensors
+
 # Modules that act element-wise (or not at all in eval mode): a projection of the units before
 # them still means the same units after them.
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity)
@@ -112,8 +115,9 @@ def collect_stats(
             if kind == "pca-units":
                 consumer = model.get_submodule(pairs[name])
                 handles.append(consumer.register_forward_pre_hook(on_consumer_input(name)))
-        for xb in inputs.split(batch_size):
-            model(xb)
+        rows = len(next(iter(flat_tensors(inputs))))
+        for start in range(0, rows, batch_size):  # inputs: a tensor, or a tuple / dict of them
+            call_model(model, map_batch(inputs, lambda t, s=start: t[s : s + batch_size]))
     finally:
         for h in handles:
             h.remove()

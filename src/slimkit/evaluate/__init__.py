@@ -25,6 +25,7 @@ from slimkit.core.optional import available
 from slimkit.evaluate.cost import batch_of, count_macs, count_params, measure_latency, torch_latency
 from slimkit.evaluate.fidelity import docstring_sentences, fidelity
 from slimkit.evaluate.report import Comparison, Report, compare
+from slimkit.graph.trace import call_model
 from slimkit.task import Classification, Task, get_task
 
 __all__ = [
@@ -150,11 +151,11 @@ def evaluate(
     )
 
 
-def _ort_times(model: Any, example: torch.Tensor, batch_sizes: tuple[int, ...], runs: int) -> dict[str, float]:
+def _ort_times(model: Any, example: Any, batch_sizes: tuple[int, ...], runs: int) -> dict[str, float]:
     out = {}
     for b in batch_sizes:
         x = batch_of(example, b)
-        out[f"onnxruntime/b{b}"] = measure_latency(lambda x=x: model(x), runs=runs)
+        out[f"onnxruntime/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
     return out
 
 

@@ -18,7 +18,7 @@ from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
-from slimkit.io.onnx import OnnxModel, dynamic_batch, export_onnx, onnx_agreement, quiet
+from slimkit.io.onnx import OnnxModel, export_inputs, export_onnx, onnx_agreement, quiet
 from slimkit.io.pretrained import save_pretrained
 from slimkit.io.pt2 import load_program
 
@@ -108,10 +108,11 @@ def _load_pickle(path: Path, *, factory: str | None, kwargs: dict[str, Any], tru
     raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a module or a state dict")
 
 
-def export(model: nn.Module, path: str | Path, example: torch.Tensor | None = None, *, force: bool = False) -> Path:
+def export(model: nn.Module, path: str | Path, example: Any = None, *, force: bool = False) -> Path:
     """Export ``model`` to ONNX (``.onnx``) or ``torch.export`` (``.pt2``) with a dynamic batch size.
 
-    ``example`` is an input batch; if omitted, the input shape recorded in the model is used.
+    ``example`` is an input batch (a tensor, a tuple or a dict of tensors); if omitted, the input
+    shape recorded in the model is used.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -126,10 +127,10 @@ def export(model: nn.Module, path: str | Path, example: torch.Tensor | None = No
         if suffix == ".onnx":
             export_onnx(model, tmp, example)
         else:
-            x, dynamic = dynamic_batch(example)
+            args, kwargs, dynamic = export_inputs(example)
             with eval_mode(model), quiet():
                 try:
-                    program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+                    program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
                 except Exception as exc:  # torch.export raises many types; name the model and the cause
                     raise SlimkitError(f"torch.export of {type(model).__name__} failed: {first_line(exc)}") from exc
                 torch.export.save(program, str(tmp))

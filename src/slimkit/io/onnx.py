@@ -36,23 +36,41 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def dynamic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, object]]]:
-    """An example with at least 2 rows (size 1 would be specialised) and a dynamic batch dim."""
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def export_inputs(example: Any) -> tuple[tuple, dict[str, torch.Tensor], Any]:
+    """``(args, kwargs, dynamic_shapes)`` for ``torch.export`` / ``torch.onnx.export`` of ``example``: a
+    tensor, a tuple of tensors (positional inputs) or a dict (keyword inputs), grown to at least 2 rows
+    (size 1 would be specialised) with a dynamic batch dimension; the token inputs of a dict
+    (``input_ids``, ``attention_mask``...) get a dynamic length too."""
     from torch.export import Dim
 
     from slimkit.evaluate.cost import batch_of
+    from slimkit.graph.trace import flat_tensors
 
-    return batch_of(example, max(2, len(example))), ({0: Dim("batch")},)
+    rows = len(next(iter(flat_tensors(example))))
+    x = batch_of(example, max(2, rows))
+    batch = Dim("batch")
+    if isinstance(x, dict):
+        token = {0: batch, 1: Dim.DYNAMIC}
+        return (), x, {k: token if k in TOKEN_INPUTS and v.dim() == 2 else {0: batch} for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return tuple(x), {}, tuple({0: batch} for _ in x)
+    return (x,), {}, ({0: batch},)
 
 
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
-    """Export to a single self-contained ONNX file with a dynamic batch dimension, without the
-    transposes ONNX Runtime would run as copies (see :mod:`slimkit.io.transposes`)."""
+def export_onnx(model: nn.Module, path: Path, example: Any) -> None:
+    """Export to a single self-contained ONNX file with a dynamic batch dimension (``example``: a
+    tensor, a tuple or a dict of input tensors, see :func:`export_inputs`), without the transposes
+    ONNX Runtime would run as copies (see :mod:`slimkit.io.transposes`)."""
     require("onnxscript", extra="onnx")
-    x, dynamic = dynamic_batch(example)
+    args, kwargs, dynamic = export_inputs(example)
     with eval_mode(model), quiet():
         try:
-            torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=dynamic)
+            torch.onnx.export(
+                model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False, dynamic_shapes=dynamic
+            )
         except Exception as exc:  # the exporter raises many types; name the model and the cause
             raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {first_line(exc)}") from exc
     onnx = require("onnx", extra="onnx")
@@ -118,13 +136,18 @@ class OnnxModel:
         except Exception as exc:  # onnx / onnxruntime raise their own exception types
             raise ModelFileError(f"{self.path} is not a loadable ONNX model ({first_line(exc)})") from None
         self.name = self.path.stem
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
         self.input_shape = list(self.session.get_inputs()[0].shape)  # ints, or names for dynamic dims
         index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes and axes, not weights
         self.params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type not in index_types)
         self.bytes = self.path.stat().st_size
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | None = None, *more: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """The (first) output for one input tensor, for several (positional: the graph's input order)
+        or for named inputs (``input_ids=..., attention_mask=...``)."""
+        if more or named or x is None:
+            return self._run_many((() if x is None else (x,)) + more, named)
         if x.dim() == 4 and not self._fits(x.shape) and self._fits(x.permute(0, 2, 3, 1).shape):
             x = x.permute(0, 2, 3, 1)  # a channels-last model (e.g. exported from Keras) fed NCHW data
         got = f"shape {tuple(x.shape)} and dtype {str(x.dtype).removeprefix('torch.')}"
@@ -137,6 +160,19 @@ class OnnxModel:
             out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
         except Exception as exc:  # ONNX Runtime raises its own types (wrong dtype, a dimension it cannot take)
             raise ShapeError(f"{self.name} cannot run on inputs of {got}: {first_line(exc)}") from None
+        return torch.from_numpy(out)
+
+    def _run_many(self, args: tuple, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        feeds = dict(zip(self.input_names, args, strict=False)) | named
+        if len(args) > len(self.input_names) or set(feeds) != set(self.input_names):
+            raise ShapeError(
+                f"{self.name} takes the inputs {', '.join(self.input_names)}; got "
+                f"{len(args)} positional and {', '.join(named) or 'no'} named"
+            )
+        try:
+            out = self.session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})[0]
+        except Exception as exc:  # ONNX Runtime raises its own types
+            raise ShapeError(f"{self.name} cannot run on these inputs: {first_line(exc)}") from None
         return torch.from_numpy(out)
 
     def _fits(self, shape: torch.Size) -> bool:

@@ -64,6 +64,8 @@ def check_recipe(recipe: Recipe) -> None:
                 f"recipe step {i}: importance {s.importance!r} is not available for Keras models; "
                 f"choose {' or '.join(IMPORTANCE)}"
             )
+        if isinstance(s, SensitivityPruneConfig) and s.refit:
+            raise SlimkitError(f"recipe step {i}: refit is not available for Keras models")
         if isinstance(s, SensitivityPruneConfig) and s.allocation == "global":
             raise SlimkitError(
                 f"recipe step {i}: allocation 'global' is not available for Keras models; choose sensitivity or uniform"

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
@@ -245,7 +244,7 @@ class TorchBackend:
 
     def save_outputs(self, model: nn.Module, folder: Path) -> tuple[dict[str, str], list[str]]:
         """``checkpoint/`` (a ``torch.export`` program ``model.pt2`` for a model slimkit cannot rebuild:
-        no zoo name, no factory) and ``model.onnx`` (for a model with one input tensor)."""
+        no zoo name, no factory) and ``model.onnx``."""
         from slimkit.core.errors import ModelFileError
         from slimkit.io import export, save
 
@@ -259,9 +258,11 @@ class TorchBackend:
             export(model, folder / "model.pt2", self.example, force=True)
             files = {"program": "model.pt2"}
             notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")
-        if isinstance(self.example, torch.Tensor):
+        try:
             export(model, folder / "model.onnx", self.example, force=True)
             files["onnx"] = "model.onnx"
+        except SlimkitError as exc:
+            notes.append(f"no model.onnx: {exc}")
         return files, notes
 
     def fingerprint(self, model: nn.Module) -> str:

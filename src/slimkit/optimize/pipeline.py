@@ -25,6 +25,7 @@ from slimkit.compress import LowRankConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import batch_of, measure_latencies
+from slimkit.graph.trace import call_model
 from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, probe_groups, sensitivity_key, uniform
 from slimkit.optimize.target import Target
@@ -89,7 +90,7 @@ def ort_latency(
 
     x = batch_of(example, batch)
     runners = [OnnxModel(path)] + ([OnnxModel(reference)] if reference is not None else [])
-    meds = measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=runs)
+    meds = measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=3, runs=runs)
     return meds[0], (meds[1] if reference is not None else None)
 
 
@@ -414,7 +415,11 @@ class Loop:
                 self.log(f"time budget reached during {label}")
                 return False
             started = time.monotonic()
-            cand = fn(self.be.copy(state["model"]))
+            try:
+                cand = fn(self.be.copy(state["model"]))
+            except SlimkitError as exc:  # this variant cannot be built (e.g. nothing left to shrink): the next one
+                self.log(f"  {label}{desc} cannot be applied: {exc}")
+                continue
             if recovery is not None:
                 self.finetune(cand, recovery)
             c = self.record(cand, f"{label}{desc}", cfg, started=started, passno=passno)
@@ -450,18 +455,16 @@ class Loop:
             if mild is not None:
                 variants.append((" (milder)", mild, lambda m, c=mild: self.be.prune(m, c)))
             return self._attempt(state, "prune", variants, recovery, passno)
-        if isinstance(step, LowRankConfig):
-            if step.layers is None:
-                step = self.pick_lowrank_layers(state["model"], step)
-                if not step.layers:
-                    self.log("  low-rank: every layer is too sensitive (or would not shrink): step skipped")
-                    return False
-            variants = [("", step, lambda m: self.be.transform(m, step))]
-            mild = _milder(step)
-            if mild is not None:
-                variants.append((" (milder)", mild, lambda m: self.be.transform(m, mild)))
-            return self._attempt(state, "low-rank", variants, recovery, passno)
-        raise SlimkitError(f"not a compressing step: {type(step).__name__}")
+        if isinstance(step, LowRankConfig) and step.layers is None:
+            step = self.pick_lowrank_layers(state["model"], step)
+            if not step.layers:
+                self.log("  low-rank: every layer is too sensitive (or would not shrink): step skipped")
+                return False
+        variants = [("", step, lambda m: self.be.transform(m, step))]
+        mild = _milder(step)
+        if mild is not None:
+            variants.append((" (milder)", mild, lambda m: self.be.transform(m, mild)))
+        return self._attempt(state, "low-rank", variants, recovery, passno)
 
     def budget_prune(
         self, state: dict[str, Any], step: SensitivityPruneConfig, recovery: FineTuneConfig | None, passno: int
@@ -518,7 +521,11 @@ class Loop:
                 if not ratios or (desc and widths == round_w):
                     continue
                 cfg = ChannelPruneConfig(
-                    ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
+                    ratio=0.0,
+                    ratios=ratios,
+                    importance=step.importance,
+                    protected=list(step.protected),
+                    refit=step.refit,
                 )
                 variants.append((desc, cfg, lambda m, c=cfg: self.be.prune(m, c)))
             if not variants:
@@ -623,7 +630,11 @@ class Loop:
 
             def prune(m: Any, ratios: dict[str, float]) -> Any:
                 cfg = ChannelPruneConfig(
-                    ratio=0.0, ratios=ratios, importance=step.importance, protected=list(step.protected)
+                    ratio=0.0,
+                    ratios=ratios,
+                    importance=step.importance,
+                    protected=list(step.protected),
+                    refit=step.refit,
                 )
                 return self.be.prune(self.be.copy(m), cfg)
 
@@ -669,6 +680,7 @@ class Loop:
                 global_ranking=True,
                 importance=step.importance,
                 protected=list(step.protected),
+                refit=step.refit,
                 max_ratio=step.max_ratio,
                 round_to=step.round_to,
                 target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,

@@ -94,7 +94,8 @@ class SensitivityPruneConfig(Config):
     16 with AVX-512, else 8; faster kernels, coarser widths).
     The step is resolved into a :class:`slimkit.prune.ChannelPruneConfig` with explicit ``ratios``
     (recorded in the report). ``spread`` bounds each group's ratio to that distance from the uniform
-    ratio (None: no bound; see :func:`slimkit.optimize.allocate`).
+    ratio (None: no bound; see :func:`slimkit.optimize.allocate`). ``refit``: least-squares refits of
+    the layers after pruned ones (see :class:`slimkit.prune.ChannelPruneConfig`), in probes and rounds.
     """
 
     target_macs: float | None = None
@@ -107,6 +108,7 @@ class SensitivityPruneConfig(Config):
     max_ratio: float = 0.9
     spread: float | None = 0.25
     protected: tuple[str, ...] = ()
+    refit: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "probe_ratios", tuple(self.probe_ratios))
@@ -133,8 +135,8 @@ class SensitivityPruneConfig(Config):
             raise SlimkitError(f"spread must be in [0, 1] (or None), got {self.spread}")
 
 
-STEP_TYPES = (ChannelPruneConfig, SensitivityPruneConfig, LowRankConfig, FoldConfig, FineTuneConfig, QuantizeConfig)
 COMPRESSING = (ChannelPruneConfig, SensitivityPruneConfig, LowRankConfig)
+STEP_TYPES = (*COMPRESSING, FoldConfig, FineTuneConfig, QuantizeConfig)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -635,7 +635,7 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     from slimkit.core.optional import available
     from slimkit.optimize.pipeline import ort_latency
 
-    if not (available("onnxruntime") and available("onnxscript")) or not isinstance(loop.example, torch.Tensor):
+    if not (available("onnxruntime") and available("onnxscript")):
         return None
     reference = loop.reference_onnx
     if reference is None or not reference.exists():

@@ -21,10 +21,11 @@ Example::
 
 from __future__ import annotations
 
-from slimkit.text.corpus import held_out_sentences, training_sentences
+from slimkit.text.corpus import held_out_sentences, news_paragraphs, training_sentences
 from slimkit.text.distil import distil_
 from slimkit.text.hf import SlimBertConfig, SlimBertModel, count_params, encoder_of, load, load_minilm, save, shapes
 from slimkit.text.onnx import OnnxEncoder, PooledEncoder, TorchEncoder, export_onnx, quantize_onnx, tokenize
+from slimkit.text.optimize import encoder_recipe, optimize_encoder, sentence_loaders
 from slimkit.text.prune import (
     collect_inputs,
     factorize_embeddings_,
@@ -45,6 +46,7 @@ __all__ = [
     "count_params",
     "distil_",
     "encoder_of",
+    "encoder_recipe",
     "export_onnx",
     "factorize_embeddings_",
     "held_out_sentences",
@@ -52,11 +54,14 @@ __all__ = [
     "load",
     "load_minilm",
     "lowrank_linears_",
+    "news_paragraphs",
+    "optimize_encoder",
     "prune_",
     "prune_ffn_",
     "prune_heads_",
     "quantize_onnx",
     "save",
+    "sentence_loaders",
     "shapes",
     "tokenize",
     "training_sentences",

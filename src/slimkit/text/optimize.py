@@ -1,0 +1,224 @@
+"""Sentence encoders through slimkit's optimize loop: the fidelity task, no labels needed.
+
+A ``SentenceTransformer`` (or its folder) becomes a :class:`~slimkit.text.PooledEncoder` (tokens ->
+mean-pooled embedding); the loop of :func:`slimkit.optimize.optimize` factorizes its word-embedding
+table, prunes attention heads and FFN units by measured sensitivity (least-squares refits of the
+layers after them), distils from the original on unlabelled sentences and quantizes to dynamic int8
+ONNX, deciding everything by the fidelity task's metrics on held-out sentences: mean cosine to the
+original's embeddings and ``overlap@10`` (how many of each sentence's 10 nearest neighbours the
+original also ranks there). The run folder holds the encoder as a sentence-transformers folder
+(``encoder/``, loads with ``SentenceTransformer(path)`` after ``import slimkit.text``), its ONNX
+files and the report.
+
+Example::
+
+    from slimkit import text
+    from slimkit.optimize import Target
+
+    data = text.sentence_loaders(tok, train_sentences, val_sentences, test_sentences)
+    target = Target(params=0.5, latency=0.5, latency_batch=32, max_drop=0.05, min_metrics={"overlap@10": 0.8})
+    result = text.optimize_encoder("path/to/minilm", data, target, output="runs/minilm-opt")
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from slimkit.compress import LowRankConfig, QuantizeConfig
+from slimkit.core.errors import SlimkitError
+from slimkit.core.files import atomic_path
+from slimkit.data.base import Loaders
+from slimkit.optimize.backend import TorchBackend
+from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig
+from slimkit.optimize.run import OptimizeResult, run_optimize
+from slimkit.optimize.target import Target, parse_target
+from slimkit.task import get_task
+from slimkit.text.hf import encoder_of, load, save
+from slimkit.text.onnx import PooledEncoder, tokenize
+
+__all__ = ["EncoderBackend", "encoder_recipe", "optimize_encoder", "sentence_loaders"]
+
+
+def sentence_loaders(
+    tokenizer: Any,
+    train: Sequence[str] | None,
+    val: Sequence[str],
+    test: Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    example_length: int = 64,
+    name: str = "sentences",
+) -> Loaders:
+    """:class:`slimkit.data.Loaders` of tokenized sentences (``input_ids`` / ``attention_mask`` dicts) for
+    the fidelity task; ``train`` shuffles (seeded). The example (tracing, export, latency) is the first
+    ``batch_size`` validation sentences padded to ``example_length`` tokens."""
+    if not val:
+        raise SlimkitError("sentence_loaders needs validation sentences")
+
+    def loader(sentences: Sequence[str] | None, shuffle: bool) -> DataLoader | None:
+        if not sentences:
+            return None
+        import torch
+
+        return DataLoader(
+            list(sentences),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(0) if shuffle else None,
+            collate_fn=lambda rows: tokenize(tokenizer, rows, max_length),
+        )
+
+    example = tokenize(tokenizer, list(val[:batch_size]), pad_to=example_length)
+    return Loaders(
+        train=loader(train, True),
+        val=loader(val, False),
+        test=loader(test, False),
+        example=example,
+        task="fidelity",
+        name=name,
+    )
+
+
+def encoder_recipe(
+    target: Target,
+    *,
+    embedding_share: float = 1 / 3,
+    finetune_epochs: int = 1,
+    steps_per_epoch: int | None = None,
+    lr: float = 3e-4,
+    importance: str = "l2",
+    quantize: bool = True,
+) -> Recipe:
+    """The sentence-encoder recipe: factorize the word-embedding table to ``embedding_share`` of its
+    width (most of the parameters), prune heads / FFN units to the target's MACs / params by sensitivity
+    with least-squares refits, distil from the original (AdamW, ``lr``), then dynamic int8 with
+    per-channel weight scales (the mode that keeps BERT's embeddings: static int8 does not)."""
+    macs = target.macs if target.macs is not None else (0.6 if target.latency is not None else None)
+    prune = SensitivityPruneConfig(
+        target_macs=macs,
+        target_params=target.params,
+        importance=importance,
+        refit=True,
+        probe_ratios=(0.25, 0.5, 0.75),
+    )
+    tune = FineTuneConfig(epochs=finetune_epochs, steps_per_epoch=steps_per_epoch, lr=lr, optimizer="adamw")
+    steps: list[Any] = [LowRankConfig(ratio=embedding_share, layers=("re:.*word_embeddings",)), tune]
+    if macs is not None or target.params is not None:
+        steps += [prune, tune]
+    if quantize:
+        steps.append(QuantizeConfig(mode="dynamic", per_channel=True))
+    return Recipe(tuple(steps))
+
+
+class EncoderBackend(TorchBackend):
+    """:class:`~slimkit.optimize.backend.TorchBackend` for a :class:`PooledEncoder`: saves (progress,
+    trials, outputs) are sentence-transformers folders built on ``template``."""
+
+    def __init__(self, original: PooledEncoder, data: Loaders, template: Any, **kwargs: Any) -> None:
+        super().__init__(original, data, task=get_task("fidelity"), **kwargs)
+        self.template = template
+
+    def protect(self, model: PooledEncoder, protected: Sequence[str]) -> list[str]:
+        """``protected`` and the pooler (unused by mean pooling, so free to prune, but its width is
+        fixed by the config the saved folder reloads with)."""
+        pooler = [n for n, _ in model.named_modules() if n.endswith("pooler.dense")]
+        return [*protected, *(n for n in pooler if n not in protected)]
+
+    def cost_model(self, model: PooledEncoder, protected: tuple[str, ...]) -> Any:
+        return super().cost_model(model, tuple(self.protect(model, protected)))
+
+    def prune(self, model: PooledEncoder, cfg: Any) -> PooledEncoder:
+        return super().prune(model, dataclasses.replace(cfg, protected=self.protect(model, cfg.protected)))
+
+    def sentence_transformer(self, model: PooledEncoder) -> Any:
+        """The template pipeline (tokenizer, pooling...) around ``model``'s encoder (not copied)."""
+        return copy.deepcopy(self.template, {id(encoder_of(self.template)): model.encoder})
+
+    def save(self, model: PooledEncoder, folder: Path, extra_files: dict[str, str] | None = None) -> None:
+        with atomic_path(folder, force=True) as tmp:
+            tmp.mkdir()
+            save(self.sentence_transformer(model), tmp / "encoder")
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+
+    def load(self, folder: Path) -> PooledEncoder:
+        return _wrap(load(folder / "encoder"))
+
+    def save_outputs(self, model: PooledEncoder, folder: Path) -> tuple[dict[str, str], list[str]]:
+        from slimkit.io import export
+
+        save(self.sentence_transformer(model), folder / "encoder", force=True)
+        export(model, folder / "model.onnx", self.example, force=True)
+        return {"sentence-transformer": "encoder", "onnx": "model.onnx"}, []
+
+
+def _wrap(model: Any) -> PooledEncoder:
+    """The encoder for the loop, dropout off: the teacher's outputs are deterministic targets."""
+    module = PooledEncoder.of(model).eval()
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return module
+
+
+def optimize_encoder(
+    model: Any,
+    data: Loaders,
+    target: Target | str | list[str],
+    *,
+    recipe: Recipe | str | Path | dict | None = "auto",
+    output: str | Path | None = None,
+    trials: int = 0,
+    storage: str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    html: bool = True,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    **auto: Any,
+) -> OptimizeResult:
+    """Optimize a sentence encoder (a ``SentenceTransformer`` or its folder) to ``target`` with the
+    fidelity task on ``data`` (:func:`sentence_loaders`); ``recipe="auto"`` is :func:`encoder_recipe`
+    (``auto`` keywords go to it). The rest as :func:`slimkit.optimize.optimize`."""
+    import torch
+
+    started = time.monotonic()
+    if isinstance(target, str | list):
+        target = parse_target(target)
+    target = target.for_task("cosine")
+    st = load(model) if isinstance(model, str | Path) else model
+    original = _wrap(copy.deepcopy(st))
+    torch.manual_seed(seed)
+    backend = EncoderBackend(original, data, st, progress=progress, seed=seed)
+    backend.metric = target.metric
+    if recipe is None or recipe == "auto":
+        recipe = encoder_recipe(target, **auto)
+    return run_optimize(
+        backend,
+        original,
+        data,
+        target,
+        recipe,
+        {},
+        {"task": "fidelity", "encoder": True},
+        output=output,
+        trials=trials,
+        storage=storage,
+        study_name="slimkit-optimize",
+        resume=resume,
+        seed=seed,
+        force=force,
+        html=html,
+        started=started,
+        log=log or (lambda s: None),
+    )
