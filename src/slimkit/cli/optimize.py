@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
+from slimkit.cli.common import (
+    DataName,
+    Factory,
+    Force,
+    ModelPath,
+    TrustPickle,
+    console,
+    is_encoder_folder,
+    is_keras,
+    load_model,
+)
 
 if TYPE_CHECKING:
     from slimkit.optimize import OptimizeResult
@@ -56,7 +66,10 @@ def optimize_command(
     quantize: Annotated[
         bool | None, typer.Option("--quantize/--no-quantize", help="int8 ONNX at the end (auto: by target).")
     ] = None,
-    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after each pruning round (auto).")] = 4,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option(help="Fine-tuning epochs after each pruning round (auto recipe; default 4, 1 for encoders)."),
+    ] = None,
     rounds: Annotated[int, typer.Option(help="Pruning rounds (auto recipe).")] = 2,
     steps_per_epoch: Annotated[
         int | None, typer.Option(help="Batches per fine-tuning epoch (auto recipe; needed for endless loaders).")
@@ -93,7 +106,7 @@ def optimize_command(
             tgt,
             recipe=recipe,
             quantize=quantize,
-            finetune_epochs=finetune_epochs,
+            finetune_epochs=finetune_epochs or 4,
             rounds=rounds,
             allocation=allocation,
             round_to=_round_to(round_to),
@@ -103,6 +116,22 @@ def optimize_command(
             seed=seed,
             force=force,
             extra={"task": task, "val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
+        )
+    if is_encoder_folder(model):
+        return _optimize_encoder(
+            model,
+            data,
+            output,
+            tgt,
+            recipe=recipe,
+            finetune_epochs=finetune_epochs or 1,
+            trials=trials,
+            storage=storage,
+            resume=resume,
+            seed=seed,
+            force=force,
+            extra={"val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
+            task=task,
         )
     net = load_model(model, factory, trust_pickle)
     if not hasattr(net, "parameters"):
@@ -125,7 +154,7 @@ def optimize_command(
             recipe=recipe,
             output=output,
             quantize=quantize,
-            finetune_epochs=finetune_epochs,
+            finetune_epochs=finetune_epochs or 4,
             rounds=rounds,
             allocation=allocation,
             round_to=_round_to(round_to),
@@ -169,6 +198,52 @@ def _optimize_keras(
             console.print(line)
 
         result = optimize(model, data, tgt, output=output, log=log, **kwargs)  # type: ignore[arg-type]
+    _print_result(result, output)
+
+
+def _optimize_encoder(
+    model: Path,
+    data: str,
+    output: Path,
+    tgt: object,
+    *,
+    recipe: str,
+    finetune_epochs: int,
+    extra: dict[str, object],
+    task: str | None,
+    **kwargs: object,
+) -> None:
+    """``slimkit optimize ENCODER_FOLDER``: a sentence encoder through the loop with the fidelity task
+    (slimkit.text.optimize_encoder); DATA names the sentences (see slimkit.text.sentence_data)."""
+    from slimkit.core.errors import SlimkitError
+    from slimkit.core.optional import require
+
+    require("sentence_transformers", extra="text", package="sentence-transformers")
+    from slimkit import text
+
+    if task not in (None, "fidelity", "embedding"):
+        raise SlimkitError(f"a sentence encoder folder is optimized with the fidelity task, not --task {task}")
+    for flag, value in extra.items():
+        if value is not None:
+            raise SlimkitError(f"--{flag.replace('_', '-')} is not available for sentence encoder folders")
+    st = text.load(model)
+    loaders = text.sentence_data(data, st.tokenizer)
+    with console.status("optimizing") as status:
+
+        def log(line: str) -> None:
+            status.update(line.strip()[:100])
+            console.print(line)
+
+        result = text.optimize_encoder(
+            st,
+            loaders,
+            tgt,  # type: ignore[arg-type]
+            recipe=recipe,
+            output=output,
+            log=log,
+            finetune_epochs=finetune_epochs,
+            **kwargs,  # type: ignore[arg-type]
+        )
     _print_result(result, output)
 
 

@@ -25,7 +25,7 @@ from slimkit.text.corpus import held_out_sentences, news_paragraphs, training_se
 from slimkit.text.distil import distil_
 from slimkit.text.hf import SlimBertConfig, SlimBertModel, count_params, encoder_of, load, load_minilm, save, shapes
 from slimkit.text.onnx import OnnxEncoder, PooledEncoder, TorchEncoder, export_onnx, quantize_onnx, tokenize
-from slimkit.text.optimize import encoder_recipe, optimize_encoder, sentence_loaders
+from slimkit.text.optimize import encoder_recipe, optimize_encoder, sentence_data, sentence_loaders
 from slimkit.text.prune import (
     collect_inputs,
     factorize_embeddings_,
@@ -61,6 +61,7 @@ __all__ = [
     "prune_heads_",
     "quantize_onnx",
     "save",
+    "sentence_data",
     "sentence_loaders",
     "shapes",
     "tokenize",

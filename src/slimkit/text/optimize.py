@@ -44,7 +44,7 @@ from slimkit.task import get_task
 from slimkit.text.hf import encoder_of, load, save
 from slimkit.text.onnx import PooledEncoder, tokenize
 
-__all__ = ["EncoderBackend", "encoder_recipe", "optimize_encoder", "sentence_loaders"]
+__all__ = ["EncoderBackend", "encoder_recipe", "optimize_encoder", "sentence_data", "sentence_loaders"]
 
 
 def sentence_loaders(
@@ -85,6 +85,46 @@ def sentence_loaders(
         example=example,
         task="fidelity",
         name=name,
+    )
+
+
+def sentence_data(spec: str | Path, tokenizer: Any, *, batch_size: int = 32) -> Loaders:
+    """Sentences for :func:`optimize_encoder` from a name (what ``slimkit optimize ENCODER -d SPEC`` takes):
+
+    - ``docstrings``: slimkit's offline corpora: distillation on :func:`training_sentences` (docstrings
+      of other packages, reviews, speeches), validation and test on the two halves of
+      :func:`held_out_sentences` (4,000 docstring sentences of numpy, scipy, scikit-learn, torch);
+    - a ``.txt`` file, one sentence per line: every 10th line validates, every 10th + 1 tests, the
+      rest distils;
+    - ``package.module:function`` returning :class:`slimkit.data.Loaders` (the trust rules of ``-d``).
+    """
+    from slimkit.text.corpus import held_out_sentences, training_sentences
+
+    spec = str(spec)
+    if spec == "docstrings":
+        held = held_out_sentences(4000)
+        train = training_sentences(30000)
+        return sentence_loaders(tokenizer, train, held[0::2], held[1::2], batch_size=batch_size, name=spec)
+    if spec.endswith(".txt"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SlimkitError(f"{path} does not exist; give a text file with one sentence per line")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if len(lines) < 20:
+            raise SlimkitError(f"{path} holds {len(lines)} sentences; give at least 20 (one per line)")
+        val, test = lines[0::10], lines[1::10]
+        train = [line for i, line in enumerate(lines) if i % 10 > 1]
+        return sentence_loaders(tokenizer, train, val, test, batch_size=batch_size, name=path.name)
+    if ":" in spec:
+        from slimkit.data import load as load_data
+
+        data = load_data(spec)
+        if not isinstance(data, Loaders):
+            raise SlimkitError(f"{spec} must return slimkit.data.Loaders of tokenized sentences")
+        return data
+    raise SlimkitError(
+        f"unknown sentences {spec!r}: give 'docstrings', a .txt file (one sentence per line) or module:function"
     )
 
 
