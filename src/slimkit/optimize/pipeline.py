@@ -520,13 +520,7 @@ class Loop:
                 ratios = {p: (current[p] - w) / current[p] for p, w in widths.items() if w < current[p]}
                 if not ratios or (desc and widths == round_w):
                     continue
-                cfg = ChannelPruneConfig(
-                    ratio=0.0,
-                    ratios=ratios,
-                    importance=step.importance,
-                    protected=list(step.protected),
-                    refit=step.refit,
-                )
+                cfg = step.channel_config(ratios)
                 variants.append((desc, cfg, lambda m, c=cfg: self.be.prune(m, c)))
             if not variants:
                 return True
@@ -629,14 +623,7 @@ class Loop:
             started = time.perf_counter()
 
             def prune(m: Any, ratios: dict[str, float]) -> Any:
-                cfg = ChannelPruneConfig(
-                    ratio=0.0,
-                    ratios=ratios,
-                    importance=step.importance,
-                    protected=list(step.protected),
-                    refit=step.refit,
-                )
-                return self.be.prune(self.be.copy(m), cfg)
+                return self.be.prune(self.be.copy(m), step.channel_config(ratios))
 
             base = self.probe_scores(model)
             costs = self.be.cost_model(model, step.protected)

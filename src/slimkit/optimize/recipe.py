@@ -110,6 +110,12 @@ class SensitivityPruneConfig(Config):
     protected: tuple[str, ...] = ()
     refit: bool = False
 
+    def channel_config(self, ratios: dict[str, float]) -> ChannelPruneConfig:
+        """The :class:`~slimkit.prune.ChannelPruneConfig` removing ``ratios`` (per group) as this step does."""
+        return ChannelPruneConfig(
+            ratio=0.0, ratios=ratios, importance=self.importance, protected=list(self.protected), refit=self.refit
+        )
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "probe_ratios", tuple(self.probe_ratios))
         object.__setattr__(self, "protected", tuple(self.protected))

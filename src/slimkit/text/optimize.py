@@ -58,24 +58,23 @@ def sentence_loaders(
     example_length: int = 64,
     name: str = "sentences",
 ) -> Loaders:
-    """:class:`slimkit.data.Loaders` of tokenized sentences (``input_ids`` / ``attention_mask`` dicts) for
-    the fidelity task; ``train`` shuffles (seeded). The example (tracing, export, latency) is the first
-    ``batch_size`` validation sentences padded to ``example_length`` tokens."""
+    """:class:`slimkit.data.Loaders` of tokenized sentences (``input_ids`` / ``attention_mask`` dicts)
+    for the fidelity task; ``train`` batches sentences of similar length in a seeded random order. The
+    example (tracing, export, latency) is the first ``batch_size`` validation sentences padded to
+    ``example_length`` tokens."""
     if not val:
         raise SlimkitError("sentence_loaders needs validation sentences")
+
+    def collate(rows: list[str]) -> dict:
+        return tokenize(tokenizer, rows, max_length)
 
     def loader(sentences: Sequence[str] | None, shuffle: bool) -> DataLoader | None:
         if not sentences:
             return None
-        import torch
-
-        return DataLoader(
-            list(sentences),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(0) if shuffle else None,
-            collate_fn=lambda rows: tokenize(tokenizer, rows, max_length),
-        )
+        if not shuffle:
+            return DataLoader(list(sentences), batch_size=batch_size, collate_fn=collate)
+        lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]]
+        return DataLoader(list(sentences), batch_sampler=_LengthBatches(lengths, batch_size), collate_fn=collate)
 
     example = tokenize(tokenizer, list(val[:batch_size]), pad_to=example_length)
     return Loaders(
@@ -86,6 +85,33 @@ def sentence_loaders(
         task="fidelity",
         name=name,
     )
+
+
+class _LengthBatches:
+    """Training batches of similar-length sentences (little padding: a third of the compute of random
+    batches on mixed corpora), drawn afresh in a seeded random order every epoch: shuffled, cut into
+    chunks of 50 batches, each chunk sorted by length, the batches shuffled."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.epoch, self.seed = lengths, batch_size, 0, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Any:
+        import random
+
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        chunk = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=self.lengths.__getitem__)
+            batches += [part[b : b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
 
 
 def sentence_data(spec: str | Path, tokenizer: Any, *, batch_size: int = 32) -> Loaders:
