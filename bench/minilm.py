@@ -65,6 +65,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after each compressing step")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--embedding-share", type=float, default=1 / 3, help="rank of the word-embedding table / width")
+    p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
+    p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads for the optimize run")
     p.add_argument("--output", default="runs/minilm-opt", help="the run folder")
@@ -93,8 +95,8 @@ def main() -> None:
         params=0.5,
         latency=0.5,
         latency_batch=32,
-        max_drop=0.05,
-        min_metrics={"overlap@10": 0.8},
+        max_drop=args.max_drop,
+        min_metrics={"overlap@10": args.min_overlap} if args.min_overlap else {},
         time_budget=args.budget,
     )
     result = text.optimize_encoder(
@@ -171,8 +173,10 @@ def main() -> None:
             "# Sentence encoder through the optimize loop: all-MiniLM-L6-v2, fidelity task (`bench/minilm.py`)",
             "",
             f"{datetime.date.today()}, `{cmd}` (budget {args.budget:g} s, {len(train):,} distillation sentences, "
-            f"{args.epochs} epochs per recovery, lr {args.lr:g}, embedding share {args.embedding_share:.3f}); "
-            f"total {total:.0f} s on 2 shared cores.",
+            f"{args.epochs} epochs per recovery, lr {args.lr:g}, embedding share {args.embedding_share:.3f}, "
+            f"loop constraint: cosine drop <= {args.max_drop:g}"
+            + (f", overlap@10 >= {args.min_overlap:g}" if args.min_overlap else "")
+            + f"); total {total:.0f} s on 2 shared cores.",
             "",
             "Goal (issue 19): params <= 0.5x and batch-32 ONNX Runtime latency <= 0.5x at mean cosine >= 0.95 and "
             "top-10 neighbour overlap >= 0.8, on held-out docstring sentences and on a held-out genre (news).",

@@ -290,8 +290,9 @@ class Loop:
         m = self.target.metric
         drop = self.target.drop(metrics, self.base["metrics"])
         unit = " pts" if in_points(m) else ""
+        floors = "".join(f", {k} {format_metric(k, metrics[k])}" for k in self.target.min_metrics if k in metrics)
         self.log(
-            f"  [{c.id}] {step}: val {m} {format_metric(m, metrics[m])} ({-drop:+.4g}{unit}), "
+            f"  [{c.id}] {step}: val {m} {format_metric(m, metrics[m])} ({-drop:+.4g}{unit}){floors}, "
             f"MACs {costs['macs'] / self.base['costs']['macs']:.3f}x, "
             f"file {costs['bytes'] / self.base['costs']['bytes']:.3f}x"
             + (f", latency {costs['latency'] / self.base['costs']['latency']:.2f}x" if "latency" in costs else "")
