@@ -62,9 +62,11 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=3300, help="time budget of the whole optimize run (s)")
     p.add_argument("--train", type=int, default=20000, help="distillation sentences")
     p.add_argument("--held", type=int, default=4000, help="held-out sentences (half validation, half test)")
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after each compressing step")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning (distillation) epochs after pruning")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--embedding-share", type=float, default=1 / 3, help="rank of the word-embedding table / width")
+    p.add_argument("--exact-tokens", type=float, default=0.1, help="share of the most frequent tokens kept exact")
+    p.add_argument("--val-batches", type=int, default=25, help="validation batches of 32 per decision (0: all)")
     p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
@@ -109,6 +111,8 @@ def main() -> None:
         finetune_epochs=args.epochs,
         lr=args.lr,
         embedding_share=args.embedding_share,
+        exact_tokens=args.exact_tokens,
+        val_batches=args.val_batches or None,
     )
     say(result.summary().replace("\n", "; "))
     original = text.PooledEncoder.of(st).eval()
@@ -173,7 +177,8 @@ def main() -> None:
             "# Sentence encoder through the optimize loop: all-MiniLM-L6-v2, fidelity task (`bench/minilm.py`)",
             "",
             f"{datetime.date.today()}, `{cmd}` (budget {args.budget:g} s, {len(train):,} distillation sentences, "
-            f"{args.epochs} epochs per recovery, lr {args.lr:g}, embedding share {args.embedding_share:.3f}, "
+            f"{args.epochs} epochs of recovery, lr {args.lr:g}, embedding share {args.embedding_share:.3f} with "
+            f"{args.exact_tokens:.0%} of the tokens exact, {args.val_batches or 'all'} validation batches a decision, "
             f"loop constraint: cosine drop <= {args.max_drop:g}"
             + (f", overlap@10 >= {args.min_overlap:g}" if args.min_overlap else "")
             + f"); total {total:.0f} s on 2 shared cores.",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -117,9 +118,50 @@ def test_lowrank_tables_exact_at_full_rank_and_smaller_below() -> None:
     assert "would not save parameters" in record.skipped["embeddings.3"]  # 4 rows: rank 4 is full rank
     assert count_params(small) < count_params(model)
     sk.apply_(small, EmbeddingQuantConfig(bits=4))  # composes: the narrow tables quantize too
-    assert isinstance(small.embeddings[0][0], QuantizedEmbedding)
+    assert isinstance(small.embeddings[0].narrow, QuantizedEmbedding)
     pca = sk.apply_(copy.deepcopy(model), LowRankConfig(method="pca", rank=4, layers=("embeddings.0",)), x)
     assert "factorized by svd" in sk.records(pca)[-1].skipped["embeddings.0"]
+
+
+def test_lowrank_tables_weigh_rows_by_use_and_keep_the_most_used_exact(tmp_path: Path) -> None:
+    from slimkit.compress import FactorizedEmbedding, LowRankConfig
+
+    torch.manual_seed(0)
+    model = sk.zoo.create("recsys_mlp").eval()
+    x = torch.stack([torch.randint(0, n, (3000,)) for n in (1000, 500, 20, 4)], 1)
+    x[:, 0] = torch.randint(0, 50, (3000,)) ** 2 // 50  # table 0: a skewed few ids (0 most of all)
+    table = model.embeddings[0].weight.detach().clone()
+    used = torch.bincount(x[:, 0], minlength=1000)
+
+    def error(m: nn.Module) -> float:  # squared row error, weighted by use
+        rows = m.embeddings[0](torch.arange(1000)).detach()
+        return float((used[:, None] * (rows - table) ** 2).sum())
+
+    cfg = LowRankConfig(rank=4, layers=("embeddings.0",))
+    plain = sk.apply_(copy.deepcopy(model), cfg)
+    weighted = sk.apply_(copy.deepcopy(model), cfg, example_inputs=x)
+    assert error(weighted) < 0.8 * error(plain)
+    exact = sk.apply_(
+        copy.deepcopy(model), dataclasses.replace(cfg, exact_rows=0.01), example_inputs=[x[:1000], x[1000:]]
+    )
+    emb = exact.embeddings[0]
+    assert isinstance(emb, FactorizedEmbedding) and emb.exact_rows == 10 and emb.rank == 4
+    top = torch.sort(-used, stable=True).indices[:10]
+    with torch.no_grad():
+        assert torch.allclose(emb(top), table[top], atol=1e-5)  # the 10 most used ids come out exactly
+    assert error(exact) < error(weighted)
+    layer = sk.records(exact)[-1].details["layers"]["embeddings.0"]
+    assert layer["params_after"] == count_params(emb) < layer["params_before"]
+    sk.save(exact, tmp_path / "ckpt", example=x[:8])
+    again = sk.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(again(x), exact(x))
+    path = sk.export(exact, tmp_path / "m.onnx", x[:64])
+    assert onnx_agreement(exact, path, x[:64])["max_abs_diff"] < 1e-4
+    with pytest.raises(SlimkitError, match="exact_rows .* needs calibration inputs"):
+        sk.apply_(copy.deepcopy(model), dataclasses.replace(cfg, exact_rows=0.01))
+    with pytest.raises(SlimkitError, match="exact_rows"):
+        LowRankConfig(exact_rows=1.0)
 
 
 def test_bucketing_keeps_used_rows_exact_and_shares_the_rest(tmp_path: Path) -> None:

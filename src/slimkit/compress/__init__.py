@@ -16,6 +16,7 @@ from slimkit.compress.embedding import (
     BucketedEmbedding,
     EmbeddingBucketConfig,
     EmbeddingQuantConfig,
+    FactorizedEmbedding,
     QuantizedEmbedding,
     embedding_bytes,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "BucketedEmbedding",
     "EmbeddingBucketConfig",
     "EmbeddingQuantConfig",
+    "FactorizedEmbedding",
     "QuantizedEmbedding",
     "embedding_bytes",
     "LowRankConfig",

@@ -28,6 +28,7 @@ from slimkit.core.transform import Config, TransformRecord, register_config, reg
 __all__ = [
     "BucketedEmbedding",
     "EmbeddingBucketConfig",
+    "FactorizedEmbedding",
     "EmbeddingQuantConfig",
     "QuantizedEmbedding",
     "embedding_bytes",
@@ -87,6 +88,62 @@ class QuantizedEmbedding(nn.Module):
 register_module(
     QuantizedEmbedding,
     lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "bits": m.bits},
+)
+
+
+class FactorizedEmbedding(nn.Module):
+    """An embedding table factorized into ``Embedding(n, rank)`` then ``Linear(rank, dim)`` (children
+    ``0`` and ``1``), plus exact rows for the most used ids: ``exact`` holds their residuals (row 0
+    is zero: every other id reads it; ``slot[i]`` is id ``i``'s row), so a few thousand frequent
+    tokens come out exactly as in the original table while the long tail shares the low-rank part.
+    Built by :func:`slimkit.compress.factor.svd_embedding`.
+    """
+
+    def __init__(
+        self, num_embeddings: int, rank: int, embedding_dim: int, exact_rows: int = 0, padding_idx: int | None = None
+    ) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.add_module("0", nn.Embedding(num_embeddings, rank, padding_idx=padding_idx))
+        self.add_module("1", nn.Linear(rank, embedding_dim, bias=False))
+        self.exact = nn.Embedding(exact_rows + 1, embedding_dim, padding_idx=0) if exact_rows else None
+        self.register_buffer("slot", torch.zeros(num_embeddings, dtype=torch.int32) if exact_rows else None)
+
+    @property
+    def narrow(self) -> nn.Embedding:
+        return self._modules["0"]
+
+    @property
+    def up(self) -> nn.Linear:
+        return self._modules["1"]
+
+    @property
+    def rank(self) -> int:
+        return self.narrow.embedding_dim
+
+    @property
+    def exact_rows(self) -> int:
+        return 0 if self.exact is None else self.exact.num_embeddings - 1
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.up(self.narrow(ids))
+        if self.exact is not None:  # stored as int32; lookups (ONNX Gather) take int64
+            out = out + self.exact(self.slot[ids].long())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, exact_rows={self.exact_rows}"
+
+
+register_module(
+    FactorizedEmbedding,
+    lambda m: {
+        "num_embeddings": m.num_embeddings,
+        "rank": m.rank,
+        "embedding_dim": m.embedding_dim,
+        "exact_rows": m.exact_rows,
+        "padding_idx": m.narrow.padding_idx,
+    },
 )
 
 

@@ -15,9 +15,14 @@ which layers and ranks, and installs the results with recorded surgery.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from slimkit.compress.embedding import FactorizedEmbedding
 
 
 def _root_split(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,13 +50,51 @@ def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def svd_embedding(table: nn.Embedding, rank: int) -> nn.Sequential:
-    """``Embedding(n, d)`` -> ``Embedding(n, r)``, ``Linear(r, d, bias=False)`` (exact at ``r = min(n, d)``)."""
-    w = table.weight.detach()  # (n, d)
-    rows, dim = w.shape
-    left, right, _ = _root_split(w, rank)  # (n, r), (r, d)
-    narrow = _set(nn.Embedding(rows, rank, padding_idx=table.padding_idx), left, None, w)
-    return nn.Sequential(narrow, _set(nn.Linear(rank, dim, bias=False), right.T, None, w))
+def svd_embedding(
+    table: nn.Embedding, rank: int, counts: torch.Tensor | None = None, exact_rows: int = 0
+) -> FactorizedEmbedding:
+    """``Embedding(n, d)`` -> :class:`~slimkit.compress.embedding.FactorizedEmbedding` of rank ``rank``
+    (exact at ``r = min(n, d)``).
+
+    With ``counts`` (how often each id is read on calibration data) the ``exact_rows`` most used ids
+    keep their rows exactly, and the rank-``r`` subspace is the best one for the other rows weighted
+    by ``count + 1``: frequent tokens stay close, the never-seen tail shares what is left. Every row
+    is projected on the subspace (``up`` has orthonormal columns).
+    """
+    from slimkit.compress.embedding import FactorizedEmbedding
+
+    w = table.weight.detach()
+    n, d = w.shape
+    kept, _, basis = embedding_basis(w, counts, exact_rows)
+    basis = basis[:rank]  # (r, d)
+    narrow = w.double() @ basis.T  # (n, r)
+    new = FactorizedEmbedding(n, rank, d, len(kept), table.padding_idx)
+    _set(new.narrow, narrow, None, w)
+    _set(new.up, basis.T, None, w)
+    if len(kept):
+        with torch.no_grad():
+            new.exact.weight[1:] = (w[kept].double() - narrow[kept] @ basis).to(w.dtype)
+            new.slot[kept] = torch.arange(1, len(kept) + 1, dtype=torch.int32)
+    return new
+
+
+def embedding_basis(
+    w: torch.Tensor, counts: torch.Tensor | None, exact_rows: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``exact_rows`` most used ids (ties: lower id first), then the singular values and right
+    singular vectors (rows), best first, of the other rows of ``w`` weighted by ``sqrt(count + 1)``
+    (plain SVD without counts)."""
+    n = len(w)
+    if exact_rows and counts is None:
+        raise ValueError("exact rows are the most used ids: they need usage counts")
+    kept = torch.sort(-counts, stable=True).indices[:exact_rows] if exact_rows else torch.zeros(0, dtype=torch.long)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[kept] = False
+    rows = w.detach().double()[rest]
+    if counts is not None:
+        rows = rows * (counts[rest].double() + 1).sqrt()[:, None]
+    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+    return kept, s, vh
 
 
 def _bias(layer: nn.Module) -> torch.Tensor | None:

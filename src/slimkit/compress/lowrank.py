@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -55,7 +55,12 @@ class LowRankConfig(Config):
     """Low-rank factorization. Give at most one of ``rank``, ``ratio``, ``energy``, ``budget``
     (default: ``ratio=0.5``). ``layers``: names or ``re:`` patterns (default: every Linear/Conv2d).
     ``nn.Embedding`` tables named in ``layers`` are factorized too (svd): a table of ``r``-dim rows
-    followed by a ``Linear(r, dim)``, exact at ``r = min(rows, dim)``.
+    followed by a ``Linear(r, dim)``, exact at ``r = min(rows, dim)``. Given calibration inputs, the
+    SVD weighs each row by how often its id is read (frequent tokens stay close) and the
+    ``exact_rows`` share of the ids read most keep their rows exactly
+    (:class:`~slimkit.compress.embedding.FactorizedEmbedding`): on all-MiniLM-L6-v2, rank 128 with the
+    10% most used tokens exact keeps mean cosine 0.986 before any training, against 0.725 for the
+    plain SVD at the same rank.
 
     ``budget`` is the fraction of the selected layers' ``budget_metric`` (params or MACs) to keep.
     ``conv``: ``"channel"`` (k x k conv with r filters + 1 x 1 conv) or ``"spatial"`` (k x 1 + 1 x k).
@@ -70,6 +75,8 @@ class LowRankConfig(Config):
     layers: tuple[str, ...] | None = None
     conv: str = "channel"
     calibration_batch_size: int = 256
+    exact_rows: float = 0.0
+    calibrated: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -89,6 +96,8 @@ class LowRankConfig(Config):
             v = getattr(self, k)
             if v is not None and not 0 < v <= 1:
                 raise SlimkitError(f"{k} must be in (0, 1], got {v}")
+        if not 0 <= self.exact_rows < 1:
+            raise SlimkitError(f"exact_rows is a share of an embedding table's rows in [0, 1), got {self.exact_rows}")
 
 
 @dataclasses.dataclass
@@ -145,7 +154,10 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
     out = w.shape[0]
     macs = w.numel() * positions
     if isinstance(layer, nn.Embedding):  # a lookup costs no MACs; the Linear after the narrow table does
-        full, per, per_macs, macs = min(w.shape), sum(w.shape), w.shape[1] * positions, 0
+        exact = _exact_rows(layer, cfg)
+        _, singular, _ = factor.embedding_basis(w, None if st is None else st.counts, exact)
+        fixed = (exact + 1) * w.shape[1] if exact else 0
+        return _Plan(name, kind, min(w.shape), singular**2, w.numel(), 0, sum(w.shape), w.shape[1] * positions, fixed)
     elif isinstance(layer, nn.Linear):
         full, per, per_macs = min(w.shape), sum(w.shape), sum(w.shape) * positions
     elif kind == "svd" and cfg.conv == "spatial":
@@ -162,6 +174,10 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
         spectrum = factor.output_pca(st.mean, st.cov)[0][:full]
         per, fixed = per + has_bias, out  # first layer's bias per rank; second layer's bias always
     return _Plan(name, kind, full, spectrum, w.numel() + has_bias * out, macs, per, per_macs, fixed)
+
+
+def _exact_rows(table: nn.Embedding, cfg: LowRankConfig) -> int:
+    return round(cfg.exact_rows * table.num_embeddings)
 
 
 def _as_matrix(w: torch.Tensor, conv: str) -> torch.Tensor:
@@ -213,8 +229,10 @@ def _budget_ranks(plans: list[_Plan], cfg: LowRankConfig) -> dict[str, int]:
 def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor | None) -> TransformRecord:
     """Factorize the selected layers of ``model`` in place (see the module docstring).
 
-    ``example_inputs`` are the calibration inputs for the ``pca`` methods (use 1,000+ real
-    training samples; at least as many as the rank) and give the MACs for ``budget_metric="macs"``.
+    ``example_inputs`` are the calibration inputs (a batch, run in chunks of
+    ``calibration_batch_size``, or a list of batches) for the ``pca`` methods (use 1,000+ real
+    training samples; at least as many as the rank) and embedding usage, and give the MACs for
+    ``budget_metric="macs"``.
     """
     record = TransformRecord("LowRankConfig", cfg.to_dict())
     names = select(model, cfg.layers, (nn.Linear, nn.Conv2d, nn.Embedding) if cfg.layers else (nn.Linear, nn.Conv2d))
@@ -228,11 +246,13 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
         else:
             candidates.append(name)
     data_aware = cfg.method != "svd"
-    if (data_aware or cfg.budget_metric == "macs") and example_inputs is None:
-        raise SlimkitError(
-            f"method {cfg.method!r} with budget_metric {cfg.budget_metric!r} needs calibration inputs: "
-            "pass example_inputs (e.g. 1,000+ training samples)"
+    if (data_aware or cfg.budget_metric == "macs" or cfg.exact_rows) and example_inputs is None:
+        why = (
+            "exact_rows (the most used ids)"
+            if cfg.exact_rows
+            else f"method {cfg.method!r} with budget_metric {cfg.budget_metric!r}"
         )
+        raise SlimkitError(f"{why} needs calibration inputs: pass example_inputs (e.g. 1,000+ training samples)")
     pairs = find_pairs(model, candidates) if cfg.method == "pca" else {}
     consumers = set(pairs.values())
     kinds: dict[str, str] = {}
@@ -258,7 +278,6 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
         raise SlimkitError(
             f"rank {cfg.rank} is larger than any selected layer allows (largest full rank {max(p.full for p in plans)})"
         )
-    samples = len(example_inputs) if example_inputs is not None else 0
     details: dict[str, Any] = {}
     for p in plans:
         r = ranks[p.name]
@@ -268,8 +287,10 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
         if not p.saves(r):
             record.skipped[p.name] = f"rank {r} of {p.full} would not save parameters"
             continue
-        if p.kind != "svd" and samples < r:
-            raise SlimkitError(f"{p.name}: pca at rank {r} needs at least {r} calibration samples, got {samples}")
+        if p.kind != "svd" and stats[p.name].samples < r:
+            raise SlimkitError(
+                f"{p.name}: pca at rank {r} needs at least {r} calibration samples, got {stats[p.name].samples}"
+            )
         _apply(model, p, r, stats.get(p.name), cfg)
         record.changed.append(p.name)
         details[p.name] = {"kind": p.kind, "rank": r, "full_rank": p.full,
@@ -300,7 +321,8 @@ def _unsupported(layer: nn.Module, cfg: LowRankConfig) -> str | None:
 def _apply(model: nn.Module, p: _Plan, rank: int, st: LayerStats | None, cfg: LowRankConfig) -> None:
     layer = model.get_submodule(p.name)
     if p.kind == "svd" and isinstance(layer, nn.Embedding):
-        replace_module(model, p.name, factor.svd_embedding(layer, rank))
+        counts = None if st is None else st.counts
+        replace_module(model, p.name, factor.svd_embedding(layer, rank, counts, _exact_rows(layer, cfg)))
     elif p.kind == "svd":
         new = factor.svd_linear(layer, rank) if isinstance(layer, nn.Linear) else factor.svd_conv(layer, rank, cfg.conv)
         replace_module(model, p.name, new)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ class LayerStats:
     outer: torch.Tensor | None = None  # (O, O) float64 sum of output outer products
     chunks: list[torch.Tensor] = dataclasses.field(default_factory=list)
     consumer: str | None = None
+    samples: int = 0  # calibration samples seen
+    counts: torch.Tensor | None = None  # embedding tables: how often each id was read
 
     @property
     def mean(self) -> torch.Tensor:
@@ -76,9 +79,11 @@ def _rows(out: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 def collect_stats(
-    model: nn.Module, kinds: dict[str, str], pairs: dict[str, str], inputs: torch.Tensor, batch_size: int
+    model: nn.Module, kinds: dict[str, str], pairs: dict[str, str], inputs: Any, batch_size: int
 ) -> dict[str, LayerStats]:
-    """Run ``inputs`` through ``model`` in batches and gather each layer's :class:`LayerStats`."""
+    """Run ``inputs`` (one batch, run in chunks of ``batch_size`` samples, or a list of batches; a
+    batch is a tensor, or a tuple / dict of them) through ``model`` and gather each layer's
+    :class:`LayerStats`."""
     stats = {
         name: LayerStats(consumer=pairs.get(name) if kind == "pca-units" else None) for name, kind in kinds.items()
     }
@@ -88,6 +93,10 @@ def collect_stats(
         def hook(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
             st = stats[name]
             x = args[0]
+            st.samples += len(out)
+            if isinstance(layer, nn.Embedding):
+                used = torch.bincount(x.reshape(-1), minlength=layer.num_embeddings)
+                st.counts = used if st.counts is None else st.counts + used
             if isinstance(layer, nn.Conv2d):
                 st.positions = out.shape[2] * out.shape[3]
                 st.mid_positions = out.shape[2] * x.shape[3]
@@ -115,9 +124,13 @@ def collect_stats(
             if kind == "pca-units":
                 consumer = model.get_submodule(pairs[name])
                 handles.append(consumer.register_forward_pre_hook(on_consumer_input(name)))
-        rows = len(next(iter(flat_tensors(inputs))))
-        for start in range(0, rows, batch_size):  # inputs: a tensor, or a tuple / dict of them
-            call_model(model, map_batch(inputs, lambda t, s=start: t[s : s + batch_size]))
+        if not isinstance(inputs, list):
+            rows = len(next(iter(flat_tensors(inputs))))
+            inputs = [
+                map_batch(inputs, lambda t, s=start: t[s : s + batch_size]) for start in range(0, rows, batch_size)
+            ]
+        for batch in inputs:
+            call_model(model, batch)
     finally:
         for h in handles:
             h.remove()

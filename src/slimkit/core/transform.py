@@ -44,6 +44,7 @@ class Config:
     """Base class of transform configs: frozen, keyword-only, JSON round trip with a version."""
 
     VERSION: ClassVar[int] = 1
+    calibrated: ClassVar[bool] = False  # reads calibration inputs: loops pass a sample of training inputs
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "version": self.VERSION, **dataclasses.asdict(self)}

@@ -20,6 +20,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.evaluate.report import Report
+from slimkit.graph.trace import flat_tensors
 from slimkit.optimize.recipe import FineTuneConfig, Recipe
 from slimkit.optimize.sensitivity import CostModel
 from slimkit.prune import ChannelPruneConfig, prune_channels
@@ -126,6 +127,7 @@ class TorchBackend:
         self.example = example if example is not None else data.example
         self.progress = progress
         self.seed = seed
+        self.calibration_samples = 2048
         self.layer_names = list(CostModel(original, self.example).groups)
         self.metric: str | None = None  # the deciding metric (set by the loop): the user's evaluate must give it
 
@@ -157,7 +159,20 @@ class TorchBackend:
         return model
 
     def transform(self, model: nn.Module, cfg: Config) -> nn.Module:
-        return apply_(model, cfg, example_inputs=self.example)
+        return apply_(model, cfg, example_inputs=self.calibration() if cfg.calibrated else self.example)
+
+    def calibration(self) -> list[Any]:
+        """Input batches from the training split, ``calibration_samples`` samples in all (the example
+        without training data), for transforms that read data (activation statistics, id usage)."""
+        if self.data is None or getattr(self.data, "train", None) is None:
+            return [self.example]
+        batches, rows = [], 0
+        for batch in self.data.train:
+            batches.append(self.task.inputs(batch))
+            rows += len(next(iter(flat_tensors(batches[-1]))))
+            if rows >= self.calibration_samples:
+                break
+        return batches or [self.example]
 
     def scores(self, model: Any, split: str) -> dict[str, float]:
         """Metrics of ``model`` (a module or an ONNX runner) on ``split``, ``loss`` among them: the user's

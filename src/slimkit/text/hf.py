@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from slimkit.compress.embedding import FactorizedEmbedding
 from slimkit.core.errors import ModelFileError, SlimkitError
 from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
@@ -46,7 +47,8 @@ class SlimBertConfig(BertConfig):
 
     ``layer_heads``: attention heads kept per layer (head size stays ``hidden_size /
     num_attention_heads``); ``layer_intermediate``: FFN units per layer; ``embedding_rank``: the
-    word-embedding table is ``Embedding(vocab, rank)`` then ``Linear(rank, hidden)``;
+    word-embedding table is ``Embedding(vocab, rank)`` then ``Linear(rank, hidden)``, plus
+    ``embedding_exact_rows`` exact rows for the most used tokens (:class:`FactorizedEmbedding`);
     ``linear_ranks``: ``{module path: rank}`` of linears factorized into two.
     """
 
@@ -58,9 +60,11 @@ class SlimBertConfig(BertConfig):
         layer_intermediate: list[int] | None = None,
         embedding_rank: int | None = None,
         linear_ranks: dict[str, int] | None = None,
+        embedding_exact_rows: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.embedding_exact_rows = embedding_exact_rows
         self.layer_heads = list(layer_heads) if layer_heads is not None else None
         self.layer_intermediate = list(layer_intermediate) if layer_intermediate is not None else None
         self.embedding_rank = embedding_rank
@@ -92,9 +96,8 @@ def _build_shapes(bert: nn.Module, config: SlimBertConfig) -> None:
             layer.output.dense = nn.Linear(units, hidden)
     if config.embedding_rank:
         table = bert.embeddings.word_embeddings
-        bert.embeddings.word_embeddings = nn.Sequential(
-            nn.Embedding(table.num_embeddings, config.embedding_rank, padding_idx=table.padding_idx),
-            nn.Linear(config.embedding_rank, hidden, bias=False),
+        bert.embeddings.word_embeddings = FactorizedEmbedding(
+            table.num_embeddings, config.embedding_rank, hidden, config.embedding_exact_rows, table.padding_idx
         )
     for name, rank in config.linear_ranks.items():
         old = bert.get_submodule(name)
@@ -160,7 +163,8 @@ def shapes(model: nn.Module) -> dict[str, Any]:
         "layers": len(layers),
         "heads": [_out_features(layer.attention.self.query) // head_size(bert) for layer in layers],
         "intermediate": [_out_features(layer.intermediate.dense) for layer in layers],
-        "embedding_rank": table[0].embedding_dim if isinstance(table, nn.Sequential) else None,
+        "embedding_rank": table.rank if isinstance(table, FactorizedEmbedding) else None,
+        "embedding_exact_rows": table.exact_rows if isinstance(table, FactorizedEmbedding) else 0,
         "linear_ranks": ranks,
     }
 
@@ -182,7 +186,14 @@ def sync_config_(model: nn.Module) -> nn.Module:
         and not s["linear_ranks"]
     )
     fields = cfg.to_dict()
-    for key in ("layer_heads", "layer_intermediate", "embedding_rank", "linear_ranks", "model_type"):
+    for key in (
+        "layer_heads",
+        "layer_intermediate",
+        "embedding_rank",
+        "embedding_exact_rows",
+        "linear_ranks",
+        "model_type",
+    ):
         fields.pop(key, None)
     fields.update(num_hidden_layers=s["layers"], intermediate_size=max(s["intermediate"]))
     if plain and type(cfg) is SlimBertConfig:
@@ -197,6 +208,7 @@ def sync_config_(model: nn.Module) -> nn.Module:
             layer_heads=None if all(h == heads for h in s["heads"]) else s["heads"],
             layer_intermediate=None if len(set(s["intermediate"])) == 1 else s["intermediate"],
             embedding_rank=s["embedding_rank"],
+            embedding_exact_rows=s["embedding_exact_rows"],
             linear_ranks=s["linear_ranks"],
             **fields,
         )

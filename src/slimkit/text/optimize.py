@@ -158,16 +158,19 @@ def encoder_recipe(
     target: Target,
     *,
     embedding_share: float = 1 / 3,
+    exact_tokens: float = 0.1,
     finetune_epochs: int = 1,
     steps_per_epoch: int | None = None,
     lr: float = 3e-4,
     importance: str = "l2",
     quantize: bool = True,
 ) -> Recipe:
-    """The sentence-encoder recipe: factorize the word-embedding table to ``embedding_share`` of its
-    width (most of the parameters), prune heads / FFN units to the target's MACs / params by sensitivity
-    with least-squares refits, distil from the original (AdamW, ``lr``), then dynamic int8 with
-    per-channel weight scales (the mode that keeps BERT's embeddings: static int8 does not)."""
+    """The sentence-encoder recipe: factorize the word-embedding table (most of the parameters) to
+    ``embedding_share`` of its width, weighted by token frequency on the training sentences, the
+    ``exact_tokens`` share of the most frequent tokens kept exact; prune heads / FFN units (and the
+    embedding rank) to the target's MACs / params by sensitivity with least-squares refits; distil
+    from the original (AdamW, ``lr``); then dynamic int8 with per-channel weight scales (the mode that
+    keeps BERT's embeddings: static int8 does not)."""
     macs = target.macs if target.macs is not None else (0.6 if target.latency is not None else None)
     prune = SensitivityPruneConfig(
         target_macs=macs,
@@ -177,9 +180,10 @@ def encoder_recipe(
         probe_ratios=(0.25, 0.5, 0.75),
     )
     tune = FineTuneConfig(epochs=finetune_epochs, steps_per_epoch=steps_per_epoch, lr=lr, optimizer="adamw")
-    steps: list[Any] = [LowRankConfig(ratio=embedding_share, layers=("re:.*word_embeddings",)), tune]
+    steps: list[Any] = [LowRankConfig(ratio=embedding_share, exact_rows=exact_tokens, layers=("re:.*word_embeddings",))]
     if macs is not None or target.params is not None:
-        steps += [prune, tune]
+        steps.append(prune)
+    steps.append(tune)
     if quantize:
         steps.append(QuantizeConfig(mode="dynamic", per_channel=True))
     return Recipe(tuple(steps))
@@ -192,6 +196,7 @@ class EncoderBackend(TorchBackend):
     def __init__(self, original: PooledEncoder, data: Loaders, template: Any, **kwargs: Any) -> None:
         super().__init__(original, data, task=get_task("fidelity"), **kwargs)
         self.template = template
+        self.calibration_samples = 20000  # token usage for the frequency-weighted embedding factorization
 
     def protect(self, model: PooledEncoder, protected: Sequence[str]) -> list[str]:
         """``protected`` and the pooler (unused by mean pooling, so free to prune, but its width is
@@ -250,12 +255,14 @@ def optimize_encoder(
     force: bool = False,
     html: bool = True,
     progress: bool = False,
+    val_batches: int | None = None,
     log: Callable[[str], None] | None = None,
     **auto: Any,
 ) -> OptimizeResult:
     """Optimize a sentence encoder (a ``SentenceTransformer`` or its folder) to ``target`` with the
     fidelity task on ``data`` (:func:`sentence_loaders`); ``recipe="auto"`` is :func:`encoder_recipe`
-    (``auto`` keywords go to it). The rest as :func:`slimkit.optimize.optimize`."""
+    (``auto`` keywords go to it); ``val_batches`` bounds the validation batches of every decision
+    (sensitivity probes, candidates). The rest as :func:`slimkit.optimize.optimize`."""
     import torch
 
     started = time.monotonic()
@@ -265,7 +272,7 @@ def optimize_encoder(
     st = load(model) if isinstance(model, str | Path) else model
     original = _wrap(copy.deepcopy(st))
     torch.manual_seed(seed)
-    backend = EncoderBackend(original, data, st, progress=progress, seed=seed)
+    backend = EncoderBackend(original, data, st, progress=progress, seed=seed, val_batches=val_batches)
     backend.metric = target.metric
     if recipe is None or recipe == "auto":
         recipe = encoder_recipe(target, **auto)
@@ -276,7 +283,7 @@ def optimize_encoder(
         target,
         recipe,
         {},
-        {"task": "fidelity", "encoder": True},
+        {"task": "fidelity", "encoder": True, "val_batches": val_batches},
         output=output,
         trials=trials,
         storage=storage,

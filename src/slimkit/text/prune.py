@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.compress import factor
 from slimkit.compress.factor import refit_consumer, select_units, svd_linear
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import compile_pattern
@@ -235,35 +236,29 @@ def keep_layers_(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     return model
 
 
-def factorize_embeddings_(model: nn.Module, rank: int, *, token_counts: torch.Tensor | None = None) -> nn.Module:
-    """Word-embedding table ``(V, d)`` -> ``Embedding(V, rank)`` then ``Linear(rank, d)``.
+def factorize_embeddings_(
+    model: nn.Module, rank: int, *, token_counts: torch.Tensor | None = None, exact_rows: int = 0
+) -> nn.Module:
+    """Word-embedding table ``(V, d)`` -> ``Embedding(V, rank)`` then ``Linear(rank, d)``
+    (:func:`slimkit.compress.factor.svd_embedding`).
 
     The rank-``rank`` subspace is the best one for the rows weighted by ``token_counts + 1``
     (how often each token occurs in a training corpus; uniform without it), and every row is
-    projected on it. Frequent tokens are then reproduced almost exactly.
+    projected on it; the ``exact_rows`` most frequent tokens keep their rows exactly.
     """
     bert = encoder_of(model)
     table = bert.embeddings.word_embeddings
     if not isinstance(table, nn.Embedding):
         raise SlimkitError("the word embeddings are already factorized")
-    w = table.weight.detach().double()  # (V, d)
-    if not 0 < rank <= min(w.shape):
-        raise SlimkitError(f"rank must be in 1..{min(w.shape)}, got {rank}")
-    weight = torch.ones(len(w), dtype=torch.float64)
-    if token_counts is not None:
-        if token_counts.shape != (len(w),):
-            raise SlimkitError(
-                f"token_counts must have one count per token ({len(w)}), got {tuple(token_counts.shape)}"
-            )
-        weight = token_counts.double() + 1
-    _, _, vh = torch.linalg.svd(w * weight.sqrt()[:, None], full_matrices=False)  # (d, d)
-    basis = vh[:rank]  # (rank, d), orthonormal rows
-    narrow = nn.Embedding(len(w), rank, padding_idx=table.padding_idx)
-    up = nn.Linear(rank, w.shape[1], bias=False)
-    with torch.no_grad():
-        narrow.weight.copy_((w @ basis.T).to(table.weight.dtype))  # (V, rank)
-        up.weight.copy_(basis.T.to(table.weight.dtype))  # (d, rank)
-    bert.embeddings.word_embeddings = nn.Sequential(narrow, up)
+    if not 0 < rank <= min(table.weight.shape):
+        raise SlimkitError(f"rank must be in 1..{min(table.weight.shape)}, got {rank}")
+    if token_counts is not None and token_counts.shape != (table.num_embeddings,):
+        raise SlimkitError(
+            f"token_counts must have one count per token ({table.num_embeddings}), got {tuple(token_counts.shape)}"
+        )
+    if exact_rows and token_counts is None:
+        raise SlimkitError("exact_rows keeps the most frequent tokens: pass token_counts")
+    bert.embeddings.word_embeddings = factor.svd_embedding(table, rank, token_counts, exact_rows)
     sync_config_(bert)
     return model
 
