@@ -202,7 +202,7 @@ def test_distilling_into_a_copy_of_the_best_member_keeps_what_it_knows(
     details = sk.records(student)[-1].details
     assert details["start_val_accuracy"] == pytest.approx(accs[best])
     assert details["val_accuracy"] >= accs[best] - 0.05  # a gentle fine-tune, not a restart
-    with pytest.raises(sk.SlimkitError, match="needs a slimkit Dataset"):
+    with pytest.raises(sk.SlimkitError, match="needs data with train and val splits"):
         distill_ensemble(student, ensemble(members, "mean"), digits.train)
 
 

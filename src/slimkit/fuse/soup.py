@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import TransformRecord, add_record
 from slimkit.data.base import as_loader
-from slimkit.evaluate import accuracy
+from slimkit.evaluate import data_task
+from slimkit.task import Task
 from slimkit.train import reestimate_bn
 
 __all__ = ["ArchitectureMismatchError", "check_same_architecture", "greedy_soup", "reestimate_bn", "uniform_soup"]
@@ -88,21 +89,22 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def _refresh_bn(soup: nn.Module, bn_data: DataLoader | None) -> None:
+def _refresh_bn(soup: nn.Module, bn_data: DataLoader | None, task: Task | None = None) -> None:
     if has_batchnorm(soup):
         if bn_data is None:
             raise SlimkitError(
                 "the model has BatchNorm layers whose statistics must be re-estimated after averaging: pass "
                 "bn_data (a Dataset or a DataLoader of training batches; CLI: --data)"
             )
-        reestimate_bn(soup, bn_data)
+        reestimate_bn(soup, bn_data, task=task)
 
 
-def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Module:
+def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None, task: Task | str | None = None) -> nn.Module:
     """The average of ``models``' weights, as a new model (the inputs are unchanged).
 
     ``bn_data`` (a Dataset, whose training split is read in order, or a DataLoader) is needed
-    when the model has BatchNorm: its statistics are re-estimated on it after averaging.
+    when the model has BatchNorm: its statistics are re-estimated on it after averaging (``task``
+    says how to take the inputs from its batches; default: the data's task).
     Models that differ in any tensor name or shape raise :class:`ArchitectureMismatchError`.
 
     >>> import slimkit as sk
@@ -112,7 +114,7 @@ def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Modu
     """
     check_same_architecture(models)
     soup = _average(models)
-    _refresh_bn(soup, as_loader(bn_data, "train"))
+    _refresh_bn(soup, as_loader(bn_data, "train"), data_task(bn_data, task))
     add_record(
         soup,
         TransformRecord(
@@ -122,18 +124,23 @@ def uniform_soup(models: Sequence[nn.Module], *, bn_data: Any = None) -> nn.Modu
     return soup
 
 
-def greedy_soup(models: Sequence[nn.Module], val: Any, *, bn_data: Any = None) -> nn.Module:
-    """Greedy soup: add models in order of validation accuracy, keeping each only if the soup does not get worse.
+def greedy_soup(
+    models: Sequence[nn.Module], val: Any, *, bn_data: Any = None, task: Task | str | None = None
+) -> nn.Module:
+    """Greedy soup: add models in order of validation score, keeping each only if the soup does not get worse.
 
-    The recipe of Wortsman et al. (2022): the soup starts as the best model by validation accuracy
+    The recipe of Wortsman et al. (2022): the soup starts as the best model on validation
     (unchanged: no averaging, no BatchNorm update); each next model is averaged in (BatchNorm
-    statistics re-estimated) and kept when the soup's validation accuracy does not drop. So the
-    result's validation accuracy is never below the best single model's. The models should be
-    fine-tuned from one start (see :func:`~slimkit.fuse.train_members`).
+    statistics re-estimated) and kept when the soup's validation score does not get worse. So the
+    result is never worse on validation than the best single model. The models should be
+    fine-tuned from one start (see :func:`~slimkit.fuse.train_members`). The score is ``task``'s
+    deciding metric, its direction respected (default: the data's task, else classification's
+    accuracy; e.g. ``task="regression"`` decides by RMSE, lower is better).
 
     ``val`` is a Dataset (its ``val`` split) or a DataLoader; when ``val`` is a Dataset its
     training split also serves ``bn_data`` unless given. The record (``slimkit.records``) lists
-    the order tried, the models kept and the validation accuracy after each step.
+    the order tried, the models kept and the validation metric after each step
+    (``val_<metric>``, e.g. ``val_accuracy``).
 
     >>> import slimkit as sk
     >>> data = sk.data.load("digits")
@@ -146,21 +153,28 @@ def greedy_soup(models: Sequence[nn.Module], val: Any, *, bn_data: Any = None) -
     loader = as_loader(val, "val", what="val")
     if loader is None:
         raise SlimkitError("greedy soup needs validation data (val=Dataset or DataLoader)")
+    task = data_task(val, task).bind(models[0])
     bn_loader = as_loader(bn_data if bn_data is not None or isinstance(val, DataLoader) else val, "train")
-    scores = [accuracy(m, loader) for m in models]
-    order = sorted(range(len(models)), key=lambda i: -scores[i])  # stable: ties keep input order
+    key, sign = f"val_{task.metric}", 1 if task.higher_is_better else -1
+
+    def score(model: nn.Module) -> float:
+        return task.evaluate(model, loader)[task.metric]
+
+    scores = [score(m) for m in models]
+    order = sorted(range(len(models)), key=lambda i: -sign * scores[i])  # stable: ties keep input order
     kept = [order[0]]
-    best, best_acc = _average([models[order[0]]]), scores[order[0]]
-    steps = [{"model": order[0], "val_accuracy": best_acc, "kept": True}]
+    best, best_score = _average([models[order[0]]]), scores[order[0]]
+    steps = [{"model": order[0], key: best_score, "kept": True}]
     for i in order[1:]:
         candidate = _average([models[j] for j in [*kept, i]])
-        _refresh_bn(candidate, bn_loader)
-        acc = accuracy(candidate, loader)
-        keep = acc >= best_acc
-        steps.append({"model": i, "val_accuracy": acc, "kept": keep})
+        _refresh_bn(candidate, bn_loader, task)
+        got = score(candidate)
+        keep = sign * got >= sign * best_score
+        steps.append({"model": i, key: got, "kept": keep})
         if keep:
             kept.append(i)
-            best, best_acc = candidate, acc
-    details = {"order": order, "kept": kept, "member_val_accuracy": scores, "val_accuracy": best_acc, "steps": steps}
+            best, best_score = candidate, got
+    details = {"order": order, "kept": kept, "metric": task.metric, f"member_{key}": scores, key: best_score}
+    details["steps"] = steps
     add_record(best, TransformRecord("fuse.greedy_soup", {"models": len(models)}, details=details))
     return best
