@@ -83,7 +83,7 @@ def blocks(data: sk.data.Dataset, depth: int, epochs: int, finetune: int) -> Non
     print(line(f"resnet_cifar-{depth}, trained {epochs} epochs", original))
     print(line(f"{record.details['budget']} of {record.details['candidates']} blocks dropped", dropped))
     print(line(f"after {finetune} fine-tuning epochs", recovered))
-    print(f"\nimportance (val accuracy points lost per block alone): {record.details['importance_drop_points']}")
+    print(f"\nimportance (val accuracy lost per block alone): {record.details['importance_drop']}")
     print(f"dropped: {record.details['dropped']}")
     gap = 100 * (original.metrics["accuracy"] - recovered.metrics["accuracy"])
     print(f"gap to the original after recovery: {gap:.2f} points (acceptance: <= 1.00)")

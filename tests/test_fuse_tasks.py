@@ -90,3 +90,27 @@ def test_greedy_soup_and_ensemble_distillation_follow_the_task_direction(regress
     assert record["val_rmse"] == pytest.approx(task.evaluate(student, data.val)["rmse"], rel=1e-5)
     assert record["val_rmse"] <= record["start_val_rmse"]  # never worse than the start it may keep
     assert record["teacher_val_rmse"] == pytest.approx(task.evaluate(teacher, data.val)["rmse"])
+
+
+def test_onnx_agreement_on_regression_outputs_and_named_inputs(tmp_path, regression: tuple) -> None:
+    from slimkit.io import onnx_agreement
+
+    data, members = regression
+    x = next(iter(data.val))[0]
+    path = sk.export(members[0], tmp_path / "m.onnx", x[:4])
+    check = onnx_agreement(members[0], path, x)
+    assert set(check) == {"max_abs_diff"} and check["max_abs_diff"] < 1e-4  # no top-1 for one output column
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 3), nn.Linear(8, 3)
+
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            return self.a(left) + self.b(right)
+
+    two = TwoInputs().eval()
+    named = {"left": x, "right": x.flip(0)}
+    path = sk.export(two, tmp_path / "two.onnx", {k: v[:4] for k, v in named.items()})
+    check = onnx_agreement(two, path, named, batch_size=16)
+    assert check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4

@@ -166,7 +166,7 @@ def test_drop_blocks_removes_the_least_important(small_resnet: nn.Module, digits
     model.load_state_dict(small_resnet.state_dict())
     drops = block_importance(model, digits.val)
     record = sk.records(drop_blocks_(model, digits.val, 0.25))[-1]
-    assert record.details["importance_drop_points"] == drops and record.details["budget"] == 2
+    assert record.details["importance_drop"] == drops and record.details["budget"] == 2
     assert sorted(record.details["dropped"]) == sorted(sorted(drops, key=drops.get)[:2])
     kept = [n for n in drops if n not in record.details["dropped"]]
     assert max(drops[n] for n in record.details["dropped"]) <= min(drops[n] for n in kept)
@@ -186,3 +186,26 @@ def test_brief_example_pools_removed_repaired_and_recovered(mnist: sk.data.Datas
     assert record.details["params_after"] > 10 * record.details["params_before"]
     sk.train.fit(model, mnist.train, epochs=1, lr=5e-4, progress=False)
     assert base > 0.9 and accuracy(model, mnist.test) > base - 0.02
+
+
+def test_block_importance_is_measured_in_the_tasks_metric_and_direction(digits: sk.data.Dataset) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slimkit.simplify.remove import identity_path
+    from slimkit.task import get_task
+
+    torch.manual_seed(0)
+    model = sk.zoo.create_for("resnet_cifar", digits, depth=8, width=0.5, num_classes=1).eval()
+    x, y = digits.splits["val"]
+    loader = DataLoader(TensorDataset(x, y.float()[:, None]), batch_size=128)  # regress the digit's value
+    drops = block_importance(model, loader, task="regression")
+    rmse = get_task("regression").evaluate
+    base = rmse(model, loader)["rmse"]
+    name = next(iter(drops))
+    without = sk.zoo.create_for("resnet_cifar", digits, depth=8, width=0.5, num_classes=1).eval()
+    without.load_state_dict(model.state_dict())
+    parent, _, attr = name.rpartition(".")
+    setattr(without.get_submodule(parent) if parent else without, attr, identity_path(model.get_submodule(name)))
+    assert drops[name] == pytest.approx(rmse(without, loader)["rmse"] - base, abs=1e-5)  # RMSE up: positive
+    record = sk.records(drop_blocks_(model, loader, 1, task="regression"))[-1]
+    assert record.details["metric"] == "rmse" and record.details["dropped"] == [min(drops, key=drops.get)]

@@ -22,6 +22,7 @@ def export_command(
 ) -> None:
     """Export MODEL to OUTPUT (.onnx or .pt2) with a dynamic batch size."""
     import slimkit as sk
+    from slimkit.evaluate import data_task
     from slimkit.io import onnx_agreement
 
     if is_keras(model):
@@ -38,8 +39,10 @@ def export_command(
     sk.export(module, output, dataset.example if dataset else None, force=force)
     console.print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB)")
     if dataset is not None and output.suffix == ".onnx":
-        check = onnx_agreement(module, output, dataset.splits["test"][0])
-        console.print(
-            f"ONNX Runtime vs PyTorch on {dataset.name} test: top-1 agreement {100 * check['top1_agreement']:.2f}%, "
-            f"max |diff| {check['max_abs_diff']:.2e}"
-        )
+        if hasattr(dataset, "splits"):  # in memory: the whole test split
+            inputs, what = dataset.splits["test"][0], "test"
+        else:  # the user's loaders: one batch
+            inputs, what = data_task(dataset).inputs(next(iter(dataset.test or dataset.val))), "one test batch"
+        check = onnx_agreement(module, output, inputs)
+        top1 = f"top-1 agreement {100 * check['top1_agreement']:.2f}%, " if "top1_agreement" in check else ""
+        console.print(f"ONNX Runtime vs PyTorch on {dataset.name} {what}: {top1}max |diff| {check['max_abs_diff']:.2e}")

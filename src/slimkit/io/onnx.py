@@ -181,13 +181,24 @@ class OnnxModel:
         )
 
 
-def onnx_agreement(model: nn.Module, path: Path, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """Top-1 agreement and max absolute output difference between PyTorch and ONNX Runtime."""
+def onnx_agreement(model: nn.Module, path: Path, inputs: Any, batch_size: int = 256) -> dict[str, float]:
+    """How closely ONNX Runtime reproduces ``model`` on ``inputs`` (a tensor, or a tuple / dict of
+    them: several model inputs): the largest absolute output difference, and for class scores (an
+    output of shape ``(N, K)``, ``K > 1``) the share of samples with the same top-1 class."""
+    from slimkit.graph import map_batch
+    from slimkit.graph.trace import call_model, flat_tensors
+    from slimkit.task import output_tensor
+
     onnx_model = OnnxModel(path)
-    same, diff = 0, 0.0
+    rows = len(next(iter(flat_tensors(inputs))))
+    same, diff, classes = 0, 0.0, True
     with eval_mode(model), torch.no_grad():
-        for xb in inputs.split(batch_size):
-            a, b = model(xb), onnx_model(xb)
-            same += int((a.argmax(1) == b.argmax(1)).sum())
+        for start in range(0, rows, batch_size):
+            xb = map_batch(inputs, lambda t, s=start: t[s : s + batch_size])
+            a = output_tensor(call_model(model, xb))
+            b = call_model(onnx_model, xb)
+            classes = classes and a.dim() == 2 and a.shape[1] > 1
+            if classes:
+                same += int((a.argmax(1) == b.argmax(1)).sum())
             diff = max(diff, float((a - b).abs().max()))
-    return {"top1_agreement": same / len(inputs), "max_abs_diff": diff}
+    return {"top1_agreement": same / rows, "max_abs_diff": diff} if classes else {"max_abs_diff": diff}

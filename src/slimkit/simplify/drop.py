@@ -1,7 +1,8 @@
 """Layer-drop by measured importance: remove the residual blocks the model misses least.
 
 Each removable block is replaced by its identity path in a copy of the model and the copy's
-validation accuracy is measured; the blocks whose removal costs the least accuracy are then
+validation metric is measured (the task's deciding one: accuracy for classification, RMSE for
+regression...); the blocks whose removal costs the least are then
 removed from the model (up to the budget) with :class:`RemoveBlocksConfig`, and the measured
 drops go into the record. Fine-tune afterwards (``slimkit.train.fit``) to recover.
 
@@ -25,14 +26,24 @@ from torch.utils.data import DataLoader
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import records, select
-from slimkit.evaluate import accuracy
+from slimkit.graph import map_batch
 from slimkit.simplify.remove import identity_path, removable_blocks, remove_blocks_
+from slimkit.task import Task, get_task
 
 
-def block_importance(model: nn.Module, loader: DataLoader, candidates: list[str] | None = None) -> dict[str, float]:
-    """Accuracy lost (in points, base minus without the block) when each candidate block alone is removed."""
+def block_importance(
+    model: nn.Module, loader: DataLoader, candidates: list[str] | None = None, *, task: Task | str | None = None
+) -> dict[str, float]:
+    """How much worse the deciding metric of ``task`` (default classification: accuracy) gets on
+    ``loader`` when each candidate block alone is removed, in the metric's units (positive: worse)."""
     names = select(model, candidates) if candidates is not None else removable_blocks(model)
-    base = accuracy(model, loader)
+    task = get_task(task).bind(model)
+    sign = 1 if task.higher_is_better else -1
+
+    def score(m: nn.Module) -> float:
+        return task.evaluate(m, loader)[task.metric]
+
+    base = score(model)
     drops: dict[str, float] = {}
     for name in names:
         path = identity_path(model.get_submodule(name))
@@ -43,7 +54,7 @@ def block_importance(model: nn.Module, loader: DataLoader, candidates: list[str]
         trial = copy.deepcopy(model)
         parent, _, attr = name.rpartition(".")
         setattr(trial.get_submodule(parent) if parent else trial, attr, path)  # a throwaway copy: not recorded
-        drops[name] = round(100 * (base - accuracy(trial, loader)), 4)
+        drops[name] = round(sign * (base - score(trial)), 6)
     return drops
 
 
@@ -66,12 +77,15 @@ def drop_blocks_(
     *,
     candidates: list[str] | None = None,
     example_inputs: torch.Tensor | None = None,
+    task: Task | str | None = None,
 ) -> nn.Module:
     """Measure every candidate block's importance on ``val`` and remove the ``budget`` least important.
 
     ``budget`` is a number of blocks or a fraction of the candidates (0.25 = a quarter, rounded
-    up). Blocks are ranked by the accuracy lost when each is removed alone; ties keep model order.
-    Returns the model; its record (``slimkit.records(model)[-1]``) holds every measured drop.
+    up). Blocks are ranked by what ``task``'s deciding metric loses when each is removed alone
+    (:func:`block_importance`); ties keep model order. Returns the model; its record
+    (``slimkit.records(model)[-1]``) holds every measured drop (``importance_drop``, in the units of
+    ``metric``).
     """
     names = select(model, candidates) if candidates is not None else removable_blocks(model)
     if not names:
@@ -79,13 +93,15 @@ def drop_blocks_(
             "the model has no removable residual blocks (ResNet blocks, inverted residuals, encoder blocks)"
         )
     count = budget_count(budget, len(names))
-    drops = block_importance(model, val, names)
+    task = get_task(task)
+    drops = block_importance(model, val, names, task=task)
     chosen = sorted(names, key=lambda n: drops[n])[:count]
     if example_inputs is None:
-        example_inputs = next(iter(val))[0][:4]
+        example_inputs = map_batch(task.inputs(next(iter(val))), lambda t: t[:4])
     remove_blocks_(model, sorted(chosen, key=names.index), example_inputs)
     records(model)[-1].details |= {
-        "importance_drop_points": drops,
+        "metric": task.metric,
+        "importance_drop": drops,
         "dropped": chosen,
         "budget": count,
         "candidates": len(names),

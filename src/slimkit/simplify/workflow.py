@@ -17,7 +17,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.files import check_output
 from slimkit.core.model import example_input
 from slimkit.core.transform import records
-from slimkit.evaluate import Report, evaluate
+from slimkit.evaluate import Report, data_task, evaluate
 from slimkit.io import save
 from slimkit.simplify.distill import distill, student_for
 from slimkit.simplify.drop import drop_blocks_
@@ -82,11 +82,20 @@ def simplify_and_save(
     if remove or remove_types:
         remove_layers_(model, example, names=remove or None, types=remove_types or None, repair=repair, seed=seed)
     if drop_blocks:
-        drop_blocks_(model, dataset.val, drop_blocks, example_inputs=example)
+        drop_blocks_(model, dataset.val, drop_blocks, example_inputs=example, task=data_task(dataset))
     history = None
     if epochs:
-        history = fit(model, dataset.train, val=dataset.val, epochs=epochs, lr=lr, augment=dataset.augment,
-                      seed=seed, progress=progress)  # fmt: skip
+        history = fit(
+            model,
+            dataset.train,
+            val=dataset.val,
+            epochs=epochs,
+            lr=lr,
+            augment=getattr(dataset, "augment", None),
+            seed=seed,
+            progress=progress,
+            task=data_task(dataset),
+        )
     if fold:
         fold_(model.eval(), example)
     after = evaluate(model, dataset, latency=False) if dataset is not None else None
