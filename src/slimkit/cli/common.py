@@ -38,7 +38,8 @@ DataName = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Dataset name (see 'slimkit env'), a .npz file, or 'package.module:function' returning your "
+        help="Dataset name (see 'slimkit env'), a .npz file, a folder of class sub-folders of images, or "
+        "'package.module:function' returning your "
         "DataLoaders (a dict of train / val / test, a tuple, or slimkit Loaders).",
     ),
 ]

@@ -205,13 +205,19 @@ def load(name: str | Path, *, seed: int = 0, **kwargs: Any) -> Dataset | Loaders
     ``movielens-100k``, ``synthetic-text``, ``synthetic-recsys``). Splits are stratified and seeded.
     For a ``.npz`` file ``kwargs`` may hold ``max_bytes`` (see :func:`slimkit.data.files.load_npz`).
     ``package.module:function`` calls the user's function (same trust rules as a model factory)
-    and reads what it returns with :func:`as_data`: the user's own DataLoaders.
+    and reads what it returns with :func:`as_data`: the user's own DataLoaders. A folder with one
+    sub-folder of images per class is read by :func:`slimkit.data.folder.image_folder` (``kwargs``
+    go to it).
     """
     text = str(name)
     if _FUNCTION.fullmatch(text):
         from slimkit.io.checkpoint import user_function
 
         return as_data(user_function(text, "data function", "data function")(**kwargs), what=text)
+    if Path(text).is_dir():
+        from slimkit.data.folder import image_folder
+
+        return image_folder(text, seed=seed, **kwargs)
     if text.endswith(".npz") or Path(text).suffix:
         from slimkit.data.files import load_npz
 
