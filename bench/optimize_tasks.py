@@ -30,9 +30,9 @@ def recommender(data: Any, task: str, epochs: int) -> torch.nn.Module:
     return model
 
 
-def unet(data: Any, epochs: int) -> torch.nn.Module:
+def unet(data: Any, epochs: int, width: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = sk.zoo.create_for("unet", data, width=16, depth=2)
+    model = sk.zoo.create_for("unet", data, width=width, depth=2)
     sk.train.fit(model, data.train, val=data.val, task="dense", epochs=epochs, lr=3e-3, progress=False)
     return model
 
@@ -63,9 +63,20 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "segmentation": {
         "data": "mnist-canvas",
-        "build": lambda d: unet(d, 25),
+        "build": lambda d: unet(d, 30, 24),
         "target": Target(macs=0.25, max_drop=1.0),
-        "options": {"finetune_epochs": 6, "rounds": 2},
+        # three rounds, each recovered at the original's learning rate (the pruned U-Net is still
+        # improving after 6 epochs at the auto recipe's 5e-4), then a longer, gentler recovery
+        "options": {
+            "recipe": Recipe(
+                (
+                    SensitivityPruneConfig(target_macs=0.25, rounds=3, round_to=8),
+                    FineTuneConfig(epochs=8, lr=3e-3),
+                    FineTuneConfig(epochs=12, lr=1e-3),
+                    FoldConfig(),
+                )
+            )
+        },
     },
 }
 
