@@ -79,6 +79,38 @@ def test_regression_through_optimize_respects_rmse_units(trained, tmp_path) -> N
     assert val.taken <= 2 * (evaluations + 8)
 
 
+def test_learning_rate_search_probes_copies_and_scales_every_recovery(trained, monkeypatch) -> None:  # noqa: ANN001
+    from slimkit.optimize.backend import TorchBackend
+
+    model, data = trained
+    calls = []
+    real = TorchBackend.finetune
+
+    def spy(self, m, cfg, original, **kw):  # noqa: ANN001, ANN202
+        calls.append((id(m), cfg.lr, cfg.steps_per_epoch))
+        return real(self, m, cfg, original, **kw)
+
+    monkeypatch.setattr(TorchBackend, "finetune", spy)
+    lines: list[str] = []
+    recipe = Recipe(
+        (
+            SensitivityPruneConfig(target_params=0.5, probe_ratios=(0.5,)),
+            FineTuneConfig(epochs=1, lr=1e-5, lr_search=(1.0, 300.0), probe_steps=10),
+            FineTuneConfig(epochs=1, lr=2e-5),
+        )
+    )
+    optimize(
+        model, data, Target(params=0.5, max_drop=0.5), recipe=recipe, val_batches=2, quantize=False, log=lines.append
+    )
+    (p1, lr1, s1), (p2, lr2, s2), (m1, lr3, s3), (m2, lr4, _) = calls[:4]
+    assert (lr1, s1, lr2, s2) == (pytest.approx(1e-5), 10, pytest.approx(3e-3), 10)  # two short probes
+    assert len({p1, p2, m1}) == 3 and m1 == m2  # on copies; the recoveries train the pruned model
+    assert (lr3, lr4, s3) == (pytest.approx(3e-3), pytest.approx(6e-3), None)  # x300 won: every recovery scaled
+    assert any("learning rate: 0.003" in line for line in lines)
+    with pytest.raises(SlimkitError, match="lr_search takes positive factors"):
+        FineTuneConfig(lr_search=(0.0,))
+
+
 def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
     model, data = trained
     calls: list[tuple[str, object]] = []

@@ -86,6 +86,7 @@ class KerasBackend:
 
     framework = "keras"
     allocations = ("sensitivity", "uniform")
+    sets_lr = True
 
     def __init__(self, data: Any, *, seed: int = 0, verbose: int = 0) -> None:
         self.data = data

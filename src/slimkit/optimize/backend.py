@@ -38,6 +38,7 @@ class Backend(Protocol):
     data: Any  # the Dataset / Loaders (None when the user's own loop needs none)
     example: Any  # a batch of model inputs (tracing, latency)
     allocations: tuple[str, ...]  # the SensitivityPruneConfig allocations it runs
+    sets_lr: bool  # whether finetune trains at FineTuneConfig.lr (not the user's own loop)
 
     def check_recipe(self, recipe: Recipe) -> None: ...
     def copy(self, model: Any) -> Any: ...
@@ -128,6 +129,7 @@ class TorchBackend:
         self.progress = progress
         self.seed = seed
         self.calibration_samples = 2048
+        self.sets_lr = self.user.finetune is None
         self.layer_names = list(CostModel(original, self.example).groups)
         self.metric: str | None = None  # the deciding metric (set by the loop): the user's evaluate must give it
 

@@ -213,6 +213,7 @@ class Loop:
         self.log = log
         self.sensitivity_cache = sensitivity_cache
         self.on_epoch = on_epoch
+        self.lr_scale: float | None = None  # chosen by the first fine-tuning with lr_search
         self.candidates: list[Candidate] = []
         self.allocations: list[dict[str, Any]] = []
         self.sensitivity: Sensitivity | None = None
@@ -313,8 +314,32 @@ class Loop:
 
     # ---- steps -----------------------------------------------------------------------------
     def finetune(self, model: Any, cfg: FineTuneConfig) -> None:
-        """Recovery training of ``model`` in place (distilled from the original when ``cfg.distill``)."""
+        """Recovery training of ``model`` in place (distilled from the original when ``cfg.distill``),
+        at the rate the run's learning-rate search chose (:class:`FineTuneConfig` ``lr_search``)."""
+        if cfg.lr_search and self.lr_scale is None and self.be.sets_lr:
+            self.lr_scale = self.search_lr(model, cfg)
+        if self.lr_scale is not None and self.lr_scale != 1:
+            cfg = dataclasses.replace(cfg, lr=cfg.lr * self.lr_scale)
         self.be.finetune(model, cfg, self.original, on_epoch=self.on_epoch, deadline=self.deadline)
+
+    def search_lr(self, model: Any, cfg: FineTuneConfig) -> float:
+        """The factor of ``cfg.lr`` whose ``probe_steps``-batch fine-tune of a copy scores best on validation."""
+        metric, sign = self.target.metric, 1 if self.target.higher_is_better else -1
+        best, best_score, tried = 1.0, None, []
+        for factor in cfg.lr_search:
+            trial = self.be.copy(model)
+            probe = dataclasses.replace(
+                cfg, lr=cfg.lr * factor, epochs=1, steps_per_epoch=cfg.probe_steps, patience=None
+            )
+            self.be.finetune(trial, probe, self.original, on_epoch=None, deadline=self.deadline)
+            score = self.be.scores(trial, "val")[metric]
+            tried.append(f"{probe.lr:.2g}: {score:.4g}")
+            if best_score is None or sign * score > sign * best_score:
+                best, best_score = factor, score
+        self.log(
+            f"  learning rate: {cfg.lr * best:.2g} (val {metric} after {cfg.probe_steps} batches at {', '.join(tried)})"
+        )
+        return best
 
     def run_pass(self, recipe: Recipe, passno: int = 1) -> dict[str, Any]:
         """Run every recipe step once; returns the pass's final state (model, int8 path, candidate)."""
