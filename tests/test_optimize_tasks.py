@@ -111,6 +111,21 @@ def test_learning_rate_search_probes_copies_and_scales_every_recovery(trained, m
         FineTuneConfig(lr_search=(0.0,))
 
 
+def test_a_fine_tune_that_lowers_validation_is_undone(trained) -> None:  # noqa: ANN001
+    model, data = trained
+    lines: list[str] = []
+    wreck = FineTuneConfig(epochs=1, lr=5.0, distill=False)  # a rate that ruins the regressor
+    recipe = Recipe((*RECIPE.steps, wreck))
+    result = optimize(
+        model, data, Target(params=0.5, max_drop=0.5), recipe=recipe, val_batches=2, quantize=False, log=lines.append
+    )
+    recovered, wrecked = result.candidates[-2], result.candidates[-1]
+    assert wrecked.metrics["rmse"] > recovered.metrics["rmse"] and not wrecked.accepted
+    assert result.chosen == recovered.id and any("kept the model before it" in line for line in lines)
+    rmse = sk.task.get_task("regression").evaluate(result.model, data.val, max_batches=2)["rmse"]
+    assert rmse == pytest.approx(recovered.metrics["rmse"], rel=1e-6)  # the model is the one before the fine-tune
+
+
 def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
     model, data = trained
     calls: list[tuple[str, object]] = []

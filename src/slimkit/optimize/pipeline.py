@@ -305,6 +305,11 @@ class Loop:
         """A candidate's latency scaled to the original's baseline by their paired ratio."""
         return ms if not reference_ms else ms / reference_ms * self.base["costs"]["latency"]
 
+    def worse(self, c: Candidate, than: Candidate) -> bool:
+        """Whether ``c`` scores worse than ``than`` on the deciding validation metric."""
+        m = self.target.metric
+        return (c.metrics[m] - than.metrics[m]) * (1 if self.target.higher_is_better else -1) < 0
+
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
@@ -370,10 +375,14 @@ class Loop:
                 continue
             started = time.monotonic()
             if isinstance(step, FineTuneConfig):
+                before, previous = self.be.copy(state["model"]), state["candidate"]
                 self.finetune(state["model"], step)
-                state["candidate"] = self.accept(
-                    self.record(state["model"], "fine-tune", step, started=started, passno=passno)
-                )
+                c = self.record(state["model"], "fine-tune", step, started=started, passno=passno)
+                if previous is not None and self.worse(c, previous):
+                    self.log(f"  the fine-tune lowered validation {self.target.metric}: kept the model before it")
+                    state["model"] = before
+                else:
+                    state["candidate"] = self.accept(c)
             elif isinstance(step, FoldConfig):
                 state["model"] = self.be.transform(state["model"], step)
                 state["candidate"] = self.accept(
