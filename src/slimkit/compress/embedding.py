@@ -28,8 +28,8 @@ from slimkit.core.transform import Config, TransformRecord, register_config, reg
 __all__ = [
     "BucketedEmbedding",
     "EmbeddingBucketConfig",
-    "FactorizedEmbedding",
     "EmbeddingQuantConfig",
+    "FactorizedEmbedding",
     "QuantizedEmbedding",
     "embedding_bytes",
 ]
