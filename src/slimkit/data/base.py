@@ -214,7 +214,7 @@ def load(name: str | Path, *, seed: int = 0, **kwargs: Any) -> Dataset | Loaders
         from slimkit.io.checkpoint import user_function
 
         return as_data(user_function(text, "data function", "data function")(**kwargs), what=text)
-    if Path(text).is_dir():
+    if not text.endswith(".npz") and Path(text).is_dir():
         from slimkit.data.folder import image_folder
 
         return image_folder(text, seed=seed, **kwargs)
