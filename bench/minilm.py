@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--embedding-share", type=float, default=1 / 3, help="rank of the word-embedding table / width")
     p.add_argument("--exact-tokens", type=float, default=0.1, help="share of the most frequent tokens kept exact")
     p.add_argument("--val-batches", type=int, default=25, help="validation batches of 32 per decision (0: all)")
+    p.add_argument("--token-weight", type=float, default=1.0, help="hidden-state term of the distillation (0: off)")
     p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
@@ -113,6 +114,7 @@ def main() -> None:
         embedding_share=args.embedding_share,
         exact_tokens=args.exact_tokens,
         val_batches=args.val_batches or None,
+        token_weight=args.token_weight,
     )
     say(result.summary().replace("\n", "; "))
     original = text.PooledEncoder.of(st).eval()

@@ -82,6 +82,7 @@ def test_head_pruning_keeps_attributes_config_and_reloads(tmp_path: Path, batche
     assert (attn1.num_attention_heads, attn1.all_head_size) == (3, 24)
     assert text.count_params(bert) < before
     assert isinstance(bert.config, text.SlimBertConfig) and bert.config.layer_heads == [2, 3]
+    assert len(bert(**batches[0], output_hidden_states=True).hidden_states) == 3  # still recorded per layer
     out = hidden(bert, batches[0])
     text.save(bert, tmp_path / "m")
     again = AutoModel.from_pretrained(tmp_path / "m").eval()
@@ -226,6 +227,36 @@ def test_distillation_moves_student_towards_teacher(st_model, tokenizer: BertTok
     assert hist["steps"] == 8 * 6 and after > before
     with pytest.raises(SlimkitError):
         text.distil_(st_model, teacher, [], tokenizer)
+
+
+def test_loop_distillation_matches_hidden_states_at_every_layer(st_model, tokenizer: BertTokenizerFast) -> None:  # noqa: ANN001
+    from slimkit.optimize import FineTuneConfig
+    from slimkit.text.distil import HiddenStateDistiller
+    from slimkit.text.optimize import EncoderBackend, _wrap
+
+    teacher = _wrap(copy.deepcopy(st_model))
+    calib = [text.tokenize(tokenizer, SENTENCES[:32])]
+    text.prune_(st_model, calib, heads=0.5, ffn=0.75, refit=False)
+    data = text.sentence_loaders(tokenizer, SENTENCES[:80], SENTENCES[80:], batch_size=16)
+    x = text.tokenize(tokenizer, SENTENCES[80:])
+
+    def layer_errors(weight: float) -> list[float]:
+        student = _wrap(copy.deepcopy(st_model))
+        backend = EncoderBackend(teacher, data, st_model, token_weight=weight)
+        backend.finetune(student, FineTuneConfig(epochs=6, lr=3e-3, optimizer="adamw"), teacher)
+        with torch.no_grad():
+            s = student.encoder(**x, output_hidden_states=True).hidden_states
+            t = teacher.encoder(**x, output_hidden_states=True).hidden_states
+        real = x["attention_mask"].bool()
+        return [float((a[real] - b[real]).pow(2).mean() / b[real].var()) for a, b in zip(s[1:], t[1:], strict=True)]
+
+    with_tokens, embeddings_only = layer_errors(1.0), layer_errors(0.0)
+    assert all(a < b for a, b in zip(with_tokens, embeddings_only, strict=True)), (with_tokens, embeddings_only)
+    distiller = HiddenStateDistiller(_wrap(copy.deepcopy(st_model)), teacher).train()
+    out = distiller(**x)
+    assert distiller.teacher_outputs(**x) is distiller._cache[1]  # the teacher ran once for the step
+    assert torch.allclose(distiller.eval()(**x), out, atol=1e-6)  # evaluation: the student alone
+    assert not any(p is q for p in distiller.parameters() for q in teacher.parameters())
 
 
 def test_encoder_goes_through_the_optimize_loop_with_the_fidelity_task(

@@ -211,8 +211,9 @@ class TorchBackend:
             return
         if self.data is None:
             raise SlimkitError("the recipe fine-tunes, but there is no training data: pass data or finetune=fn")
+        trainee, teacher = self.trainee(model, original if cfg.distill or not self.task.needs_targets else None)
         fit(
-            model,
+            trainee,
             self.data.train,
             val=self.data.val,
             task=self.task,
@@ -220,7 +221,7 @@ class TorchBackend:
             steps_per_epoch=cfg.steps_per_epoch,
             lr=cfg.lr,
             optimizer=cfg.optimizer,
-            teacher=original if cfg.distill or not self.task.needs_targets else None,
+            teacher=teacher,
             distill=cfg.distillation,
             patience=cfg.patience,
             augment=getattr(self.data, "augment", None) if cfg.augment else None,
@@ -230,6 +231,10 @@ class TorchBackend:
             max_val_batches=self.val_batches,
             deadline=deadline,
         )
+
+    def trainee(self, model: nn.Module, teacher: nn.Module | None) -> tuple[nn.Module, Any]:
+        """What ``fit`` trains (``model`` or a module around it that adds loss terms) and learns from."""
+        return model, teacher
 
     def export_onnx(self, model: nn.Module, path: Path) -> Path:
         from slimkit.io.onnx import export_onnx

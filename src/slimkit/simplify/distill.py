@@ -158,6 +158,11 @@ class _WithAuxLoss(torch.autograd.Function):
         return grad, torch.ones(shape, dtype=dtype, device=grad.device)
 
 
+def with_aux_loss(out: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+    """``out`` unchanged, with ``aux`` added to any loss computed from it (through the gradient)."""
+    return _WithAuxLoss.apply(out, aux)
+
+
 class FeatureDistiller(nn.Module):
     """Student + projections that add a feature-matching loss while ``fit`` trains it.
 
@@ -218,7 +223,7 @@ class FeatureDistiller(nn.Module):
             if s.dim() == 4 and s.shape[2:] != t.shape[2:]:
                 t = F.adaptive_avg_pool2d(t, s.shape[2:])  # (B, Ct, Hs, Ws)
             loss = loss + F.mse_loss(s, t)
-        return _WithAuxLoss.apply(logits, self.beta * loss)
+        return with_aux_loss(logits, self.beta * loss)
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``x`` (reused from the last forward when it was the same batch)."""

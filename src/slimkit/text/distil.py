@@ -1,9 +1,12 @@
 """Distil a pruned or shallower sentence encoder from the original on unlabelled sentences.
 
-The student learns the teacher's last hidden states token by token (mean squared error relative to
-their variance, when the widths match) and its pooled sentence embeddings (1 - cosine). The
-learning rate warms up, then falls linearly to zero at the end of the epochs or of the time
-budget, whichever comes first, so a time-limited run still ends annealed.
+The student learns the teacher's pooled sentence embeddings (1 - cosine) and its hidden states
+token by token (mean squared error relative to their variance over real tokens): at every layer
+when both have as many layers of the same width (a pruned copy: TinyBERT's intermediate-layer
+matching), else the last. :func:`distil_` trains on sentences by itself (the learning rate warms
+up, then falls linearly to zero at the end of the epochs or of the time budget, whichever comes
+first, so a time-limited run still ends annealed); :class:`HiddenStateDistiller` adds the same
+loss to the optimize loop's fine-tuning.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimkitError
+from slimkit.simplify.distill import with_aux_loss
 from slimkit.text.onnx import PooledEncoder
 
-__all__ = ["distil_"]
+__all__ = ["HiddenStateDistiller", "distil_"]
 
 
 def _batches(tokenizer: Any, sentences: Sequence[str], batch_size: int, max_length: int, rng: random.Random) -> list:
@@ -109,13 +113,58 @@ def distil_(
 
 def _loss(student: PooledEncoder, teacher: PooledEncoder, batch: dict, token_weight: float) -> torch.Tensor:
     with torch.no_grad():
-        t_h = teacher.encoder(**batch).last_hidden_state  # (B, T, D)
-    s_h = student.encoder(**batch).last_hidden_state  # (B, T, D)
-    m = batch["attention_mask"].unsqueeze(-1).to(s_h.dtype)  # (B, T, 1)
-    t_e = (t_h * m).sum(1) / m.sum(1)  # (B, D)
-    s_e = (s_h * m).sum(1) / m.sum(1)
+        t_out = teacher.encoder(**batch, output_hidden_states=bool(token_weight))
+    s_out = student.encoder(**batch, output_hidden_states=bool(token_weight))
+    return encoder_loss(s_out, t_out, batch["attention_mask"], token_weight)[0]
+
+
+def encoder_loss(s_out: Any, t_out: Any, attention_mask: torch.Tensor, token_weight: float) -> tuple[torch.Tensor, ...]:
+    """``(loss, student embedding, teacher embedding)`` from two HF encoder outputs: ``1 - cosine`` of
+    the mean-pooled embeddings plus ``token_weight`` x the variance-relative token MSE of the hidden
+    states (every layer when both give as many of one shape, else the last ones when they match)."""
+    m = attention_mask.unsqueeze(-1).to(s_out.last_hidden_state.dtype)  # (B, T, 1)
+    s_e = (s_out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, D)
+    t_e = (t_out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1e-9)
     loss = (1 - nn.functional.cosine_similarity(s_e, t_e, dim=-1)).mean()
-    if token_weight and s_h.shape == t_h.shape:
-        real = m.expand_as(t_h).bool()
-        loss = loss + token_weight * ((s_h - t_h)[real].pow(2).mean() / t_h[real].var())
-    return loss
+    if not token_weight:
+        return loss, s_e, t_e
+    pairs = list(zip(s_out.hidden_states or (), t_out.hidden_states or (), strict=False))
+    if not pairs or len(s_out.hidden_states) != len(t_out.hidden_states):
+        pairs = [(s_out.last_hidden_state, t_out.last_hidden_state)]
+    pairs = [(s, t) for s, t in pairs if s.shape == t.shape]
+    real = attention_mask.bool()  # (B, T)
+    for s_h, t_h in pairs:
+        loss = loss + token_weight / len(pairs) * (s_h[real] - t_h[real]).pow(2).mean() / t_h[real].var()
+    return loss, s_e, t_e
+
+
+class HiddenStateDistiller(nn.Module):
+    """``student`` (a :class:`PooledEncoder`) for :func:`slimkit.train.fit` with the loss of this module:
+    in training its forward also runs ``teacher`` and adds :func:`encoder_loss` to the gradient of
+    whatever loss fit computes from the embedding it returns; :meth:`teacher_outputs` gives fit the
+    teacher's embedding of the same batch without running it again. Evaluation runs the student only.
+    The teacher stays outside the module tree (the optimizer never sees it)."""
+
+    def __init__(self, student: PooledEncoder, teacher: PooledEncoder, token_weight: float = 1.0) -> None:
+        super().__init__()
+        self.student, self._teacher, self.token_weight = student, [teacher.eval()], token_weight
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.student(input_ids, attention_mask)
+        hidden = bool(self.token_weight)
+        s_out = self.student.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            t_out = teacher.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        loss, s_e, t_e = encoder_loss(s_out, t_out, attention_mask, self.token_weight)
+        norm = nn.functional.normalize
+        self._cache = (input_ids, norm(t_e, dim=-1) if teacher.normalize else t_e)
+        return with_aux_loss(norm(s_e, dim=-1) if self.student.normalize else s_e, loss)
+
+    def teacher_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The teacher's embedding (reused from the last training forward when it was the same batch)."""
+        if self._cache is not None and self._cache[0] is input_ids:
+            return self._cache[1]
+        return self._teacher[0](input_ids, attention_mask)

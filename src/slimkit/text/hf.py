@@ -218,6 +218,10 @@ def sync_config_(model: nn.Module) -> nn.Module:
         _set_config(bert, new_cfg)
     if type(bert) in (BertModel, SlimBertModel):
         bert.__class__ = SlimBertModel if isinstance(new_cfg, SlimBertConfig) else BertModel
+        with contextlib.suppress(ImportError):  # transformers 5 records hidden states per class, set in __init__
+            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+            _CAN_RECORD_REGISTRY[bert] = bert._can_record_outputs
     return bert
 
 

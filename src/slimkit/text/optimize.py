@@ -3,12 +3,12 @@
 A ``SentenceTransformer`` (or its folder) becomes a :class:`~slimkit.text.PooledEncoder` (tokens ->
 mean-pooled embedding); the loop of :func:`slimkit.optimize.optimize` factorizes its word-embedding
 table, prunes attention heads and FFN units by measured sensitivity (least-squares refits of the
-layers after them), distils from the original on unlabelled sentences and quantizes to dynamic int8
-ONNX, deciding everything by the fidelity task's metrics on held-out sentences: mean cosine to the
-original's embeddings and ``overlap@10`` (how many of each sentence's 10 nearest neighbours the
-original also ranks there). The run folder holds the encoder as a sentence-transformers folder
-(``encoder/``, loads with ``SentenceTransformer(path)`` after ``import slimkit.text``), its ONNX
-files and the report.
+layers after them), distils from the original on unlabelled sentences (embeddings and hidden states
+token by token) and quantizes to dynamic int8 ONNX, deciding everything by the fidelity task's
+metrics on held-out sentences: mean cosine to the original's embeddings and ``overlap@10`` (how
+many of each sentence's 10 nearest neighbours the original also ranks there). The run folder holds
+the encoder as a sentence-transformers folder (``encoder/``, loads with ``SentenceTransformer(path)``
+after ``import slimkit.text``), its ONNX files and the report.
 
 Example::
 
@@ -41,6 +41,7 @@ from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConf
 from slimkit.optimize.run import OptimizeResult, run_optimize
 from slimkit.optimize.target import Target, parse_target
 from slimkit.task import get_task
+from slimkit.text.distil import HiddenStateDistiller
 from slimkit.text.hf import encoder_of, load, save
 from slimkit.text.onnx import PooledEncoder, tokenize
 
@@ -191,11 +192,14 @@ def encoder_recipe(
 
 class EncoderBackend(TorchBackend):
     """:class:`~slimkit.optimize.backend.TorchBackend` for a :class:`PooledEncoder`: saves (progress,
-    trials, outputs) are sentence-transformers folders built on ``template``."""
+    trials, outputs) are sentence-transformers folders built on ``template``; fine-tuning distils the
+    original's hidden states at ``token_weight`` besides its embeddings (0: embeddings only)."""
 
-    def __init__(self, original: PooledEncoder, data: Loaders, template: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, original: PooledEncoder, data: Loaders, template: Any, *, token_weight: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(original, data, task=get_task("fidelity"), **kwargs)
-        self.template = template
+        self.template, self.token_weight = template, token_weight
         self.calibration_samples = 20000  # token usage for the frequency-weighted embedding factorization
 
     def protect(self, model: PooledEncoder, protected: Sequence[str]) -> list[str]:
@@ -209,6 +213,14 @@ class EncoderBackend(TorchBackend):
 
     def prune(self, model: PooledEncoder, cfg: Any) -> PooledEncoder:
         return super().prune(model, dataclasses.replace(cfg, protected=self.protect(model, cfg.protected)))
+
+    def trainee(self, model: PooledEncoder, teacher: PooledEncoder | None) -> tuple[nn.Module, Any]:
+        """Distillation matches the original's hidden states token by token as well as the embeddings
+        (:class:`~slimkit.text.distil.HiddenStateDistiller`)."""
+        if teacher is None or not self.token_weight:
+            return model, teacher
+        distiller = HiddenStateDistiller(model, teacher, self.token_weight)
+        return distiller, distiller.teacher_outputs
 
     def sentence_transformer(self, model: PooledEncoder) -> Any:
         """The template pipeline (tokenizer, pooling...) around ``model``'s encoder (not copied)."""
@@ -256,13 +268,15 @@ def optimize_encoder(
     html: bool = True,
     progress: bool = False,
     val_batches: int | None = None,
+    token_weight: float = 1.0,
     log: Callable[[str], None] | None = None,
     **auto: Any,
 ) -> OptimizeResult:
     """Optimize a sentence encoder (a ``SentenceTransformer`` or its folder) to ``target`` with the
     fidelity task on ``data`` (:func:`sentence_loaders`); ``recipe="auto"`` is :func:`encoder_recipe`
     (``auto`` keywords go to it); ``val_batches`` bounds the validation batches of every decision
-    (sensitivity probes, candidates). The rest as :func:`slimkit.optimize.optimize`."""
+    (sensitivity probes, candidates); ``token_weight`` weighs the token-level hidden-state term of the
+    distillation (0: the embeddings only). The rest as :func:`slimkit.optimize.optimize`."""
     import torch
 
     started = time.monotonic()
@@ -272,7 +286,9 @@ def optimize_encoder(
     st = load(model) if isinstance(model, str | Path) else model
     original = _wrap(copy.deepcopy(st))
     torch.manual_seed(seed)
-    backend = EncoderBackend(original, data, st, progress=progress, seed=seed, val_batches=val_batches)
+    backend = EncoderBackend(
+        original, data, st, token_weight=token_weight, progress=progress, seed=seed, val_batches=val_batches
+    )
     backend.metric = target.metric
     if recipe is None or recipe == "auto":
         recipe = encoder_recipe(target, **auto)
