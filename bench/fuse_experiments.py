@@ -85,8 +85,13 @@ def augmentation(name: str):  # noqa: ANN201
     if name == "affine+elastic":
         affine, warp = random_affine(), elastic()
         return lambda x: affine(warp(x))
-    named = {"shift": True, "none": False, "affine": "affine", "elastic": "elastic",
-             "affine-strong": random_affine(15.0, 0.15, 3.0)}  # fmt: skip
+    named = {
+        "shift": True,
+        "none": False,
+        "affine": "affine",
+        "elastic": "elastic",
+        "affine-strong": random_affine(15.0, 0.15, 3.0),
+    }
     if name not in named:
         raise SystemExit(f"unknown augmentation {name!r}; choose from {', '.join([*named, 'affine+elastic'])}")
     return named[name]
@@ -108,8 +113,14 @@ def cv_fold(fold: int, folds: int, partition_seed: int = 0) -> Dataset:
     train, val = train_test_split(rest, test_size=500, stratify=y[rest], random_state=fold)
     parts = {"train": train, "val": val, "test": test}
     splits = {k: (torch.as_tensor(x[i]), torch.as_tensor(y[i])) for k, i in parts.items()}
-    return Dataset(name=f"mnist5k-fold{fold}of{folds}", splits=splits, classes=base.classes, meta=dict(base.meta),
-                   augment=base.augment, source=base.source)  # fmt: skip
+    return Dataset(
+        name=f"mnist5k-fold{fold}of{folds}",
+        splits=splits,
+        classes=base.classes,
+        meta=dict(base.meta),
+        augment=base.augment,
+        source=base.source,
+    )
 
 
 def mcnemar_p(wins: int, losses: int) -> float:
@@ -139,8 +150,13 @@ def agreement(model: torch.nn.Module, data: sk.data.Dataset, tmp: Path, name: st
     return onnx_agreement(model, path, data.splits["test"][0])["top1_agreement"]
 
 
-def show_members(seed: int, kind: str, members: list[torch.nn.Module] | Members, data: sk.data.Dataset,
-                 recipes: list[str] | None = None) -> tuple[int, float, float]:  # fmt: skip
+def show_members(
+    seed: int,
+    kind: str,
+    members: list[torch.nn.Module] | Members,
+    data: sk.data.Dataset,
+    recipes: list[str] | None = None,
+) -> tuple[int, float, float]:
     """Print each member's val / test accuracy; return the best-by-validation member's (index, val, test).
 
     For bagged ``Members`` "val" is each member's own validation data (its held-out part under ``bag="cv"``).
@@ -154,13 +170,16 @@ def show_members(seed: int, kind: str, members: list[torch.nn.Module] | Members,
         mark = "  <- best by validation (baseline)" if i == best else ""
         aug = f"  ({recipes[i]})" if recipes else ""
         print(f"seed {seed}: {kind:<12} member {i}  val {pct(v)}  test {pct(t)}{aug}{mark}")
-    print(f"seed {seed}: {kind:<12} baseline test {pct(tests[best])} (member {best}); average member "
-          f"{pct(sum(tests) / len(tests))}; best by test, for reference only: {pct(max(tests))}")  # fmt: skip
+    print(
+        f"seed {seed}: {kind:<12} baseline test {pct(tests[best])} (member {best}); average member "
+        f"{pct(sum(tests) / len(tests))}; best by test, for reference only: {pct(max(tests))}"
+    )
     return best, vals[best], tests[best]
 
 
-def show(seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, extra: str = "",
-         trained_on_val: bool = False) -> tuple[float, float]:  # fmt: skip
+def show(
+    seed: int, name: str, model: torch.nn.Module, data: sk.data.Dataset, extra: str = "", trained_on_val: bool = False
+) -> tuple[float, float]:
     """Print val and test accuracy (val as "n/a" when the members trained on the val digits)."""
     val, test = accuracy(model, data.val), test_acc(model, data)
     print(f"seed {seed}: {name:<26} val {'n/a   ' if trained_on_val else pct(val)}  test {pct(test)}{extra}")
@@ -172,8 +191,10 @@ def shared_errors(members: list[torch.nn.Module], data: sk.data.Dataset) -> str:
     x, y = data.splits["val"]
     with torch.no_grad():
         wrong = torch.stack([m.eval()(x).argmax(1) != y for m in members])  # (M, N)
-    return (f"validation errors per member {[int(w) for w in wrong.sum(1)]}, made by all {len(members)}: "
-            f"{int(wrong.all(0).sum())}, by at least one: {int(wrong.any(0).sum())}")  # fmt: skip
+    return (
+        f"validation errors per member {[int(w) for w in wrong.sum(1)]}, made by all {len(members)}: "
+        f"{int(wrong.all(0).sum())}, by at least one: {int(wrong.any(0).sum())}"
+    )
 
 
 def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -> tuple[dict[str, bool], dict]:
@@ -183,12 +204,23 @@ def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -
     names = args.augment.split(",")
     names = names * 5 if len(names) == 1 else names
     bag = None if args.bag == "none" else args.bag
-    result = train_members("seed_cnn", data, n=5, from_start=False, epochs=budget, seed=seed,
-                           augment=[augmentation(a) for a in names], checkpoint=args.checkpoint, bag=bag)  # fmt: skip
+    result = train_members(
+        "seed_cnn",
+        data,
+        n=5,
+        from_start=False,
+        epochs=budget,
+        seed=seed,
+        augment=[augmentation(a) for a in names],
+        checkpoint=args.checkpoint,
+        bag=bag,
+    )
     indep = result.members
     sizes = ", ".join(str(d.sizes()["train"]) for d in result.datasets)
-    print(f"seed {seed}: independent members trained ({budget} epochs each; bag {args.bag}; training digits "
-          f"{sizes}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print(
+        f"seed {seed}: independent members trained ({budget} epochs each; bag {args.bag}; training digits "
+        f"{sizes}), {time.perf_counter() - t0:.0f} s"
+    )
     best_index, ind_val, ind_test = show_members(seed, "independent", result if bag else indep, data, names)
     if bag != "cv":  # under cv the common val digits are training digits of 4 of the 5 members
         print(f"seed {seed}: independent  {shared_errors(indep, data)}")
@@ -210,20 +242,39 @@ def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -
         t1 = time.perf_counter()
         pooled_data = data
         if bag == "cv":
-            pooled_data = dataclasses.replace(data, splits={**data.splits, "train": tuple(
-                torch.cat([a, b]) for a, b in zip(data.splits["train"], data.splits["val"], strict=True))})  # fmt: skip
-        single = train_members("seed_cnn", pooled_data, n=1, from_start=False, epochs=budget, seed=seed,
-                               augment=augmentation(names[0]), checkpoint="last").members[0]  # fmt: skip
+            pooled_data = dataclasses.replace(
+                data,
+                splits={
+                    **data.splits,
+                    "train": tuple(
+                        torch.cat([a, b]) for a, b in zip(data.splits["train"], data.splits["val"], strict=True)
+                    ),
+                },
+            )
+        single = train_members(
+            "seed_cnn",
+            pooled_data,
+            n=1,
+            from_start=False,
+            epochs=budget,
+            seed=seed,
+            augment=augmentation(names[0]),
+            checkpoint="last",
+        ).members[0]
         what = "non-test" if bag == "cv" else "training"
-        print(f"seed {seed}: (reference) single unbagged seed_cnn on all {pooled_data.sizes()['train']:,} {what} "
-              f"digits (seed {1000 * seed + 1}, {budget} epochs, {names[0]}): test {pct(test_acc(single, data))}, "
-              f"{time.perf_counter() - t1:.0f} s")  # fmt: skip
+        print(
+            f"seed {seed}: (reference) single unbagged seed_cnn on all {pooled_data.sizes()['train']:,} {what} "
+            f"digits (seed {1000 * seed + 1}, {budget} epochs, {names[0]}): test {pct(test_acc(single, data))}, "
+            f"{time.perf_counter() - t1:.0f} s"
+        )
         pooled["single-all-digits"] = correct(single, data)
     for method in scores:
         if method != args.bar_ensemble:
             verdict = "above" if scores[method][1] > ind_test else "not above"
-            print(f"seed {seed}: (reference, not a bar) ensemble {method} {pct(scores[method][1])} is {verdict} "
-                  f"the baseline {pct(ind_test)}")  # fmt: skip
+            print(
+                f"seed {seed}: (reference, not a bar) ensemble {method} {pct(scores[method][1])} is {verdict} "
+                f"the baseline {pct(ind_test)}"
+            )
     checks = {f"ensemble ({args.bar_ensemble}) > best independent member": scores[args.bar_ensemble][1] > ind_test}
     agree_models = [(f"ensemble-{m}", fused[m]) for m in ("mean", "vote", "select") if m in fused]
     if seed in args.soup_seeds:
@@ -237,13 +288,27 @@ def run(seed: int, args: argparse.Namespace, data: sk.data.Dataset, tmp: Path) -
     return checks, pooled
 
 
-def soups_and_distillation(seed: int, args: argparse.Namespace, data: sk.data.Dataset, indep: list[torch.nn.Module],
-                           fused: dict[str, torch.nn.Module], ind_test: float,
-                           agree_models: list[tuple[str, torch.nn.Module]]) -> dict[str, bool]:  # fmt: skip
+def soups_and_distillation(
+    seed: int,
+    args: argparse.Namespace,
+    data: sk.data.Dataset,
+    indep: list[torch.nn.Module],
+    fused: dict[str, torch.nn.Module],
+    ind_test: float,
+    agree_models: list[tuple[str, torch.nn.Module]],
+) -> dict[str, bool]:
     """Shared-start members and their soups; the student distilled from the bar's ensemble; their bars."""
     t0 = time.perf_counter()
-    shared = train_members("seed_cnn", data, n=5, start_epochs=args.start_epochs, epochs=args.epochs, seed=seed,
-                           augment=augmentation(args.soup_augment), checkpoint=args.checkpoint).members  # fmt: skip
+    shared = train_members(
+        "seed_cnn",
+        data,
+        n=5,
+        start_epochs=args.start_epochs,
+        epochs=args.epochs,
+        seed=seed,
+        augment=augmentation(args.soup_augment),
+        checkpoint=args.checkpoint,
+    ).members
     print(f"seed {seed}: shared-start members trained ({args.soup_augment}), {time.perf_counter() - t0:.0f} s")
     _, sh_val, sh_test = show_members(seed, "shared-start", shared, data)
     show(seed, "ensemble mean (shared)", ensemble(shared, "mean"), data, "  (reference: low-diversity members)")
@@ -257,20 +322,28 @@ def soups_and_distillation(seed: int, args: argparse.Namespace, data: sk.data.Da
     for lr, temperature, alpha in DISTILL_GRID:
         student = copy.deepcopy(indep[best_index])
         cfg = DistillConfig(temperature=temperature, alpha=alpha)
-        history = distill_ensemble(student, fused[args.bar_ensemble], data, cfg, epochs=args.distill_epochs, lr=lr,
-                                   seed=seed)  # fmt: skip
+        history = distill_ensemble(
+            student, fused[args.bar_ensemble], data, cfg, epochs=args.distill_epochs, lr=lr, seed=seed
+        )
         val = sk.records(student)[-1].details["val_accuracy"]  # the start counts as epoch 0
         trials.append((val, student, (lr, temperature, alpha)))
         kept = ", the start kept" if history.best_epoch == 0 else ""
-        print(f"seed {seed}: distillation trial lr {lr:g} T {temperature:g} alpha {alpha:g}: "
-              f"val {pct(val)} (epoch {history.best_epoch}{kept})")  # fmt: skip
+        print(
+            f"seed {seed}: distillation trial lr {lr:g} T {temperature:g} alpha {alpha:g}: "
+            f"val {pct(val)} (epoch {history.best_epoch}{kept})"
+        )
     chosen = [t[0] for t in trials].index(max(t[0] for t in trials))  # on validation; ties: first
     student, (lr, temperature, alpha) = trials[chosen][1], trials[chosen][2]
     one = data.example[:1]
     macs = {"member": count_macs(indep[0], one), "student": count_macs(student, one)}
-    _, student_test = show(seed, "distilled (from best ind.)", student, data,
-                           f"  lr {lr:g} T {temperature:g} alpha {alpha:g}; MACs {macs['student']:,} (one member "
-                           f"{macs['member']:,}; 5-member ensemble {count_macs(fused['mean'], one):,})")  # fmt: skip
+    _, student_test = show(
+        seed,
+        "distilled (from best ind.)",
+        student,
+        data,
+        f"  lr {lr:g} T {temperature:g} alpha {alpha:g}; MACs {macs['student']:,} (one member "
+        f"{macs['member']:,}; 5-member ensemble {count_macs(fused['mean'], one):,})",
+    )
     agree_models += [("greedy-soup", greedy), ("distilled", student)]
     return {
         "greedy soup >= best shared-start member": greedy_test >= sh_test,
@@ -285,9 +358,11 @@ def report_pooled(args: argparse.Namespace, pooled: dict[int, dict]) -> bool:
     cat = {k: torch.cat([p[k] for p in pooled.values()], dim=-1) for k in next(iter(pooled.values()))}
     n = cat["baseline"].numel()
     members = cat["members"].float().mean(1)
-    print(f"pooled over seeds {list(pooled)} ({n:,} test digits): members {', '.join(pct(float(a)) for a in members)}; "
-          f"average member {pct(float(members.mean()))}; baseline (best member by validation, per seed) "
-          f"{pct(float(cat['baseline'].float().mean()))}")  # fmt: skip
+    print(
+        f"pooled over seeds {list(pooled)} ({n:,} test digits): members {', '.join(pct(float(a)) for a in members)}; "
+        f"average member {pct(float(members.mean()))}; baseline (best member by validation, per seed) "
+        f"{pct(float(cat['baseline'].float().mean()))}"
+    )
     verdict = False
     for method in [args.bar_ensemble, *(m for m in cat if m not in (args.bar_ensemble, "members", "baseline"))]:
         ens, base = cat[method], cat["baseline"]
@@ -295,45 +370,68 @@ def report_pooled(args: argparse.Namespace, pooled: dict[int, dict]) -> bool:
         p = mcnemar_p(wins, losses)
         mark = "  <- the bar's ensemble" if method == args.bar_ensemble else "  (reference)"
         what = "single model" if method == "single-all-digits" else "ensemble"
-        print(f"pooled: {what} {method:<14} {pct(float(ens.float().mean()))}  vs baseline "
-              f"{float(ens.float().mean() - base.float().mean()) * 100:+.2f} points, vs average member "
-              f"{float(ens.float().mean() - members.mean()) * 100:+.2f}; digits only it gets right {wins}, only the "
-              f"baseline {losses}; one-sided exact McNemar p = {p:.4f}{mark}")  # fmt: skip
+        print(
+            f"pooled: {what} {method:<14} {pct(float(ens.float().mean()))}  vs baseline "
+            f"{float(ens.float().mean() - base.float().mean()) * 100:+.2f} points, vs average member "
+            f"{float(ens.float().mean() - members.mean()) * 100:+.2f}; digits only it gets right {wins}, only the "
+            f"baseline {losses}; one-sided exact McNemar p = {p:.4f}{mark}"
+        )
         if method == args.bar_ensemble:
             verdict = wins > losses and p < args.alpha
     if "single-all-digits" in cat:
         ens, single = cat[args.bar_ensemble], cat["single-all-digits"]
         wins, losses = int((ens & ~single).sum()), int((~ens & single).sum())
-        print(f"pooled: (reference) ensemble {args.bar_ensemble} vs the single unbagged model on all the digits: "
-              f"{float(ens.float().mean() - single.float().mean()) * 100:+.2f} points; digits only the ensemble gets "
-              f"right {wins}, only the single model {losses}; one-sided exact McNemar p = "
-              f"{mcnemar_p(wins, losses):.4f}")  # fmt: skip
-    print(f"pooled: [{'PASS' if verdict else 'FAIL'}] ensemble ({args.bar_ensemble}) > best independent member "
-          f"over {n:,} test digits, McNemar p < {args.alpha:g}")  # fmt: skip
+        print(
+            f"pooled: (reference) ensemble {args.bar_ensemble} vs the single unbagged model on all the digits: "
+            f"{float(ens.float().mean() - single.float().mean()) * 100:+.2f} points; digits only the ensemble gets "
+            f"right {wins}, only the single model {losses}; one-sided exact McNemar p = "
+            f"{mcnemar_p(wins, losses):.4f}"
+        )
+    print(
+        f"pooled: [{'PASS' if verdict else 'FAIL'}] ensemble ({args.bar_ensemble}) > best independent member "
+        f"over {n:,} test digits, McNemar p < {args.alpha:g}"
+    )
     return verdict
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every fold with --cv, else 0 1 2")
-    parser.add_argument("--cv", type=int, default=5, help="folds over all 5,000 digits (seed k tests on fold k); "
-                        "0: the dataset's own split per seed (sk.data.load('mnist5k', seed=k))")  # fmt: skip
-    parser.add_argument("--soup-seeds", type=int, nargs="*", default=None,
-                        help="seeds that also train shared-start members for the soups and the distilled student "
-                        "(default: every seed)")  # fmt: skip
+    parser.add_argument(
+        "--cv",
+        type=int,
+        default=5,
+        help="folds over all 5,000 digits (seed k tests on fold k); "
+        "0: the dataset's own split per seed (sk.data.load('mnist5k', seed=k))",
+    )
+    parser.add_argument(
+        "--soup-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds that also train shared-start members for the soups and the distilled student (default: every seed)",
+    )
     parser.add_argument(
         "--start-epochs", type=int, default=8, help="shared start (independent members: start + epochs)"
     )
     parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs per shared-start member")
     parser.add_argument("--distill-epochs", type=int, default=4)
-    parser.add_argument("--augment", default="affine", help="independent members' augmentation: one name for all, or "
-                        "five comma-separated names, one per member; names: shift, none, affine, elastic, "
-                        "affine-strong, affine+elastic")  # fmt: skip
+    parser.add_argument(
+        "--augment",
+        default="affine",
+        help="independent members' augmentation: one name for all, or "
+        "five comma-separated names, one per member; names: shift, none, affine, elastic, "
+        "affine-strong, affine+elastic",
+    )
     parser.add_argument("--soup-augment", default="affine", help="shared-start members' augmentation")
     parser.add_argument("--checkpoint", choices=["last", "best-val"], default="last", help="members' weights kept")
-    parser.add_argument("--bag", choices=["none", *BAGS], default="none",
-                        help="independent members' training data: all on the training split (none), "
-                        "cross-validation parts of train + val (cv), or bootstrap samples of train")  # fmt: skip
+    parser.add_argument(
+        "--bag",
+        choices=["none", *BAGS],
+        default="none",
+        help="independent members' training data: all on the training split (none), "
+        "cross-validation parts of train + val (cv), or bootstrap samples of train",
+    )
     parser.add_argument("--bar-ensemble", choices=list(METHODS), default="mean", help="the ensemble in the bar")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the pooled bar")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core for others)")
@@ -345,26 +443,36 @@ def main() -> None:
     args.seeds = args.seeds if args.seeds is not None else list(range(args.cv)) if args.cv else [0, 1, 2]
     args.soup_seeds = args.seeds if args.soup_seeds is None else args.soup_seeds
     if args.bag == "cv" and args.soup_seeds:
-        parser.error("--bag cv runs the ensemble bar only (the distilled student would be chosen on validation "
-                     "digits the members trained on); pass --soup-seeds with no values")  # fmt: skip
+        parser.error(
+            "--bag cv runs the ensemble bar only (the distilled student would be chosen on validation "
+            "digits the members trained on); pass --soup-seeds with no values"
+        )
     if args.cv and not all(0 <= s < args.cv for s in args.seeds):
         parser.error(f"with --cv {args.cv} the seeds are fold numbers 0..{args.cv - 1}")
     torch.set_num_threads(args.threads)
     split = "the dataset's split per seed"
     if args.cv:
-        split = (f"{args.cv}-fold cross-validation over the 5,000 digits (seed k: test on fold k, 500 val digits "
-                 f"from the rest, train on the other {5000 - 5000 // args.cv - 500:,})")  # fmt: skip
+        split = (
+            f"{args.cv}-fold cross-validation over the 5,000 digits (seed k: test on fold k, 500 val digits "
+            f"from the rest, train on the other {5000 - 5000 // args.cv - 500:,})"
+        )
         if args.bag == "cv":
-            split += (f"; bag cv: member i trains on 4/5 of the {5000 - 5000 // args.cv:,} train + val digits and "
-                      "is validated on the other 1/5, its own part")  # fmt: skip
-    print(f"mnist5k, 5 x seed_cnn per kind; {split}; independent members {args.start_epochs + args.epochs} epochs; "
-          f"shared start {args.start_epochs} + {args.epochs} epochs (seeds {args.soup_seeds}); distillation "
-          f"{args.distill_epochs} epochs per trial; members: augment {args.augment}, checkpoint {args.checkpoint}, "
-          f"bag {args.bag}; "
-          f"shared-start augment {args.soup_augment}; bar ensemble {args.bar_ensemble}; "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print("baseline for every bar: the best member by VALIDATION accuracy among the members the method uses"
-          + (" (bag cv: each member's accuracy on its own held-out part)" if args.bag == "cv" else ""))  # fmt: skip
+            split += (
+                f"; bag cv: member i trains on 4/5 of the {5000 - 5000 // args.cv:,} train + val digits and "
+                "is validated on the other 1/5, its own part"
+            )
+    print(
+        f"mnist5k, 5 x seed_cnn per kind; {split}; independent members {args.start_epochs + args.epochs} epochs; "
+        f"shared start {args.start_epochs} + {args.epochs} epochs (seeds {args.soup_seeds}); distillation "
+        f"{args.distill_epochs} epochs per trial; members: augment {args.augment}, checkpoint {args.checkpoint}, "
+        f"bag {args.bag}; "
+        f"shared-start augment {args.soup_augment}; bar ensemble {args.bar_ensemble}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "baseline for every bar: the best member by VALIDATION accuracy among the members the method uses"
+        + (" (bag cv: each member's accuracy on its own held-out part)" if args.bag == "cv" else "")
+    )
     results, pooled = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

@@ -86,21 +86,33 @@ def signature(exc: BaseException) -> tuple[str, str]:
     where = ""
     for frame in traceback.extract_tb(cause.__traceback__) if cause is not None else []:
         if "/slimkit/" in frame.filename.replace("\\", "/") and "test_fuzz" not in frame.filename:
-            where = f"{Path(frame.filename).relative_to(ROOT / 'src') if 'src' in frame.filename else frame.filename}" \
-                    f":{frame.lineno} ({frame.name})"  # fmt: skip
+            where = (
+                f"{Path(frame.filename).relative_to(ROOT / 'src') if 'src' in frame.filename else frame.filename}"
+                f":{frame.lineno} ({frame.name})"
+            )
     if isinstance(exc, F.PropertyViolation) and not where:
         where = str(exc).split(":", 1)[0][:80]  # the command line, e.g. "slimkit prune model -o out"
         where = " ".join(where.split()[:2])
     return kind, where
 
 
-def campaign(name: str, strategy: st.SearchStrategy[Any], check: Callable[[Any], object], seconds: float,
-             found: dict[tuple[str, str, str], dict[str, Any]]) -> tuple[int, float]:  # fmt: skip
+def campaign(
+    name: str,
+    strategy: st.SearchStrategy[Any],
+    check: Callable[[Any], object],
+    seconds: float,
+    found: dict[tuple[str, str, str], dict[str, Any]],
+) -> tuple[int, float]:
     start = time.monotonic()
     runs = 0
 
-    @settings(max_examples=10**9, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=10**9,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @seed(int.from_bytes(os.urandom(8), "big"))  # an explicit seed: no "add @seed(...)" hint when time is up
     @given(value=strategy)
     def run(value: Any) -> None:

@@ -67,8 +67,11 @@ def measure(name: str, model: keras.Model, test: tuple, note: str = "") -> dict:
         same = np.allclose(np.asarray(again.predict(x[:64], verbose=0)), probs[:64], atol=1e-5)
         size = path.stat().st_size
     row = {"step": name, "params": model.count_params(), "keras_mb": size / 1e6, "reload": same, "note": note, **m}
-    print(f"{name:<34} params {row['params']:>11,}  acc {100 * m['accuracy']:6.2f}%  f1 {100 * m['f1']:6.2f}%"
-          f"  .keras {row['keras_mb']:6.1f} MB  reload {'ok' if same else 'DIFFERS'}  {note}", flush=True)  # fmt: skip
+    print(
+        f"{name:<34} params {row['params']:>11,}  acc {100 * m['accuracy']:6.2f}%  f1 {100 * m['f1']:6.2f}%"
+        f"  .keras {row['keras_mb']:6.1f} MB  reload {'ok' if same else 'DIFFERS'}  {note}",
+        flush=True,
+    )
     return row
 
 
@@ -148,8 +151,10 @@ def write(rows: list[dict], times: dict, agree: float, args: argparse.Namespace)
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['params']:,} | {100 * r['accuracy']:.2f}% | {100 * r['f1']:.2f}% | "
-                     f"{r['keras_mb']:.1f} | {'yes' if r['reload'] else 'NO'} | {r['note']} |")  # fmt: skip
+        lines.append(
+            f"| {r['step']} | {r['params']:,} | {100 * r['accuracy']:.2f}% | {100 * r['f1']:.2f}% | "
+            f"{r['keras_mb']:.1f} | {'yes' if r['reload'] else 'NO'} | {r['note']} |"
+        )
     lines += [
         "",
         f'ONNX export (`model.export(format="onnx")`, torch backend) of the final model runs in `slimkit.load`: '

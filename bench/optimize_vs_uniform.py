@@ -50,10 +50,14 @@ def main() -> None:
     args = parser.parse_args()
     ckpts = dict(c.split("=", 1) for c in args.ckpt)
     data = sk.data.load("mnist5k")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; target MACs {args.macs:.0%}, "
-          f"2 rounds x {args.epochs} fine-tuning epochs (distillation), seeds {args.seeds}\n")  # fmt: skip
-    print("| model | allocation | MACs kept | params kept | val acc | test acc (per seed) | test acc mean "
-          "| vs uniform | widths | time |")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; target MACs {args.macs:.0%}, "
+        f"2 rounds x {args.epochs} fine-tuning epochs (distillation), seeds {args.seeds}\n"
+    )
+    print(
+        "| model | allocation | MACs kept | params kept | val acc | test acc (per seed) | test acc mean "
+        "| vs uniform | widths | time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = trained(name, data, ckpts.get(name))
@@ -64,10 +68,12 @@ def main() -> None:
             accs, vals, start = [], [], time.perf_counter()
             result = None
             for seed in args.seeds:
-                recipe = {"steps": [
-                    {"SensitivityPruneConfig": {"target_macs": args.macs, "allocation": allocation, "rounds": 2}},
-                    {"FineTuneConfig": {"epochs": args.epochs}},
-                ]}  # fmt: skip
+                recipe = {
+                    "steps": [
+                        {"SensitivityPruneConfig": {"target_macs": args.macs, "allocation": allocation, "rounds": 2}},
+                        {"FineTuneConfig": {"epochs": args.epochs}},
+                    ]
+                }
                 result = optimize(model, data, Target(macs=args.macs), recipe=recipe, seed=seed, html=False)
                 accs.append(result.after.metrics["accuracy"])
                 vals.append(result.chosen_candidate.metrics["accuracy"])
@@ -77,11 +83,13 @@ def main() -> None:
                 uniform_mean = mean
             delta = "" if uniform_mean is None or allocation == "uniform" else f"{100 * (mean - uniform_mean):+.2f}"
             widths = " ".join(str(w) for w in c.widths.values()) if len(c.widths) <= 4 else f"{len(c.widths)} groups"
-            print(f"| {name} | {allocation} | {c.costs['macs'] / result.base_val['costs']['macs']:.3f} "
-                  f"| {c.costs['params'] / result.base_val['costs']['params']:.3f} "
-                  f"| {100 * statistics.mean(vals):.2f}% | {' / '.join(f'{100 * a:.2f}%' for a in accs)} "
-                  f"| {100 * mean:.2f}% | {delta} | {widths} | {time.perf_counter() - start:.0f} s |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {name} | {allocation} | {c.costs['macs'] / result.base_val['costs']['macs']:.3f} "
+                f"| {c.costs['params'] / result.base_val['costs']['params']:.3f} "
+                f"| {100 * statistics.mean(vals):.2f}% | {' / '.join(f'{100 * a:.2f}%' for a in accs)} "
+                f"| {100 * mean:.2f}% | {delta} | {widths} | {time.perf_counter() - start:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def run(models: list[str], train_seeds: list[int], seeds: list[int], keeps: list
     data = sk.data.load("mnist5k")
     fit = {"augment": data.augment, "progress": False}
     rows = []
-    print("| model | trained with seed | MACs kept | aggregate | MACs after "
-          "| val / test acc after fine-tuning, per seed |")  # fmt: skip
+    print(
+        "| model | trained with seed | MACs kept | aggregate | MACs after "
+        "| val / test acc after fine-tuning, per seed |"
+    )
     print("|---|---|---|---|---|---|")
     for name, train_seed in itertools.product(models, train_seeds):
         kwargs, epochs = SETUPS[name]
@@ -83,8 +85,10 @@ def summary(rows: list[dict]) -> None:
     """``sum`` minus ``normalized`` over the same (trained model, fine-tuning seed) pairs."""
     from scipy import stats
 
-    print("\n| model | MACs kept | pairs | split | normalized | sum | sum - normalized "
-          "| wins / ties / losses of sum | paired t-test p |")  # fmt: skip
+    print(
+        "\n| model | MACs kept | pairs | split | normalized | sum | sum - normalized "
+        "| wins / ties / losses of sum | paired t-test p |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     cases = sorted({(r["model"], r["keep"]) for r in rows}) + [("all", None)]
     for name, keep in cases:

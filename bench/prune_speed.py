@@ -123,8 +123,10 @@ def bound(base_ms: float, floor_ms: float, floor_share: float, reduction: float)
 
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| model | input | round_to | MACs reduction | batch | fp32 ms | pruned ms | speedup "
-          "| speedup / MACs reduction | bound: any pruning | bound: these widths |")  # fmt: skip
+    print(
+        "| model | input | round_to | MACs reduction | batch | fp32 ms | pruned ms | speedup "
+        "| speedup / MACs reduction | bound: any pruning | bound: these widths |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, side in CASES:
@@ -147,8 +149,10 @@ def main() -> None:
                 for b, ((fp32, small, least), speedup) in ort_times([base, path, floor_path], x).items():
                     best = bound(fp32, least, floor_share, reduction)
                     widths = operator_bound(*operator_profiles([base, path], batch_of(x, b)), reduction)
-                    cells = (f"{name} | {side}x{side} | {label} | {reduction:.2f}x | {b} | {fp32:.2f} | {small:.2f} | "
-                             f"{speedup:.2f}x | {speedup / reduction:.2f} | {best:.2f} | {widths:.2f}")  # fmt: skip
+                    cells = (
+                        f"{name} | {side}x{side} | {label} | {reduction:.2f}x | {b} | {fp32:.2f} | {small:.2f} | "
+                        f"{speedup:.2f}x | {speedup / reduction:.2f} | {best:.2f} | {widths:.2f}"
+                    )
                     print(f"| {cells} |", flush=True)
 
 

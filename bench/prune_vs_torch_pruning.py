@@ -49,9 +49,12 @@ def output_layer(model: nn.Module) -> nn.Module:
 
 def tp_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
     pruner = tp.pruner.MetaPruner(
-        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
         ignored_layers=[output_layer(model)],
-    )  # fmt: skip
+    )
     pruner.step()
 
 
@@ -83,8 +86,10 @@ def timed_pair(model: nn.Module, x: torch.Tensor, ratio: float, repeats: int = 9
 
 def part1() -> None:
     print("## Part 1: prune every zoo model (L2, uniform ratio)\n")
-    print("| model | ratio | params slimkit | params torch-pruning | MACs slimkit | MACs torch-pruning "
-          "| time slimkit | time torch-pruning | time ratio sk/tp |")  # fmt: skip
+    print(
+        "| model | ratio | params slimkit | params torch-pruning | MACs slimkit | MACs torch-pruning "
+        "| time slimkit | time torch-pruning | time ratio sk/tp |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     failures = {"slimkit": [], "torch-pruning": []}
     for name in sk.zoo.list():
@@ -133,8 +138,10 @@ def match_macs(fn, model: nn.Module, x: torch.Tensor, target: int) -> tuple[nn.M
 def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: list[float], distill: bool) -> None:
     data = sk.data.load("mnist5k")
     print(f"## Part 2: accuracy on mnist5k at equal MACs ({FINETUNE_EPOCHS} fine-tuning epochs each)\n")
-    print("| model | trained with seed | MACs kept | tool | ratio | MACs after | test acc before fine-tune "
-          f"| test acc after (fine-tuning seeds {', '.join(map(str, seeds))}) | mean |")  # fmt: skip
+    print(
+        "| model | trained with seed | MACs kept | tool | ratio | MACs after | test acc before fine-tune "
+        f"| test acc after (fine-tuning seeds {', '.join(map(str, seeds))}) | mean |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     setups = {"seed_cnn": ({}, 20), "resnet_cifar": ({"depth": 20}, 15)}
     accuracies: Accuracies = {}
@@ -180,8 +187,11 @@ def part2(models: list[str], seeds: list[int], train_seeds: list[int], keeps: li
                 accuracies.setdefault((name, keep, tool), {})[train_seed] = accs
                 macs = count_macs(pruned, x)
                 each = " / ".join(f"{a:.2f}" for a in accs)
-                print(f"| {name} | {train_seed} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
-                      f"| {100 * acc0:.2f}% | {each} | {statistics.mean(accs):.2f}% |", flush=True)  # fmt: skip
+                print(
+                    f"| {name} | {train_seed} | {keep:.2f} | {tool} | {ratio:.3f} | {macs:,} ({macs / m0:.3f}x) "
+                    f"| {100 * acc0:.2f}% | {each} | {statistics.mean(accs):.2f}% |",
+                    flush=True,
+                )
     print()
     summarise(accuracies)
 
@@ -207,9 +217,11 @@ def summarise(accuracies: Accuracies) -> None:
     model's mean difference as one observation."""
     from scipy import stats
 
-    print("| model | MACs kept | slimkit | torch-pruning | trained models | pairs | mean slimkit "
-          "| mean torch-pruning | difference | wins / ties / losses | paired t-test p | p over models "
-          "| 95% interval over models |")  # fmt: skip
+    print(
+        "| model | MACs kept | slimkit | torch-pruning | trained models | pairs | mean slimkit "
+        "| mean torch-pruning | difference | wins / ties / losses | paired t-test p | p over models "
+        "| 95% interval over models |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, keep, ours), mine in accuracies.items():
         if not ours.startswith("slimkit"):
@@ -228,9 +240,11 @@ def summarise(accuracies: Accuracies) -> None:
                 p_models = stats.ttest_1samp(per_model, 0).pvalue
                 half = stats.t.ppf(0.975, len(models) - 1) * stats.sem(per_model)
                 interval = f"{statistics.mean(per_model) - half:+.2f} to {statistics.mean(per_model) + half:+.2f}"
-            print(f"| {name} | {keep:.2f} | {ours} | {theirs} | {len(models)} | {len(d)} | {statistics.mean(a):.2f}% | "
-                  f"{statistics.mean(b):.2f}% | {statistics.mean(d):+.3f} | {wins} / {len(d) - wins - losses} / "
-                  f"{losses} | {p:.3f} | {p_models:.3f} | {interval} |")  # fmt: skip
+            print(
+                f"| {name} | {keep:.2f} | {ours} | {theirs} | {len(models)} | {len(d)} | {statistics.mean(a):.2f}% | "
+                f"{statistics.mean(b):.2f}% | {statistics.mean(d):+.3f} | {wins} / {len(d) - wins - losses} / "
+                f"{losses} | {p:.3f} | {p_models:.3f} | {interval} |"
+            )
     print()
 
 
@@ -255,8 +269,10 @@ if __name__ == "__main__":
         summarise(read_rows(args.summary))
         raise SystemExit
     part = args.part
-    print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
-          f"{torch.get_num_threads()} threads\n")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, torch-pruning {tp.__version__}, slimkit {sk.__version__}, "
+        f"{torch.get_num_threads()} threads\n"
+    )
     if part in ("1", "all"):
         part1()
     if part in ("2", "all"):

@@ -89,9 +89,21 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
     base = figures["fp32"]
     rows = []
     for variant, f in figures.items():
-        rows.append([name, variant, f"{f['acc']:.2f}", f"{f['acc'] - base['acc']:+.2f}", f"{f['f1']:.2f}",
-                     f"{f['bytes'] / 1024:,.0f}", f"{f['bytes'] / base['bytes']:.3f}", f"{f['b1']:.3f}",
-                     f"{f['b1'] / base['b1']:.2f}", f"{f['b64']:.2f}", f"{f['b64'] / base['b64']:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                variant,
+                f"{f['acc']:.2f}",
+                f"{f['acc'] - base['acc']:+.2f}",
+                f"{f['f1']:.2f}",
+                f"{f['bytes'] / 1024:,.0f}",
+                f"{f['bytes'] / base['bytes']:.3f}",
+                f"{f['b1']:.3f}",
+                f"{f['b1'] / base['b1']:.2f}",
+                f"{f['b64']:.2f}",
+                f"{f['b64'] / base['b64']:.2f}",
+            ]
+        )
     s, st, dy = figures["slimkit int8"], figures["ort static (defaults)"], figures["ort dynamic (defaults)"]
     checks = [
         f"{name} ({dname}, trained {trained:.0f} s, {count_params(model):,} params): slimkit chose {result.mode} - "
@@ -148,8 +160,15 @@ def lowrank_and_cluster(model: torch.nn.Module, data: sk.data.Dataset, out: Path
         sk.apply_(m, LowRankConfig(method=method, ratio=0.5, layers=("fc1",)), example_inputs=x)
         a = acc(m)
         kind = sk.records(m)[-1].details["layers"]["fc1"]
-        rows.append([f"fc1 rank 512, {method} ({kind['kind']})", f"{a:.2f}", f"{a - base:+.2f}",
-                     f"{count_params(m):,}", f"{count_params(m) / params:.3f}"])  # fmt: skip
+        rows.append(
+            [
+                f"fc1 rank 512, {method} ({kind['kind']})",
+                f"{a:.2f}",
+                f"{a - base:+.2f}",
+                f"{count_params(m):,}",
+                f"{count_params(m) / params:.3f}",
+            ]
+        )
     text = table(["seed_cnn, no fine-tuning", "test acc %", "points", "params", "ratio"], rows)
     size0 = (sk.save(model, out / "cnn") / "weights.safetensors").stat().st_size
     m = copy.deepcopy(model)
@@ -159,10 +178,17 @@ def lowrank_and_cluster(model: torch.nn.Module, data: sk.data.Dataset, out: Path
         sk.train.fit(m, data.train, val=data.val, epochs=2, lr=1e-4, progress=False)
     tuned = acc(m)
     size1 = (sk.save(m, out / "cnn16") / "weights.safetensors").stat().st_size
-    rows = [["fp32", f"{base:.2f}", "+0.00", f"{size0:,}", "1.000"],
-            ["k=16, before fine-tuning", f"{clustered:.2f}", f"{clustered - base:+.2f}", "", ""],
-            ["k=16, 2 epochs tied fine-tuning", f"{tuned:.2f}", f"{tuned - base:+.2f}", f"{size1:,}",
-             f"{size1 / size0:.3f}"]]  # fmt: skip
+    rows = [
+        ["fp32", f"{base:.2f}", "+0.00", f"{size0:,}", "1.000"],
+        ["k=16, before fine-tuning", f"{clustered:.2f}", f"{clustered - base:+.2f}", "", ""],
+        [
+            "k=16, 2 epochs tied fine-tuning",
+            f"{tuned:.2f}",
+            f"{tuned - base:+.2f}",
+            f"{size1:,}",
+            f"{size1 / size0:.3f}",
+        ],
+    ]
     header = ["seed_cnn weight sharing", "test acc %", "points", "weights file bytes", "ratio"]
     return text + "\n\n" + table(header, rows)
 
@@ -176,8 +202,19 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     print(f"torch threads {torch.get_num_threads()}, ORT threads {args.threads}, VNNI {has_vnni()}")
-    header = ["model", "variant", "test acc %", "points", "F1 %", "size KB", "size x", "b1 ms", "b1 x", "b64 ms",
-              "b64 x"]  # fmt: skip
+    header = [
+        "model",
+        "variant",
+        "test acc %",
+        "points",
+        "F1 %",
+        "size KB",
+        "size x",
+        "b1 ms",
+        "b1 x",
+        "b64 ms",
+        "b64 x",
+    ]
     all_rows, all_checks, extras = [], [], ""
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

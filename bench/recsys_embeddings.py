@@ -50,8 +50,10 @@ def main() -> None:
             size = embedding_bytes(m) + sum(  # the Linear after a factorized table belongs to the table
                 t.weight.numel() * 4 for n, t in m.named_modules() if any(n == f"{x}.1" for x in tables)
             )
-            print(f"| {name} | {label} | {size:,} | {base_bytes / size:.2f}x | {val['auc']:.4f} "
-                  f"| {test['auc']:.4f} | {base - test['auc']:+.4f} | {test['log_loss']:.4f} |")  # fmt: skip
+            print(
+                f"| {name} | {label} | {size:,} | {base_bytes / size:.2f}x | {val['auc']:.4f} "
+                f"| {test['auc']:.4f} | {base - test['auc']:+.4f} | {test['log_loss']:.4f} |"
+            )
 
 
 if __name__ == "__main__":

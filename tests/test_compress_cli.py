@@ -18,8 +18,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, mnist: sk.data.Dataset) -> Pa
 
 def test_compress_lowrank_pca(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "pca"
-    code, stdout, err = cli("compress", ckpt, "--lowrank", "0.5", "--method", "pca", "--layer", "fc1", "-d", "mnist5k",
-                            "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "compress", ckpt, "--lowrank", "0.5", "--method", "pca", "--layer", "fc1", "-d", "mnist5k", "-o", out
+    )
     assert code == 0, err
     assert "changed 1 layer" in stdout and "'kind': 'pca-units'" in stdout and "'refit': 'fc2'" in stdout
     model = sk.load(out)

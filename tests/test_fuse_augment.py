@@ -80,8 +80,9 @@ def test_each_member_gets_its_own_augmentation(digits: sk.data.Dataset) -> None:
     calls[:] = [0, 0]
     train_members("resnet_cifar", digits, n=2, model_args=SMALL, start_epochs=1, epochs=1, augment=(spy(0), spy(1)))
     assert calls == [2 * batches, batches]  # the shared start uses the first member's augmentation
-    run = train_members("resnet_cifar", digits, n=2, model_args=SMALL, from_start=False, epochs=1,
-                        augment=["elastic", False])  # fmt: skip
+    run = train_members(
+        "resnet_cifar", digits, n=2, model_args=SMALL, from_start=False, epochs=1, augment=["elastic", False]
+    )
     assert len(run.members) == 2
     with pytest.raises(sk.SlimkitError, match="one augmentation per member: expected 3, got 2"):
         train_members("resnet_cifar", digits, n=3, from_start=False, augment=["affine", "elastic"])

@@ -28,8 +28,9 @@ def test_cv_parts_partition_train_and_val_stratified(digits: sk.data.Dataset) ->
     held = {}
     for d in parts:
         # the member trains on everything but its own part, and never sees a test sample
-        both = _multiset(torch.cat([d.splits["train"][0], d.splits["val"][0]]),
-                         torch.cat([d.splits["train"][1], d.splits["val"][1]]))  # fmt: skip
+        both = _multiset(
+            torch.cat([d.splits["train"][0], d.splits["val"][0]]), torch.cat([d.splits["train"][1], d.splits["val"][1]])
+        )
         assert both == pooled
         assert d.splits["test"] is digits.splits["test"]
         for key, c in _multiset(*d.splits["val"]).items():
@@ -84,19 +85,23 @@ def test_cv_members_train_on_their_own_data_and_best_uses_their_own_part(digits:
         seen.append(len(x))
         return x
 
-    result = train_members("resnet_cifar", digits, n=3, model_args=SMALL, from_start=False, epochs=1, bag="cv",
-                           augment=count, seed=2)  # fmt: skip
+    result = train_members(
+        "resnet_cifar", digits, n=3, model_args=SMALL, from_start=False, epochs=1, bag="cv", augment=count, seed=2
+    )
     assert result.bag == "cv" and result.kind == "independent" and len(result.datasets) == 3
     own = [d.sizes()["train"] for d in result.datasets]
     assert sum(seen) == sum(own)  # each member's one epoch went over its own training part
     assert sum(own) == 2 * (digits.sizes()["train"] + digits.sizes()["val"])  # each sample in 2 of 3 trainings
     # the same parts as bag_datasets with the run's seed (1000 * seed)
     expected = bag_datasets(digits, 3, "cv", seed=2000)
-    assert all(torch.equal(a.splits["val"][1], b.splits["val"][1])
-               for a, b in zip(result.datasets, expected, strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a.splits["val"][1], b.splits["val"][1]) for a, b in zip(result.datasets, expected, strict=True)
+    )
     index, accs = result.best()
-    direct = [sk.evaluate(m, d, split="val", latency=False).metrics["accuracy"]
-              for m, d in zip(result.members, result.datasets, strict=True)]  # fmt: skip
+    direct = [
+        sk.evaluate(m, d, split="val", latency=False).metrics["accuracy"]
+        for m, d in zip(result.members, result.datasets, strict=True)
+    ]
     assert accs == pytest.approx(direct)
     assert index == max(range(3), key=lambda i: (direct[i], -i))
     # unbagged members are scored on the common validation split, like best_member
@@ -107,8 +112,23 @@ def test_cv_members_train_on_their_own_data_and_best_uses_their_own_part(digits:
 def test_cli_train_members_bag(cli, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "bag"
     args = ["--arg", "depth=8", "--arg", "width=0.5"]
-    code, stdout, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "3", *args, "--independent",
-                            "--epochs", "1", "--bag", "cv", "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "train-members",
+        "-m",
+        "resnet_cifar",
+        "-d",
+        "digits",
+        "--n",
+        "3",
+        *args,
+        "--independent",
+        "--epochs",
+        "1",
+        "--bag",
+        "cv",
+        "-o",
+        out,
+    )
     assert code == 0, err
     summary = json.loads((out / "members.json").read_text())
     assert summary["config"]["bag"] == "cv"
@@ -117,6 +137,7 @@ def test_cli_train_members_bag(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert "own val" in stdout
     code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--bag", "cv", "-o", tmp_path / "b")
     assert code == 2 and "--independent" in err and err.count("\n") == 1
-    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--independent", "--bag", "halves",
-                       "-o", tmp_path / "c")  # fmt: skip
+    code, _, err = cli(
+        "train-members", "-m", "resnet_cifar", "-d", "digits", "--independent", "--bag", "halves", "-o", tmp_path / "c"
+    )
     assert code == 2 and "unknown bagging rule 'halves'" in err

@@ -19,15 +19,37 @@ def members_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from slimkit.fuse.workflow import train_members_and_save
 
     out = tmp_path_factory.mktemp("members") / "m"
-    train_members_and_save(model="resnet_cifar", data="digits", n=3, output=out, model_args={"depth": 8, "width": 0.5},
-                           start_epochs=2, epochs=1, progress=False)  # fmt: skip
+    train_members_and_save(
+        model="resnet_cifar",
+        data="digits",
+        n=3,
+        output=out,
+        model_args={"depth": 8, "width": 0.5},
+        start_epochs=2,
+        epochs=1,
+        progress=False,
+    )
     return out
 
 
 def test_train_members_writes_checkpoints_from_one_start(cli, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "m"
-    code, stdout, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "2", *SMALL,
-                            "--start-epochs", "1", "--epochs", "1", "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "train-members",
+        "-m",
+        "resnet_cifar",
+        "-d",
+        "digits",
+        "--n",
+        "2",
+        *SMALL,
+        "--start-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "-o",
+        out,
+    )
     assert code == 0, err
     assert "member-1" in stdout
     summary = json.loads((out / "members.json").read_text())
@@ -61,8 +83,24 @@ def test_fuse_stack_saves_a_loadable_ensemble(cli, members_dir: Path, tmp_path: 
 
 def test_independent_affine_members_fused_by_selection(cli, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "m"
-    code, stdout, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "3", *SMALL, "--independent",
-                            "--affine", "--checkpoint", "last", "--epochs", "1", "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "train-members",
+        "-m",
+        "resnet_cifar",
+        "-d",
+        "digits",
+        "--n",
+        "3",
+        *SMALL,
+        "--independent",
+        "--affine",
+        "--checkpoint",
+        "last",
+        "--epochs",
+        "1",
+        "-o",
+        out,
+    )
     assert code == 0, err
     summary = json.loads((out / "members.json").read_text())
     assert summary["kind"] == "independent" and not (out / "start").exists()
@@ -75,15 +113,31 @@ def test_independent_affine_members_fused_by_selection(cli, tmp_path: Path) -> N
     ens = sk.load(tmp_path / "ens")
     assert isinstance(ens, Ensemble) and ens.method == "select"
     assert float(ens.weights.sum()) == pytest.approx(1.0, abs=1e-6)
-    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--checkpoint", "best", "-o",
-                       tmp_path / "bad")  # fmt: skip
+    code, _, err = cli(
+        "train-members", "-m", "resnet_cifar", "-d", "digits", "--checkpoint", "best", "-o", tmp_path / "bad"
+    )
     assert code == 2 and "unknown checkpoint rule 'best'" in err and err.count("\n") == 1
-    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--n", "1", *SMALL, "--independent",
-                       "--elastic", "--epochs", "1", "-o", tmp_path / "elastic")  # fmt: skip
+    code, _, err = cli(
+        "train-members",
+        "-m",
+        "resnet_cifar",
+        "-d",
+        "digits",
+        "--n",
+        "1",
+        *SMALL,
+        "--independent",
+        "--elastic",
+        "--epochs",
+        "1",
+        "-o",
+        tmp_path / "elastic",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "elastic" / "members.json").read_text())["config"]["augment"] == "elastic"
-    code, _, err = cli("train-members", "-m", "resnet_cifar", "-d", "digits", "--affine", "--elastic", "-o",
-                       tmp_path / "both")  # fmt: skip
+    code, _, err = cli(
+        "train-members", "-m", "resnet_cifar", "-d", "digits", "--affine", "--elastic", "-o", tmp_path / "both"
+    )
     assert code == 2 and "choose one of --affine and --elastic" in err
 
 
@@ -99,8 +153,20 @@ def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Pat
     vals = [m["val_accuracy"] for m in report["members"]]
     assert report["best_member"] == vals.index(max(vals))
 
-    code, stdout, err = cli("fuse", *ckpts, "--method", "mean", "-d", "digits", "--distill-into", "best-member",
-                            "--epochs", "1", "-o", tmp_path / "from-best")  # fmt: skip
+    code, stdout, err = cli(
+        "fuse",
+        *ckpts,
+        "--method",
+        "mean",
+        "-d",
+        "digits",
+        "--distill-into",
+        "best-member",
+        "--epochs",
+        "1",
+        "-o",
+        tmp_path / "from-best",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "from-best" / "report.json").read_text())
     best = report["members"][report["best_member"]]
@@ -108,9 +174,24 @@ def test_fuse_greedy_soup_and_distillation(cli, members_dir: Path, tmp_path: Pat
     assert report["distilled"]["start_val_accuracy"] == pytest.approx(best["val_accuracy"])
     assert report["distilled"]["val_accuracy"] >= best["val_accuracy"]  # the start is kept unless beaten
 
-    code, stdout, err = cli("fuse", *ckpts, "--method", "mean", "-d", "digits", "--distill-into", "resnet_cifar",
-                            "--student-arg", "depth=8", "--student-arg", "width=0.25", "--epochs", "1",
-                            "-o", tmp_path / "student")  # fmt: skip
+    code, stdout, err = cli(
+        "fuse",
+        *ckpts,
+        "--method",
+        "mean",
+        "-d",
+        "digits",
+        "--distill-into",
+        "resnet_cifar",
+        "--student-arg",
+        "depth=8",
+        "--student-arg",
+        "width=0.25",
+        "--epochs",
+        "1",
+        "-o",
+        tmp_path / "student",
+    )
     assert code == 0, err
     assert "distilled into resnet_cifar" in stdout
     student = sk.load(tmp_path / "student")

@@ -211,9 +211,11 @@ def test_errors_are_one_line(members: list[nn.Module], digits: sk.data.Dataset) 
         (lambda: ensemble(members, "median"), "unknown ensemble method 'median'"),
         (lambda: ensemble(members, "stack"), "pass val="),
         (lambda: ensemble([], "mean"), "at least one member"),
-        (lambda: ensemble([members[0], nn.Sequential(members[1], nn.Linear(10, 4))], "weighted", val=digits),
-         "do not agree on the output shape"),
-    ]  # fmt: skip
+        (
+            lambda: ensemble([members[0], nn.Sequential(members[1], nn.Linear(10, 4))], "weighted", val=digits),
+            "do not agree on the output shape",
+        ),
+    ]
     for make, message in cases:
         with pytest.raises(sk.SlimkitError, match=message) as exc:
             make()

@@ -108,8 +108,14 @@ def test_select_ensemble_drops_a_worthless_member(members: list[nn.Module], digi
     by_accuracy = ensemble(members, "select", val=digits, metric="accuracy")
     best, accs = best_member(members, digits)
     assert sk.records(by_accuracy)[-1].details["val_accuracy"] >= accs[best]
-    assert sk.records(ens)[-1].config == {"method": "select", "l2": 0.01, "rounds": 20, "metric": "log-loss",
-                                          "bags": 0, "seed": 0}  # fmt: skip
+    assert sk.records(ens)[-1].config == {
+        "method": "select",
+        "l2": 0.01,
+        "rounds": 20,
+        "metric": "log-loss",
+        "bags": 0,
+        "seed": 0,
+    }
 
 
 def test_select_saves_reloads_and_exports_to_onnx(
@@ -152,8 +158,9 @@ def test_members_with_affine_augmentation_and_last_checkpoint(digits: sk.data.Da
         seen.append((out.shape, x))
         return out
 
-    run = train_members("resnet_cifar", digits, n=1, model_args=SMALL, from_start=False, epochs=2, augment=spy,
-                        checkpoint="last")  # fmt: skip
+    run = train_members(
+        "resnet_cifar", digits, n=1, model_args=SMALL, from_start=False, epochs=2, augment=spy, checkpoint="last"
+    )
     assert seen and all(shape == x.shape for shape, x in seen)  # images in, images of the same shape out
     history = run.histories[0]
     # "last" keeps the final weights: the member's validation accuracy is the last epoch's

@@ -220,8 +220,10 @@ def _annotate(exc: BaseException, what: str, usage: Usage) -> None:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "Cannot allocate memory" in text:
         gib = (usage.ceiling or 0) / 2**30
-        exc.add_note(f"(an allocation went past the test's address-space ceiling of {gib:.1f} GiB: the input asks "
-                     f"for memory out of all proportion to its size)")  # fmt: skip
+        exc.add_note(
+            f"(an allocation went past the test's address-space ceiling of {gib:.1f} GiB: the input asks "
+            f"for memory out of all proportion to its size)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -246,8 +248,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return state
 
 
-def changes(before: dict[str, tuple], after: dict[str, tuple], exclude: Sequence[str] = (),
-            exact: Sequence[str] = ()) -> list[str]:  # fmt: skip
+def changes(
+    before: dict[str, tuple], after: dict[str, tuple], exclude: Sequence[str] = (), exact: Sequence[str] = ()
+) -> list[str]:
     """Entries added, removed or modified, outside the ``exclude`` paths (relative, '.' = everything) and
     other than the ``exact`` entries."""
 
@@ -302,8 +305,9 @@ def is_user_error(err: str, out: str = "") -> bool:
     return len(errors) == 1 and lines[-1] == errors[0] and len(errors[0].strip()) > len("error:")
 
 
-def run_cli(ws: Path, argv: Sequence[object], outputs: Sequence[str | os.PathLike[str]] = (), *,
-            timeout: float) -> Result:  # fmt: skip
+def run_cli(
+    ws: Path, argv: Sequence[object], outputs: Sequence[str | os.PathLike[str]] = (), *, timeout: float
+) -> Result:
     """Run ``slimkit *argv`` in-process with ``ws`` as working directory and check every property.
 
     ``outputs``: the paths the run may create or replace (its ``-o`` / ``--json``). The run has
@@ -352,8 +356,9 @@ def check_result(ws: Path, r: Result, before: dict[str, tuple], targets: list[st
     if r.code == 2 and not is_user_error(r.err, r.out):
         raise ErrorMessageViolation(f"{r.shown}: exit 2 without a one-line 'error: ...' message{tail}")
     if r.usage.peak is not None and r.usage.peak > MEMORY_BUDGET:
-        raise MemoryViolation(f"{r.shown}: peak RSS grew by {r.usage.peak / 2**20:.0f} MiB "
-                              f"(budget {MEMORY_BUDGET / 2**20:.0f} MiB){tail}")  # fmt: skip
+        raise MemoryViolation(
+            f"{r.shown}: peak RSS grew by {r.usage.peak / 2**20:.0f} MiB (budget {MEMORY_BUDGET / 2**20:.0f} MiB){tail}"
+        )
     after = snapshot(ws)
     if r.code == 2:
         half = [t for t in targets if not existed[t] and os.path.lexists(ws / t)]
@@ -384,8 +389,12 @@ def build_assets(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    configs = {"plain": None, "pruned": ChannelPruneConfig(ratio=0.5), "sparse": MagnitudePruneConfig(sparsity=0.9),
-               "clustered": ClusterConfig(k=4)}  # fmt: skip
+    configs = {
+        "plain": None,
+        "pruned": ChannelPruneConfig(ratio=0.5),
+        "sparse": MagnitudePruneConfig(sparsity=0.9),
+        "clustered": ClusterConfig(k=4),
+    }
     for seed, (name, cfg) in enumerate(configs.items()):
         torch.manual_seed(seed)
         model = sk.zoo.create("lenet5")
@@ -445,8 +454,31 @@ def dump(value: Any) -> str:
     return json.dumps(value)
 
 
-HOSTILE_NUMBERS = [0, -1, 1, 2, 3, 255, 256, 2**31, 2**63, -(2**63) - 1, 10**12, 10**30, 0.5, -0.5, 1e-300, 1e6,
-                   1e300, -1e300, float("nan"), float("inf"), float("-inf"), True, False]  # fmt: skip
+HOSTILE_NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    255,
+    256,
+    2**31,
+    2**63,
+    -(2**63) - 1,
+    10**12,
+    10**30,
+    0.5,
+    -0.5,
+    1e-300,
+    1e6,
+    1e300,
+    -1e300,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    False,
+]
 RAW_TOKENS = [
     Raw("1" + "0" * 5000),  # beyond Python's 4300-digit int parsing limit: ValueError, not JSONDecodeError
     Raw("1e400"),
@@ -455,14 +487,74 @@ RAW_TOKENS = [
     Raw("[" * 3000 + "]" * 3000),  # deeper than the recursion limit
     Raw('{"a": ' * 3000 + "1" + "}" * 3000),
 ]
-KNOWN_STRINGS = ["lenet5", "seed_cnn", "resnet_cifar", "mobilenet_v2", "text_lstm", "recsys_mlp", "zoo", "factory",
-                 "sparse", "palette", "dense", "replace", "set", "tie", "Conv2d", "Linear", "Sequential", "BatchNorm2d",
-                 "MaxPool2d", "float32", "int64", "float16", "bfloat16", "complex64", "bool", "conv1", "fc1",
-                 "conv1.weight", "fc3.bias", "builtins:eval", "slimkit.zoo:create", "slimkit.checkpoint", "", " ",
-                 "\u00e9\u4e2d", "../../etc/passwd"]  # fmt: skip
-KNOWN_KEYS = ["kind", "name", "kwargs", "width", "num_classes", "in_channels", "input_size", "op", "path", "module",
-              "type", "args", "attr", "value", "source", "codec", "shape", "bits", "input", "dtype", "changes",
-              "format", "version", "arch", "tied", "encodings", "steps", ""]  # fmt: skip
+KNOWN_STRINGS = [
+    "lenet5",
+    "seed_cnn",
+    "resnet_cifar",
+    "mobilenet_v2",
+    "text_lstm",
+    "recsys_mlp",
+    "zoo",
+    "factory",
+    "sparse",
+    "palette",
+    "dense",
+    "replace",
+    "set",
+    "tie",
+    "Conv2d",
+    "Linear",
+    "Sequential",
+    "BatchNorm2d",
+    "MaxPool2d",
+    "float32",
+    "int64",
+    "float16",
+    "bfloat16",
+    "complex64",
+    "bool",
+    "conv1",
+    "fc1",
+    "conv1.weight",
+    "fc3.bias",
+    "builtins:eval",
+    "slimkit.zoo:create",
+    "slimkit.checkpoint",
+    "",
+    " ",
+    "\u00e9\u4e2d",
+    "../../etc/passwd",
+]
+KNOWN_KEYS = [
+    "kind",
+    "name",
+    "kwargs",
+    "width",
+    "num_classes",
+    "in_channels",
+    "input_size",
+    "op",
+    "path",
+    "module",
+    "type",
+    "args",
+    "attr",
+    "value",
+    "source",
+    "codec",
+    "shape",
+    "bits",
+    "input",
+    "dtype",
+    "changes",
+    "format",
+    "version",
+    "arch",
+    "tied",
+    "encodings",
+    "steps",
+    "",
+]
 
 leaves = st.one_of(
     st.none(),
@@ -476,10 +568,12 @@ leaves = st.one_of(
 )
 json_values = st.recursive(
     leaves,
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=6), kids,
-                                                               max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=6), kids, max_size=4)
+    ),
     max_leaves=10,
-)  # fmt: skip
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # spec.json mutations
@@ -497,45 +591,176 @@ class Mutation:
 
 
 SPEC_PATHS: list[tuple[str | int, ...]] = [
-    ("format",), ("version",), ("arch",), ("arch", "kind"), ("arch", "name"), ("arch", "kwargs"),
-    ("arch", "kwargs", "width"), ("arch", "kwargs", "num_classes"), ("arch", "kwargs", "in_channels"),
-    ("arch", "kwargs", "input_size"), ("arch", "input"), ("arch", "input", "shape"), ("arch", "input", "shape", 0),
-    ("arch", "input", "dtype"), ("arch", "changes"), ("arch", "changes", 0), ("arch", "changes", 0, "op"),
-    ("arch", "changes", 0, "path"), ("arch", "changes", 0, "module", "type"), ("arch", "changes", 0, "module", "args"),
-    ("arch", "changes", 0, "module", "args", 1), ("arch", "factory"), ("tied",), ("tied", "fc1.weight"),
-    ("encodings",), ("encodings", 0), ("encodings", 0, "codec"), ("encodings", 0, "shape"),
-    ("encodings", 0, "shape", 0), ("encodings", 0, "bits"), ("history",), ("history", 0, "config"),
-]  # fmt: skip
+    ("format",),
+    ("version",),
+    ("arch",),
+    ("arch", "kind"),
+    ("arch", "name"),
+    ("arch", "kwargs"),
+    ("arch", "kwargs", "width"),
+    ("arch", "kwargs", "num_classes"),
+    ("arch", "kwargs", "in_channels"),
+    ("arch", "kwargs", "input_size"),
+    ("arch", "input"),
+    ("arch", "input", "shape"),
+    ("arch", "input", "shape", 0),
+    ("arch", "input", "dtype"),
+    ("arch", "changes"),
+    ("arch", "changes", 0),
+    ("arch", "changes", 0, "op"),
+    ("arch", "changes", 0, "path"),
+    ("arch", "changes", 0, "module", "type"),
+    ("arch", "changes", 0, "module", "args"),
+    ("arch", "changes", 0, "module", "args", 1),
+    ("arch", "factory"),
+    ("tied",),
+    ("tied", "fc1.weight"),
+    ("encodings",),
+    ("encodings", 0),
+    ("encodings", 0, "codec"),
+    ("encodings", 0, "shape"),
+    ("encodings", 0, "shape", 0),
+    ("encodings", 0, "bits"),
+    ("history",),
+    ("history", 0, "config"),
+]
 SCALES = [-1, 0, 10, 1000, 10**6, 10**12, 1e300, float("nan"), float("inf")]
 
 
 # Well-formed but hostile pieces of a spec: recorded changes, tensor encodings, ties, input descriptions
-MODULE_TYPES = ["Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "Identity", "MaxPool2d", "Dropout", "Flatten",
-                "Embedding", "LSTM", "Sequential", "Module", "os.system", ""]  # fmt: skip
-ARG_NAMES = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-             "padding_mode", "in_features", "out_features", "num_features", "eps", "momentum", "p", "inplace",
-             "num_embeddings", "embedding_dim", "input_size", "hidden_size", "num_layers", "start_dim"]  # fmt: skip
-ARG_VALUES = st.sampled_from([0, 1, 2, 3, 5, 6, 16, 120, -1, 10**9, 2**31, 0.5, True, False, None, "zeros", "reflect",
-                              "x", [5, 5], [0, 0], [], [1, 2, 3]]) | leaves  # fmt: skip
+MODULE_TYPES = [
+    "Conv2d",
+    "Linear",
+    "BatchNorm2d",
+    "BatchNorm1d",
+    "ReLU",
+    "Identity",
+    "MaxPool2d",
+    "Dropout",
+    "Flatten",
+    "Embedding",
+    "LSTM",
+    "Sequential",
+    "Module",
+    "os.system",
+    "",
+]
+ARG_NAMES = [
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "bias",
+    "padding_mode",
+    "in_features",
+    "out_features",
+    "num_features",
+    "eps",
+    "momentum",
+    "p",
+    "inplace",
+    "num_embeddings",
+    "embedding_dim",
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "start_dim",
+]
+ARG_VALUES = (
+    st.sampled_from(
+        [
+            0,
+            1,
+            2,
+            3,
+            5,
+            6,
+            16,
+            120,
+            -1,
+            10**9,
+            2**31,
+            0.5,
+            True,
+            False,
+            None,
+            "zeros",
+            "reflect",
+            "x",
+            [5, 5],
+            [0, 0],
+            [],
+            [1, 2, 3],
+        ]
+    )
+    | leaves
+)
 LAYER_PATHS = ["conv1", "conv2", "fc1", "fc2", "fc3", "relu1", "pool1", "flatten", "", "nope", "conv1.weight", "fc1.0"]
-ATTRS = ["stride", "padding", "dilation", "groups", "in_channels", "out_channels", "in_features", "out_features",
-         "weight", "bias", "training", "inplace", "kernel_size", "padding_mode", "eps", "momentum", "__class__",
-         "forward", "_parameters", "start_dim", "p"]  # fmt: skip
-TENSOR_NAMES = ["conv1.weight", "conv1.bias", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight", "fc3.bias",
-                "nope", ""]  # fmt: skip
+ATTRS = [
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "in_channels",
+    "out_channels",
+    "in_features",
+    "out_features",
+    "weight",
+    "bias",
+    "training",
+    "inplace",
+    "kernel_size",
+    "padding_mode",
+    "eps",
+    "momentum",
+    "__class__",
+    "forward",
+    "_parameters",
+    "start_dim",
+    "p",
+]
+TENSOR_NAMES = [
+    "conv1.weight",
+    "conv1.bias",
+    "conv2.weight",
+    "fc1.weight",
+    "fc2.weight",
+    "fc3.weight",
+    "fc3.bias",
+    "nope",
+    "",
+]
 module_specs = st.recursive(
-    st.builds(lambda t, a: {"type": t, "args": a}, st.sampled_from(MODULE_TYPES),
-              st.dictionaries(st.sampled_from(ARG_NAMES), ARG_VALUES, max_size=4)),
+    st.builds(
+        lambda t, a: {"type": t, "args": a},
+        st.sampled_from(MODULE_TYPES),
+        st.dictionaries(st.sampled_from(ARG_NAMES), ARG_VALUES, max_size=4),
+    ),
     lambda kids: st.builds(lambda c: {"type": "Sequential", "children": c}, st.lists(kids, max_size=3)),
     max_leaves=4,
-)  # fmt: skip
+)
 change_specs = st.one_of(
     st.fixed_dictionaries({"op": st.just("replace"), "path": st.sampled_from(LAYER_PATHS), "module": module_specs}),
-    st.fixed_dictionaries({"op": st.just("set"), "path": st.sampled_from(LAYER_PATHS), "attr": st.sampled_from(ATTRS),
-                           "value": ARG_VALUES}),
-    st.fixed_dictionaries({"op": st.sampled_from(["tie", "x"]), "path": st.sampled_from(LAYER_PATHS),
-                           "attr": st.sampled_from(["weight", "bias"]), "source": st.sampled_from(TENSOR_NAMES)}),
-)  # fmt: skip
+    st.fixed_dictionaries(
+        {
+            "op": st.just("set"),
+            "path": st.sampled_from(LAYER_PATHS),
+            "attr": st.sampled_from(ATTRS),
+            "value": ARG_VALUES,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "op": st.sampled_from(["tie", "x"]),
+            "path": st.sampled_from(LAYER_PATHS),
+            "attr": st.sampled_from(["weight", "bias"]),
+            "source": st.sampled_from(TENSOR_NAMES),
+        }
+    ),
+)
 SIZES = st.sampled_from([0, 1, 4, 5, 6, 16, 120, 400, -1, 10**6, 2**40])
 encoding_specs = st.fixed_dictionaries(
     {"codec": st.sampled_from(["sparse", "palette", "dense", "x"]), "shape": st.lists(SIZES, max_size=4)},
@@ -554,12 +779,17 @@ def _mutations() -> st.SearchStrategy[Mutation]:
         st.builds(Mutation, where, st.just("wrap")),
         st.builds(Mutation, where, st.just("scale"), st.sampled_from(SCALES)),
         st.builds(Mutation, st.just(("arch", "changes")), st.just("append"), change_specs),
-        st.builds(Mutation, st.sampled_from(TENSOR_NAMES).map(lambda n: ("encodings", n)), st.just("set"),
-                  encoding_specs),
-        st.builds(Mutation, st.sampled_from(TENSOR_NAMES).map(lambda n: ("tied", n)), st.just("set"),
-                  st.sampled_from(TENSOR_NAMES)),
+        st.builds(
+            Mutation, st.sampled_from(TENSOR_NAMES).map(lambda n: ("encodings", n)), st.just("set"), encoding_specs
+        ),
+        st.builds(
+            Mutation,
+            st.sampled_from(TENSOR_NAMES).map(lambda n: ("tied", n)),
+            st.just("set"),
+            st.sampled_from(TENSOR_NAMES),
+        ),
         st.builds(Mutation, st.just(("arch", "input")), st.just("set"), input_specs),
-    )  # fmt: skip
+    )
 
 
 def apply_mutation(doc: Any, m: Mutation) -> Any:
@@ -646,7 +876,7 @@ SPEC_VERBS: dict[str, tuple[list[str], list[str]]] = {  # verb -> (argv, outputs
     "evaluate-factory": (
         ["evaluate", "model", "-d", "data.npz", "--no-latency", "--factory", "slimkit.zoo.cnn:lenet5"],
         [],
-    ),  # fmt: skip
+    ),
     "prune": (["prune", "model", "-o", "out", "--ratio", "0.3"], ["out"]),
     "simplify": (["simplify", "model", "-o", "out", "--fold"], ["out"]),
     "compress": (["compress", "model", "--lowrank", "0.5", "-o", "out"], ["out"]),
@@ -706,8 +936,13 @@ field_values = st.sampled_from(PLAUSIBLE) | st.sampled_from(HOSTILE_NUMBERS) | j
 def recipe_steps(draw: st.DrawFn) -> Any:
     name = draw(st.sampled_from(STEP_NAMES) | st.text(max_size=8))
     known = STEP_FIELDS.get(name, [])
-    keys = draw(st.lists(st.sampled_from([*known, "type", "version"]) if known else st.sampled_from(["type", "x"]),
-                         max_size=4, unique=True))  # fmt: skip
+    keys = draw(
+        st.lists(
+            st.sampled_from([*known, "type", "version"]) if known else st.sampled_from(["type", "x"]),
+            max_size=4,
+            unique=True,
+        )
+    )
     if draw(st.booleans()):
         keys.append(draw(st.text(max_size=5)))
     fields = {k: draw(field_values) for k in keys}
@@ -722,10 +957,13 @@ def recipe_steps(draw: st.DrawFn) -> Any:
 
 
 recipe_docs = st.one_of(
-    st.builds(lambda steps, extra: {"steps": steps, **extra}, st.lists(recipe_steps(), max_size=4),
-              st.dictionaries(st.sampled_from(["version", "name", "x"]), json_values, max_size=1)),
+    st.builds(
+        lambda steps, extra: {"steps": steps, **extra},
+        st.lists(recipe_steps(), max_size=4),
+        st.dictionaries(st.sampled_from(["version", "name", "x"]), json_values, max_size=1),
+    ),
     json_values,
-)  # fmt: skip
+)
 
 HOSTILE_YAML = [
     "steps:\n  - !!python/object/apply:os.system ['echo pwned']\n",
@@ -764,12 +1002,17 @@ class RecipeFile:
 
 recipe_files = st.one_of(
     st.builds(RecipeFile, st.sampled_from(["r.json", "r.yaml", "r.yml", "r.JSON", "r.txt", "r"]), recipe_docs),
-    st.builds(RecipeFile, st.sampled_from(["r.yaml", "r.yml"]), st.none(),
-              st.sampled_from(HOSTILE_YAML).map(str.encode)),
-    st.builds(RecipeFile, st.sampled_from(["r.json", "r.yaml"]), st.none(),
-              st.binary(max_size=40) | st.sampled_from([b"", b"\xff\xfe\x00{", b"\xef\xbb\xbf{\"steps\": []}"])),
+    st.builds(
+        RecipeFile, st.sampled_from(["r.yaml", "r.yml"]), st.none(), st.sampled_from(HOSTILE_YAML).map(str.encode)
+    ),
+    st.builds(
+        RecipeFile,
+        st.sampled_from(["r.json", "r.yaml"]),
+        st.none(),
+        st.binary(max_size=40) | st.sampled_from([b"", b"\xff\xfe\x00{", b'\xef\xbb\xbf{"steps": []}']),
+    ),
     st.builds(RecipeFile, st.just("folder.json/")),
-)  # fmt: skip
+)
 
 
 def check_recipe_load(folder: Path, recipe: RecipeFile, timeout: float) -> None:
@@ -810,8 +1053,21 @@ def check_recipe_cli(assets: Path, recipe: RecipeFile, timeout: float) -> Result
     """``slimkit optimize --recipe FILE`` with a small time budget."""
     with workspace(assets) as ws:
         recipe.write(ws)
-        argv = ["optimize", "model", "-d", "data.npz", "-o", "out", "-t", "macs=0.8", "--recipe", recipe.name,
-                "--time-budget", "3s", "--no-quantize"]  # fmt: skip
+        argv = [
+            "optimize",
+            "model",
+            "-d",
+            "data.npz",
+            "-o",
+            "out",
+            "-t",
+            "macs=0.8",
+            "--recipe",
+            recipe.name,
+            "--time-budget",
+            "3s",
+            "--no-quantize",
+        ]
         return run_cli(ws, argv, ["out"], timeout=timeout)
 
 
@@ -867,8 +1123,20 @@ class Arr:
         return a.reshape(self.shape)
 
 
-X_DTYPES = ["float32", "float64", "float16", "int64", "uint8", "uint64", "int8", "bool", "complex64", "<U3",
-            "datetime64[s]", "object"]  # fmt: skip
+X_DTYPES = [
+    "float32",
+    "float64",
+    "float16",
+    "int64",
+    "uint8",
+    "uint64",
+    "int8",
+    "bool",
+    "complex64",
+    "<U3",
+    "datetime64[s]",
+    "object",
+]
 Y_DTYPES = ["int64", "int32", "int8", "uint8", "uint64", "float32", "bool", "object", "<U2"]
 SPECIAL_LABELS = [-1, -(2**31), 10, 11, 255, 10**6, 10**9, 2**62, 2**63 - 1]
 SPECIAL_VALUES = [float("nan"), float("inf"), -float("inf"), 1e38, -1e38, 0.0, 255, -1]
@@ -920,8 +1188,9 @@ def near_valid_npz(draw: st.DrawFn) -> NpzCase:
     y_len = n if draw(st.integers(0, 9)) else draw(st.integers(0, 130))
     y_shape = (y_len,) if draw(st.integers(0, 9)) else (y_len, 1)
     labels = draw(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(SPECIAL_LABELS)), max_size=2))
-    arrays["y"] = Arr(y_shape, draw(st.sampled_from(["int64"] * 8 + Y_DTYPES)), "labels", draw(st.integers(1, 12)),
-                      tuple(labels))  # fmt: skip
+    arrays["y"] = Arr(
+        y_shape, draw(st.sampled_from(["int64"] * 8 + Y_DTYPES)), "labels", draw(st.integers(1, 12)), tuple(labels)
+    )
     for suffix in ("_val", "_test"):
         if draw(st.integers(0, 3)) == 0:
             m = draw(st.integers(0, 20))
@@ -943,21 +1212,27 @@ wild_arrays = st.builds(
     dtype=st.sampled_from(X_DTYPES + Y_DTYPES),
     fill=st.sampled_from(["random", "labels", "zeros"]),
     high=st.integers(0, 20),
-    specials=st.lists(st.tuples(st.integers(0, 100), st.sampled_from(SPECIAL_VALUES + SPECIAL_LABELS)),
-                      max_size=2).map(tuple),
-)  # fmt: skip
+    specials=st.lists(st.tuples(st.integers(0, 100), st.sampled_from(SPECIAL_VALUES + SPECIAL_LABELS)), max_size=2).map(
+        tuple
+    ),
+)
 
 npz_cases = st.one_of(
     near_valid_npz(),
     near_valid_npz(),
     near_valid_npz(),
-    st.builds(NpzCase, arrays=st.dictionaries(st.sampled_from(NPZ_KEYS), wild_arrays, max_size=5).map(
-        lambda d: tuple(d.items()))),
-    st.builds(NpzCase, name=st.sampled_from(["case.npz", "case.NPZ", "case.npy", "case", "case.npz.gz"]),
-              raw=st.binary(max_size=64) | st.sampled_from([b"", b"PK\x03\x04", b"PK\x05\x06" + b"\x00" * 18])),
+    st.builds(
+        NpzCase,
+        arrays=st.dictionaries(st.sampled_from(NPZ_KEYS), wild_arrays, max_size=5).map(lambda d: tuple(d.items())),
+    ),
+    st.builds(
+        NpzCase,
+        name=st.sampled_from(["case.npz", "case.NPZ", "case.npy", "case", "case.npz.gz"]),
+        raw=st.binary(max_size=64) | st.sampled_from([b"", b"PK\x03\x04", b"PK\x05\x06" + b"\x00" * 18]),
+    ),
     st.builds(NpzCase, header=st.sampled_from([(10**6,), (10**9,), (10**12,), (10**10, 1, 28, 28), (2**62,), (-1,)])),
     st.just(NpzCase(name="folder.npz/")),
-)  # fmt: skip
+)
 
 
 def check_dataset(ds: Any) -> None:
@@ -1012,7 +1287,7 @@ NPZ_VERBS: dict[str, tuple[list[str], list[str]]] = {
     "prune": (
         ["prune", "model", "-d", "{data}", "-o", "out", "--importance", "taylor", "--finetune-epochs", "1"],
         ["out"],
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -1038,10 +1313,48 @@ def test_npz_cli(assets: Path, mode: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command-line options
 
-FLOAT_WORDS = ["nan", "-nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-0", "0", "1e-320", "1e308", "-1", "2",
-               "0.5", "1", "100", "abc", "", "1e3", "0x1p-2", " 0.5"]  # fmt: skip
-INT_WORDS = ["0", "-1", "2147483648", "9223372036854775808", "-9223372036854775809", "18446744073709551616",
-             "99999999999999999999999999", "1e3", "nan", "inf", "", "abc", "1.5", " 7", "+5", "-0", "0x10"]  # fmt: skip
+FLOAT_WORDS = [
+    "nan",
+    "-nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e309",
+    "-0",
+    "0",
+    "1e-320",
+    "1e308",
+    "-1",
+    "2",
+    "0.5",
+    "1",
+    "100",
+    "abc",
+    "",
+    "1e3",
+    "0x1p-2",
+    " 0.5",
+]
+INT_WORDS = [
+    "0",
+    "-1",
+    "2147483648",
+    "9223372036854775808",
+    "-9223372036854775809",
+    "18446744073709551616",
+    "99999999999999999999999999",
+    "1e3",
+    "nan",
+    "inf",
+    "",
+    "abc",
+    "1.5",
+    " 7",
+    "+5",
+    "-0",
+    "0x10",
+]
 NOT_INTS = ["nan", "inf", "", "abc", "1.5", "-0", "0x10", "--", "-"]
 ODD_WORDS = ["", " ", "AUTO", "none", "None", "null", "-", "--force", "x" * 300, "é", "a b", "../x", "0"]
 
@@ -1098,16 +1411,59 @@ OUT_FILE = st.sampled_from(
 JSON_OUT = st.sampled_from(["report.json"] * 4 + ["sub/r.json", "notes.txt", "model", ".", "", "dangling"])
 LAYERS = st.sampled_from(["conv1", "conv2", "fc1", "fc3", "re:fc.*", "re:(", "re:", "nope", "", "relu1"])
 KV_KEYS = ["width", "num_classes", "in_channels", "input_size", "depth", "cell", "dropout", "", "x"]
-KV_VALUES = ["0", "-1", "0.5", "1", "2", "1e9", "1e400", "nan", "NaN", "Infinity", "-Infinity", "null", "true", "[1]",
-             "{}", '"x"', "x", "", "10000000000", "0.01"]  # fmt: skip
+KV_VALUES = [
+    "0",
+    "-1",
+    "0.5",
+    "1",
+    "2",
+    "1e9",
+    "1e400",
+    "nan",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "null",
+    "true",
+    "[1]",
+    "{}",
+    '"x"',
+    "x",
+    "",
+    "10000000000",
+    "0.01",
+]
 key_values = st.one_of(
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KV_KEYS), st.sampled_from(KV_VALUES)),
     st.sampled_from(["width", "=", "width==1", "=1"]),
 )
-TARGETS = ["macs=0.5", "params=0.5", "bytes=0.5", "latency=0.5@64", "macs=1.5M", "bytes=300KB", "latency=2ms@64",
-           "macs=0", "macs=-1", "macs=nan", "macs=inf", "macs=1e400", "macs=2", "macs=", "=0.5", "foo=1",
-           "macs=0.5,params=0.5", "latency=0.3@0", "latency=0.3@-1", "latency=0.3@nan", "bytes=1e9GB",
-           "macs=1e-300", "", "macs", "params=99999999999999999999K"]  # fmt: skip
+TARGETS = [
+    "macs=0.5",
+    "params=0.5",
+    "bytes=0.5",
+    "latency=0.5@64",
+    "macs=1.5M",
+    "bytes=300KB",
+    "latency=2ms@64",
+    "macs=0",
+    "macs=-1",
+    "macs=nan",
+    "macs=inf",
+    "macs=1e400",
+    "macs=2",
+    "macs=",
+    "=0.5",
+    "foo=1",
+    "macs=0.5,params=0.5",
+    "latency=0.3@0",
+    "latency=0.3@-1",
+    "latency=0.3@nan",
+    "bytes=1e9GB",
+    "macs=1e-300",
+    "",
+    "macs",
+    "params=99999999999999999999K",
+]
 TIME_BUDGETS = ["1s", "2s", "0", "0s", "-1s", "1e400s", "nan", "inf", "abc", "s", "", "1h30m"]
 
 
@@ -1134,169 +1490,210 @@ OUT = Opt("-o", OUT_DIR, required=True, output=True)
 FORCE = Opt("--force")
 IMPORTANCE = choice("l1", "l2", "taylor", "bn_scale", "activation", "apoz", "random")
 STUDENTS = choice(
-    "lenet5", "lenet5:width=0.5", "seed_cnn:width=0.25", "lenet5:width=1e9", "lenet5:width=nan", "lenet5:",
-    "lenet5:width", "lenet5:width=0.5,width=2", ":",
-)  # fmt: skip
+    "lenet5",
+    "lenet5:width=0.5",
+    "seed_cnn:width=0.25",
+    "lenet5:width=1e9",
+    "lenet5:width=nan",
+    "lenet5:",
+    "lenet5:width",
+    "lenet5:width=0.5,width=2",
+    ":",
+)
 MIN_METRICS = choice("f1=0.9", "accuracy=2", "nope=0.5", "f1=nan", "f1", "=")
 RECIPES = st.sampled_from(["auto", "recipe.json", "missing.json", "notes.txt", "data.npz", "model"])
-MEMBERS = st.lists(st.sampled_from(["model", "model", "model2", "model2", "missing", "data.npz", "x.keras"]),
-                   max_size=3)  # fmt: skip
+MEMBERS = st.lists(
+    st.sampled_from(["model", "model", "model2", "model2", "missing", "data.npz", "x.keras"]), max_size=3
+)
 VERBS: dict[str, Verb] = {
-    "train": Verb((), (
-        Opt("-m", choice("lenet5", "lenet5", "seed_cnn", "text_lstm", "recsys_mlp"), required=True),
-        Opt("-d", DATA_ARG, required=True),
-        OUT,
-        Opt("--epochs", small_int, required=True),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("--optimizer", choice("adam", "adamw", "sgd")),
-        Opt("--batch-size", count(1, 16, 64, 1000)),
-        Opt("--patience", count(1, 2)),
-        Opt("--seed", count(0, 1, 42)),
-        Opt("--no-augment"),
-        Opt("--arg", key_values, repeat=True),
-        FORCE,
-    )),
-    "evaluate": Verb((_positional(MODEL_ARG),), (
-        Opt("-d", DATA_ARG, required=True),
-        Opt("--split", choice("train", "val", "test")),
-        Opt("--no-latency"),
-        Opt("--runs", small_int),
-        Opt("--json", JSON_OUT, output=True),
-    )),
-    "export": Verb((_positional(MODEL_ARG),), (
-        Opt("-o", OUT_FILE, required=True, output=True),
-        Opt("-d", DATA_ARG),
-        FORCE,
-    )),
-    "prune": Verb((_positional(MODEL_ARG),), (
-        OUT,
-        Opt("--ratio", num(0.25, 0.5, 0.9)),
-        Opt("--importance", IMPORTANCE),
-        Opt("--aggregate", choice("normalized", "sum")),
-        Opt("--target-macs", num(0.25, 0.5)),
-        Opt("--target-params", num(0.5)),
-        Opt("--global"),
-        Opt("--round-to", choice("1", "8", "auto") | any_int),
-        Opt("--protect", LAYERS, repeat=True),
-        Opt("--sparsity", num(0.5, 0.9)),
-        Opt("--nm", choice("2:4", "1:1", "0:4", "4:2", "3:0", "2:", "2:4:8", "10:1000000", "a:b")),
-        Opt("-d", DATA_ARG),
-        Opt("--steps", small_int),
-        Opt("--finetune-epochs", small_int),
-        Opt("--no-distill"),
-        Opt("--lr", num(1e-3, 0.01)),
-        FORCE,
-    )),
-    "compress": Verb((_positional(MODEL_ARG),), (
-        Opt("--lowrank", num(0.25, 0.5)),
-        Opt("--energy", num(0.9, 0.99)),
-        Opt("--cluster", count(2, 16, 256)),
-        Opt("--embedding-bits", count(4, 8)),
-        Opt("--embedding-keep", num(0.5)),
-        Opt("--method", choice("svd", "pca", "pca-factor")),
-        Opt("--layer", LAYERS, repeat=True),
-        Opt("-d", DATA_ARG),
-        Opt("--samples", count(16, 512)),
-        Opt("--epochs", small_int),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("-o", OUT_DIR, output=True),
-        FORCE,
-    )),
-    "simplify": Verb((_positional(MODEL_ARG),), (
-        OUT,
-        Opt("--fold"),
-        Opt("--remove", LAYERS, repeat=True),
-        Opt("--remove-type", choice("MaxPool2d", "ReLU", "Conv2d", "Linear", "Flatten", "Sequential"), repeat=True),
-        Opt("--repair", choice("transfer", "init")),
-        Opt("--drop-blocks", num(1, 0.5)),
-        Opt("-d", DATA_ARG),
-        Opt("--epochs", small_int),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("--seed", count(0, 1, 42)),
-        FORCE,
-    )),
-    "quantize": Verb((_positional(MODEL_ARG),), (
-        Opt("-d", DATA_ARG, required=True),
-        Opt("-o", OUT_FILE, required=True, output=True),
-        Opt("--mode", choice("auto", "static", "dynamic")),
-        Opt("--calibration", choice("minmax", "entropy", "percentile")),
-        Opt("--samples", count(16, 512)),
-        Opt("--max-drop", num(0.5, 1, 5)),
-        Opt("--per-channel", choice("on", "off", "auto")),
-        Opt("--embeddings", choice("rowwise", "onnx", "auto")),
-        FORCE,
-    )),
-    "distill": Verb((_positional(MODEL_ARG),), (
-        Opt("-d", DATA_ARG, required=True),
-        OUT,
-        Opt("--student", STUDENTS),
-        Opt("--width", num(0.5, 0.25)),
-        Opt("--depth", count(1, 2)),
-        Opt("--temperature", num(4, 1)),
-        Opt("--alpha", num(0.5, 0.9)),
-        Opt("--feature", choice("fc1=fc1", "conv1=conv2", "x=y", "=", "fc1"), repeat=True),
-        Opt("--beta", num(1)),
-        Opt("--epochs", small_int, required=True),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("--seed", count(0, 1, 42)),
-        FORCE,
-    )),
-    "fuse": Verb((MEMBERS,), (
-        OUT,
-        Opt("--method", choice("mean", "vote", "weighted", "select", "stack", "uniform-soup", "greedy-soup")),
-        Opt("-d", DATA_ARG),
-        Opt("--distill-into", choice("lenet5", "best-member", "seed_cnn", "nope")),
-        Opt("--student-arg", key_values, repeat=True),
-        Opt("--epochs", small_int, required=True),
-        Opt("--temperature", num(4, 1)),
-        Opt("--alpha", num(0.5, 0.9)),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("--l2", num(0.01)),
-        Opt("--seed", count(0, 1, 42)),
-        FORCE,
-    )),
-    "train-members": Verb((), (
-        Opt("-m", choice("lenet5"), required=True),
-        Opt("-d", DATA_ARG, required=True),
-        OUT,
-        Opt("--n", small_int, required=True),
-        Opt("--independent"),
-        Opt("--start-epochs", small_int, required=True),
-        Opt("--epochs", small_int, required=True),
-        Opt("--lr", num(1e-3, 0.01)),
-        Opt("--finetune-lr", num(5e-4)),
-        Opt("--no-augment"),
-        Opt("--affine"),
-        Opt("--elastic"),
-        Opt("--checkpoint", choice("last", "best-val")),
-        Opt("--bag", choice("cv", "bootstrap")),
-        Opt("--seed", count(0, 1, 42)),
-        Opt("--arg", key_values, repeat=True),
-        FORCE,
-    )),
-    "optimize": Verb((_positional(MODEL_ARG),), (
-        Opt("-d", DATA_ARG, required=True),
-        OUT,
-        Opt("-t", st.sampled_from(TARGETS), required=True, repeat=True),
-        Opt("--max-drop", num(0.5, 1, 5)),
-        Opt("--min-metric", MIN_METRICS, repeat=True),
-        Opt("--metric", choice("accuracy", "precision", "recall", "f1")),
-        Opt("--recipe", RECIPES),
-        Opt("--time-budget", st.sampled_from(TIME_BUDGETS), required=True),
-        Opt("--no-quantize"),
-        Opt("--quantize"),
-        Opt("--finetune-epochs", small_int, required=True),
-        Opt("--rounds", small_int),
-        Opt("--allocation", choice("sensitivity", "uniform", "global")),
-        Opt("--round-to", choice("auto", "1", "8", "0", "-1", "99999999999999999999")),
-        Opt("--trials", st.sampled_from(["0", "-1", "x", ""])),
-        Opt("--storage", choice("sqlite:///study2.db", "nope://")),
-        Opt("--resume"),
-        Opt("--seed", count(0, 1, 42)),
-        FORCE,
-    )),
+    "train": Verb(
+        (),
+        (
+            Opt("-m", choice("lenet5", "lenet5", "seed_cnn", "text_lstm", "recsys_mlp"), required=True),
+            Opt("-d", DATA_ARG, required=True),
+            OUT,
+            Opt("--epochs", small_int, required=True),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("--optimizer", choice("adam", "adamw", "sgd")),
+            Opt("--batch-size", count(1, 16, 64, 1000)),
+            Opt("--patience", count(1, 2)),
+            Opt("--seed", count(0, 1, 42)),
+            Opt("--no-augment"),
+            Opt("--arg", key_values, repeat=True),
+            FORCE,
+        ),
+    ),
+    "evaluate": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("-d", DATA_ARG, required=True),
+            Opt("--split", choice("train", "val", "test")),
+            Opt("--no-latency"),
+            Opt("--runs", small_int),
+            Opt("--json", JSON_OUT, output=True),
+        ),
+    ),
+    "export": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("-o", OUT_FILE, required=True, output=True),
+            Opt("-d", DATA_ARG),
+            FORCE,
+        ),
+    ),
+    "prune": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            OUT,
+            Opt("--ratio", num(0.25, 0.5, 0.9)),
+            Opt("--importance", IMPORTANCE),
+            Opt("--aggregate", choice("normalized", "sum")),
+            Opt("--target-macs", num(0.25, 0.5)),
+            Opt("--target-params", num(0.5)),
+            Opt("--global"),
+            Opt("--round-to", choice("1", "8", "auto") | any_int),
+            Opt("--protect", LAYERS, repeat=True),
+            Opt("--sparsity", num(0.5, 0.9)),
+            Opt("--nm", choice("2:4", "1:1", "0:4", "4:2", "3:0", "2:", "2:4:8", "10:1000000", "a:b")),
+            Opt("-d", DATA_ARG),
+            Opt("--steps", small_int),
+            Opt("--finetune-epochs", small_int),
+            Opt("--no-distill"),
+            Opt("--lr", num(1e-3, 0.01)),
+            FORCE,
+        ),
+    ),
+    "compress": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("--lowrank", num(0.25, 0.5)),
+            Opt("--energy", num(0.9, 0.99)),
+            Opt("--cluster", count(2, 16, 256)),
+            Opt("--embedding-bits", count(4, 8)),
+            Opt("--embedding-keep", num(0.5)),
+            Opt("--method", choice("svd", "pca", "pca-factor")),
+            Opt("--layer", LAYERS, repeat=True),
+            Opt("-d", DATA_ARG),
+            Opt("--samples", count(16, 512)),
+            Opt("--epochs", small_int),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("-o", OUT_DIR, output=True),
+            FORCE,
+        ),
+    ),
+    "simplify": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            OUT,
+            Opt("--fold"),
+            Opt("--remove", LAYERS, repeat=True),
+            Opt("--remove-type", choice("MaxPool2d", "ReLU", "Conv2d", "Linear", "Flatten", "Sequential"), repeat=True),
+            Opt("--repair", choice("transfer", "init")),
+            Opt("--drop-blocks", num(1, 0.5)),
+            Opt("-d", DATA_ARG),
+            Opt("--epochs", small_int),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("--seed", count(0, 1, 42)),
+            FORCE,
+        ),
+    ),
+    "quantize": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("-d", DATA_ARG, required=True),
+            Opt("-o", OUT_FILE, required=True, output=True),
+            Opt("--mode", choice("auto", "static", "dynamic")),
+            Opt("--calibration", choice("minmax", "entropy", "percentile")),
+            Opt("--samples", count(16, 512)),
+            Opt("--max-drop", num(0.5, 1, 5)),
+            Opt("--per-channel", choice("on", "off", "auto")),
+            Opt("--embeddings", choice("rowwise", "onnx", "auto")),
+            FORCE,
+        ),
+    ),
+    "distill": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("-d", DATA_ARG, required=True),
+            OUT,
+            Opt("--student", STUDENTS),
+            Opt("--width", num(0.5, 0.25)),
+            Opt("--depth", count(1, 2)),
+            Opt("--temperature", num(4, 1)),
+            Opt("--alpha", num(0.5, 0.9)),
+            Opt("--feature", choice("fc1=fc1", "conv1=conv2", "x=y", "=", "fc1"), repeat=True),
+            Opt("--beta", num(1)),
+            Opt("--epochs", small_int, required=True),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("--seed", count(0, 1, 42)),
+            FORCE,
+        ),
+    ),
+    "fuse": Verb(
+        (MEMBERS,),
+        (
+            OUT,
+            Opt("--method", choice("mean", "vote", "weighted", "select", "stack", "uniform-soup", "greedy-soup")),
+            Opt("-d", DATA_ARG),
+            Opt("--distill-into", choice("lenet5", "best-member", "seed_cnn", "nope")),
+            Opt("--student-arg", key_values, repeat=True),
+            Opt("--epochs", small_int, required=True),
+            Opt("--temperature", num(4, 1)),
+            Opt("--alpha", num(0.5, 0.9)),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("--l2", num(0.01)),
+            Opt("--seed", count(0, 1, 42)),
+            FORCE,
+        ),
+    ),
+    "train-members": Verb(
+        (),
+        (
+            Opt("-m", choice("lenet5"), required=True),
+            Opt("-d", DATA_ARG, required=True),
+            OUT,
+            Opt("--n", small_int, required=True),
+            Opt("--independent"),
+            Opt("--start-epochs", small_int, required=True),
+            Opt("--epochs", small_int, required=True),
+            Opt("--lr", num(1e-3, 0.01)),
+            Opt("--finetune-lr", num(5e-4)),
+            Opt("--no-augment"),
+            Opt("--affine"),
+            Opt("--elastic"),
+            Opt("--checkpoint", choice("last", "best-val")),
+            Opt("--bag", choice("cv", "bootstrap")),
+            Opt("--seed", count(0, 1, 42)),
+            Opt("--arg", key_values, repeat=True),
+            FORCE,
+        ),
+    ),
+    "optimize": Verb(
+        (_positional(MODEL_ARG),),
+        (
+            Opt("-d", DATA_ARG, required=True),
+            OUT,
+            Opt("-t", st.sampled_from(TARGETS), required=True, repeat=True),
+            Opt("--max-drop", num(0.5, 1, 5)),
+            Opt("--min-metric", MIN_METRICS, repeat=True),
+            Opt("--metric", choice("accuracy", "precision", "recall", "f1")),
+            Opt("--recipe", RECIPES),
+            Opt("--time-budget", st.sampled_from(TIME_BUDGETS), required=True),
+            Opt("--no-quantize"),
+            Opt("--quantize"),
+            Opt("--finetune-epochs", small_int, required=True),
+            Opt("--rounds", small_int),
+            Opt("--allocation", choice("sensitivity", "uniform", "global")),
+            Opt("--round-to", choice("auto", "1", "8", "0", "-1", "99999999999999999999")),
+            Opt("--trials", st.sampled_from(["0", "-1", "x", ""])),
+            Opt("--storage", choice("sqlite:///study2.db", "nope://")),
+            Opt("--resume"),
+            Opt("--seed", count(0, 1, 42)),
+            FORCE,
+        ),
+    ),
     "env": Verb((st.lists(junk | st.sampled_from(["--json", "-v", "--help"]), max_size=2),), ()),
-}  # fmt: skip
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1377,8 +1774,12 @@ def test_cli_options(assets: Path, mode: str, verb: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_cli_top_level(assets: Path, mode: str) -> None:
     """Unknown verbs, no verb, --help and stray tokens."""
-    tokens = st.sampled_from(["--help", "-h", "--version", "--install-completion", "nope", "", "TRAIN", "evaluate",
-                              "env", "--", "-"]) | junk  # fmt: skip
+    tokens = (
+        st.sampled_from(
+            ["--help", "-h", "--version", "--install-completion", "nope", "", "TRAIN", "evaluate", "env", "--", "-"]
+        )
+        | junk
+    )
 
     @fuzz_settings(mode, fast=10, long=200)
     @given(argv=st.lists(tokens, max_size=3))
@@ -1418,130 +1819,228 @@ KNOWN: dict[str, Callable[[Path, float], object]] = {
     "spec-width-nan": lambda a, t: check_spec_case(a, _spec(_set("arch", "kwargs", "width", value=float("nan"))), t),
     "spec-width-huge": lambda a, t: check_spec_case(a, _spec(_set("arch", "kwargs", "width", value=10**4)), t),
     "spec-width-100": lambda a, t: check_spec_case(a, _spec(_set("arch", "kwargs", "width", value=100)), t),
-    "spec-input-size-float": lambda a, t: check_spec_case(a, _spec(_set("arch", "kwargs", "input_size", value=1e9)),
-                                                          t),
+    "spec-input-size-float": lambda a, t: check_spec_case(a, _spec(_set("arch", "kwargs", "input_size", value=1e9)), t),
     "spec-tied-list": lambda a, t: check_spec_case(a, _spec(_set("tied", value=[])), t),
     "spec-tied-unhashable": lambda a, t: check_spec_case(a, _spec(_set("tied", "fc1.weight", value=[])), t),
     "spec-encodings-list": lambda a, t: check_spec_case(a, _spec(_set("encodings", value=[1]), variant="sparse"), t),
     "spec-encoding-shape-huge": lambda a, t: check_spec_case(
-        a, _spec(_set("encodings", 0, "shape", value=[10**6, 10**6]), variant="sparse"), t),
+        a, _spec(_set("encodings", 0, "shape", value=[10**6, 10**6]), variant="sparse"), t
+    ),
     "spec-encoding-shape-string": lambda a, t: check_spec_case(
-        a, _spec(_set("encodings", 0, "shape", value="ab"), variant="sparse"), t),
+        a, _spec(_set("encodings", 0, "shape", value="ab"), variant="sparse"), t
+    ),
     "spec-input-shape-huge": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "input", "shape", value=[10**6, 10**6, 10**6]), verb="export"), t),
+        a, _spec(_set("arch", "input", "shape", value=[10**6, 10**6, 10**6]), verb="export"), t
+    ),
     "spec-input-dtype-junk": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "input", "dtype", value="Tensor"), verb="export"), t),
+        a, _spec(_set("arch", "input", "dtype", value="Tensor"), verb="export"), t
+    ),
     "spec-changes-dict": lambda a, t: check_spec_case(a, _spec(_set("arch", "changes", value={"a": 1})), t),
     "spec-change-path-number": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "changes", 0, "path", value=5), variant="pruned"), t),
+        a, _spec(_set("arch", "changes", 0, "path", value=5), variant="pruned"), t
+    ),
     "spec-change-args-list": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "changes", 0, "module", "args", value=[]), variant="pruned"), t),
+        a, _spec(_set("arch", "changes", 0, "module", "args", value=[]), variant="pruned"), t
+    ),
     "spec-huge-int": lambda a, t: check_spec_case(a, _spec(_set("history", value=RAW_TOKENS[0])), t),
     "spec-deep-nesting": lambda a, t: check_spec_case(a, SpecCase("plain", (), ("deep", 100_000)), t),
     "spec-not-utf8": lambda a, t: check_spec_case(a, SpecCase("plain", (), ("not-utf8", None)), t),
     "spec-input-shape-empty": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "input", value={"shape": [], "dtype": "float32"}), verb="prune"), t),
+        a, _spec(_set("arch", "input", value={"shape": [], "dtype": "float32"}), verb="prune"), t
+    ),
     "spec-input-dtype-float16": lambda a, t: check_spec_case(
-        a, _spec(_set("arch", "input", "dtype", value="float16"), verb="prune"), t),
+        a, _spec(_set("arch", "input", "dtype", value="float16"), verb="prune"), t
+    ),
     # recipe files
     "recipe-step-fields-scalar": lambda a, t: check_recipe_load(
-        _fresh(a), RecipeFile("r.json", {"steps": [{"FineTuneConfig": 3}]}), t),
+        _fresh(a), RecipeFile("r.json", {"steps": [{"FineTuneConfig": 3}]}), t
+    ),
     "recipe-not-utf8": lambda a, t: check_recipe_load(_fresh(a), RecipeFile("r.json", raw=b"\xff\xfe{"), t),
     "recipe-deep-json": lambda a, t: check_recipe_load(_fresh(a), RecipeFile("r.json", raw=b"[" * 100_000), t),
-    "recipe-yaml-deep": lambda a, t: check_recipe_load(_fresh(a), RecipeFile("r.yaml", raw=HOSTILE_YAML[-1].encode()),
-                                                       t),
+    "recipe-yaml-deep": lambda a, t: check_recipe_load(
+        _fresh(a), RecipeFile("r.yaml", raw=HOSTILE_YAML[-1].encode()), t
+    ),
     "recipe-huge-int": lambda a, t: check_recipe_load(
-        _fresh(a), RecipeFile("r.json", raw=b'{"steps": [{"FineTuneConfig": {"epochs": 1' + b"0" * 5000 + b"}}]}"), t),
+        _fresh(a), RecipeFile("r.json", raw=b'{"steps": [{"FineTuneConfig": {"epochs": 1' + b"0" * 5000 + b"}}]}"), t
+    ),
     # .npz datasets
-    "npz-60-samples-10-classes": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((60, 1, 28, 28))), ("y", Arr((60,), "int64", "labels", 10)))), t),
-    "npz-labels-uint64": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((40, 4))), ("y", Arr((40,), "uint64", "labels", 2)))), t),
-    "npz-label-1e9": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((40, 4))), ("y", Arr((40,), "int64", "labels", 2, ((0, 10**9),))))), t),
-    "npz-x-strings": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((40, 4), "<U3")), ("y", Arr((40,), "int64", "labels", 2)))), t),
-    "npz-x-datetime": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((40, 4), "datetime64[s]")), ("y", Arr((40,), "int64", "labels", 2)))), t),
-    "npz-x-uint64": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((40, 4), "uint64")), ("y", Arr((40,), "int64", "labels", 2)))), t),
+    "npz-60-samples-10-classes": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((60, 1, 28, 28))), ("y", Arr((60,), "int64", "labels", 10)))), t
+    ),
+    "npz-labels-uint64": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((40, 4))), ("y", Arr((40,), "uint64", "labels", 2)))), t
+    ),
+    "npz-label-1e9": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((40, 4))), ("y", Arr((40,), "int64", "labels", 2, ((0, 10**9),))))), t
+    ),
+    "npz-x-strings": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((40, 4), "<U3")), ("y", Arr((40,), "int64", "labels", 2)))), t
+    ),
+    "npz-x-datetime": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((40, 4), "datetime64[s]")), ("y", Arr((40,), "int64", "labels", 2)))), t
+    ),
+    "npz-x-uint64": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((40, 4), "uint64")), ("y", Arr((40,), "int64", "labels", 2)))), t
+    ),
     "npz-x-0d": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(("x", Arr(())), ("y", Arr((1,), "int64")))), t),
-    "npz-empty": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((0, 4))), ("y", Arr((0,), "int64")))), t),
+    "npz-empty": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((0, 4))), ("y", Arr((0,), "int64")))), t
+    ),
     "npz-header-huge": lambda a, t: check_npz_load(_fresh(a), NpzCase(header=(10**12,)), t),
-    "npz-one-sample": lambda a, t: check_npz_load(_fresh(a), NpzCase(arrays=(
-        ("x", Arr((1, 4))), ("y", Arr((1,), "int64", "zeros")))), t),
-    "npz-flat-images-train": lambda a, t: check_npz_cli(a, NpzCase(arrays=(
-        ("x", Arr((40, 784))), ("y", Arr((40,), "int64", "labels", 2)))), "train", t),
-    "npz-fewer-classes-than-model": lambda a, t: check_npz_cli(a, NpzCase(arrays=(
-        ("x", Arr((40, 1, 28, 28))), ("y", Arr((40,), "int64", "labels", 2)))), "evaluate", t),
+    "npz-one-sample": lambda a, t: check_npz_load(
+        _fresh(a), NpzCase(arrays=(("x", Arr((1, 4))), ("y", Arr((1,), "int64", "zeros")))), t
+    ),
+    "npz-flat-images-train": lambda a, t: check_npz_cli(
+        a, NpzCase(arrays=(("x", Arr((40, 784))), ("y", Arr((40,), "int64", "labels", 2)))), "train", t
+    ),
+    "npz-fewer-classes-than-model": lambda a, t: check_npz_cli(
+        a, NpzCase(arrays=(("x", Arr((40, 1, 28, 28))), ("y", Arr((40,), "int64", "labels", 2)))), "evaluate", t
+    ),
     # options
-    "quantize-percentile": lambda a, t: check_command(a, Command((
-        "quantize", "model", "-d", "data.npz", "--calibration", "percentile", "-o", "out.onnx"), ("out.onnx",)), t),
-    "distill-data-shape-mismatch": lambda a, t: check_command(a, Command((
-        "distill", "model", "-d", "digits", "-o", "out", "--epochs", "1"), ("out",)), t),
-    "compress-data-shape-mismatch": lambda a, t: check_command(a, Command((
-        "compress", "model", "-d", "digits", "--energy", "0.9", "-o", "out"), ("out",)), t),
-    "fuse-data-shape-mismatch": lambda a, t: check_command(a, Command((
-        "fuse", "model", "model2", "-d", "digits", "-o", "out", "--epochs", "1"), ("out",)), t),
-    "train-recsys-on-images": lambda a, t: check_command(a, Command((
-        "train", "-m", "recsys_mlp", "-d", "data.npz", "-o", "out", "--epochs", "1"), ("out",)), t),
-    "train-text-on-images": lambda a, t: check_command(a, Command((
-        "train", "-m", "text_lstm", "-d", "data.npz", "-o", "out", "--epochs", "1"), ("out",)), t),
-    "train-seed-huge": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--seed", "18446744073709551616"),
-        ("out",)), t),
-    "train-batch-size-0": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--batch-size", "0"), ("out",)), t),
-    "train-epochs-0": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "0"), ("out",)), t),
-    "train-lr-nan": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--lr", "nan"), ("out",)), t),
-    "train-width-huge": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--arg", "width=1e9"), ("out",)), t),
-    "train-width-nan": lambda a, t: check_command(a, Command((
-        "train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--arg", "width=NaN"), ("out",)), t),
-    "evaluate-runs-0": lambda a, t: check_command(a, Command((
-        "evaluate", "model", "-d", "data.npz", "--runs", "0"), ()), t),
-    "evaluate-json-dir": lambda a, t: check_command(a, Command((
-        "evaluate", "model", "-d", "data.npz", "--no-latency", "--json", "model"), ("model",)), t),
-    "prune-ratio-nan": lambda a, t: check_command(a, Command(("prune", "model", "-o", "out", "--ratio", "nan"),
-                                                             ("out",)), t),
-    "prune-ratio-1": lambda a, t: check_command(a, Command(("prune", "model", "-o", "out", "--ratio", "1"), ("out",)),
-                                                t),
+    "quantize-percentile": lambda a, t: check_command(
+        a,
+        Command(
+            ("quantize", "model", "-d", "data.npz", "--calibration", "percentile", "-o", "out.onnx"), ("out.onnx",)
+        ),
+        t,
+    ),
+    "distill-data-shape-mismatch": lambda a, t: check_command(
+        a, Command(("distill", "model", "-d", "digits", "-o", "out", "--epochs", "1"), ("out",)), t
+    ),
+    "compress-data-shape-mismatch": lambda a, t: check_command(
+        a, Command(("compress", "model", "-d", "digits", "--energy", "0.9", "-o", "out"), ("out",)), t
+    ),
+    "fuse-data-shape-mismatch": lambda a, t: check_command(
+        a, Command(("fuse", "model", "model2", "-d", "digits", "-o", "out", "--epochs", "1"), ("out",)), t
+    ),
+    "train-recsys-on-images": lambda a, t: check_command(
+        a, Command(("train", "-m", "recsys_mlp", "-d", "data.npz", "-o", "out", "--epochs", "1"), ("out",)), t
+    ),
+    "train-text-on-images": lambda a, t: check_command(
+        a, Command(("train", "-m", "text_lstm", "-d", "data.npz", "-o", "out", "--epochs", "1"), ("out",)), t
+    ),
+    "train-seed-huge": lambda a, t: check_command(
+        a,
+        Command(
+            ("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--seed", "18446744073709551616"),
+            ("out",),
+        ),
+        t,
+    ),
+    "train-batch-size-0": lambda a, t: check_command(
+        a,
+        Command(
+            ("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--batch-size", "0"), ("out",)
+        ),
+        t,
+    ),
+    "train-epochs-0": lambda a, t: check_command(
+        a, Command(("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "0"), ("out",)), t
+    ),
+    "train-lr-nan": lambda a, t: check_command(
+        a,
+        Command(("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--lr", "nan"), ("out",)),
+        t,
+    ),
+    "train-width-huge": lambda a, t: check_command(
+        a,
+        Command(
+            ("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--arg", "width=1e9"), ("out",)
+        ),
+        t,
+    ),
+    "train-width-nan": lambda a, t: check_command(
+        a,
+        Command(
+            ("train", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--epochs", "1", "--arg", "width=NaN"), ("out",)
+        ),
+        t,
+    ),
+    "evaluate-runs-0": lambda a, t: check_command(
+        a, Command(("evaluate", "model", "-d", "data.npz", "--runs", "0"), ()), t
+    ),
+    "evaluate-json-dir": lambda a, t: check_command(
+        a, Command(("evaluate", "model", "-d", "data.npz", "--no-latency", "--json", "model"), ("model",)), t
+    ),
+    "prune-ratio-nan": lambda a, t: check_command(
+        a, Command(("prune", "model", "-o", "out", "--ratio", "nan"), ("out",)), t
+    ),
+    "prune-ratio-1": lambda a, t: check_command(
+        a, Command(("prune", "model", "-o", "out", "--ratio", "1"), ("out",)), t
+    ),
     "prune-nm-0-4": lambda a, t: check_command(a, Command(("prune", "model", "-o", "out", "--nm", "0:4"), ("out",)), t),
-    "prune-round-to-huge": lambda a, t: check_command(a, Command((
-        "prune", "model", "-o", "out", "--round-to", "99999999999999999999"), ("out",)), t),
-    "prune-steps-0": lambda a, t: check_command(a, Command(("prune", "model", "-o", "out", "--steps", "0"), ("out",)),
-                                                t),
-    "prune-regex-bad": lambda a, t: check_command(a, Command((
-        "prune", "model", "-o", "out", "--protect", "re:("), ("out",)), t),
-    "compress-cluster-huge": lambda a, t: check_command(a, Command((
-        "compress", "model", "--cluster", "9223372036854775808", "-o", "out"), ("out",)), t),
-    "compress-lowrank-nan": lambda a, t: check_command(a, Command((
-        "compress", "model", "--lowrank", "nan", "-o", "out"), ("out",)), t),
+    "prune-round-to-huge": lambda a, t: check_command(
+        a, Command(("prune", "model", "-o", "out", "--round-to", "99999999999999999999"), ("out",)), t
+    ),
+    "prune-steps-0": lambda a, t: check_command(
+        a, Command(("prune", "model", "-o", "out", "--steps", "0"), ("out",)), t
+    ),
+    "prune-regex-bad": lambda a, t: check_command(
+        a, Command(("prune", "model", "-o", "out", "--protect", "re:("), ("out",)), t
+    ),
+    "compress-cluster-huge": lambda a, t: check_command(
+        a, Command(("compress", "model", "--cluster", "9223372036854775808", "-o", "out"), ("out",)), t
+    ),
+    "compress-lowrank-nan": lambda a, t: check_command(
+        a, Command(("compress", "model", "--lowrank", "nan", "-o", "out"), ("out",)), t
+    ),
     "compress-default-output-dot": lambda a, t: check_command(a, Command(("compress", ".", "--lowrank", "0.5"), ()), t),
-    "export-output-is-input": lambda a, t: check_command(a, Command((
-        "export", "model", "-o", "model", "--force"), ("model",)), t),
-    "export-output-symlink-to-input": lambda a, t: check_command(a, Command((
-        "export", "model", "-o", "alias", "--force"), ("alias",)), t),
-    "simplify-remove-all": lambda a, t: check_command(a, Command((
-        "simplify", "model", "-o", "out", "--remove", "re:.*"), ("out",)), t),
-    "distill-width-huge": lambda a, t: check_command(a, Command((
-        "distill", "model", "-d", "data.npz", "-o", "out", "--epochs", "1", "--width", "1e9"), ("out",)), t),
-    "distill-temperature-0": lambda a, t: check_command(a, Command((
-        "distill", "model", "-d", "data.npz", "-o", "out", "--epochs", "1", "--temperature", "0"), ("out",)), t),
+    "export-output-is-input": lambda a, t: check_command(
+        a, Command(("export", "model", "-o", "model", "--force"), ("model",)), t
+    ),
+    "export-output-symlink-to-input": lambda a, t: check_command(
+        a, Command(("export", "model", "-o", "alias", "--force"), ("alias",)), t
+    ),
+    "simplify-remove-all": lambda a, t: check_command(
+        a, Command(("simplify", "model", "-o", "out", "--remove", "re:.*"), ("out",)), t
+    ),
+    "distill-width-huge": lambda a, t: check_command(
+        a, Command(("distill", "model", "-d", "data.npz", "-o", "out", "--epochs", "1", "--width", "1e9"), ("out",)), t
+    ),
+    "distill-temperature-0": lambda a, t: check_command(
+        a,
+        Command(("distill", "model", "-d", "data.npz", "-o", "out", "--epochs", "1", "--temperature", "0"), ("out",)),
+        t,
+    ),
     "fuse-one-member": lambda a, t: check_command(a, Command(("fuse", "model", "-o", "out"), ("out",)), t),
-    "train-members-n-0": lambda a, t: check_command(a, Command((
-        "train-members", "-m", "lenet5", "-d", "data.npz", "-o", "out", "--n", "0", "--start-epochs", "1",
-        "--epochs", "1"), ("out",)), t),
+    "train-members-n-0": lambda a, t: check_command(
+        a,
+        Command(
+            (
+                "train-members",
+                "-m",
+                "lenet5",
+                "-d",
+                "data.npz",
+                "-o",
+                "out",
+                "--n",
+                "0",
+                "--start-epochs",
+                "1",
+                "--epochs",
+                "1",
+            ),
+            ("out",),
+        ),
+        t,
+    ),
     "optimize-bad-recipe-leaves-nothing": lambda a, t: check_recipe_cli(
-        a, RecipeFile("r.json", {"steps": [{"FineTuneConfig": {"epochs": 0}}]}), t),
-    "optimize-target-1e400": lambda a, t: check_command(a, Command((
-        "optimize", "model", "-d", "data.npz", "-o", "out", "-t", "macs=1e400", "--time-budget", "1s"), ("out",)), t),
-    "optimize-time-budget-0": lambda a, t: check_command(a, Command((
-        "optimize", "model", "-d", "data.npz", "-o", "out", "-t", "macs=0.5", "--time-budget", "0"), ("out",)), t),
-}  # fmt: skip
+        a, RecipeFile("r.json", {"steps": [{"FineTuneConfig": {"epochs": 0}}]}), t
+    ),
+    "optimize-target-1e400": lambda a, t: check_command(
+        a,
+        Command(
+            ("optimize", "model", "-d", "data.npz", "-o", "out", "-t", "macs=1e400", "--time-budget", "1s"), ("out",)
+        ),
+        t,
+    ),
+    "optimize-time-budget-0": lambda a, t: check_command(
+        a,
+        Command(("optimize", "model", "-d", "data.npz", "-o", "out", "-t", "macs=0.5", "--time-budget", "0"), ("out",)),
+        t,
+    ),
+}
 
 
 def _fresh(assets: Path) -> Path:
@@ -1568,8 +2067,9 @@ def run_subprocess(
 
     env = {**os.environ, "COLUMNS": "200"}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "slimkit", *argv], cwd=ws, stdout=out, stderr=err, env=env,
-                                preexec_fn=limit)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slimkit", *argv], cwd=ws, stdout=out, stderr=err, env=env, preexec_fn=limit
+        )
         deadline = time.monotonic() + timeout
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -1588,18 +2088,35 @@ def run_subprocess(
 
 MEMORY_CASES: dict[str, tuple[str, Callable[[Path], None], list[str]]] = {
     # name -> (mode, prepare the workspace, argv)
-    "spec-width-100": ("fast", lambda ws: _mutate_spec(ws, _set("arch", "kwargs", "width", value=100)),
-                       ["evaluate", "model", "-d", "data.npz", "--no-latency"]),
-    "npz-header-1e12": ("long", lambda ws: NpzCase(name="big.npz", header=(10**12,)).write(ws),
-                        ["evaluate", "model", "-d", "big.npz", "--no-latency"]),
-    "spec-num-classes-1e8": ("long", lambda ws: _mutate_spec(ws, _set("arch", "kwargs", "num_classes", value=10**8)),
-                             ["evaluate", "model", "-d", "data.npz", "--no-latency"]),
-    "spec-encoding-shape-1e5": ("long", lambda ws: _mutate_spec(
-        ws, _set("encodings", 0, "shape", value=[10**5, 10**5])), ["evaluate", "model", "-d", "data.npz"]),
-    "npz-label-1e9": ("long", lambda ws: NpzCase(name="labels.npz", arrays=(
-        ("x", Arr((40, 1, 28, 28))), ("y", Arr((40,), "int64", "labels", 2, ((0, 10**9),))))).write(ws),
-        ["evaluate", "model", "-d", "labels.npz", "--no-latency"]),
-}  # fmt: skip
+    "spec-width-100": (
+        "fast",
+        lambda ws: _mutate_spec(ws, _set("arch", "kwargs", "width", value=100)),
+        ["evaluate", "model", "-d", "data.npz", "--no-latency"],
+    ),
+    "npz-header-1e12": (
+        "long",
+        lambda ws: NpzCase(name="big.npz", header=(10**12,)).write(ws),
+        ["evaluate", "model", "-d", "big.npz", "--no-latency"],
+    ),
+    "spec-num-classes-1e8": (
+        "long",
+        lambda ws: _mutate_spec(ws, _set("arch", "kwargs", "num_classes", value=10**8)),
+        ["evaluate", "model", "-d", "data.npz", "--no-latency"],
+    ),
+    "spec-encoding-shape-1e5": (
+        "long",
+        lambda ws: _mutate_spec(ws, _set("encodings", 0, "shape", value=[10**5, 10**5])),
+        ["evaluate", "model", "-d", "data.npz"],
+    ),
+    "npz-label-1e9": (
+        "long",
+        lambda ws: NpzCase(
+            name="labels.npz",
+            arrays=(("x", Arr((40, 1, 28, 28))), ("y", Arr((40,), "int64", "labels", 2, ((0, 10**9),)))),
+        ).write(ws),
+        ["evaluate", "model", "-d", "labels.npz", "--no-latency"],
+    ),
+}
 
 
 def _mutate_spec(ws: Path, *mutations: Mutation) -> None:

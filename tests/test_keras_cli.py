@@ -56,8 +56,18 @@ def test_for_model_lays_out_channels_last(digits) -> None:  # noqa: ANN001
 def test_cli_prune_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
     from slimkit.keras.cost import count_macs
 
-    code, out, err = cli("prune", model_file, "--target-macs", "0.5", "--importance", "l1", "-d", "digits",
-                         "-o", tmp_path / "small.keras")  # fmt: skip
+    code, out, err = cli(
+        "prune",
+        model_file,
+        "--target-macs",
+        "0.5",
+        "--importance",
+        "l1",
+        "-d",
+        "digits",
+        "-o",
+        tmp_path / "small.keras",
+    )
     assert code == 0, err
     small = keras.models.load_model(tmp_path / "small.keras")  # plain Keras
     original = keras.models.load_model(model_file)
@@ -67,16 +77,35 @@ def test_cli_prune_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa
     assert code == 0, err
     report = json.loads((tmp_path / "folder" / "report.json").read_text())
     assert report["params"][1] < report["params"][0] and (tmp_path / "folder" / "model.keras").is_file()
-    for flags, what in ((["--sparsity", "0.5"], "--sparsity"), (["--importance", "taylor"], "--importance taylor"),
-                        (["--global"], "--global"), (["--aggregate", "sum"], "--aggregate")):  # fmt: skip
+    for flags, what in (
+        (["--sparsity", "0.5"], "--sparsity"),
+        (["--importance", "taylor"], "--importance taylor"),
+        (["--global"], "--global"),
+        (["--aggregate", "sum"], "--aggregate"),
+    ):
         code, _, err = cli("prune", model_file, *flags, "-o", tmp_path / "x.keras")
         assert code == 2 and f"{what} is not available for .keras models; supported for Keras: --ratio" in err
 
 
 def test_cli_optimize_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out_dir = tmp_path / "opt"
-    code, out, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--max-drop", "3",
-                         "--finetune-epochs", "1", "--rounds", "1", "--quantize", "-o", out_dir)  # fmt: skip
+    code, out, err = cli(
+        "optimize",
+        model_file,
+        "-d",
+        "digits",
+        "--target",
+        "macs=0.5",
+        "--max-drop",
+        "3",
+        "--finetune-epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--quantize",
+        "-o",
+        out_dir,
+    )
     assert code == 0, err
     for name in ("model.keras", "model.onnx", "model.int8.onnx", "report.json", "report.html", "recipe.json"):
         assert (out_dir / name).is_file(), name
@@ -90,15 +119,29 @@ def test_cli_optimize_keras(cli, model_file: Path, tmp_path: Path) -> None:  # n
     assert "outputs in" in out and "model.keras" in out
     small = keras.models.load_model(out_dir / "model.keras")
     assert small.get_layer("conv1").filters < 16 or small.get_layer("conv2").filters < 16
-    code, _, err = cli("optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--task", "regression",
-                       "-o", tmp_path / "x")  # fmt: skip
+    code, _, err = cli(
+        "optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--task", "regression", "-o", tmp_path / "x"
+    )
     assert code == 2 and "--task is not available for .keras models" in err
 
 
 def test_cli_optimize_keras_searches_and_resumes_through_the_one_loop(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out_dir = tmp_path / "search"
-    args = ["optimize", model_file, "-d", "digits", "--target", "macs=0.5", "--max-drop", "5", "--finetune-epochs",
-            "1", "--no-quantize", "-o", out_dir]  # fmt: skip
+    args = [
+        "optimize",
+        model_file,
+        "-d",
+        "digits",
+        "--target",
+        "macs=0.5",
+        "--max-drop",
+        "5",
+        "--finetune-epochs",
+        "1",
+        "--no-quantize",
+        "-o",
+        out_dir,
+    ]
     code, out, err = cli(*args, "--trials", "2")
     assert code == 0, err
     first = json.loads((out_dir / "report.json").read_text())
@@ -119,12 +162,18 @@ def test_cli_optimize_keras_searches_and_resumes_through_the_one_loop(cli, model
     assert count_macs(keras.models.load_model(out_dir / "model.keras")) == chosen["costs"]["macs"]
 
 
-def test_keras_optimize_resumes_after_the_last_finished_step(model_file: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_keras_optimize_resumes_after_the_last_finished_step(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from slimkit.keras.optimize import KerasBackend, optimize
 
-    recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
-                        {"FineTuneConfig": {"epochs": 1}}, {"FoldConfig": {}}]}  # fmt: skip
+    recipe = {
+        "steps": [
+            {"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
+            {"FineTuneConfig": {"epochs": 1}},
+            {"FoldConfig": {}},
+        ]
+    }
     out = tmp_path / "run"
 
     def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -152,8 +201,9 @@ def test_cli_other_verbs_take_keras(cli, model_file: Path, tmp_path: Path) -> No
     code, out, err = cli("quantize", model_file, "-d", "digits", "-o", tmp_path / "m.int8.onnx")
     assert code == 0, err
     assert (tmp_path / "m.int8.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size
-    code, out, err = cli("compress", model_file, "--lowrank", "0.5", "--method", "pca", "-d", "digits",
-                         "-o", tmp_path / "c.keras")  # fmt: skip
+    code, out, err = cli(
+        "compress", model_file, "--lowrank", "0.5", "--method", "pca", "-d", "digits", "-o", tmp_path / "c.keras"
+    )
     assert code == 0, err
     assert keras.models.load_model(tmp_path / "c.keras").get_layer("fc1").units == 16
     code, _, err = cli("compress", model_file, "--cluster", "16", "-o", tmp_path / "c2.keras")

@@ -161,8 +161,11 @@ def test_greedy_soup_never_below_best_on_validation(xy):
 def test_soup_mismatch_and_bn_errors(xy):
     from slimkit.fuse import ArchitectureMismatchError
 
-    with pytest.raises(ArchitectureMismatchError, match=r"weight 'c/kernel' is \(3, 3, 1, 4\) in model 0 but "
-                       r"\(3, 3, 1, 5\) in model 1"):  # fmt: skip
+    with pytest.raises(
+        ArchitectureMismatchError,
+        match=r"weight 'c/kernel' is \(3, 3, 1, 4\) in model 0 but "
+        r"\(3, 3, 1, 5\) in model 1",
+    ):
         skk.uniform_soup([net(0), net(1, width=5)])
     with pytest.raises(ArchitectureMismatchError, match="model 1 has no weight 'bn/gamma'"):
         skk.uniform_soup([net(0, bn=True), net(1)])

@@ -39,8 +39,7 @@ def test_parse_target_shares_absolutes_and_latency_batch() -> None:
     assert (t.macs, t.params, t.latency, t.latency_batch, t.max_drop, t.time_budget) == (0.25, 0.2, 0.3, 32, 0.5, 1200)
     t = parse_target("macs=1.5M,bytes=300KB,latency=2ms")
     assert (t.max_macs, t.max_bytes, t.max_latency_ms, t.latency_batch) == (1_500_000, 300 * 1024, 2.0, 64)
-    assert t.limits({"macs": 6e6, "bytes": 1e6, "latency": 10.0}) == {"macs": 1.5e6, "bytes": 307200.0,
-                                                                       "latency": 2.0}  # fmt: skip
+    assert t.limits({"macs": 6e6, "bytes": 1e6, "latency": 10.0}) == {"macs": 1.5e6, "bytes": 307200.0, "latency": 2.0}
     assert sk.Target is Target
 
 
@@ -118,8 +117,9 @@ def test_recipe_files_round_trip_and_errors(tmp_path: Path) -> None:
 # ---- cost model, sensitivity, allocation ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "kwargs", "shape"), [("seed_cnn", {}, (1, 1, 28, 28)),
-                                                       ("resnet_cifar", {"depth": 8}, (1, 3, 32, 32))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape"), [("seed_cnn", {}, (1, 1, 28, 28)), ("resnet_cifar", {"depth": 8}, (1, 3, 32, 32))]
+)
 def test_cost_model_matches_real_pruning(name: str, kwargs: dict, shape: tuple) -> None:
     torch.manual_seed(0)
     model = sk.zoo.create(name, **kwargs)
@@ -137,8 +137,11 @@ def test_cost_model_matches_real_pruning(name: str, kwargs: dict, shape: tuple) 
 def mini(mnist: sk.data.Dataset) -> sk.data.Dataset:
     """1,200 / 300 / 300 real MNIST digits: small enough for seconds-long runs."""
     s = mnist.splits
-    splits = {"train": (s["train"][0][:1200], s["train"][1][:1200]), "val": (s["val"][0][:300], s["val"][1][:300]),
-              "test": (s["test"][0][:300], s["test"][1][:300])}  # fmt: skip
+    splits = {
+        "train": (s["train"][0][:1200], s["train"][1][:1200]),
+        "val": (s["val"][0][:300], s["val"][1][:300]),
+        "test": (s["test"][0][:300], s["test"][1][:300]),
+    }
     return sk.data.Dataset(name="mnist-mini", splits=splits, classes=mnist.classes, meta=dict(mnist.meta))
 
 
@@ -150,8 +153,9 @@ def small_cnn(mini: sk.data.Dataset) -> torch.nn.Module:
     return model
 
 
-def test_sensitivity_allocation_meets_budget_and_beats_uniform(small_cnn: torch.nn.Module,
-                                                               mini: sk.data.Dataset) -> None:  # fmt: skip
+def test_sensitivity_allocation_meets_budget_and_beats_uniform(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset
+) -> None:
     sens = measure_sensitivity(small_cnn, mini, probe_ratios=(0.5, 0.9))
     assert set(sens.groups) == {"conv1", "conv2", "fc1"}
     for g in sens.groups.values():
@@ -192,8 +196,13 @@ def test_optimize_meets_target_holds_constraint_tests_once(
     monkeypatch.setattr(ev, "evaluate", counting)
     before = copy.deepcopy(small_cnn.state_dict())
     target = Target(macs=0.4, max_drop=3.0)
-    recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.4, "probe_ratios": [0.5, 0.9]}},
-                        {"FineTuneConfig": {"epochs": 1, "lr": 1e-3}}, {"FoldConfig": {}}]}  # fmt: skip
+    recipe = {
+        "steps": [
+            {"SensitivityPruneConfig": {"target_macs": 0.4, "probe_ratios": [0.5, 0.9]}},
+            {"FineTuneConfig": {"epochs": 1, "lr": 1e-3}},
+            {"FoldConfig": {}},
+        ]
+    }
     result = optimize(small_cnn, mini, target, recipe=recipe, output=tmp_path / "run")
     assert calls == ["test", "test"]  # the original and the final model, once each, at the end
     assert all(torch.equal(v, small_cnn.state_dict()[k]) for k, v in before.items())  # input untouched
@@ -203,8 +212,15 @@ def test_optimize_meets_target_holds_constraint_tests_once(
     assert 100 * (result.base_val["metrics"]["accuracy"] - chosen.metrics["accuracy"]) <= 3.0
     assert count_macs(result.model, mini.example) == chosen.costs["macs"]
     out = tmp_path / "run"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "model.onnx", "recipe.json", "report.html",
-                                                     "report.json", "run.json", "sensitivity.json"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint",
+        "model.onnx",
+        "recipe.json",
+        "report.html",
+        "report.json",
+        "run.json",
+        "sensitivity.json",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert report["target_met_on_validation"] and report["chosen"] == chosen.id
     assert report["test"]["after"]["split"] == "test" and report["allocations"][0]["allocation"] == "sensitivity"
@@ -239,8 +255,12 @@ class _Tags(html.parser.HTMLParser):
 
 
 def test_back_off_keeps_the_constraint(small_cnn: torch.nn.Module, mini: sk.data.Dataset) -> None:
-    recipe = {"steps": [{"ChannelPruneConfig": {"target_macs": 0.05, "importance": "l1"}},
-                        {"FineTuneConfig": {"epochs": 1, "lr": 1e-4}}]}  # fmt: skip
+    recipe = {
+        "steps": [
+            {"ChannelPruneConfig": {"target_macs": 0.05, "importance": "l1"}},
+            {"FineTuneConfig": {"epochs": 1, "lr": 1e-4}},
+        ]
+    }
     result = optimize(small_cnn, mini, Target(macs=0.05, max_drop=0.0), recipe=recipe, html=False)
     assert not result.target_met
     backed = [c for c in result.candidates if "backed off" in c.note]
@@ -260,8 +280,13 @@ def test_interrupted_greedy_run_resumes_after_the_last_finished_step(
 ) -> None:
     from slimkit.optimize.backend import TorchBackend
 
-    recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
-                        {"FineTuneConfig": {"epochs": 1}}, {"FoldConfig": {}}]}  # fmt: skip
+    recipe = {
+        "steps": [
+            {"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
+            {"FineTuneConfig": {"epochs": 1}},
+            {"FoldConfig": {}},
+        ]
+    }
     out = tmp_path / "run"
 
     def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -280,8 +305,9 @@ def test_interrupted_greedy_run_resumes_after_the_last_finished_step(
     assert result.target_met and (out / "report.json").is_file() and not (out / "progress").exists()
 
 
-def test_low_rank_step_factorizes_only_insensitive_layers(small_cnn: torch.nn.Module, mini: sk.data.Dataset,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_low_rank_step_factorizes_only_insensitive_layers(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path
+) -> None:
     recipe = {"steps": [{"LowRankConfig": {"ratio": 0.25}}, {"FineTuneConfig": {"epochs": 1}}]}
     result = optimize(small_cnn, mini, Target(params=0.9, max_drop=4.0), recipe=recipe, output=tmp_path / "run")
     layers = result.sensitivity.layers
@@ -295,28 +321,44 @@ def test_low_rank_step_factorizes_only_insensitive_layers(small_cnn: torch.nn.Mo
     assert "low-rank sensitivity" in (tmp_path / "run" / "report.html").read_text()
 
 
-def test_search_needs_its_extra(monkeypatch: pytest.MonkeyPatch, small_cnn: torch.nn.Module,
-                                mini: sk.data.Dataset) -> None:  # fmt: skip
+def test_search_needs_its_extra(
+    monkeypatch: pytest.MonkeyPatch, small_cnn: torch.nn.Module, mini: sk.data.Dataset
+) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'slimkit\[search\]'"):
         optimize(small_cnn, mini, Target(macs=0.5), recipe={"steps": [{"FoldConfig": {}}]}, trials=1, html=False)
 
 
-def test_search_resume_runs_only_missing_trials(small_cnn: torch.nn.Module, mini: sk.data.Dataset,
-                                                tmp_path: Path) -> None:  # fmt: skip
+def test_search_resume_runs_only_missing_trials(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path
+) -> None:
     pytest.importorskip("optuna")
     import optuna
 
-    recipe = {"steps": [{"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
-                        {"FineTuneConfig": {"epochs": 1}}]}  # fmt: skip
+    recipe = {
+        "steps": [
+            {"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
+            {"FineTuneConfig": {"epochs": 1}},
+        ]
+    }
     out, url = tmp_path / "run", f"sqlite:///{tmp_path / 'shared.db'}"  # any Optuna storage URL
     first = optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=2, output=out, storage=url, html=False)
     assert len([t for t in first.trials if t["state"] in ("COMPLETE", "PRUNED")]) == 2
     with pytest.raises(SlimkitError, match="--resume"):  # the run folder is taken
         optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=3, output=out, storage=url)
     lines: list[str] = []
-    again = optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, trials=3, output=out, storage=url,
-                     resume=True, html=False, log=lines.append)  # fmt: skip
+    again = optimize(
+        small_cnn,
+        mini,
+        Target(macs=0.5),
+        recipe=recipe,
+        trials=3,
+        output=out,
+        storage=url,
+        resume=True,
+        html=False,
+        log=lines.append,
+    )
     assert any("2 finished trial(s) in the study, 1 to run" in s for s in lines)
     study = optuna.load_study(study_name="slimkit-optimize", storage=url)
     assert [t.number for t in study.trials] == [0, 1, 2]
@@ -330,26 +372,48 @@ def test_search_resume_runs_only_missing_trials(small_cnn: torch.nn.Module, mini
 def test_cli_bad_target_and_resume_errors(cli, tmp_path: Path) -> None:  # noqa: ANN001
     code, _, err = cli("optimize", tmp_path, "-d", "digits", "--target", "flops=0.2", "-o", tmp_path / "x")
     assert code == 2 and "unknown target 'flops'" in err
-    code, _, err = cli("optimize", tmp_path, "-d", "digits", "--target", "macs=0.2", "--time-budget", "soon",
-                       "-o", tmp_path / "x")  # fmt: skip
+    code, _, err = cli(
+        "optimize", tmp_path, "-d", "digits", "--target", "macs=0.2", "--time-budget", "soon", "-o", tmp_path / "x"
+    )
     assert code == 2 and "cannot read the duration" in err
     model = sk.zoo.create_for("resnet_cifar", sk.data.load("digits"), depth=8, width=0.25)
     sk.save(model, tmp_path / "ckpt", example=torch.zeros(1, 1, 8, 8))
-    code, _, err = cli("optimize", tmp_path / "ckpt", "-d", "digits", "--target", "macs=0.2", "--resume",
-                       "-o", tmp_path / "x")  # fmt: skip
+    code, _, err = cli(
+        "optimize", tmp_path / "ckpt", "-d", "digits", "--target", "macs=0.2", "--resume", "-o", tmp_path / "x"
+    )
     assert code == 2 and "cannot resume" in err and not (tmp_path / "x").exists()
 
 
 def test_cli_runs_a_recipe_file(cli, small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path) -> None:  # noqa: ANN001
     np = pytest.importorskip("numpy")
     s = mini.splits
-    np.savez(tmp_path / "mini.npz", x=s["train"][0].numpy(), y=s["train"][1].numpy(), x_val=s["val"][0].numpy(),
-             y_val=s["val"][1].numpy(), x_test=s["test"][0].numpy(), y_test=s["test"][1].numpy())  # fmt: skip
+    np.savez(
+        tmp_path / "mini.npz",
+        x=s["train"][0].numpy(),
+        y=s["train"][1].numpy(),
+        x_val=s["val"][0].numpy(),
+        y_val=s["val"][1].numpy(),
+        x_test=s["test"][0].numpy(),
+        y_test=s["test"][1].numpy(),
+    )
     sk.save(small_cnn, tmp_path / "ckpt", example=mini.example)
-    (tmp_path / "r.yaml").write_text("steps:\n  - SensitivityPruneConfig: {target_macs: 0.5, probe_ratios: [0.5]}\n"
-                                     "  - FineTuneConfig: {epochs: 1}\n")  # fmt: skip
-    code, out, err = cli("optimize", tmp_path / "ckpt", "-d", tmp_path / "mini.npz", "--target", "macs=0.5",
-                         "--max-drop", "5", "--recipe", tmp_path / "r.yaml", "-o", tmp_path / "run")  # fmt: skip
+    (tmp_path / "r.yaml").write_text(
+        "steps:\n  - SensitivityPruneConfig: {target_macs: 0.5, probe_ratios: [0.5]}\n  - FineTuneConfig: {epochs: 1}\n"
+    )
+    code, out, err = cli(
+        "optimize",
+        tmp_path / "ckpt",
+        "-d",
+        tmp_path / "mini.npz",
+        "--target",
+        "macs=0.5",
+        "--max-drop",
+        "5",
+        "--recipe",
+        tmp_path / "r.yaml",
+        "-o",
+        tmp_path / "run",
+    )
     assert code == 0, err
     assert "target met on validation" in out and (tmp_path / "run" / "report.html").is_file()
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -360,11 +424,13 @@ def test_cli_runs_a_recipe_file(cli, small_cnn: torch.nn.Module, mini: sk.data.D
 
 
 @pytest.mark.slow
-def test_auto_recipe_quantizes_for_a_file_budget(small_cnn: torch.nn.Module, mini: sk.data.Dataset,
-                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_auto_recipe_quantizes_for_a_file_budget(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path
+) -> None:
     pytest.importorskip("onnxruntime")
-    result = optimize(small_cnn, mini, Target(macs=0.5, bytes=0.1, max_drop=3.0), output=tmp_path / "run",
-                      finetune_epochs=1)  # fmt: skip
+    result = optimize(
+        small_cnn, mini, Target(macs=0.5, bytes=0.1, max_drop=3.0), output=tmp_path / "run", finetune_epochs=1
+    )
     assert result.int8_path == tmp_path / "run" / "model.int8.onnx" and result.int8_path.is_file()
     assert result.target_met
     assert result.int8_path.stat().st_size <= 0.1 * result.base_val["costs"]["bytes"]
@@ -390,8 +456,23 @@ def test_kill_then_resume_continues_from_the_last_finished_trial(tmp_path: Path)
         )
     )
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "slimkit", "optimize", str(tmp_path / "ckpt"), "-d", "digits", "--target",
-            "macs=0.6", "--recipe", str(tmp_path / "r.json"), "--trials", "4", "-o", str(run)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "slimkit",
+        "optimize",
+        str(tmp_path / "ckpt"),
+        "-d",
+        "digits",
+        "--target",
+        "macs=0.6",
+        "--recipe",
+        str(tmp_path / "r.json"),
+        "--trials",
+        "4",
+        "-o",
+        str(run),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"sqlite:///{run / 'study.db'}"
     import time
@@ -414,8 +495,11 @@ def test_kill_then_resume_continues_from_the_last_finished_trial(tmp_path: Path)
         assert not (run / name).exists()  # never half-written: not written at all yet
     for p in run.rglob("*"):  # a killed atomic write leaves at most a hidden temporary, never a partial output
         assert not p.name.endswith(".tmp") or p.name.startswith("."), p
-    done_before = {t.number for t in optuna.load_study(study_name="slimkit-optimize", storage=url).trials
-                   if t.state.name == "COMPLETE"}  # fmt: skip
+    done_before = {
+        t.number
+        for t in optuna.load_study(study_name="slimkit-optimize", storage=url).trials
+        if t.state.name == "COMPLETE"
+    }
     code = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert code.returncode == 0, code.stderr
     study = optuna.load_study(study_name="slimkit-optimize", storage=url)
@@ -433,10 +517,21 @@ def test_report_opens_in_headless_chromium(small_cnn: torch.nn.Module, mini: sk.
     optimize(small_cnn, mini, Target(macs=0.5), recipe=recipe, output=tmp_path / "run")
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,2400",
-         "--enable-logging=stderr", "--v=0", (tmp_path / "run" / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            "--enable-logging=stderr",
+            "--v=0",
+            (tmp_path / "run" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and shot.stat().st_size > 50_000
     assert "Uncaught" not in proc.stderr and "Failed to load resource" not in proc.stderr
 

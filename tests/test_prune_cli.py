@@ -46,14 +46,37 @@ def test_prune_cli_structured_and_sparse(cli, tmp_path: Path) -> None:  # noqa: 
 
 def test_prune_cli_with_data_and_finetuning(cli, tmp_path: Path) -> None:  # noqa: ANN001
     code, _, err = cli(
-        "train", "-m", "resnet_cifar", "-a", "depth=8", "-d", "digits", "--epochs", "2", "--lr", "3e-3", "-o",
+        "train",
+        "-m",
+        "resnet_cifar",
+        "-a",
+        "depth=8",
+        "-d",
+        "digits",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "-o",
         tmp_path / "ckpt",
-    )  # fmt: skip
+    )
     assert code == 0, err
     code, out, err = cli(
-        "prune", tmp_path / "ckpt", "-d", "digits", "--ratio", "0.3", "--importance", "taylor", "--steps", "2",
-        "--finetune-epochs", "1", "-o", tmp_path / "pruned",
-    )  # fmt: skip
+        "prune",
+        tmp_path / "ckpt",
+        "-d",
+        "digits",
+        "--ratio",
+        "0.3",
+        "--importance",
+        "taylor",
+        "--steps",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "-o",
+        tmp_path / "pruned",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "pruned" / "report.json").read_text())
     assert report["after"]["params"] < report["before"]["params"]

@@ -92,9 +92,15 @@ def test_iterative_pruning_with_distillation(digits: sk.data.Dataset) -> None:
     macs = count_macs(model, digits.example)
     seen = []
     results = prune_iteratively(
-        model, digits, ChannelPruneConfig(target_macs=0.5), steps=2, finetune_epochs=1, lr=1e-3, progress=False,
+        model,
+        digits,
+        ChannelPruneConfig(target_macs=0.5),
+        steps=2,
+        finetune_epochs=1,
+        lr=1e-3,
+        progress=False,
         on_step=seen.append,
-    )  # fmt: skip
+    )
     assert [r.step for r in results] == [1, 2] and seen == results
     assert results[0].macs > results[1].macs and results[1].macs <= 0.5 * macs
     assert sk.evaluate(model, digits, latency=False).metrics["accuracy"] >= base_acc - 0.05

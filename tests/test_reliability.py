@@ -124,8 +124,19 @@ def test_force_keeps_the_old_run_until_the_new_one_succeeds(
     before = _tree(finished_run)
     assert {"report.json", "report.html", "model.onnx", "recipe.json", "run.json"} <= set(before)
     (tmp_path / "bad.json").write_text('{"steps": [{"NoSuchConfig": {}}]}')
-    code, _, err = cli("optimize", ckpts[1], "-d", "digits", "-t", "macs=0.5", "--recipe", tmp_path / "bad.json",
-                       "-o", finished_run, "--force")  # fmt: skip
+    code, _, err = cli(
+        "optimize",
+        ckpts[1],
+        "-d",
+        "digits",
+        "-t",
+        "macs=0.5",
+        "--recipe",
+        tmp_path / "bad.json",
+        "-o",
+        finished_run,
+        "--force",
+    )
     assert code == 2 and "NoSuchConfig" in err
     assert _tree(finished_run) == before  # problem 4: a bad recipe no longer deletes the old outputs
 
@@ -368,8 +379,20 @@ def test_fusing_the_same_member_twice_and_a_bad_storage_url_are_named(
     )
     assert code == 2 and "more than once" in err and not (tmp_path / "f").exists()
     pytest.importorskip("optuna")
-    code, _, err = cli("optimize", ckpts[0], "-d", "digits", "-t", "macs=0.5", "--trials", "1", "--storage",
-                       "nosuchdb://x", "-o", tmp_path / "run")  # fmt: skip
+    code, _, err = cli(
+        "optimize",
+        ckpts[0],
+        "-d",
+        "digits",
+        "-t",
+        "macs=0.5",
+        "--trials",
+        "1",
+        "--storage",
+        "nosuchdb://x",
+        "-o",
+        tmp_path / "run",
+    )
     assert code == 2 and "cannot open the Optuna storage" in err and not (tmp_path / "run").exists()
 
 

@@ -21,8 +21,9 @@ def digits_resnet(tmp_path_factory: pytest.TempPathFactory, digits: sk.data.Data
 
 def test_simplify_fold_and_drop_blocks(cli, digits_resnet: Path, tmp_path: Path, digits: sk.data.Dataset) -> None:  # noqa: ANN001
     out = tmp_path / "simple"
-    code, stdout, err = cli("simplify", digits_resnet, "--fold", "--drop-blocks", "1", "-d", "digits",
-                            "--epochs", "1", "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "simplify", digits_resnet, "--fold", "--drop-blocks", "1", "-d", "digits", "--epochs", "1", "-o", out
+    )
     assert code == 0, err
     assert "remove_blocks: changed 1 layer(s)" in stdout and "fold: changed" in stdout and "after: accuracy" in stdout
     report = json.loads((out / "report.json").read_text())
@@ -66,8 +67,22 @@ def test_user_errors_are_one_line(cli, tmp_path: Path, args: list[str], message:
 
 def test_distill_cli(cli, digits_resnet: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "student"
-    code, stdout, err = cli("distill", digits_resnet, "-d", "digits", "--student", "resnet_cifar:depth=8,width=0.25",
-                            "--epochs", "2", "--lr", "3e-3", "--feature", "layer3=layer3", "-o", out)  # fmt: skip
+    code, stdout, err = cli(
+        "distill",
+        digits_resnet,
+        "-d",
+        "digits",
+        "--student",
+        "resnet_cifar:depth=8,width=0.25",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--feature",
+        "layer3=layer3",
+        "-o",
+        out,
+    )
     assert code == 0, err
     assert "student: accuracy" in stdout and "teacher: accuracy" in stdout
     report = json.loads((out / "report.json").read_text())

@@ -160,22 +160,47 @@ def prune_checkpoint(
         from slimkit.evaluate.cost import count_macs, count_params
         from slimkit.io.checkpoint import weights_bytes
 
-        return Report(model=model_name(model), data="-", split="-", samples=0, metrics={}, confusion=[],
-                      params=count_params(model), macs=count_macs(model, example),
-                      bytes=len(weights_bytes(model)[0]), latency_ms={})  # fmt: skip
+        return Report(
+            model=model_name(model),
+            data="-",
+            split="-",
+            samples=0,
+            metrics={},
+            confusion=[],
+            params=count_params(model),
+            macs=count_macs(model, example),
+            bytes=len(weights_bytes(model)[0]),
+            latency_ms={},
+        )
 
     before = measure()
     if isinstance(config, ChannelPruneConfig) and (steps > 1 or finetune_epochs):
-        prune_iteratively(model, dataset, config, steps=steps, finetune_epochs=finetune_epochs, distill=distill,
-                          lr=lr, progress=progress)  # fmt: skip
+        prune_iteratively(
+            model,
+            dataset,
+            config,
+            steps=steps,
+            finetune_epochs=finetune_epochs,
+            distill=distill,
+            lr=lr,
+            progress=progress,
+        )
     elif isinstance(config, ChannelPruneConfig):
         prune_channels(model, config, example, data=dataset.train if dataset is not None else None)
     else:
         teacher = copy.deepcopy(model).eval() if distill and finetune_epochs else None
         apply_(model, config, example_inputs=example)
         if finetune_epochs:
-            fit(model, dataset.train, val=dataset.val, epochs=finetune_epochs, lr=lr, teacher=teacher,
-                augment=dataset.augment, progress=progress)  # fmt: skip
+            fit(
+                model,
+                dataset.train,
+                val=dataset.val,
+                epochs=finetune_epochs,
+                lr=lr,
+                teacher=teacher,
+                augment=dataset.augment,
+                progress=progress,
+            )
     after = measure()
     report = {
         "before": before.to_dict(),

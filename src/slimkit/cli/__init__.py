@@ -52,13 +52,19 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         if _raised_by_a_layer(exc):  # a layer refused its input: the data does not fit the model
-            _fail(f"the model cannot run on this input ({first_line(exc)[:300]}); check that the data's shape "
-                  "and dtype match what the model was built for", 2)  # fmt: skip
+            _fail(
+                f"the model cannot run on this input ({first_line(exc)[:300]}); check that the data's shape "
+                "and dtype match what the model was built for",
+                2,
+            )
         if os.environ.get("SLIMKIT_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _fail(f"internal error ({type(exc).__name__}: {message[:300]}); this is a bug in slimkit, please report it "
-              "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)", 1)  # fmt: skip
+        _fail(
+            f"internal error ({type(exc).__name__}: {message[:300]}); this is a bug in slimkit, please report it "
+            "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)",
+            1,
+        )
 
 
 def _raised_by_a_layer(exc: BaseException) -> bool:

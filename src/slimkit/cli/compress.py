@@ -59,8 +59,9 @@ def compress_command(
             raise unsupported("compress", f"--method {method}", supported)
         if data is None:
             raise SlimkitError("--method pca is data-aware: pass --data for calibration")
-        result = lowrank_file(model, output, ratio=lowrank, layers=layers, data=data, samples=samples, epochs=epochs,
-                              lr=lr, force=force)  # fmt: skip
+        result = lowrank_file(
+            model, output, ratio=lowrank, layers=layers, data=data, samples=samples, epochs=epochs, lr=lr, force=force
+        )
         print_keras_result(result)
         return
     if cluster is not None:

@@ -56,15 +56,37 @@ def distill_command(
         for flag, used in (("--student", student), ("--depth", depth), ("--feature", features)):
             if used:
                 raise unsupported("distill", flag, supported)
-        result = distill_file(teacher, output, data=data, width=width, temperature=temperature, alpha=alpha,
-                              epochs=epochs, lr=lr, seed=seed, force=force)  # fmt: skip
+        result = distill_file(
+            teacher,
+            output,
+            data=data,
+            width=width,
+            temperature=temperature,
+            alpha=alpha,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            force=force,
+        )
         print_keras_result(result)
         return
     result = distill_and_save(
-        load_model(teacher, factory, trust_pickle), output, data=data, student=student, width=width, depth=depth,
-        temperature=temperature, alpha=alpha, features=features, beta=beta, epochs=epochs, lr=lr, seed=seed,
-        force=force, progress=True,
-    )  # fmt: skip
+        load_model(teacher, factory, trust_pickle),
+        output,
+        data=data,
+        student=student,
+        width=width,
+        depth=depth,
+        temperature=temperature,
+        alpha=alpha,
+        features=features,
+        beta=beta,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        force=force,
+        progress=True,
+    )
     for label, who in (("before", "teacher"), ("after", "student")):
         r = result[label]
         console.print(

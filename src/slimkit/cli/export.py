@@ -31,8 +31,10 @@ def export_command(
         out = export_file(model, output, data=data, force=force)
         console.print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB; input layout as the Keras model's)")
         if "top1_agreement" in out:
-            console.print(f"ONNX Runtime vs Keras on {data} test: top-1 agreement {100 * out['top1_agreement']:.2f}%, "
-                          f"max |diff| {out['max_abs_diff']:.2e}")  # fmt: skip
+            console.print(
+                f"ONNX Runtime vs Keras on {data} test: top-1 agreement {100 * out['top1_agreement']:.2f}%, "
+                f"max |diff| {out['max_abs_diff']:.2e}"
+            )
         return
     module = load_model(model, factory, trust_pickle)
     dataset = sk.data.load(data) if data else None

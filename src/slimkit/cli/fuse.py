@@ -52,25 +52,41 @@ def fuse_command(
         if not all(is_keras(c) for c in checkpoints):
             raise SlimkitError("fuse takes members of one kind: all .keras files or all PyTorch checkpoints")
         if distill_into is not None:
-            raise unsupported("fuse", "--distill-into", "mean, vote, weighted, uniform-soup, greedy-soup "
-                              "(distil in Python with slimkit.keras.distill)")  # fmt: skip
+            raise unsupported(
+                "fuse",
+                "--distill-into",
+                "mean, vote, weighted, uniform-soup, greedy-soup (distil in Python with slimkit.keras.distill)",
+            )
         print_keras_result(fuse_file(checkpoints, output, method=method, data=data, force=force))
         return
     from slimkit.fuse.workflow import fuse_and_save
 
     report = fuse_and_save(
-        checkpoints=list(checkpoints), method=method, output=output, data=data, distill_into=distill_into,
-        student_args=parse_kwargs(student_arg), distill_epochs=epochs, temperature=temperature, alpha=alpha, lr=lr,
-        l2=l2, seed=seed, force=force,
-    )  # fmt: skip
+        checkpoints=list(checkpoints),
+        method=method,
+        output=output,
+        data=data,
+        distill_into=distill_into,
+        student_args=parse_kwargs(student_arg),
+        distill_epochs=epochs,
+        temperature=temperature,
+        alpha=alpha,
+        lr=lr,
+        l2=l2,
+        seed=seed,
+        force=force,
+    )
     for i, m in enumerate(report.get("members", [])):
         best = "  <- best by validation" if i == report["best_member"] else ""
-        console.print(f"member {i}  val {100 * m['val_accuracy']:.2f}%  test {100 * m['test_accuracy']:.2f}%  "
-                      f"MACs {m['macs']:,}  ({m['path']}){best}")  # fmt: skip
+        console.print(
+            f"member {i}  val {100 * m['val_accuracy']:.2f}%  test {100 * m['test_accuracy']:.2f}%  "
+            f"MACs {m['macs']:,}  ({m['path']}){best}"
+        )
     for key in ("fused", "distilled"):
         if key in report:
             r = report[key]
             label = method if key == "fused" else f"distilled into {report['config']['distill_into']}"
-            console.print(f"{label}  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  "
-                          f"MACs {r['macs']:,}")  # fmt: skip
+            console.print(
+                f"{label}  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  MACs {r['macs']:,}"
+            )
     console.print(f"saved {output}  (load with slimkit.load)")

@@ -58,8 +58,10 @@ def prune_command(
     if is_keras(model):
         from slimkit.keras.workflows import prune_file, unsupported
 
-        supported = "--ratio, --target-macs, --target-params, --importance l1/l2, --round-to, --protect, --data, " \
-            "--finetune-epochs, --distill, --lr"  # fmt: skip
+        supported = (
+            "--ratio, --target-macs, --target-params, --importance l1/l2, --round-to, --protect, --data, "
+            "--finetune-epochs, --distill, --lr"
+        )
         torch_only = {
             "--sparsity": sparsity is not None,
             "--nm": nm is not None,
@@ -76,10 +78,20 @@ def prune_command(
         if round_to != "auto" and not round_to.isdigit():
             raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
         result = prune_file(
-            model, output, ratio=ratio, importance=importance, target_macs=target_macs, target_params=target_params,
-            round_to=round_to if round_to == "auto" else int(round_to), protect=protect or [], data=data,
-            finetune_epochs=finetune_epochs, distill=distill, lr=lr, force=force,
-        )  # fmt: skip
+            model,
+            output,
+            ratio=ratio,
+            importance=importance,
+            target_macs=target_macs,
+            target_params=target_params,
+            round_to=round_to if round_to == "auto" else int(round_to),
+            protect=protect or [],
+            data=data,
+            finetune_epochs=finetune_epochs,
+            distill=distill,
+            lr=lr,
+            force=force,
+        )
         print_keras_result(result)
         return
     if sparsity is not None:
@@ -93,14 +105,29 @@ def prune_command(
         if round_to != "auto" and not round_to.isdigit():
             raise SlimkitError(f"--round-to takes a whole number or 'auto', got {round_to!r}")
         config = ChannelPruneConfig(
-            ratio=ratio, importance=importance, aggregate=aggregate, target_macs=target_macs,
-            target_params=target_params, global_ranking=global_ranking, refit=refit,
-            round_to=round_to if round_to == "auto" else int(round_to), protected=protect or [],
-        )  # fmt: skip
+            ratio=ratio,
+            importance=importance,
+            aggregate=aggregate,
+            target_macs=target_macs,
+            target_params=target_params,
+            global_ranking=global_ranking,
+            refit=refit,
+            round_to=round_to if round_to == "auto" else int(round_to),
+            protected=protect or [],
+        )
     result = prune_checkpoint(
-        model, output, config=config, data=data, steps=steps, finetune_epochs=finetune_epochs, distill=distill,
-        lr=lr, factory=factory, trust_pickle=trust_pickle, force=force,
-    )  # fmt: skip
+        model,
+        output,
+        config=config,
+        data=data,
+        steps=steps,
+        finetune_epochs=finetune_epochs,
+        distill=distill,
+        lr=lr,
+        factory=factory,
+        trust_pickle=trust_pickle,
+        force=force,
+    )
     console.print(compare(result["before"], result["after"]))
     for record in result["records"]:
         for layer, why in record.skipped.items():

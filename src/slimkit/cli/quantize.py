@@ -45,9 +45,13 @@ def quantize_command(
     if per_channel not in choices:
         raise SlimkitError(f"--per-channel takes on, off or auto, got {per_channel!r}")
     cfg = QuantizeConfig(
-        mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop,
-        per_channel=choices[per_channel], embeddings=embeddings,
-    )  # fmt: skip
+        mode=mode,
+        calibration=calibration,
+        calibration_samples=samples,
+        max_drop=max_drop,
+        per_channel=choices[per_channel],
+        embeddings=embeddings,
+    )
     dataset = sk.data.load(data)
     if is_keras(model):  # its fp32 ONNX export, quantized with the data laid out for it
         from slimkit.keras.workflows import quantize_file

@@ -39,17 +39,40 @@ def simplify_command(
         from slimkit.keras.workflows import simplify_file, unsupported
 
         if drop_blocks is not None:
-            raise unsupported("simplify", "--drop-blocks", "--fold, --remove, --remove-type (Keras class names), "
-                              "--repair, --data, --epochs, --lr")  # fmt: skip
-        result = simplify_file(model, output, fold=fold, remove=remove or [], remove_types=remove_type or [],
-                               repair=repair, data=data, epochs=epochs, lr=lr, force=force)  # fmt: skip
+            raise unsupported(
+                "simplify",
+                "--drop-blocks",
+                "--fold, --remove, --remove-type (Keras class names), --repair, --data, --epochs, --lr",
+            )
+        result = simplify_file(
+            model,
+            output,
+            fold=fold,
+            remove=remove or [],
+            remove_types=remove_type or [],
+            repair=repair,
+            data=data,
+            epochs=epochs,
+            lr=lr,
+            force=force,
+        )
         print_keras_result(result)
         return
     result = simplify_and_save(
-        load_model(model, factory, trust_pickle), output, fold=fold, remove=remove, remove_types=remove_type,
-        repair=repair, drop_blocks=drop_blocks, data=data, epochs=epochs, lr=lr, seed=seed, force=force,
+        load_model(model, factory, trust_pickle),
+        output,
+        fold=fold,
+        remove=remove,
+        remove_types=remove_type,
+        repair=repair,
+        drop_blocks=drop_blocks,
+        data=data,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        force=force,
         progress=True,
-    )  # fmt: skip
+    )
     for record in result["records"]:
         d = record["details"]
         console.print(f"{record['transform']}: changed {len(record['changed'])} layer(s)")

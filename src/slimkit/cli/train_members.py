@@ -74,11 +74,22 @@ def train_members_command(
     if affine and elastic:
         raise SlimkitError("choose one of --affine and --elastic")
     summary = train_members_and_save(
-        model=model, data=data, n=n, output=output, model_args=parse_kwargs(arg), from_start=from_start,
-        start_epochs=start_epochs, epochs=epochs, lr=lr, finetune_lr=finetune_lr,
-        augment="elastic" if elastic else "affine" if affine else augment, checkpoint=checkpoint, bag=bag,
-        seed=seed, force=force,
-    )  # fmt: skip
+        model=model,
+        data=data,
+        n=n,
+        output=output,
+        model_args=parse_kwargs(arg),
+        from_start=from_start,
+        start_epochs=start_epochs,
+        epochs=epochs,
+        lr=lr,
+        finetune_lr=finetune_lr,
+        augment="elastic" if elastic else "affine" if affine else augment,
+        checkpoint=checkpoint,
+        bag=bag,
+        seed=seed,
+        force=force,
+    )
     rows = ([summary["start"]] if "start" in summary else []) + summary["members"]
     best = summary["members"][summary["best_member"]]["path"]
     for r in rows:

@@ -337,9 +337,14 @@ def bucket_embeddings_(
             record.skipped[name] = "every id (but at most one) is used often enough to keep"
             continue
         seen = usage[name] > 0
-        rows[name] = {"ids": table.num_embeddings, "rows": new.table.num_embeddings, "ids_seen": int(seen.sum()),
-                      "uses_in_bucket": float(usage[name][new.remap == new.table.num_embeddings - 1].sum()
-                                              / usage[name].sum().clamp_min(1))}  # fmt: skip
+        rows[name] = {
+            "ids": table.num_embeddings,
+            "rows": new.table.num_embeddings,
+            "ids_seen": int(seen.sum()),
+            "uses_in_bucket": float(
+                usage[name][new.remap == new.table.num_embeddings - 1].sum() / usage[name].sum().clamp_min(1)
+            ),
+        }
         replace_module(model, name, new)
         record.changed.append(name)
     record.details = {"bytes": {"before": before, "after": embedding_bytes(model)}, "tables": rows}

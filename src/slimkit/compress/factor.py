@@ -130,8 +130,9 @@ def svd_conv(conv: nn.Conv2d, rank: int, variant: str = "channel") -> nn.Sequent
     m = w.permute(1, 2, 0, 3).reshape(c * kh, o * kw)  # M[(c, i), (o, j)] = W[o, c, i, j]
     left, right, _ = _root_split(m, rank)  # (C*kh, r), (r, O*kw)
     first = nn.Conv2d(c, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False, padding_mode=conv.padding_mode)
-    second = nn.Conv2d(rank, o, (1, kw), (1, sw), (0, pw), (1, dw), bias=conv.bias is not None,
-                       padding_mode=conv.padding_mode)  # fmt: skip
+    second = nn.Conv2d(
+        rank, o, (1, kw), (1, sw), (0, pw), (1, dw), bias=conv.bias is not None, padding_mode=conv.padding_mode
+    )
     _set(first, left.reshape(c, kh, rank).permute(2, 0, 1).unsqueeze(-1), None, w)  # (r, C, kh, 1)
     _set(second, right.reshape(rank, o, kw).permute(1, 0, 2).unsqueeze(2), _bias(conv), w)  # (O, r, 1, kw)
     return nn.Sequential(first, second)

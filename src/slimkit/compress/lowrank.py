@@ -149,8 +149,9 @@ def _plan(model: nn.Module, name: str, kind: str, cfg: LowRankConfig, st: LayerS
         params = w.numel() + has_bias * d + consumer.weight.numel()
         per = w.shape[1] + has_bias + o2
         spectrum = factor.output_pca(st.h.mean(0), torch.cov(st.h.double().T, correction=0))[0]
-        return _Plan(name, kind, d, spectrum, params, (w.shape[1] + o2) * positions, per, per * positions,
-                     consumer=st.consumer)  # fmt: skip
+        return _Plan(
+            name, kind, d, spectrum, params, (w.shape[1] + o2) * positions, per, per * positions, consumer=st.consumer
+        )
     out = w.shape[0]
     macs = w.numel() * positions
     if isinstance(layer, nn.Embedding):  # a lookup costs no MACs; the Linear after the narrow table does
@@ -293,9 +294,14 @@ def lowrank_(model: nn.Module, cfg: LowRankConfig, example_inputs: torch.Tensor 
             )
         _apply(model, p, r, stats.get(p.name), cfg)
         record.changed.append(p.name)
-        details[p.name] = {"kind": p.kind, "rank": r, "full_rank": p.full,
-                           "kept_energy": round(_kept_energy(p.spectrum, r), 6),
-                           "params_before": p.params, "params_after": p.cost(r, "params")}  # fmt: skip
+        details[p.name] = {
+            "kind": p.kind,
+            "rank": r,
+            "full_rank": p.full,
+            "kept_energy": round(_kept_energy(p.spectrum, r), 6),
+            "params_before": p.params,
+            "params_after": p.cost(r, "params"),
+        }
         if p.consumer:
             details[p.name]["refit"] = p.consumer
     record.details["layers"] = details

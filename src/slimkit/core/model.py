@@ -99,16 +99,24 @@ class Snapshot:
         False when the caller never changes a parameter in place (pruning replaces them)."""
         self.model = model
         self.modules = [
-            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules),
-             set(m._non_persistent_buffers_set))
+            (
+                m,
+                dict(m.__dict__),
+                dict(m._parameters),
+                dict(m._buffers),
+                dict(m._modules),
+                set(m._non_persistent_buffers_set),
+            )
             for m in _all_modules(model)
-        ]  # fmt: skip
+        ]
         params = {id(p): p for m, *_ in self.modules for p in m._parameters.values() if p is not None}
         buffers = {id(b): b for m, *_ in self.modules for b in m._buffers.values() if b is not None}
         size = sum(p.numel() * p.element_size() for p in params.values())
         small = size <= SNAPSHOT_CLONE_BYTES if copy_weights is None else copy_weights
-        self.tensors = [(t, t._version, t.detach().clone() if small or id(t) in buffers else None)
-                        for t in [*params.values(), *buffers.values()]]  # fmt: skip
+        self.tensors = [
+            (t, t._version, t.detach().clone() if small or id(t) in buffers else None)
+            for t in [*params.values(), *buffers.values()]
+        ]
 
     def restore(self) -> None:
         for m, attrs, params, buffers, children, non_persistent in self.modules:

@@ -33,20 +33,38 @@ from slimkit.core.model import arch_of, set_arch
 
 def _conv_args(m: nn.modules.conv._ConvNd) -> dict[str, Any]:
     return {
-        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-        "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-        "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None, "padding_mode": m.padding_mode,
-    }  # fmt: skip
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "padding_mode": m.padding_mode,
+    }
 
 
 def _norm_args(m: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
-    return {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
-            "track_running_stats": m.track_running_stats}  # fmt: skip
+    return {
+        "num_features": m.num_features,
+        "eps": m.eps,
+        "momentum": m.momentum,
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
 
 
 def _rnn_args(m: nn.RNNBase) -> dict[str, Any]:
-    args = {"input_size": m.input_size, "hidden_size": m.hidden_size, "num_layers": m.num_layers, "bias": m.bias,
-            "batch_first": m.batch_first, "dropout": m.dropout, "bidirectional": m.bidirectional}  # fmt: skip
+    args = {
+        "input_size": m.input_size,
+        "hidden_size": m.hidden_size,
+        "num_layers": m.num_layers,
+        "bias": m.bias,
+        "batch_first": m.batch_first,
+        "dropout": m.dropout,
+        "bidirectional": m.bidirectional,
+    }
     if isinstance(m, nn.LSTM):
         args["proj_size"] = m.proj_size
     if type(m) is nn.RNN:
@@ -71,12 +89,12 @@ _ARGS: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
         "eps": m.eps,
         "elementwise_affine": m.elementwise_affine,
         "bias": m.bias is not None,
-    },  # fmt: skip
+    },
     nn.Embedding: lambda m: {
         "num_embeddings": m.num_embeddings,
         "embedding_dim": m.embedding_dim,
         "padding_idx": m.padding_idx,
-    },  # fmt: skip
+    },
     nn.LSTM: _rnn_args,
     nn.GRU: _rnn_args,
     nn.RNN: _rnn_args,
@@ -88,7 +106,7 @@ _ARGS: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
         "batch_first": m.batch_first,
         "kdim": m.kdim,
         "vdim": m.vdim,
-    },  # fmt: skip
+    },
     nn.Dropout: lambda m: {"p": m.p},
     nn.Identity: lambda m: {},
     nn.Flatten: lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim},

@@ -96,9 +96,14 @@ def distill_ensemble(
         student.load_state_dict(start_state)
         history.best_epoch, kept_start = 0, True
     config = {
-        "epochs": epochs, "lr": lr, "temperature": config.temperature, "alpha": config.alpha, "augment": augment,
-        "keep_start": keep_start, "seed": seed,
-    }  # fmt: skip
+        "epochs": epochs,
+        "lr": lr,
+        "temperature": config.temperature,
+        "alpha": config.alpha,
+        "augment": augment,
+        "keep_start": keep_start,
+        "seed": seed,
+    }
     details = {
         f"teacher_{key}": score(teacher),
         f"start_{key}": before,

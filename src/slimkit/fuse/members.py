@@ -146,8 +146,9 @@ def bag_datasets(data: Dataset, n: int, bag: str, seed: int = 0) -> list[Dataset
         return out
     x, y = torch.cat([xt, xv]), torch.cat([yt, yv])
     if n < 2 or len(y) < n:
-        raise SlimkitError(f'bag="cv" needs at least 2 members and one train/val sample per member, got n={n} '
-                           f"and {len(y)} samples")  # fmt: skip
+        raise SlimkitError(
+            f'bag="cv" needs at least 2 members and one train/val sample per member, got n={n} and {len(y)} samples'
+        )
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     if y.dim() == 1 and not y.is_floating_point():  # class labels: deal each class round the parts
         order = order[torch.argsort(y[order], stable=True)]
@@ -263,9 +264,16 @@ def train_members(
 
     def train(net: nn.Module, n_epochs: int, rate: float, s: int, aug: Augment | None, on: Any = data) -> History:
         return fit(
-            net, on.train, val=on.val, epochs=n_epochs, lr=rate, augment=aug, seed=s, restore_best=restore_best,
+            net,
+            on.train,
+            val=on.val,
+            epochs=n_epochs,
+            lr=rate,
+            augment=aug,
+            seed=s,
+            restore_best=restore_best,
             progress=progress,
-        )  # fmt: skip
+        )
 
     start, start_history = None, None
     if from_start:

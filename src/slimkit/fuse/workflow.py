@@ -78,10 +78,21 @@ def train_members_and_save(
     check_output(output, force)
     dataset = data_mod.load(data)
     result = train_members(
-        model, dataset, n, model_args=model_args, from_start=from_start, start_epochs=start_epochs, epochs=epochs,
-        lr=lr, finetune_lr=finetune_lr, augment=augment, checkpoint=checkpoint, bag=bag, seed=seed,
+        model,
+        dataset,
+        n,
+        model_args=model_args,
+        from_start=from_start,
+        start_epochs=start_epochs,
+        epochs=epochs,
+        lr=lr,
+        finetune_lr=finetune_lr,
+        augment=augment,
+        checkpoint=checkpoint,
+        bag=bag,
+        seed=seed,
         progress=progress,
-    )  # fmt: skip
+    )
     summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
     best, held_out = result.best()  # each member on its own validation data (the common val unless bagged)
     with atomic_path(output, force=force) as tmp:
@@ -148,10 +159,18 @@ def fuse_and_save(
     if lr is None:  # a copy of a trained member is fine-tuned gently; a new student learns from scratch
         lr = 3e-4 if distill_into == BEST_MEMBER else 1e-3
     config = {
-        "checkpoints": [str(c) for c in checkpoints], "method": method, "data": data, "distill_into": distill_into,
-        "student_args": student_args or {}, "distill_epochs": distill_epochs, "temperature": temperature,
-        "alpha": alpha, "lr": lr, "l2": l2, "seed": seed,
-    }  # fmt: skip
+        "checkpoints": [str(c) for c in checkpoints],
+        "method": method,
+        "data": data,
+        "distill_into": distill_into,
+        "student_args": student_args or {},
+        "distill_epochs": distill_epochs,
+        "temperature": temperature,
+        "alpha": alpha,
+        "lr": lr,
+        "l2": l2,
+        "seed": seed,
+    }
     check_output(output, force)
     members = [load(c) for c in checkpoints]
     dataset = data_mod.load(data) if data is not None else None
@@ -179,8 +198,9 @@ def fuse_and_save(
         else:
             student = create_for(distill_into, dataset, **(student_args or {}))
         cfg = DistillConfig(temperature=temperature, alpha=alpha)
-        history = distill_ensemble(student, fused, dataset, cfg, epochs=distill_epochs, lr=lr, seed=seed,
-                                   progress=progress)  # fmt: skip
+        history = distill_ensemble(
+            student, fused, dataset, cfg, epochs=distill_epochs, lr=lr, seed=seed, progress=progress
+        )
         distilled = records(student)[-1].details
         report["distilled"] = {
             **_measure(student, dataset),

@@ -99,8 +99,12 @@ class KerasCostModel(CostModel):
         self.members: dict[str, list[str]] = {}
         self.layer_macs: dict[str, float] = {}
         self.layer_params: dict[str, float] = {}
-        self.skipped = {o: units.group_blocked(r) or units.rejected.get(o) or "protected"
-                        for r, owners in units.groups().items() for o in owners if r not in groups}  # fmt: skip
+        self.skipped = {
+            o: units.group_blocked(r) or units.rejected.get(o) or "protected"
+            for r, owners in units.groups().items()
+            for o in owners
+            if r not in groups
+        }
         for call in graph.calls:
             roots = set()
             if call.inputs and call.inputs[0] in units.layout:

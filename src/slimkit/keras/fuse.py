@@ -124,8 +124,10 @@ def ensemble(
     members = [load(m) for m in members]
     for i, m in enumerate(members):
         if len(m.inputs) != 1 or len(m.outputs) != 1:
-            raise SlimkitError(f"member {i} ({m.name}) has {len(m.inputs)} inputs and {len(m.outputs)} outputs; "
-                               "ensembles take single-input, single-output classifiers")  # fmt: skip
+            raise SlimkitError(
+                f"member {i} ({m.name}) has {len(m.inputs)} inputs and {len(m.outputs)} outputs; "
+                "ensembles take single-input, single-output classifiers"
+            )
     in_shapes = [tuple(m.inputs[0].shape[1:]) for m in members]
     out_shapes = [tuple(m.outputs[0].shape[1:]) for m in members]
     for i in range(1, len(members)):

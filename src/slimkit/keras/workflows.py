@@ -143,8 +143,14 @@ def prune_file(
     model = load(path)
     if finetune_epochs and data is None:
         raise SlimkitError("fine-tuning (--finetune-epochs) needs --data")
-    cfg = ChannelPruneConfig(ratio=ratio, importance=importance, target_macs=target_macs,
-                             target_params=target_params, round_to=round_to, protected=list(protect))  # fmt: skip
+    cfg = ChannelPruneConfig(
+        ratio=ratio,
+        importance=importance,
+        target_macs=target_macs,
+        target_params=target_params,
+        round_to=round_to,
+        protected=list(protect),
+    )
     small = apply_(model, cfg)
     if finetune_epochs:
         _recover(model, small, data, finetune_epochs, lr, distill)

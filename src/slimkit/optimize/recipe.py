@@ -191,10 +191,11 @@ class Recipe:
         steps = []
         for i, raw in enumerate(d["steps"]):
             if isinstance(raw, dict) and "type" not in raw and len(raw) == 1:
-                (name, fields), = raw.items()  # fmt: skip
+                ((name, fields),) = raw.items()
                 if fields is not None and not isinstance(fields, dict):
-                    raise SlimkitError(f"recipe step {i + 1} ({name}): its fields must be a mapping, "
-                                       f"got {reprlib.repr(fields)}")  # fmt: skip
+                    raise SlimkitError(
+                        f"recipe step {i + 1} ({name}): its fields must be a mapping, got {reprlib.repr(fields)}"
+                    )
                 raw = {"type": name, **(fields or {})}
             if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
                 raise SlimkitError(f"recipe step {i + 1} must name its config type, got {reprlib.repr(raw)}")
@@ -211,8 +212,10 @@ class Recipe:
         if not path.is_file():
             raise SlimkitError(f"no such recipe file: {path}")
         if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise SlimkitError(f"{path} is {path.stat().st_size:,} bytes; a recipe is a short list of steps "
-                               f"(at most {MAX_RECIPE_BYTES:,} bytes)")  # fmt: skip
+            raise SlimkitError(
+                f"{path} is {path.stat().st_size:,} bytes; a recipe is a short list of steps "
+                f"(at most {MAX_RECIPE_BYTES:,} bytes)"
+            )
         try:
             text = path.read_text()
         except UnicodeDecodeError:
@@ -295,11 +298,16 @@ def auto_recipe(
         params = file_params if params is None else min(params, file_params)
     steps: list[Config] = []
     if (macs is not None and macs < 1) or (params is not None and params < 1):
-        steps.append(SensitivityPruneConfig(
-            target_macs=macs if macs is not None and macs < 1 else None,
-            target_params=params if params is not None and params < 1 else None,
-            allocation=allocation, importance=importance, rounds=rounds, round_to=round_to,
-        ))  # fmt: skip
+        steps.append(
+            SensitivityPruneConfig(
+                target_macs=macs if macs is not None and macs < 1 else None,
+                target_params=params if params is not None and params < 1 else None,
+                allocation=allocation,
+                importance=importance,
+                rounds=rounds,
+                round_to=round_to,
+            )
+        )
         if lr_search is None:
             lr_search = () if target.metric in (None, "accuracy") else (1.0, 4.0, 0.25)
         steps.append(FineTuneConfig(epochs=finetune_epochs, steps_per_epoch=steps_per_epoch, lr_search=lr_search))

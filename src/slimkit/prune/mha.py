@@ -19,9 +19,14 @@ class PrunableMultiheadAttention(nn.Module):
     """``nn.MultiheadAttention``'s interface (self- or cross-attention) with prunable heads."""
 
     def __init__(
-        self, embed_dim: int, heads: int, head_dim: int, bias: bool = True, batch_first: bool = False,
+        self,
+        embed_dim: int,
+        heads: int,
+        head_dim: int,
+        bias: bool = True,
+        batch_first: bool = False,
         dropout: float = 0.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         inner = heads * head_dim
         self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
@@ -89,7 +94,7 @@ register_module(
         "bias": m.q_proj.bias is not None,
         "batch_first": m.batch_first,
         "dropout": m.dropout,
-    },  # fmt: skip
+    },
 )
 
 

@@ -79,8 +79,16 @@ def prune_iteratively(
         record = prune_channels(model, cfg, example, data=data.train)
         history = None
         if finetune_epochs:
-            history = fit(model, data.train, val=data.val, epochs=finetune_epochs, lr=lr, teacher=teacher,
-                          augment=data.augment, **fit_kwargs)  # fmt: skip
+            history = fit(
+                model,
+                data.train,
+                val=data.val,
+                epochs=finetune_epochs,
+                lr=lr,
+                teacher=teacher,
+                augment=data.augment,
+                **fit_kwargs,
+            )
         result = StepResult(i, record, history, count_macs(model, example), count_params(model))
         results.append(result)
         if on_step is not None:

@@ -40,8 +40,10 @@ def _dataset(name: str | None) -> Any:
 
 
 def _write(model: nn.Module, output: str | Path, example: torch.Tensor, force: bool, result: dict[str, Any]) -> None:
-    extra = {"report.json": json.dumps(result, indent=2, default=str) + "\n",
-             "config.json": json.dumps(result["config"], indent=2) + "\n"}  # fmt: skip
+    extra = {
+        "report.json": json.dumps(result, indent=2, default=str) + "\n",
+        "config.json": json.dumps(result["config"], indent=2) + "\n",
+    }
     save(model, output, example=example, force=force, extra_files=extra)
 
 
@@ -142,7 +144,8 @@ def distill_and_save(
     net = student_for(teacher, student, dataset, width=width, depth=depth)
     cfg = DistillConfig(temperature=temperature, alpha=alpha, features=features, beta=beta)
     history = distill(net, teacher, dataset, cfg, epochs=epochs, lr=lr, seed=seed, progress=progress)
-    result = _result(config, net, evaluate(teacher, dataset, latency=False), evaluate(net, dataset, latency=False),
-                     history)  # fmt: skip
+    result = _result(
+        config, net, evaluate(teacher, dataset, latency=False), evaluate(net, dataset, latency=False), history
+    )
     _write(net, output, dataset.example, force, result)
     return result

@@ -27,10 +27,26 @@ __all__ = ["HELD_OUT_PACKAGES", "TRAIN_PACKAGES", "held_out_sentences", "news_pa
 
 HELD_OUT_PACKAGES = ("numpy", "scipy", "sklearn", "torch")
 TRAIN_PACKAGES = (
-    "transformers", "pandas", "sympy", "matplotlib", "onnx", "optuna", "sentence_transformers", "huggingface_hub",
-    "rich", "hypothesis", "jinja2", "pydantic", "onnxruntime", "mlxtend", "email", "http", "logging", "unittest",
+    "transformers",
+    "pandas",
+    "sympy",
+    "matplotlib",
+    "onnx",
+    "optuna",
+    "sentence_transformers",
+    "huggingface_hub",
+    "rich",
+    "hypothesis",
+    "jinja2",
+    "pydantic",
+    "onnxruntime",
+    "mlxtend",
+    "email",
+    "http",
+    "logging",
+    "unittest",
     "asyncio",
-)  # fmt: skip
+)
 
 
 def held_out_sentences(n: int = 2000) -> list[str]:
