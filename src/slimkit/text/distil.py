@@ -81,7 +81,7 @@ def distil_(
     s_mod.eval()  # no dropout; gradients still flow
     t_mod.eval()
     params = [p for p in s_mod.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
     total = epochs * -(-len(sentences) // batch_size)
     start, step, curve = time.perf_counter(), 0, []
     running = 0.0
