@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--embedding-share", type=float, default=1 / 3, help="rank of the word-embedding table / width")
     p.add_argument("--exact-tokens", type=float, default=0.1, help="share of the most frequent tokens kept exact")
     p.add_argument("--val-batches", type=int, default=25, help="validation batches of 32 per decision (0: all)")
+    p.add_argument("--allocation", default="uniform", help="uniform or sensitivity (FFN widths)")
+    p.add_argument("--prune-heads", action="store_true", help="prune attention heads and the embedding rank too")
     p.add_argument("--token-weight", type=float, default=1.0, help="hidden-state term of the distillation (0: off)")
     p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
@@ -115,6 +117,8 @@ def main() -> None:
         exact_tokens=args.exact_tokens,
         val_batches=args.val_batches or None,
         token_weight=args.token_weight,
+        allocation=args.allocation,
+        prune_heads=args.prune_heads,
     )
     say(result.summary().replace("\n", "; "))
     original = text.PooledEncoder.of(st).eval()

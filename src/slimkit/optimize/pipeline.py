@@ -590,7 +590,10 @@ class Loop:
             self.round_to_used = 1
             found = fit(round_to=1)
         if found is None:
-            raise SlimkitError(f"cannot meet the pruning budget {limits} by pruning the model's groups")
+            kept = f" (kept whole: {', '.join(step.protected)}; a milder target or fewer protected layers)"
+            raise SlimkitError(
+                f"cannot meet the pruning budget {limits} by pruning the model's groups{kept if step.protected else ''}"
+            )
         widths, ratios = found
         entry = {
             "allocation": step.allocation,

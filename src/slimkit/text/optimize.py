@@ -164,21 +164,35 @@ def encoder_recipe(
     steps_per_epoch: int | None = None,
     lr: float = 3e-4,
     importance: str = "l2",
+    allocation: str = "uniform",
+    prune_heads: bool = False,
     quantize: bool = True,
 ) -> Recipe:
     """The sentence-encoder recipe: factorize the word-embedding table (most of the parameters) to
     ``embedding_share`` of its width, weighted by token frequency on the training sentences, the
-    ``exact_tokens`` share of the most frequent tokens kept exact; prune heads / FFN units (and the
-    embedding rank) to the target's MACs / params by sensitivity with least-squares refits; distil
-    from the original (AdamW, ``lr``); then dynamic int8 with per-channel weight scales (the mode that
-    keeps BERT's embeddings: static int8 does not)."""
-    macs = target.macs if target.macs is not None else (0.6 if target.latency is not None else None)
+    ``exact_tokens`` share of the most frequent tokens kept exact; prune FFN units (with
+    ``prune_heads`` attention heads and the embedding rank as well) to the target's MACs / params,
+    the same share of every layer (``allocation="uniform"``) or by measured sensitivity, with
+    least-squares refits; distil from the original (AdamW, ``lr``); then dynamic int8 with
+    per-channel weight scales (the mode that keeps BERT's embeddings: static int8 does not).
+
+    The defaults are what recovered best on all-MiniLM-L6-v2 (``bench/RESULTS-text.md``): after the
+    same distillation, every head kept with uniformly narrower FFNs stays closer to the original
+    than sensitivity-allocated head + FFN pruning, whose single-group probes predict the loss right
+    after pruning, not what distillation recovers. FFNs alone cannot remove more than about 60% of a
+    BERT layer's MACs (less on long inputs, where attention dominates): below that, ``prune_heads``."""
+    # a latency target alone prunes to 0.7x MACs: dynamic int8 about halves ONNX Runtime's time here
+    macs = target.macs if target.macs is not None else (0.7 if target.latency is not None else None)
+    protected = () if prune_heads else (r"re:.*attention\.self\.(query|key|value)$", "re:.*word_embeddings.*")
     prune = SensitivityPruneConfig(
         target_macs=macs,
         target_params=target.params,
+        allocation=allocation,
         importance=importance,
         refit=True,
         probe_ratios=(0.25, 0.5, 0.75),
+        round_to=8,
+        protected=protected,
     )
     tune = FineTuneConfig(epochs=finetune_epochs, steps_per_epoch=steps_per_epoch, lr=lr, optimizer="adamw")
     steps: list[Any] = [LowRankConfig(ratio=embedding_share, exact_rows=exact_tokens, layers=("re:.*word_embeddings",))]
