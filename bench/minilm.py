@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -177,7 +178,7 @@ def main() -> None:
     previous = OUT.read_text() if OUT.exists() else ""
     if "\n# " in previous:
         previous = previous[previous.index("\n# ") + 1 :]  # keep the earlier sections (history)
-    cmd = ".venv/bin/python bench/minilm.py"
+    cmd = " ".join([".venv/bin/python bench/minilm.py", *sys.argv[1:]])
     body = "\n".join(
         [
             "# Sentence encoder through the optimize loop: all-MiniLM-L6-v2, fidelity task (`bench/minilm.py`)",
