@@ -4,11 +4,12 @@ A ``SentenceTransformer`` (or its folder) becomes a :class:`~slimkit.text.Pooled
 mean-pooled embedding); the loop of :func:`slimkit.optimize.optimize` factorizes its word-embedding
 table, prunes FFN units (attention heads too if asked; uniformly or by measured sensitivity, with
 least-squares refits of the layers after them), distils from the original on unlabelled sentences
-(embeddings and hidden states token by token) and quantizes to dynamic int8 ONNX, deciding everything by the fidelity task's
-metrics on held-out sentences: mean cosine to the original's embeddings and ``overlap@10`` (how
-many of each sentence's 10 nearest neighbours the original also ranks there). The run folder holds
-the encoder as a sentence-transformers folder (``encoder/``, loads with ``SentenceTransformer(path)``
-after ``import slimkit.text``), its ONNX files and the report.
+(embeddings and hidden states token by token) and quantizes to dynamic int8 ONNX, deciding
+everything by the fidelity task's metrics on held-out sentences: mean cosine to the original's
+embeddings and ``overlap@10`` (how many of each sentence's 10 nearest neighbours the original also
+ranks there). The run folder holds the encoder as a sentence-transformers folder (``encoder/``,
+loads with ``SentenceTransformer(path)`` after ``import slimkit.text``), its ONNX files and the
+report.
 
 Example::
 
