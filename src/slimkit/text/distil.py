@@ -21,7 +21,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.simplify.distill import with_aux_loss
-from slimkit.text.onnx import PooledEncoder
+from slimkit.text.onnx import PooledEncoder, mean_pool
 
 __all__ = ["HiddenStateDistiller", "distil_"]
 
@@ -122,9 +122,8 @@ def encoder_loss(s_out: Any, t_out: Any, attention_mask: torch.Tensor, token_wei
     """``(loss, student embedding, teacher embedding)`` from two HF encoder outputs: ``1 - cosine`` of
     the mean-pooled embeddings plus ``token_weight`` x the variance-relative token MSE of the hidden
     states (every layer when both give as many of one shape, else the last ones when they match)."""
-    m = attention_mask.unsqueeze(-1).to(s_out.last_hidden_state.dtype)  # (B, T, 1)
-    s_e = (s_out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, D)
-    t_e = (t_out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    s_e = mean_pool(s_out.last_hidden_state, attention_mask)  # (B, D)
+    t_e = mean_pool(t_out.last_hidden_state, attention_mask)
     loss = (1 - nn.functional.cosine_similarity(s_e, t_e, dim=-1)).mean()
     if not token_weight:
         return loss, s_e, t_e

@@ -36,6 +36,12 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int = 128, pa
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``hidden`` (B, T, D) over the real tokens of ``attention_mask`` (B, T): (B, D)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
 class PooledEncoder(nn.Module):
     """``(input_ids, attention_mask) -> embedding``: the encoder, mean pooling over real tokens, L2 norm.
 
@@ -62,8 +68,7 @@ class PooledEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
-        m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, D)
+        e = mean_pool(h, attention_mask)  # (B, D)
         return nn.functional.normalize(e, dim=-1) if self.normalize else e
 
 
