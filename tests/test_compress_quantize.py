@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,62 @@ def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, m
     assert r.excluded == [fc2_node] and set(r.sensitivity) == {n for n, _ in quantizable_nodes_of(model, tmp_path)}
 
 
+def test_int4_weight_only_blocks_every_linear_and_puts_damaged_ones_back_to_8_bits(
+    trained_cnn: nn.Module,
+    mnist: sk.data.Dataset,
+    tmp_path: Path,
+) -> None:
+    import onnx
+
+    def ops(path: Path) -> Counter:
+        nodes = onnx.load(str(path)).graph.node
+        return Counter((n.op_type, *(a.i for a in n.attribute if a.name == "bits")) for n in nodes)
+
+    r = quantize(trained_cnn, mnist, QuantizeConfig(mode="int4"), tmp_path / "q4.onnx")
+    assert ops(r.path)[("MatMulNBits", 4)] == 2 and ops(r.path)[("Gemm",)] == 0  # fc1, fc2: Gemm rewritten
+    assert ops(r.path)[("Conv",)] == 2  # weight-only int4 leaves convolutions in float
+    assert r.bytes_int8 <= 0.2 * r.bytes_fp32 and r.drop <= 0.5
+    assert r.settings["activations"] == "float" and "int4 weight-only" in str(r)
+    model = copy.deepcopy(trained_cnn)
+    with torch.no_grad():  # the first fc1 unit of every block never fires; a large fc2 weight on it wrecks the block
+        model.fc1.weight[::32] = 0
+        model.fc1.bias[::32] = -1.0
+        model.fc2.weight[:, ::32] = 1.0
+    plain = quantize(model, mnist, QuantizeConfig(mode="int4"), tmp_path / "plain.onnx")
+    assert plain.drop > 5  # int4 steps of ~1/15 round fc2's other weights (~0.02) to zero; 8-bit steps do not
+    r = quantize(model, mnist, QuantizeConfig(mode="int4", max_drop=0.3), tmp_path / "checked.onnx")
+    assert r.met_max_drop is True and r.drop <= 0.3 and len(r.excluded) == 1
+    assert ops(r.path)[("MatMulNBits", 8)] == 1 and ops(r.path)[("MatMulNBits", 4)] == 1
+    assert "left in 8-bit blocks" in str(r) and r.bytes_int8 <= 0.2 * r.bytes_fp32
+
+
+def test_int4_quantizes_embedding_tables(text, tmp_path: Path) -> None:  # noqa: ANN001
+    import onnx
+
+    model, data = text
+    r = quantize(model, data, QuantizeConfig(mode="int4", block_size=16), tmp_path / "q4.onnx")
+    kinds = {n.op_type for n in onnx.load(str(r.path)).graph.node}
+    assert {"GatherBlockQuantized", "MatMulNBits", "LSTM"} <= kinds and "Gather" not in kinds
+    assert abs(r.drop) <= 2.0
+
+
+def test_gemm_to_matmul_is_exact(mnist: sk.data.Dataset, tmp_path: Path) -> None:
+    import onnx
+
+    from slimkit.compress.onnxgraph import gemm_to_matmul
+    from slimkit.io import OnnxModel
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10, bias=False))
+    sk.export(model, tmp_path / "gemm.onnx", mnist.example)
+    assert gemm_to_matmul(tmp_path / "gemm.onnx", tmp_path / "mm.onnx") == 2
+    graph = onnx.load(str(tmp_path / "mm.onnx")).graph
+    assert "Gemm" not in {n.op_type for n in graph.node} and len(graph.initializer) == 3  # old weights dropped
+    x = mnist.splits["test"][0][:16]
+    want, got = OnnxModel(tmp_path / "gemm.onnx")(x), OnnxModel(tmp_path / "mm.onnx")(x)
+    assert torch.allclose(torch.as_tensor(got), torch.as_tensor(want), atol=1e-5)
+
+
 def quantizable_nodes_of(model: nn.Module, tmp_path: Path) -> list[tuple[str, str]]:
     from onnxruntime.quantization import quant_pre_process
 
@@ -173,6 +230,7 @@ def test_torch_dynamic_int8(text) -> None:  # noqa: ANN001
         ({"calibration_samples": 0}, "at least 1"),
         ({"embeddings": "int4"}, "embeddings must be"),
         ({"per_channel": "yes"}, "per_channel must be"),
+        ({"mode": "int4", "block_size": 24}, "power of two"),
     ],
 )
 def test_bad_configs(kwargs: dict, message: str) -> None:

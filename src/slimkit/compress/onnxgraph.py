@@ -124,3 +124,41 @@ def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> dict[str, str]:
         padded[node.name] = f"{node.name}_pad"
     onnx.save(model, str(out))
     return padded
+
+
+def gemm_to_matmul(path: Path, out: Path) -> int:
+    """Write ``path`` to ``out`` with every ``Gemm`` that multiplies by a weight (``alpha = beta = 1``,
+    ``A`` not transposed) as ``MatMul`` (+ ``Add`` of its bias): the same function, in the form
+    weight-only block quantization (``MatMulNBits``) reads. PyTorch exports ``nn.Linear`` on 2-D
+    inputs as ``Gemm``. Returns how many nodes were rewritten (``out`` is written either way)."""
+    onnx = require("onnx", extra="onnx")
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" else None
+        if weight is None or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA"):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)
+        name = f"{weight.name}_kn"  # (in, out) as MatMul reads it
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB") else w), name)
+            graph.initializer.append(inits[name])
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
+        if len(node.input) > 2:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(out))
+    return rewritten

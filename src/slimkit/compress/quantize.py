@@ -1,4 +1,4 @@
-"""int8 quantization with ONNX Runtime (static QDQ or dynamic) and PyTorch dynamic int8.
+"""int8 and int4 quantization with ONNX Runtime (static QDQ, dynamic, int4 weight-only) and PyTorch dynamic int8.
 
 :func:`quantize` exports a model to ONNX, pre-processes it (``quant_pre_process``) and quantizes it:
 
@@ -12,6 +12,11 @@
   Linear/LSTM-heavy graphs. Dynamic int8 *convolutions* (``ConvInteger``) run several times
   slower than fp32 on CPU, so ``auto`` (the default) picks static when convolutions carry most
   of the MACs and dynamic otherwise, and says why.
+- ``int4``: weight-only, block-wise: every ``MatMul`` weight (``nn.Linear``) becomes ONNX
+  Runtime's ``MatMulNBits`` and every embedding table ``GatherBlockQuantized``, 4 bits per
+  weight with a scale and offset per ``block_size`` weights; activations stay float. About 5x
+  smaller files for Linear-heavy models (transformers, recommender MLPs); never chosen by
+  ``auto``. The nodes the accuracy check puts back get 8-bit blocks, not float.
 
 With ``max_drop`` (accuracy points on the validation split) the nodes whose quantization costs
 the most are left in float, one at a time, until the drop holds (per-node sensitivity: the
@@ -34,6 +39,7 @@ import contextlib
 import copy
 import dataclasses
 import itertools
+import logging
 import shutil
 import tempfile
 import warnings
@@ -45,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.compress.onnxgraph import mac_shares, pad_conv_inputs, quantizable_nodes
+from slimkit.compress.onnxgraph import gemm_to_matmul, mac_shares, pad_conv_inputs, quantizable_nodes
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
@@ -54,7 +60,7 @@ from slimkit.core.transform import Config, register_config
 from slimkit.io.onnx import strip_debug_info
 from slimkit.task import Task, format_metric, in_points, worse_by
 
-MODES = ("auto", "static", "dynamic")
+MODES = ("auto", "static", "dynamic", "int4")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 
@@ -84,6 +90,7 @@ class QuantizeConfig(Config):
     per-tensor tables unless row-wise ones are more accurate (the layers that read the rows
     quantize their inputs per tensor at run time anyway). ``strip_metadata`` drops debugging data
     from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
+    ``block_size`` (``int4`` mode): weights per scale and offset (smaller: more accurate, larger file).
     """
 
     mode: str = "auto"
@@ -100,11 +107,12 @@ class QuantizeConfig(Config):
     reduce_range: bool | None = None
     strip_metadata: bool = True
     embeddings: str = "auto"
+    block_size: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.mode not in MODES:
-            raise SlimkitError(f"unknown quantization mode {self.mode!r}; choose auto, static or dynamic")
+            raise SlimkitError(f"unknown quantization mode {self.mode!r}; choose auto, static, dynamic or int4")
         if self.calibration not in CALIBRATIONS:
             raise SlimkitError(f"unknown calibration {self.calibration!r}; choose minmax, entropy or percentile")
         if self.calibration_samples < 1 or self.calibration_batch_size < 1:
@@ -117,6 +125,8 @@ class QuantizeConfig(Config):
             raise SlimkitError(f"embeddings must be 'auto', 'rowwise' or 'onnx', got {self.embeddings!r}")
         if self.per_channel not in (True, False, "auto"):
             raise SlimkitError(f"per_channel must be true, false or 'auto', got {self.per_channel!r}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise SlimkitError(f"block_size must be a power of two >= 16, got {self.block_size}")
         if not 0 < self.percentile <= 100:
             raise SlimkitError(f"percentile must be in (0, 100], got {self.percentile}")
 
@@ -151,14 +161,15 @@ class QuantizeResult:
     def __str__(self) -> str:
         unit = " points" if in_points(self.metric) else ""
         lines = [
-            f"int8 ({self.mode}) -> {self.path}: {self.reason}",
+            f"{'int4 weight-only' if self.mode == 'int4' else f'int8 ({self.mode})'} -> {self.path}: {self.reason}",
             f"  {self.split} {self.metric} {format_metric(self.metric, self.fp32_value)} -> "
             f"{format_metric(self.metric, self.int8_value)} ({-self.drop:+.4g}{unit}); "
             f"file {self.bytes_fp32:,} -> {self.bytes_int8:,} bytes "
             f"({self.bytes_int8 / self.bytes_fp32:.3f}x)",
         ]
         if self.excluded:
-            lines.append(f"  left in float: {', '.join(self.excluded)}")
+            kept = "8-bit blocks" if self.mode == "int4" else "float"
+            lines.append(f"  left in {kept}: {', '.join(self.excluded)}")
         if self.met_max_drop is False:
             lines.append(f"  the {self.metric} limit was NOT met")
         lines += [f"  note: {n}" for n in self.notes]
@@ -247,7 +258,10 @@ class _Quantizer:
         cfg = self.cfg
         exclude = [*exclude, *(f"{n}_MatMul" for n in exclude), *self.float_nodes]  # ORT splits Gemm first
         with quiet():
-            if self.mode == "dynamic":
+            if self.mode == "int4":
+                user = set(cfg.exclude) | set(self.float_nodes)
+                _weight_only(self.fp32, out, cfg.block_size, [n for n in exclude if n not in user], sorted(user))
+            elif self.mode == "dynamic":
                 q.quantize_dynamic(
                     self.fp32,
                     out,
@@ -283,8 +297,19 @@ class _Quantizer:
             strip_debug_info(out, rename=True)
         return out
 
+    def candidates(self) -> list[str]:
+        """Nodes the accuracy check may put back (in ``int4`` mode: the MatMuls, to 8-bit blocks)."""
+        kinds = ("MatMul",) if self.mode == "int4" else None
+        return [name for name, op in quantizable_nodes(self.fp32) if kinds is None or op in kinds]
+
     def settings(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.mode == "int4":
+            return {
+                "weights": f"int4 block-wise (blocks of {cfg.block_size}, asymmetric)",
+                "activations": "float",
+                "format": "MatMulNBits / GatherBlockQuantized (ONNX Runtime contrib ops)",
+            }
         out = {
             "weights": "int8 per-channel" if self.per_channel else "int8 per-tensor",
             "reduce_range": self.reduce_range,
@@ -318,6 +343,29 @@ class _Quantizer:
     def worse_by(self, value: float) -> float:
         """How much worse than fp32 ``value`` of the task's metric is (in its units)."""
         return worse_by(self.task.metric, self.fp32_value, value)
+
+
+def _weight_only(src: Path, out: Path, block_size: int, eight_bit: list[str], keep_float: list[str]) -> None:
+    """Block-wise weight-only quantization with ONNX Runtime's ``MatMulNBitsQuantizer``: the
+    ``eight_bit`` MatMuls to 8 bits, then every other MatMul and Gather with a weight to 4 bits,
+    except ``keep_float``. Asymmetric blocks: on all-MiniLM-L6-v2 (blocks of 32) cosine 0.973
+    against 0.963 symmetric."""
+    onnx = require("onnx", extra="onnx")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    mq = require("onnxruntime.quantization.matmul_nbits_quantizer", extra="onnx", package="onnxruntime")
+    root.handlers[:], root.level = handlers, level  # its import configures the root logger at INFO: undone
+    model = onnx.load(str(src))
+    names = [n.name for n in model.graph.node]
+    passes = [(8, ("MatMul",), [n for n in names if n not in eight_bit])] if eight_bit else []
+    passes.append((4, ("MatMul", "Gather"), keep_float))  # nodes already quantized are MatMulNBits: skipped
+    for bits, ops, skip in passes:
+        q = mq.MatMulNBitsQuantizer(
+            model, bits=bits, block_size=block_size, is_symmetric=False, nodes_to_exclude=skip, op_types_to_quantize=ops
+        )
+        q.process()
+        model = q.model.model
+    onnx.save(model, str(out))
 
 
 def drop_zero_bias_offsets(path: Path) -> None:
@@ -437,6 +485,8 @@ def quantize(
             sources = {"rowwise": _pre_process(workdir / "rowwise.onnx", notes)} | (
                 sources if cfg.embeddings == "auto" else {}
             )
+        if mode == "int4" and gemm_to_matmul(fp32, workdir / "matmul.onnx"):
+            sources = {"onnx": workdir / "matmul.onnx"}  # nn.Linear on 2-D inputs: Gemm, which MatMulNBits skips
         padded = pad_conv_inputs(fp32, workdir / "padded.onnx") if mode == "static" else {}
         if padded:
             sources = {"onnx": workdir / "padded.onnx"}
@@ -491,7 +541,7 @@ def _exclude_sensitive(
     qz: _Quantizer, excluded: list[str], best: Path, value: float
 ) -> tuple[Path, float, list[str], dict[str, float], bool]:
     """Rank nodes by the logit error left when only they stay in float; exclude the best ones in turn."""
-    candidates = [name for name, _ in quantizable_nodes(qz.fp32) if name not in excluded]
+    candidates = [name for name in qz.candidates() if name not in excluded]
     sensitivity = {}
     for name in candidates:
         sensitivity[name] = qz.score(qz.run([*excluded, name]))[1]

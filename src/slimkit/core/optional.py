@@ -35,12 +35,11 @@ def available(module: str) -> bool:
 def quiet() -> Iterator[None]:
     """Silence the warnings and log lines optional engines print while they work (ONNX Runtime's
     quantization tools log every node they touch)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    level = logging.root.manager.disable  # their loggers may set their own levels: disable below ERROR
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        logging.disable(level)

@@ -706,6 +706,7 @@ class Loop:
                 importance=step.importance,
                 protected=list(step.protected),
                 refit=step.refit,
+                calibration_batches=step.calibration_batches,
                 max_ratio=step.max_ratio,
                 round_to=step.round_to,
                 target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,

@@ -108,7 +108,9 @@ class SensitivityPruneConfig(Config):
     The step is resolved into a :class:`slimkit.prune.ChannelPruneConfig` with explicit ``ratios``
     (recorded in the report). ``spread`` bounds each group's ratio to that distance from the uniform
     ratio (None: no bound; see :func:`slimkit.optimize.allocate`). ``refit``: least-squares refits of
-    the layers after pruned ones (see :class:`slimkit.prune.ChannelPruneConfig`), in probes and rounds.
+    the layers after pruned ones (see :class:`slimkit.prune.ChannelPruneConfig`), in probes and rounds,
+    on ``calibration_batches`` training batches (also those of data-driven importances and BatchNorm
+    statistics).
     """
 
     target_macs: float | None = None
@@ -122,11 +124,17 @@ class SensitivityPruneConfig(Config):
     spread: float | None = 0.25
     protected: tuple[str, ...] = ()
     refit: bool = False
+    calibration_batches: int = 4
 
     def channel_config(self, ratios: dict[str, float]) -> ChannelPruneConfig:
         """The :class:`~slimkit.prune.ChannelPruneConfig` removing ``ratios`` (per group) as this step does."""
         return ChannelPruneConfig(
-            ratio=0.0, ratios=ratios, importance=self.importance, protected=list(self.protected), refit=self.refit
+            ratio=0.0,
+            ratios=ratios,
+            importance=self.importance,
+            protected=list(self.protected),
+            refit=self.refit,
+            calibration_batches=self.calibration_batches,
         )
 
     def __post_init__(self) -> None:

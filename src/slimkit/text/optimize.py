@@ -192,6 +192,7 @@ def encoder_recipe(
         allocation=allocation,
         importance=importance,
         refit=True,
+        calibration_batches=32,  # ~1,000 sentences: the refits keep val cosine 0.837 untrained, 0.791 with 4
         probe_ratios=(0.25, 0.5, 0.75),
         round_to=8,
         protected=protected,
