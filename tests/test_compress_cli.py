@@ -61,7 +61,7 @@ def test_compress_errors_are_one_line(cli, ckpt: Path, tmp_path: Path, args: lis
 
 
 def test_quantize_bad_mode(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--mode", "int4", "-o", tmp_path / "q.onnx")
+    code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--mode", "int2", "-o", tmp_path / "q.onnx")
     assert code == 2 and "unknown quantization mode" in err
     code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--embeddings", "int4", "-o", tmp_path / "q.onnx")
     assert code == 2 and "embeddings must be 'auto', 'rowwise' or 'onnx'" in err

@@ -187,7 +187,9 @@ def test_gemm_to_matmul_is_exact(mnist: sk.data.Dataset, tmp_path: Path) -> None
     sk.export(model, tmp_path / "gemm.onnx", mnist.example)
     assert gemm_to_matmul(tmp_path / "gemm.onnx", tmp_path / "mm.onnx") == 2
     graph = onnx.load(str(tmp_path / "mm.onnx")).graph
-    assert "Gemm" not in {n.op_type for n in graph.node} and len(graph.initializer) == 3  # old weights dropped
+    assert (
+        "Gemm" not in {n.op_type for n in graph.node} and len(graph.initializer) == 4
+    )  # old weights dropped (3 + the reshape)
     x = mnist.splits["test"][0][:16]
     want, got = OnnxModel(tmp_path / "gemm.onnx")(x), OnnxModel(tmp_path / "mm.onnx")(x)
     assert torch.allclose(torch.as_tensor(got), torch.as_tensor(want), atol=1e-5)
