@@ -16,7 +16,9 @@ def quantize_command(
     model: ModelPath,
     data: DataName,
     output: Annotated[Path, typer.Option("--output", "-o", help="The int8 .onnx file to write.")],
-    mode: Annotated[str, typer.Option(help="auto, static (QDQ, calibrated), dynamic or int4 (weight-only, block-wise).")] = "auto",
+    mode: Annotated[
+        str, typer.Option(help="auto, static (QDQ, calibrated), dynamic or int4 (weight-only, block-wise).")
+    ] = "auto",
     calibration: Annotated[str, typer.Option(help="minmax, entropy or percentile (static mode).")] = "minmax",
     samples: Annotated[int, typer.Option(help="Training samples used for calibration.")] = 512,
     max_drop: Annotated[

@@ -700,13 +700,9 @@ class Loop:
             }
             if all(s >= 1 for s in shares.values()):
                 continue
-            cfg = ChannelPruneConfig(
-                ratio=0.0,
+            cfg = dataclasses.replace(
+                step.channel_config({}),
                 global_ranking=True,
-                importance=step.importance,
-                protected=list(step.protected),
-                refit=step.refit,
-                calibration_batches=step.calibration_batches,
                 max_ratio=step.max_ratio,
                 round_to=step.round_to,
                 target_macs=min(1.0, shares["macs"]) if "macs" in shares else None,
