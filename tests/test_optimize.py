@@ -15,9 +15,11 @@ import torch
 
 import slimkit as sk
 from slimkit.core.errors import MissingExtraError, SlimkitError
+from slimkit.core.transform import records
 from slimkit.evaluate import count_macs, count_params
 from slimkit.optimize import (
     CostModel,
+    FineTuneConfig,
     Recipe,
     Sensitivity,
     SensitivityPruneConfig,
@@ -418,6 +420,16 @@ def test_cli_runs_a_recipe_file(cli, small_cnn: torch.nn.Module, mini: sk.data.D
     assert "target met on validation" in out and (tmp_path / "run" / "report.html").is_file()
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["recipe"]["steps"][0]["type"] == "SensitivityPruneConfig"
+
+
+def test_global_allocation_prunes_to_the_macs_share(small_cnn: torch.nn.Module, mini: sk.data.Dataset) -> None:
+    step = SensitivityPruneConfig(target_macs=0.5, allocation="global", round_to=4, calibration_batches=2)
+    recipe = Recipe((step, FineTuneConfig(epochs=1)))
+    result = optimize(copy.deepcopy(small_cnn), mini, Target(macs=0.5, max_drop=20), recipe=recipe, quantize=False)
+    assert count_macs(result.model, mini.example) <= 0.5 * count_macs(small_cnn, mini.example)
+    [record] = [r for r in records(result.model) if r.transform == "ChannelPruneConfig"]
+    assert record.config["global_ranking"] and record.config["calibration_batches"] == 2
+    assert record.details["round_to"] == 4
 
 
 # ---- slow: int8, kill + resume, headless Chromium ------------------------------------------------------
