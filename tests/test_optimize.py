@@ -271,10 +271,12 @@ def test_back_off_keeps_the_constraint(small_cnn: torch.nn.Module, mini: sk.data
     assert any("NOT met" in n for n in result.notes)
 
 
-def test_time_budget_stops_the_loop(small_cnn: torch.nn.Module, mini: sk.data.Dataset) -> None:
-    recipe = {"steps": [{"FineTuneConfig": {"epochs": 1}}, {"FineTuneConfig": {"epochs": 1}}]}
+def test_time_budget_stops_training_but_still_finishes(small_cnn: torch.nn.Module, mini: sk.data.Dataset) -> None:
+    """Past the budget, training steps are skipped; the quick steps without training (fold, int8) still run."""
+    recipe = {"steps": [{"FineTuneConfig": {"epochs": 1}}, {"FineTuneConfig": {"epochs": 1}}, {"FoldConfig": {}}]}
     result = optimize(small_cnn, mini, Target(macs=0.9, time_budget=0.01), recipe=recipe, html=False)
-    assert [c.step for c in result.candidates] == ["unchanged"]
+    assert [c.step for c in result.candidates] == ["fold"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in result.model.modules())
 
 
 def test_interrupted_greedy_run_resumes_after_the_last_finished_step(

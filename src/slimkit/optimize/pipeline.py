@@ -26,7 +26,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import batch_of, measure_latencies
 from slimkit.graph.trace import call_model
-from slimkit.optimize.recipe import COMPRESSING, FineTuneConfig, Recipe, SensitivityPruneConfig
+from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, probe_groups, sensitivity_key, uniform
 from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig
@@ -363,10 +363,11 @@ class Loop:
                 self.save_progress(recipe, passno, i, state)
             step = steps[i]
             recovery = steps[i + 1] if i + 1 < len(steps) and isinstance(steps[i + 1], FineTuneConfig) else None
-            if self.out_of_time():
-                self.log(f"time budget reached: stopping before step {i + 1} ({type(step).__name__})")
+            if self.out_of_time() and not isinstance(step, FINISHING):
+                self.log(f"time budget reached: skipping step {i + 1} ({type(step).__name__})")
                 state["stopped"] = "time budget"
-                break
+                i += 1
+                continue
             if isinstance(step, COMPRESSING):
                 ok = self.compress_step(state, step, recovery, passno)
                 if not ok:

@@ -164,6 +164,7 @@ class SensitivityPruneConfig(Config):
 
 COMPRESSING = (ChannelPruneConfig, SensitivityPruneConfig, LowRankConfig)
 STEP_TYPES = (*COMPRESSING, FoldConfig, FineTuneConfig, QuantizeConfig)
+FINISHING = (FoldConfig, QuantizeConfig)  # no training, a minute or so: run even after the time budget
 
 
 @dataclasses.dataclass(frozen=True)
