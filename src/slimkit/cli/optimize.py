@@ -62,7 +62,12 @@ def optimize_command(
         int | None, typer.Option(help="Score at most this many validation batches per check (default: all).")
     ] = None,
     recipe: Annotated[str, typer.Option(help="'auto' or a JSON / YAML recipe file.")] = "auto",
-    time_budget: Annotated[str | None, typer.Option(help="Stop after this long, e.g. 20m, 90s, 1h30m.")] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop training and searching after this long, e.g. 20m, 90s, 1h30m (folding and int8 still run)."
+        ),
+    ] = None,
     quantize: Annotated[
         bool | None, typer.Option("--quantize/--no-quantize", help="int8 ONNX at the end (auto: by target).")
     ] = None,

@@ -47,7 +47,8 @@ class Target:
     - ``max_drop``: how much ``metric`` may degrade on validation, in points for shares (accuracy,
       F1, mean IoU) and in its own units otherwise (RMSE, AUC, cosine); ``min_metrics``: each metric
       at least this good (fractions for shares, e.g. ``{"f1": 0.97}``; ``{"rmse": 0.9}`` is a ceiling).
-    - ``time_budget``: seconds for the whole run (None: no limit).
+    - ``time_budget``: seconds of training and search (None: no limit); once spent, the steps that do
+      not train (BatchNorm folding, int8) still run, then the test split is measured.
     """
 
     macs: float | None = None
