@@ -60,6 +60,18 @@ def test_compress_errors_are_one_line(cli, ckpt: Path, tmp_path: Path, args: lis
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_quantize_int4_block_size(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    import onnx
+
+    out = tmp_path / "m.int4.onnx"
+    code, stdout, err = cli("quantize", ckpt, "-d", "mnist5k", "--mode", "int4", "--block-size", "64", "-o", out)
+    assert code == 0, err
+    nodes = [n for n in onnx.load(out).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and all(a.i == 64 for n in nodes for a in n.attribute if a.name == "block_size")
+    code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--mode", "int4", "--block-size", "24", "-o", tmp_path / "b")
+    assert code == 2 and "block_size must be a power of two" in err and len(err.strip().splitlines()) == 1
+
+
 def test_quantize_bad_mode(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: ANN001
     code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--mode", "int2", "-o", tmp_path / "q.onnx")
     assert code == 2 and "unknown quantization mode" in err

@@ -21,6 +21,9 @@ def quantize_command(
     ] = "auto",
     calibration: Annotated[str, typer.Option(help="minmax, entropy or percentile (static mode).")] = "minmax",
     samples: Annotated[int, typer.Option(help="Training samples used for calibration.")] = 512,
+    block_size: Annotated[
+        int, typer.Option(help="int4 mode: weights per scale (a power of 2 >= 16; smaller is closer, larger smaller).")
+    ] = 32,
     max_drop: Annotated[
         float | None, typer.Option(help="Largest allowed accuracy drop in points on the val split.")
     ] = None,
@@ -50,6 +53,7 @@ def quantize_command(
         mode=mode,
         calibration=calibration,
         calibration_samples=samples,
+        block_size=block_size,
         max_drop=max_drop,
         per_channel=choices[per_channel],
         embeddings=embeddings,
