@@ -399,14 +399,18 @@ def _pre_process(path: Path, notes: list[str]) -> Path:
     q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
     path = path.resolve()
     out = path.with_suffix(".pre.onnx")
-    try:
-        # in the work folder: on graphs it cannot fully infer, ONNX Runtime leaves a debug copy in the cwd
-        with quiet(), contextlib.chdir(path.parent):
-            q.quant_pre_process(path, out)
-    except Exception as exc:  # shape inference fails on some graphs; quantizing still works
-        notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the exported graph as is")
-        return path
-    return out
+    error = None
+    # symbolic shape inference gives up on some dynamic shapes (BERT's min(512, length)): ONNX's own then
+    for skip_symbolic in (False, True):
+        try:
+            # in the work folder: on graphs it cannot fully infer, ONNX Runtime leaves a debug copy in the cwd
+            with quiet(), contextlib.chdir(path.parent):
+                q.quant_pre_process(path, out, skip_symbolic_shape=skip_symbolic)
+            return out
+        except Exception as exc:  # shape inference fails on some graphs; quantizing still works
+            error = exc
+    notes.append(f"quant_pre_process failed ({type(error).__name__}); quantized the exported graph as is")
+    return path
 
 
 def _calibration_inputs(data: Any, task: Task, samples: int) -> torch.Tensor:
