@@ -434,6 +434,16 @@ def test_global_allocation_prunes_to_the_macs_share(small_cnn: torch.nn.Module, 
     assert record.details["round_to"] == 4
 
 
+def test_prune_rounds_spread_the_cut(small_cnn: torch.nn.Module, mini: sk.data.Dataset) -> None:
+    """Rounds to whole channel blocks still step down the MACs evenly: no round keeps the narrow
+    groups whole and leaves the last one to cut them in half."""
+    step = SensitivityPruneConfig(target_macs=0.3, rounds=4, round_to=4, calibration_batches=1, probe_ratios=(0.5, 0.8))
+    recipe = Recipe((step, FineTuneConfig(epochs=1, steps_per_epoch=2)))
+    result = optimize(copy.deepcopy(small_cnn), mini, Target(macs=0.3, max_drop=100), recipe=recipe, quantize=False)
+    macs = [c.costs["macs"] for c in result.candidates if c.step.startswith("prune round")]
+    assert len(macs) == 4 and all(0.55 < b / a < 0.95 for a, b in zip(macs, macs[1:], strict=False))
+
+
 # ---- slow: int8, kill + resume, headless Chromium ------------------------------------------------------
 
 

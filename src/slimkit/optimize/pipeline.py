@@ -532,7 +532,8 @@ class Loop:
         passno: int,
     ) -> bool:
         """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
-        each with a milder fallback."""
+        each with a milder fallback. Intermediate widths round to the nearest block: rounding up kept
+        narrow groups (32 -> 16 in blocks of 8) whole until the last round, which then cut half the MACs."""
         rounds, done_rounds, extra = step.rounds, 0, 1
         while True:
             current = dict(self.be.cost_model(state["model"], step.protected).groups)
@@ -545,7 +546,12 @@ class Loop:
             round_w = {
                 p: max(
                     final_w[p],
-                    _round_width(start_w[p], round(start_w[p] * (final_w[p] / start_w[p]) ** frac), self.round_to_used),
+                    _round_width(
+                        start_w[p],
+                        round(start_w[p] * (final_w[p] / start_w[p]) ** frac),
+                        self.round_to_used,
+                        nearest=True,
+                    ),
                 )
                 for p in final_w
             }
@@ -558,8 +564,8 @@ class Loop:
                     continue
                 cfg = step.channel_config(ratios)
                 variants.append((desc, cfg, lambda m, c=cfg: self.be.prune(m, c)))
-            if not variants:
-                return True
+            if not variants:  # this round's widths round to the current ones: the next round
+                continue
             if not self._attempt(state, label, variants, recovery, passno):
                 return False
 
