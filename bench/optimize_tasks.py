@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,13 +76,23 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def run(name: str) -> dict[str, Any]:
+def original(name: str, data: Any, cache: Path | None) -> tuple[torch.nn.Module, float]:
+    """The case's trained original and the seconds its training took (0: loaded from ``cache``)."""
+    folder = cache / name if cache is not None else None
+    if folder is not None and folder.is_dir():
+        return sk.load(folder), 0.0
+    start = time.perf_counter()
+    model = CASES[name]["build"](data)
+    if folder is not None:
+        sk.save(model, folder, example=data.example)
+    return model, time.perf_counter() - start
+
+
+def run(name: str, cache: Path | None = None) -> dict[str, Any]:
     case = CASES[name]
     torch.set_num_threads(2)
     data = sk.data.load(case["data"])
-    start = time.perf_counter()
-    model = case["build"](data)
-    trained = time.perf_counter() - start
+    model, trained = original(name, data, cache)
     result = optimize(model, data, case["target"], quantize=False, log=print, **case["options"])
     m = result.target.metric
     row = {
@@ -104,8 +115,11 @@ def run(name: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument(
+        "--cache", type=Path, help="keep each trained original here and reuse it (delete it after changing a case)"
+    )
     args = parser.parse_args()
-    rows = [run(name) for name in args.only.split(",")]
+    rows = [run(name, args.cache) for name in args.only.split(",")]
     for row in rows:
         print(" | ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
 
