@@ -222,7 +222,10 @@ def test_distillation_moves_student_towards_teacher(st_model, tokenizer: BertTok
     text.prune_(st_model, calib, heads=0.5, ffn=0.75, refit=False)
     ref = text.TorchEncoder(teacher, tokenizer)
     before = fidelity(ref, text.TorchEncoder(st_model, tokenizer), SENTENCES)["cosine_mean"]
-    hist = text.distil_(st_model, teacher, SENTENCES, tokenizer, epochs=8, batch_size=16, lr=3e-3)
+    wrapped = text.PooledEncoder.of(teacher)  # the loop's wrapper works as well, and stays as it was
+    normalize = wrapped.normalize
+    hist = text.distil_(st_model, wrapped, SENTENCES, tokenizer, epochs=8, batch_size=16, lr=3e-3)
+    assert wrapped.normalize == normalize
     after = fidelity(ref, text.TorchEncoder(st_model, tokenizer), SENTENCES)["cosine_mean"]
     assert hist["steps"] == 8 * 6 and after > before
     with pytest.raises(SlimkitError):

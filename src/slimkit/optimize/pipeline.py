@@ -532,8 +532,7 @@ class Loop:
         passno: int,
     ) -> bool:
         """Prune from ``start_w`` to ``final_w`` in ``step.rounds`` geometric rounds (one extra allowed),
-        each with a milder fallback. Intermediate widths round to the nearest block: rounding up kept
-        narrow groups (32 -> 16 in blocks of 8) whole until the last round, which then cut half the MACs."""
+        each with a milder fallback."""
         rounds, done_rounds, extra = step.rounds, 0, 1
         while True:
             current = dict(self.be.cost_model(state["model"], step.protected).groups)
@@ -543,18 +542,7 @@ class Loop:
             if done_rounds > rounds + extra:
                 return False
             frac = min(1.0, done_rounds / rounds)
-            round_w = {
-                p: max(
-                    final_w[p],
-                    _round_width(
-                        start_w[p],
-                        round(start_w[p] * (final_w[p] / start_w[p]) ** frac),
-                        self.round_to_used,
-                        nearest=True,
-                    ),
-                )
-                for p in final_w
-            }
+            round_w = _round_widths(start_w, final_w, frac, self.round_to_used)
             mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
             label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
             variants = []
@@ -752,6 +740,18 @@ def _block(round_to: int | str) -> int:
     except ImportError:  # pragma: no cover (older trees)
         return 8
     return simd_channels()
+
+
+def _round_widths(start_w: dict[str, int], final_w: dict[str, int], frac: float, round_to: int | str) -> dict[str, int]:
+    """The widths ``frac`` of the way from ``start_w`` to ``final_w`` (geometric), each rounded to the
+    nearest block of ``round_to`` (rounding up kept narrow groups, 32 -> 16 in blocks of 8, whole until
+    the last round, which then cut half the MACs); exactly ``final_w`` at ``frac`` 1."""
+    if frac >= 1:
+        return dict(final_w)
+    return {
+        p: max(w, _round_width(start_w[p], round(start_w[p] * (w / start_w[p]) ** frac), round_to, nearest=True))
+        for p, w in final_w.items()
+    }
 
 
 def _round_width(n: int, keep: int, round_to: int | str, *, nearest: bool = False) -> int:

@@ -55,7 +55,10 @@ class PooledEncoder(nn.Module):
 
     @classmethod
     def of(cls, model: nn.Module) -> PooledEncoder:
-        """Wrap a ``SentenceTransformer`` (Transformer, mean Pooling, optional Normalize) or an HF encoder."""
+        """Wrap a ``SentenceTransformer`` (Transformer, mean Pooling, optional Normalize), an HF encoder
+        or another :class:`PooledEncoder` (a new wrapper around the same encoder)."""
+        if isinstance(model, PooledEncoder):
+            return cls(model.encoder, normalize=model.normalize)
         if hasattr(model, "tokenizer") and hasattr(model, "__getitem__"):
             kinds = [type(m).__name__ for m in model]
             pooling = getattr(model[1], "pooling_mode", None) if len(kinds) > 1 else None
