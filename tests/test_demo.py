@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import slimkit as sk
+from slimkit.io.onnx import RUNTIME_NAMES, runtimes
 from slimkit.workflows import demo
 
 
@@ -27,6 +28,17 @@ def test_demo_trains_to_97_percent_and_exports(tmp_path: Path) -> None:
     assert optimized.after.metrics["accuracy"] >= report.metrics["accuracy"] - 0.005
     assert (out / "optimized" / "report.html").is_file()
     assert optimized.speed["deployed"] == "int8 ONNX" and optimized.speed["original_fp32_onnx_ms"] > 0
+    # every runtime found times the original and both optimized files; the report names the fastest
+    speed = optimized.speed
+    assert set(speed["runtimes"]) == set(runtimes())
+    for row in speed["runtimes"].values():
+        assert set(row) == {"original", "fp32 ONNX", "int8 ONNX"} and all(ms and ms > 0 for ms in row.values())
+    best = speed["best"]
+    assert best["ms"] == min(ms for row in speed["runtimes"].values() for k, ms in row.items() if k != "original")
+    assert (
+        f"Fastest: the {best['file']} on {RUNTIME_NAMES[best['runtime']]}"
+        in (out / "optimized" / "report.html").read_text()
+    )
     saved = json.loads((out / "report.json").read_text())
     assert saved["report"]["metrics"] == report.metrics
     # the checkpoint reproduces the reported accuracy

@@ -33,6 +33,13 @@ TrustPickle = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        help="onnxruntime or openvino (pip install 'slimkit[openvino]'): the runtime latency is measured on; "
+        "'slimkit env' lists those installed."
+    ),
+]
 DataName = Annotated[
     str,
     typer.Option(

@@ -8,7 +8,18 @@ import platform
 from slimkit.cli import app
 from slimkit.cli.common import console
 
-PACKAGES = ("torch", "numpy", "safetensors", "scikit-learn", "onnx", "onnxruntime", "onnxscript", "keras", "optuna")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "safetensors",
+    "scikit-learn",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "openvino",
+    "keras",
+    "optuna",
+)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimddp")
 
 
@@ -19,6 +30,7 @@ def environment() -> dict[str, object]:
     import slimkit
     from slimkit import data, zoo
     from slimkit.core.hardware import cpu_flags, simd_channels
+    from slimkit.io.onnx import RUNTIME_NAMES, runtimes
 
     versions = {}
     for name in PACKAGES:
@@ -32,6 +44,7 @@ def environment() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         **versions,
+        "runtimes (--runtime)": ", ".join(runtimes()) or f"none: install one of {', '.join(RUNTIME_NAMES)}",
         "torch threads": torch.get_num_threads(),
         "torch cpu capability": torch.backends.cpu.get_cpu_capability(),
         "cpu flags": " ".join(flags) or "unknown",

@@ -13,6 +13,7 @@ from slimkit.cli.common import (
     Factory,
     Force,
     ModelPath,
+    Runtime,
     TrustPickle,
     console,
     is_encoder_folder,
@@ -89,6 +90,7 @@ def optimize_command(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the run folder.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for fine-tuning and search.")] = 0,
+    runtime: Runtime = "onnxruntime",
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -101,7 +103,12 @@ def optimize_command(
     from slimkit.optimize.target import parse_min_metrics, parse_target
 
     tgt = parse_target(
-        target, max_drop=max_drop, min_metrics=parse_min_metrics(min_metric), metric=metric, time_budget=time_budget
+        target,
+        max_drop=max_drop,
+        min_metrics=parse_min_metrics(min_metric),
+        metric=metric,
+        time_budget=time_budget,
+        runtime=runtime,
     )
     if is_keras(model):
         return _optimize_keras(

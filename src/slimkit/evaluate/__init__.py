@@ -78,6 +78,7 @@ def evaluate(
     batch_sizes: tuple[int, ...] = (1, 64),
     latency_runs: int = 30,
     onnx: bool | None = None,
+    runtime: str = "onnxruntime",
     metrics: dict[str, float] | None = None,
     example_inputs: Any = None,
 ) -> Report:
@@ -87,14 +88,15 @@ def evaluate(
     used) or any iterable of batches (a DataLoader). ``task`` (default: the data's, else
     classification) reads the batches and gives the metrics; ``max_batches`` bounds the batches
     scored. Latency is the median of ``latency_runs`` timed calls after warm-up, per batch size, in
-    torch eager mode; ``onnx=True`` also measures ONNX Runtime on an exported copy (default: when the
-    ``onnx`` extra is installed and the model takes one tensor).
+    torch eager mode; ``onnx=True`` also measures ``runtime`` (``"onnxruntime"`` or ``"openvino"``)
+    on an exported copy (default: when the ``onnx`` extra is installed and the model takes one
+    tensor). An :class:`~slimkit.io.OnnxModel` is timed on the runtime it was opened with.
 
     ``metrics`` measured elsewhere (the user's own evaluation) replace the scoring: then ``data`` may
     be None and ``example_inputs`` (a batch of model inputs) times and counts the model.
     """
     from slimkit.data import as_loader
-    from slimkit.io.onnx import OnnxModel
+    from slimkit.io.onnx import OnnxModel, check_runtime
 
     task = data_task(data, task)
     data_name = getattr(data, "name", "data" if metrics is None else "the user's evaluate")
@@ -109,6 +111,8 @@ def evaluate(
         except StopIteration:
             raise SlimkitError(f"cannot evaluate: the {split} data is empty") from None
     example = example_inputs
+    if runtime != "onnxruntime":  # the default is optional (measured when installed); another must be there
+        check_runtime(runtime)
     is_module = isinstance(model, nn.Module)
     if is_module:
         check_input(model, example)
@@ -128,12 +132,12 @@ def evaluate(
         if latency:
             times = torch_latency(model, example, batch_sizes, runs=latency_runs)
             single = isinstance(example, torch.Tensor)
-            if onnx or (onnx is None and single and available("onnxruntime") and available("onnxscript")):
-                times |= _onnx_latency(model, example, batch_sizes, latency_runs)
+            if onnx or (onnx is None and single and available(runtime) and available("onnxscript")):
+                times |= _onnx_latency(model, example, batch_sizes, latency_runs, runtime)
     else:
         params, macs, size = model.params, None, model.bytes
         if latency:
-            times = _ort_times(model, example, batch_sizes, latency_runs)
+            times = _runtime_times(model, example, batch_sizes, latency_runs)
     return Report(
         model=model_name(model),
         data=data_name,
@@ -151,16 +155,19 @@ def evaluate(
     )
 
 
-def _ort_times(model: Any, example: Any, batch_sizes: tuple[int, ...], runs: int) -> dict[str, float]:
+def _runtime_times(model: Any, example: Any, batch_sizes: tuple[int, ...], runs: int) -> dict[str, float]:
+    """``{"<runtime>/b<batch>": ms}`` of an :class:`~slimkit.io.OnnxModel`."""
     out = {}
     for b in batch_sizes:
         x = batch_of(example, b)
-        out[f"onnxruntime/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
+        out[f"{model.runtime}/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
     return out
 
 
-def _onnx_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...], runs: int) -> dict[str, float]:
-    """ONNX Runtime latency of a temporary export of ``model``."""
+def _onnx_latency(
+    model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...], runs: int, runtime: str
+) -> dict[str, float]:
+    """``runtime``'s latency of a temporary ONNX export of ``model``."""
     import tempfile
     from pathlib import Path
 
@@ -169,4 +176,4 @@ def _onnx_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[in
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, example)
-        return _ort_times(OnnxModel(path), example, batch_sizes, runs)
+        return _runtime_times(OnnxModel(path, runtime=runtime), example, batch_sizes, runs)

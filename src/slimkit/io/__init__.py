@@ -23,7 +23,10 @@ from slimkit.io.pretrained import save_pretrained
 from slimkit.io.pt2 import load_program
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
-ACCEPTED = "a checkpoint folder, .safetensors (with factory=), .pt2, .onnx, or a pickle (.pt/.pth, trust_pickle=True)"
+ACCEPTED = (
+    "a checkpoint folder, .safetensors (with factory=), .pt2, .onnx, an OpenVINO .xml, "
+    "or a pickle (.pt/.pth, trust_pickle=True)"
+)
 
 __all__ = ["OnnxModel", "export", "load", "onnx_agreement", "save", "save_pretrained"]
 
@@ -56,7 +59,8 @@ def load(
     - ``.safetensors``: weights for ``factory`` (``"package.module:function"``, called with ``kwargs``);
     - ``.pt2``: a ``torch.export`` program (returned as a module that evaluates and exports); an
       archive that would unpickle (or load compiled code) is refused unless ``trust_pickle=True``;
-    - ``.onnx``: an :class:`OnnxModel` run by ONNX Runtime (for evaluation);
+    - ``.onnx``: an :class:`OnnxModel` run by ONNX Runtime (for evaluation); ``.xml``: an OpenVINO IR,
+      an :class:`OnnxModel` run by OpenVINO;
     - ``.pt``/``.pth``/...: a ``torch.save`` pickle, refused unless ``trust_pickle=True`` (then
       ``weights_only=True`` is tried first).
     """
@@ -76,6 +80,8 @@ def load(
         return load_program(path, trust_pickle=trust_pickle)
     if suffix == ".onnx":
         return OnnxModel(path)
+    if suffix == ".xml":
+        return OnnxModel(path, runtime="openvino")
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, factory=factory, kwargs=kwargs or {}, trust=trust_pickle)
     raise ModelFileError(f"cannot load {path}: unknown file type {suffix!r}; accepted: {ACCEPTED}")

@@ -1,4 +1,4 @@
-"""ONNX export (PyTorch's exporter) and an ONNX Runtime model that slimkit can evaluate."""
+"""ONNX export (PyTorch's exporter) and ONNX models run by ONNX Runtime or OpenVINO, which slimkit can evaluate."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from slimkit.core.errors import ModelFileError, ShapeError, SlimkitError, first_line
 from slimkit.core.model import eval_mode
-from slimkit.core.optional import require
+from slimkit.core.optional import available, require
 from slimkit.io.transposes import drop_transposes
 
 
@@ -116,32 +116,127 @@ def _strip(model: Any, rename: bool = False) -> None:
             node.output[:] = [short(n) for n in node.output]
 
 
-class OnnxModel:
-    """An ONNX file run by ONNX Runtime; callable on a torch batch like a module.
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+RUNTIMES = tuple(RUNTIME_NAMES)  # the runtimes slimkit runs and times ONNX files on
 
-    Example: ``OnnxModel("model.onnx")(torch.zeros(1, 1, 28, 28))`` gives the logits.
+
+def runtimes() -> list[str]:
+    """The runtimes installed here (of :data:`RUNTIMES`), without importing them."""
+    return [r for r in RUNTIMES if available(r)]
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is known and installed, else a one-line error saying what to do."""
+    if runtime not in RUNTIMES:
+        raise SlimkitError(f"unknown runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+    require(runtime, extra="onnx" if runtime == "onnxruntime" else "openvino")
+    return runtime
+
+
+class _Input:
+    def __init__(self, name: str, shape: list[int | str]) -> None:
+        self.name, self.shape = name, shape
+
+
+class OpenVinoSession:
+    """An OpenVINO model compiled for the CPU behind ONNX Runtime's session interface (``run``,
+    ``get_inputs``), so that everything that runs an ONNX file runs it on either runtime.
+
+    OpenVINO reads ONNX files and its own IR (``.xml`` + ``.bin``). It computes in fp32 here: on CPUs
+    with bfloat16 units its default is bf16, which changes the model's outputs (~1e-3 on the demo CNN);
+    ``precision="bf16"`` asks for that.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int, precision: str = "f32") -> None:
+        ov = require("openvino", extra="openvino")
+        core = ov.Core()
+        with self._reason():
+            self.model = core.read_model(str(path))
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+            self.compiled = core.compile_model(self.model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _reason() -> Iterator[None]:
+        """OpenVINO's errors as their last line (the cause: "No conversion rule found for operations:
+        com.example.Foo"), not the first (the C++ source file that raised)."""
+        try:
+            yield
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            lines = [line.strip().removeprefix("-- ") for line in str(exc).splitlines() if line.strip()]
+            raise RuntimeError(lines[-1] if lines else type(exc).__name__) from None
+
+    def get_inputs(self) -> list[_Input]:
+        return [
+            _Input(i.any_name, [d.get_length() if d.is_static else "?" for d in i.get_partial_shape()])
+            for i in self.model.inputs
+        ]
+
+    def run(self, output_names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._reason():
+            out = self.request.infer(feeds)
+        return [np.asarray(out[o]) for o in self.compiled.outputs]
+
+    def params(self) -> int:
+        """Weights in the graph's float constants (what ``OnnxModel.params`` counts in an ONNX file)."""
+        return sum(
+            int(np.prod(list(op.get_output_shape(0))))
+            for op in self.model.get_ops()
+            if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_real()
+        )
+
+
+def open_session(path: Path, runtime: str = "onnxruntime", threads: int | None = None) -> Any:
+    """A session running the ONNX file (or OpenVINO IR) at ``path`` on ``runtime`` on the CPU; a
+    file the runtime cannot load or run is a one-line :class:`ModelFileError` naming the cause."""
+    check_runtime(runtime)
+    threads = threads or torch.get_num_threads()
+    if path.suffix.lower() == ".xml" and runtime != "openvino":
+        raise ModelFileError(f"{path} is an OpenVINO IR: run it with runtime openvino")
+    try:
+        if runtime == "openvino":
+            return OpenVinoSession(path, threads)
         ort = require("onnxruntime", extra="onnx")
-        onnx = require("onnx", extra="onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # each runtime raises its own exception types
+        raise ModelFileError(f"{path} cannot run on {runtime}: {first_line(exc)}") from None
+
+
+class OnnxModel:
+    """An ONNX file (or an OpenVINO IR ``.xml``) run by ONNX Runtime or OpenVINO; callable on a torch
+    batch like a module.
+
+    Example: ``OnnxModel("model.onnx")(torch.zeros(1, 1, 28, 28))`` gives the logits;
+    ``OnnxModel("model.onnx", runtime="openvino")`` runs the same file on OpenVINO.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, runtime: str = "onnxruntime") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"no such ONNX file: {self.path}")
-        try:
-            proto = onnx.load(str(self.path))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or torch.get_num_threads()
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnx / onnxruntime raise their own exception types
-            raise ModelFileError(f"{self.path} is not a loadable ONNX model ({first_line(exc)})") from None
+        self.runtime = runtime
+        self.bytes = self.path.stat().st_size
+        if self.path.suffix.lower() == ".xml":  # OpenVINO IR: the weights are in the .bin beside it
+            self.session = open_session(self.path, runtime, threads)
+            self.params = self.session.params()
+            weights = self.path.with_suffix(".bin")
+            self.bytes += weights.stat().st_size if weights.is_file() else 0
+        else:
+            onnx = require("onnx", extra="onnx")
+            try:
+                proto = onnx.load(str(self.path))
+            except Exception as exc:  # onnx raises its own exception types
+                raise ModelFileError(f"{self.path} is not a loadable ONNX model ({first_line(exc)})") from None
+            self.session = open_session(self.path, runtime, threads)
+            index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes and axes, not weights
+            self.params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type not in index_types)
         self.name = self.path.stem
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_name = self.input_names[0]
         self.input_shape = list(self.session.get_inputs()[0].shape)  # ints, or names for dynamic dims
-        index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes and axes, not weights
-        self.params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type not in index_types)
-        self.bytes = self.path.stat().st_size
 
     def __call__(self, x: torch.Tensor | None = None, *more: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
         """The (first) output for one input tensor, for several (positional: the graph's input order)
@@ -158,7 +253,7 @@ class OnnxModel:
             raise ShapeError(f"{self.name} expects inputs of shape ({want}), got {got}")
         try:
             out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
-        except Exception as exc:  # ONNX Runtime raises its own types (wrong dtype, a dimension it cannot take)
+        except Exception as exc:  # the runtimes raise their own types (wrong dtype, a dimension it cannot take)
             raise ShapeError(f"{self.name} cannot run on inputs of {got}: {first_line(exc)}") from None
         return torch.from_numpy(out)
 
@@ -171,7 +266,7 @@ class OnnxModel:
             )
         try:
             out = self.session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})[0]
-        except Exception as exc:  # ONNX Runtime raises its own types
+        except Exception as exc:  # the runtimes raise their own types
             raise ShapeError(f"{self.name} cannot run on these inputs: {first_line(exc)}") from None
         return torch.from_numpy(out)
 

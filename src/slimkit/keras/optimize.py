@@ -164,16 +164,16 @@ class KerasBackend:
         fp32 = self.export_onnx(model, path.with_name(path.name.replace(".int8.onnx", ".fp32.onnx")))
         return quantize(fp32, self.data, cfg, path, force=True)
 
-    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report:
-        """Quality and ONNX Runtime latency on ``split`` of an ONNX runner, or of a Keras model's fp32 ONNX
-        export (its params and MACs counted on the Keras model)."""
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report:
+        """Quality and latency on ``runtime`` on ``split`` of an ONNX runner, or of a Keras model's fp32
+        ONNX export (its params and MACs counted on the Keras model)."""
         from slimkit.evaluate import evaluate
         from slimkit.io.onnx import OnnxModel
 
         if not hasattr(model, "predict"):
             return evaluate(model, self.data, split=split, batch_sizes=batch_sizes)
         with tempfile.TemporaryDirectory(prefix="slimkit-keras-") as tmp:
-            runner = OnnxModel(self.export_onnx(model, Path(tmp) / "model.onnx"))
+            runner = OnnxModel(self.export_onnx(model, Path(tmp) / "model.onnx"), runtime=runtime)
             report = evaluate(runner, self.data, split=split, batch_sizes=batch_sizes)
         report.model = f"{model.name} (Keras, fp32 ONNX)"
         report.params, report.macs = count_params(model), count_macs(model)

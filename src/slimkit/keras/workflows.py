@@ -48,8 +48,9 @@ def evaluate(
     latency: bool = True,
     batch_sizes: tuple[int, ...] = (1, 64),
     latency_runs: int = 30,
+    runtime: str = "onnxruntime",
 ) -> Report:
-    """:func:`slimkit.evaluate` of a Keras model: quality and ONNX Runtime latency of its fp32 ONNX
+    """:func:`slimkit.evaluate` of a Keras model: quality and latency on ``runtime`` of its fp32 ONNX
     export on ``split`` (data laid out for the model); params and MACs of the Keras model."""
     from slimkit.evaluate import evaluate as evaluate_onnx
     from slimkit.io.onnx import OnnxModel
@@ -59,7 +60,12 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="slimkit-keras-") as tmp:
         path = export_onnx(model, Path(tmp) / f"{model.name}.onnx")
         report = evaluate_onnx(
-            OnnxModel(path), ds, split=split, latency=latency, batch_sizes=batch_sizes, latency_runs=latency_runs
+            OnnxModel(path, runtime=runtime),
+            ds,
+            split=split,
+            latency=latency,
+            batch_sizes=batch_sizes,
+            latency_runs=latency_runs,
         )
     report.model = f"{model.name} (Keras, fp32 ONNX)"
     report.params, report.macs = count_params(model), count_macs(model)

@@ -53,7 +53,7 @@ class Backend(Protocol):
     ) -> None: ...
     def export_onnx(self, model: Any, path: Path) -> Path: ...
     def quantize(self, model: Any, cfg: Config, path: Path) -> Any: ...
-    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report: ...
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report: ...
     def save(self, model: Any, folder: Path, extra_files: dict[str, str] | None = None) -> None: ...
     def load(self, folder: Path) -> Any: ...
     def save_outputs(self, model: Any, folder: Path) -> tuple[dict[str, str], list[str]]: ...
@@ -249,14 +249,23 @@ class TorchBackend:
             cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
         return quantize(model, self.data, cfg, path, force=True, task=self.task)
 
-    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...]) -> Report:
-        """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs)."""
+    def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report:
+        """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs,
+        latency on ``runtime``)."""
         from slimkit.evaluate import evaluate
 
         if self.user.evaluate is None:
-            return evaluate(model, self.data, task=self.task, split=split, batch_sizes=batch_sizes)
+            return evaluate(model, self.data, task=self.task, split=split, batch_sizes=batch_sizes, runtime=runtime)
         metrics = self.scores(model, split)
-        return evaluate(model, None, metrics=metrics, example_inputs=self.example, split=split, batch_sizes=batch_sizes)
+        return evaluate(
+            model,
+            None,
+            metrics=metrics,
+            example_inputs=self.example,
+            split=split,
+            batch_sizes=batch_sizes,
+            runtime=runtime,
+        )
 
     def save(self, model: nn.Module, folder: Path, extra_files: dict[str, str] | None = None) -> None:
         from slimkit.io import save

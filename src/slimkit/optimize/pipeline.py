@@ -81,17 +81,16 @@ def pareto_front(
     return front
 
 
-def ort_latency(
-    path: Path, example: Any, batch: int, runs: int = 20, reference: Path | None = None
-) -> tuple[float, float | None]:
-    """Median ONNX Runtime latency (ms) of ``path`` on ``batch`` rows, and of ``reference`` timed in
-    alternation with it (the ratio of the two stays fair when other processes load the CPU)."""
+def onnx_latency(
+    paths: list[Path], example: Any, batch: int, runs: int = 20, runtime: str = "onnxruntime"
+) -> list[float]:
+    """Median latencies (ms) of the ONNX files ``paths`` on ``runtime`` on ``batch`` rows, timed in
+    alternation (their ratios stay fair when other processes load the CPU)."""
     from slimkit.io.onnx import OnnxModel
 
     x = batch_of(example, batch)
-    runners = [OnnxModel(path)] + ([OnnxModel(reference)] if reference is not None else [])
-    meds = measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=3, runs=runs)
-    return meds[0], (meds[1] if reference is not None else None)
+    runners = [OnnxModel(p, runtime=runtime) for p in paths]
+    return measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=3, runs=runs)
 
 
 def fit_widths(
@@ -240,7 +239,9 @@ class Loop:
         costs = self.be.costs(self.original)
         if "latency" in self.target.costs():
             self.reference_onnx = self.be.export_onnx(self.original, self.workdir / "original.onnx")
-            costs["latency"] = ort_latency(self.reference_onnx, self.example, self.target.latency_batch, runs=40)[0]
+            costs["latency"] = onnx_latency(
+                [self.reference_onnx], self.example, self.target.latency_batch, runs=40, runtime=self.target.runtime
+            )[0]
         return {"metrics": metrics, "loss": loss, "costs": costs}
 
     def val_metrics(self, model: Any) -> tuple[dict[str, float], float]:
@@ -269,7 +270,9 @@ class Loop:
         if "latency" in self.limits:
             path = onnx or self.be.export_onnx(model, self.scratch(".onnx"))
             costs["latency"] = self.paired(
-                *ort_latency(path, self.example, self.target.latency_batch, reference=self.reference_onnx)
+                *onnx_latency(
+                    [path, self.reference_onnx], self.example, self.target.latency_batch, runtime=self.target.runtime
+                )
             )
             if onnx is None:
                 path.unlink()

@@ -20,6 +20,7 @@ from torch import nn
 from slimkit.core.errors import OutputExistsError, SlimkitError
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
 from slimkit.evaluate import Report, compare, data_task
+from slimkit.io.onnx import RUNTIME_NAMES, OnnxModel, check_runtime, runtimes
 from slimkit.optimize.backend import Backend, TorchBackend, UserLoop
 from slimkit.optimize.pipeline import Candidate, Log, Loop, copy_file, pareto_front, tighten
 from slimkit.optimize.recipe import Recipe, auto_recipe
@@ -143,13 +144,32 @@ class OptimizeResult:
             f"{len(self.candidates)} candidates in {format_duration(self.seconds)}",
         ]
         if self.speed:
-            sp = self.speed
-            lines.append(
-                f"{sp['deployed']} vs the fp32 ONNX original: file {sp['smaller']:.1f}x smaller, ONNX Runtime "
-                f"batch {sp['batch']} throughput {sp['speedup']:.2f}x (timed in alternation)"
-            )
+            lines += speed_lines(self.speed)
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def speed_lines(speed: dict[str, Any]) -> list[str]:
+    """The paired latency figures of an :class:`OptimizeResult` (its ``speed``) as sentences."""
+
+    def times(row: dict[str, float | None]) -> str:
+        return ", ".join(
+            f"{name} {ms:.2f} ms ({row['original'] / ms:.2f}x)" if ms else f"{name} cannot run"
+            for name, ms in row.items()
+            if name != "original"
+        )
+
+    best = speed["best"]
+    return [
+        f"{speed['deployed']} vs the fp32 ONNX original: file {speed['smaller']:.1f}x smaller",
+        *(
+            f"{RUNTIME_NAMES[rt]}, batch {speed['batch']}: original {row['original']:.2f} ms, {times(row)} "
+            "(timed in alternation)"
+            for rt, row in speed["runtimes"].items()
+        ),
+        f"fastest: the {best['file']} on {RUNTIME_NAMES[best['runtime']]}, {best['ms']:.2f} ms, "
+        f"{best['speedup']:.2f}x the original's throughput on the same runtime",
+    ]
 
 
 RUN_FILE = "run.json"  # what a run folder was made from: --resume continues only the same run
@@ -425,6 +445,8 @@ def run_optimize(
 ) -> OptimizeResult:
     """The framework-neutral body of ``optimize``: the run folder, the loop (or the search), the result.
     ``auto`` holds the :func:`auto_recipe` settings used when ``recipe`` is ``"auto"``."""
+    if target.runtime != "onnxruntime":  # the default is optional (timed when installed); another must be there
+        check_runtime(target.runtime)
     if recipe is None or recipe == "auto":
         auto_recipe(target, dict.fromkeys(("macs", "params", "bytes", "latency"), 1.0), **auto)  # checks them now
         recipe_setting: Any = {"auto": auto}
@@ -586,20 +608,19 @@ def _finish(
     log: Log,
 ) -> OptimizeResult:
     """Test-split measurement (once, at the end) of the original and the chosen model."""
-    from slimkit.io.onnx import OnnxModel
 
     be, target = loop.be, loop.target
     batches = tuple(sorted({1, target.latency_batch, 64}))
     log("measuring on the test split (once): original, then the optimized model")
-    before = be.report(loop.original, "test", batches)
+    before = be.report(loop.original, "test", batches, runtime=target.runtime)
     model = state["model"]
     int8 = state.get("onnx")
     if int8 is not None:
-        after = be.report(OnnxModel(int8), "test", batches)
+        after = be.report(OnnxModel(int8, runtime=target.runtime), "test", batches)
         after.model = f"{after.model} (int8 ONNX)"
         after.macs = be.costs(model)["macs"]
     else:
-        after = be.report(model, "test", batches)
+        after = be.report(model, "test", batches, runtime=target.runtime)
     front = pareto_front(loop.candidates, target.metric, "macs", target.higher_is_better)
     for c in loop.candidates:
         c.pareto = c.id in front
@@ -630,25 +651,49 @@ def _finish(
 
 
 def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict[str, Any] | None:
-    """ONNX Runtime latency of the fp32 ONNX original and of the deployed model, timed in alternation
-    (a fair ratio on a busy machine); None without the ``onnx`` extra."""
+    """Latency at ``batch`` rows of the fp32 ONNX original and of the optimized model (its fp32 ONNX,
+    and its int8 file when there is one) on every runtime installed, each timed in alternation with
+    the original on the same runtime (a fair ratio on a busy machine). The figures of the target's
+    runtime lead; ``best`` names the fastest runtime and file. None without the ``onnx`` extra."""
+    from slimkit.core.errors import ModelFileError
     from slimkit.core.optional import available
-    from slimkit.optimize.pipeline import ort_latency
+    from slimkit.optimize.pipeline import onnx_latency
 
-    if not (available("onnxruntime") and available("onnxscript")):
+    found = runtimes()
+    if not (available("onnxscript") and loop.target.runtime in found):
         return None
     reference = loop.reference_onnx
     if reference is None or not reference.exists():
         reference = loop.be.export_onnx(loop.original, loop.workdir / "original.onnx")
-    deployed = int8 or loop.be.export_onnx(model, loop.workdir / "final.onnx")
-    ms, ref_ms = ort_latency(deployed, loop.example, batch, runs=30, reference=reference)
+    files = {"fp32 ONNX": loop.be.export_onnx(model, loop.workdir / "final.onnx")}
+    if int8 is not None:
+        files["int8 ONNX"] = int8
+    table: dict[str, dict[str, float | None]] = {}
+    for runtime in [loop.target.runtime] + [r for r in found if r != loop.target.runtime]:
+        runnable = dict(files)
+        try:  # a runtime may lack an operator of the int8 file (ONNX Runtime's contrib ops)
+            OnnxModel(files.get("int8 ONNX", reference), runtime=runtime)
+        except ModelFileError:
+            runnable.pop("int8 ONNX")
+        ms = onnx_latency([reference, *runnable.values()], loop.example, batch, runs=30, runtime=runtime)
+        timed = dict(zip(runnable, ms[1:], strict=True))
+        table[runtime] = {"original": ms[0]} | {name: timed.get(name) for name in files}
+    deployed = "int8 ONNX" if int8 is not None else "fp32 ONNX"
+    ms, ref_ms = table[loop.target.runtime][deployed], table[loop.target.runtime]["original"]
+    best = min(
+        ((rt, name, t) for rt, row in table.items() for name, t in row.items() if name != "original" and t),
+        key=lambda b: b[2],
+    )
     return {
         "batch": batch,
+        "runtime": loop.target.runtime,
         "original_fp32_onnx_ms": ref_ms,
         "optimized_ms": ms,
-        "speedup": ref_ms / ms,
-        "deployed": "int8 ONNX" if int8 is not None else "fp32 ONNX",
+        "speedup": ref_ms / ms if ms else None,
+        "deployed": deployed,
+        "runtimes": table,
+        "best": {"runtime": best[0], "file": best[1], "ms": best[2], "speedup": table[best[0]]["original"] / best[2]},
         "original_fp32_onnx_bytes": reference.stat().st_size,
-        "optimized_onnx_bytes": deployed.stat().st_size,
-        "smaller": reference.stat().st_size / deployed.stat().st_size,
+        "optimized_onnx_bytes": files[deployed].stat().st_size,
+        "smaller": reference.stat().st_size / files[deployed].stat().st_size,
     }

@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 from slimkit.core.errors import SlimkitError
+from slimkit.io.onnx import RUNTIME_NAMES, RUNTIMES
 from slimkit.task import format_metric, in_points, metric_info, worse_by
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1, "%": 1}
@@ -39,7 +40,8 @@ class Target:
 
     - ``macs`` / ``params`` / ``bytes`` / ``latency``: share of the original (in (0, 1]).
       ``bytes`` is the deployable file (int8 ONNX when quantized, else the fp32 weights);
-      ``latency`` is ONNX Runtime at ``latency_batch`` rows.
+      ``latency`` is the fp32 or int8 ONNX file on ``runtime`` (``"onnxruntime"`` or ``"openvino"``)
+      at ``latency_batch`` rows, against the original on the same runtime.
     - ``max_macs`` / ``max_params`` / ``max_bytes`` / ``max_latency_ms``: absolute limits.
     - ``metric``: the deciding metric (None: the task's, e.g. accuracy, RMSE, mean IoU, cosine);
       ``higher_is_better`` its direction when slimkit does not know it (a metric of the user's own
@@ -60,6 +62,7 @@ class Target:
     max_bytes: int | None = None
     max_latency_ms: float | None = None
     latency_batch: int = 64
+    runtime: str = "onnxruntime"
     metric: str | None = None
     higher_is_better: bool | None = None
     max_drop: float | None = None
@@ -83,6 +86,8 @@ class Target:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise SlimkitError(f"target {name}={v} must be positive")
+        if self.runtime not in RUNTIMES:
+            raise SlimkitError(f"unknown runtime {self.runtime!r}: choose {' or '.join(RUNTIMES)}")
         if self.latency_batch < 1:
             raise SlimkitError(f"latency batch size must be at least 1, got {self.latency_batch}")
         if self.max_drop is not None and self.max_drop < 0:
@@ -192,7 +197,7 @@ class Target:
             "macs": "MACs",
             "params": "params",
             "bytes": "file",
-            "latency": f"ORT latency (batch {self.latency_batch})",
+            "latency": f"{RUNTIME_NAMES[self.runtime]} latency (batch {self.latency_batch})",
         }
         for name, (kind, v) in self.costs().items():
             if kind == "share":
@@ -234,6 +239,7 @@ def parse_target(
     min_metrics: dict[str, float] | None = None,
     metric: str | None = None,
     time_budget: float | str | None = None,
+    runtime: str = "onnxruntime",
 ) -> Target:
     """Build a :class:`Target` from CLI strings.
 
@@ -242,7 +248,7 @@ def parse_target(
     (``macs=0.25``, ``macs=25%``); with a unit or above 100 it is absolute (``macs=1.5M``,
     ``params=200k``, ``bytes=300KB``, ``latency=2ms@64``). A bare value in (1, 100] is refused as
     ambiguous (``macs=2``: 2% or 2 MACs?), as is a bare latency above 1.
-    ``latency=0.3@64`` measures ONNX Runtime at batch 64 (default 64).
+    ``latency=0.3@64`` measures ``runtime`` at batch 64 (default 64).
     """
     if isinstance(items, str):
         items = [items]
@@ -293,7 +299,12 @@ def parse_target(
     if isinstance(time_budget, str):
         time_budget = parse_duration(time_budget)
     return Target(
-        **kwargs, max_drop=max_drop, min_metrics=dict(min_metrics or {}), metric=metric, time_budget=time_budget
+        **kwargs,
+        max_drop=max_drop,
+        min_metrics=dict(min_metrics or {}),
+        metric=metric,
+        time_budget=time_budget,
+        runtime=runtime,
     )
 
 

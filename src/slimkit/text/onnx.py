@@ -19,6 +19,7 @@ from torch import nn
 from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.optional import quiet, require
+from slimkit.io.onnx import open_session
 from slimkit.text.hf import encoder_of
 
 __all__ = ["OnnxEncoder", "PooledEncoder", "TorchEncoder", "export_onnx", "quantize_onnx", "tokenize"]
@@ -142,18 +143,22 @@ def quantize_onnx(
 class OnnxEncoder:
     """An ONNX sentence encoder in ONNX Runtime: ``encoder(sentences)`` or ``encoder.run(ids, mask)``.
 
-    ``threads`` is ONNX Runtime's intra-op thread count (1 gives steadier timings on a shared machine).
+    ``threads`` is the runtime's intra-op thread count (1 gives steadier timings on a shared machine);
+    ``runtime="openvino"`` runs the file on OpenVINO.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], tokenizer: Any, *, threads: int = 1, max_length: int = 128
+        self,
+        path: str | os.PathLike[str],
+        tokenizer: Any,
+        *,
+        threads: int = 1,
+        max_length: int = 128,
+        runtime: str = "onnxruntime",
     ) -> None:
-        ort = require("onnxruntime", extra="onnx")
         if not Path(path).is_file():
             raise ModelFileError(f"{path} does not exist")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(Path(path), runtime, threads)
         self.tokenizer, self.max_length, self.path = tokenizer, max_length, Path(path)
 
     def run(self, input_ids: torch.Tensor | np.ndarray, attention_mask: torch.Tensor | np.ndarray) -> np.ndarray:
