@@ -1,0 +1,195 @@
+"""slimkit int8 vs NNCF's post-training quantization vs ONNX Runtime's, each on ONNX Runtime and OpenVINO.
+
+For seed_cnn, resnet_cifar (ResNet-20) and mobilenet_v2 (width 0.5) on mnist5k, in one run: train
+briefly with ``slimkit.train.fit``, export fp32 ONNX, then quantize with the same 512 training
+samples of calibration:
+
+- slimkit int8 (``slimkit.compress.quantize``, mode auto, ``max_drop=0.3``);
+- NNCF ``nncf.quantize`` with its defaults on the ONNX model (a QDQ ONNX file both runtimes run);
+- NNCF ``nncf.quantize`` with its defaults on the OpenVINO model (an OpenVINO IR, OpenVINO only);
+- ONNX Runtime's ``quantize_static`` with its defaults.
+
+Each file is scored on the mnist5k test split and timed at batch 1 and 64 on every runtime that
+can run it: the variants of one runtime are timed in alternation (three interleaved medians, the
+smallest kept), ratios against the fp32 ONNX original **on the same runtime**. Prints markdown.
+
+    .venv/bin/python bench/quantize_vs_nncf.py              # ~15 minutes on 2 cores
+    .venv/bin/python bench/quantize_vs_nncf.py --models seed_cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import slimkit as sk
+from slimkit.compress import QuantizeConfig, quantize
+from slimkit.compress.quantize import _calibration_reader
+from slimkit.core.errors import ModelFileError
+from slimkit.evaluate import count_params
+from slimkit.evaluate.cost import batch_of, measure_latencies
+from slimkit.io import OnnxModel
+
+MODELS = {  # name -> (zoo kwargs, fit kwargs), all on mnist5k
+    "seed_cnn": ({}, {"epochs": 4}),
+    "resnet_cifar": ({"depth": 20}, {"epochs": 3, "lr": 3e-3}),
+    "mobilenet_v2": ({"width": 0.5}, {"epochs": 4, "lr": 3e-3}),
+}
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def calibration(data: sk.data.Dataset, samples: int = 512, batch: int = 64) -> list[np.ndarray]:
+    x = data.splits["train"][0][:samples].numpy()
+    return [x[i : i + batch] for i in range(0, len(x), batch)]
+
+
+def nncf_files(fp32: Path, out: Path, calib: list[np.ndarray]) -> dict[str, Path]:
+    """NNCF's default post-training int8 of the ONNX model (QDQ ONNX) and of the OpenVINO model (IR)."""
+    import nncf
+    import onnx
+    import openvino as ov
+
+    name = OnnxModel(fp32).input_name
+    onnx_q = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(calib, lambda x: {name: x}))
+    paths = {"nncf int8 (ONNX)": out / f"{fp32.stem}.nncf.onnx", "nncf int8 (OpenVINO IR)": out / f"{fp32.stem}.xml"}
+    onnx.save(onnx_q, str(paths["nncf int8 (ONNX)"]))
+    ov_q = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(calib))
+    ov.save_model(ov_q, str(paths["nncf int8 (OpenVINO IR)"]))
+    return paths
+
+
+def ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
+    from onnxruntime.quantization import quantize_static
+
+    path = out / f"{fp32.stem}.ort_static.onnx"
+    reader = _calibration_reader(OnnxModel(fp32).input_name, torch.from_numpy(np.concatenate(calib)), len(calib[0]))
+    quantize_static(fp32, path, reader)
+    return path
+
+
+def measure(paths: dict[str, Path], data: sk.data.Dataset, runs: int, threads: int) -> dict[tuple[str, str], dict]:
+    """``{(variant, runtime): {acc, right, bytes, b1, b64}}`` for every file a runtime can run."""
+    out: dict[tuple[str, str], dict] = {}
+    test_x, test_y = data.splits["test"]
+    for runtime in RUNTIMES:
+        models = {}
+        for variant, path in paths.items():
+            if path.suffix == ".xml" and runtime != "openvino":
+                continue
+            try:
+                models[variant] = OnnxModel(path, threads=threads, runtime=runtime)
+            except ModelFileError as exc:
+                print(f"  {variant} does not run on {runtime}: {exc}")
+        for variant, m in models.items():
+            with torch.no_grad():
+                pred = torch.cat([m(test_x[i : i + 256]).argmax(1) for i in range(0, len(test_x), 256)])
+            right = (pred == test_y).numpy()
+            out[variant, runtime] = {"acc": 100 * right.mean(), "right": right, "bytes": m.bytes}
+        for b in (1, 64):
+            x = batch_of(data.example, b)
+            fns = [lambda m=m, x=x: m(x) for m in models.values()]
+            best = [min(t) for t in zip(*(measure_latencies(fns, runs=runs) for _ in range(3)), strict=True)]
+            for variant, t in zip(models, best, strict=True):
+                out[variant, runtime][f"b{b}"] = t
+    return out
+
+
+def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[list[str]], list[str]]:
+    kwargs, fit_kwargs = MODELS[name]
+    data = sk.data.load("mnist5k")
+    torch.manual_seed(0)
+    model = sk.zoo.create_for(name, data, **kwargs)
+    start = time.perf_counter()
+    sk.train.fit(model, data.train, val=data.val, progress=False, **fit_kwargs)
+    trained = time.perf_counter() - start
+    fp32 = sk.export(model, out / f"{name}.onnx", data.example)
+    calib = calibration(data)
+    timings = {}
+    start = time.perf_counter()
+    result = quantize(model, data, QuantizeConfig(max_drop=0.3), out / f"{name}.int8.onnx")
+    timings["slimkit int8"] = time.perf_counter() - start
+    start = time.perf_counter()
+    nncf = nncf_files(fp32, out, calib)
+    timings["nncf (both)"] = time.perf_counter() - start
+    paths = {"fp32": fp32, "slimkit int8": result.path, **nncf, "ort static (defaults)": ort_static(fp32, out, calib)}
+    figures = measure(paths, data, runs, threads)
+    rows = []
+    for (variant, runtime), f in figures.items():
+        base = figures["fp32", runtime]
+        rows.append(
+            [
+                name,
+                runtime,
+                variant,
+                f"{f['acc']:.2f}",
+                f"{f['acc'] - base['acc']:+.2f}",
+                f"{f['bytes'] / 1024:,.0f}",
+                f"{f['bytes'] / base['bytes']:.3f}",
+                f"{f['b1']:.3f}",
+                f"{f['b1'] / base['b1']:.2f}",
+                f"{f['b64']:.2f}",
+                f"{f['b64'] / base['b64']:.2f}",
+            ]
+        )
+    checks = [
+        f"{name} (mnist5k, trained {trained:.0f} s, {count_params(model):,} params): slimkit chose {result.mode}; "
+        f"left in float: {result.excluded or 'none'}; quantize s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+    ]
+    ours = figures["slimkit int8", "onnxruntime"]
+    for peer in ("nncf int8 (ONNX)", "nncf int8 (OpenVINO IR)"):
+        for runtime in RUNTIMES:
+            p = figures.get((peer, runtime))
+            if p is None:
+                continue
+            gap = p["acc"] - ours["acc"]
+            checks.append(
+                f"  vs {peer} on {runtime}: accuracy {ours['acc']:.2f} vs {p['acc']:.2f} "
+                f"({'PASS' if gap <= 0.1 else 'FAIL'}: goal at most 0.1 point below)"
+            )
+    ort = {v: f for (v, r), f in figures.items() if r == "onnxruntime" and v != "fp32"}
+    fastest = min(ort, key=lambda v: ort[v]["b64"])
+    checks.append(
+        f"  on ONNX Runtime (the runtime slimkit's int8 is made for), batch 64: slimkit {ours['b64']:.2f} ms, "
+        f"fastest int8 {fastest} {ort[fastest]['b64']:.2f} ms ({'PASS' if fastest == 'slimkit int8' else 'FAIL'})"
+    )
+    return rows, checks
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency median")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="runtime intra-op threads")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    header = ["model", "runtime", "variant", "test acc %", "points", "size KB", "size x", "b1 ms", "b1 x"]
+    header += ["b64 ms", "b64 x"]
+    all_rows, all_checks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows, checks = bench_model(name, Path(tmp), args.runs, args.threads)
+            all_rows += rows
+            all_checks += checks
+            print(table(header, rows), "\n" + "\n".join(checks), flush=True)
+    print(f"\n## int8 on two runtimes ({args.threads} threads; ratios against fp32 on the same runtime)\n")
+    print(table(header, all_rows))
+    print("\n" + "\n".join(all_checks))
+
+
+if __name__ == "__main__":
+    main()
