@@ -5,6 +5,8 @@
   in-place transforms: ``sk.apply_(model, cfg, example_inputs=x)``.
 - :func:`quantize` writes an int8 ONNX file with ONNX Runtime (static QDQ or dynamic) and returns
   a :class:`QuantizeResult`; :func:`quantize_dynamic_torch` gives a PyTorch dynamic-int8 copy.
+- :func:`fake_quantized` (quantization-aware training around any training loop) and
+  :class:`QATConfig` (its optimize-loop step).
 
 onnx and onnxruntime are imported only when quantizing.
 """
@@ -21,6 +23,7 @@ from slimkit.compress.embedding import (
     embedding_bytes,
 )
 from slimkit.compress.lowrank import LowRankConfig
+from slimkit.compress.qat import QATConfig, fake_quantized
 from slimkit.compress.quantize import QuantizeConfig, QuantizeResult, quantize, quantize_dynamic_torch
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "embedding_bytes",
     "LowRankConfig",
     "tied",
+    "QATConfig",
+    "fake_quantized",
     "QuantizeConfig",
     "QuantizeResult",
     "quantize",

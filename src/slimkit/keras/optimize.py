@@ -262,6 +262,7 @@ def optimize(
         raise SlimkitError("optimize takes a classifier with one (batch, classes) output")
     auto = {
         "quantize": True if quantize is None else quantize,  # deployed through ONNX: int8 unless told otherwise
+        "qat": False,  # quantization-aware training is PyTorch only (not yet for Keras)
         "finetune_epochs": finetune_epochs,
         "rounds": rounds,
         "allocation": allocation,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +54,7 @@ class Backend(Protocol):
     ) -> None: ...
     def export_onnx(self, model: Any, path: Path) -> Path: ...
     def quantize(self, model: Any, cfg: Config, path: Path) -> Any: ...
+    def fake_quantized(self, model: Any, quantized: Any, momentum: float) -> AbstractContextManager[Any]: ...
     def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report: ...
     def save(self, model: Any, folder: Path, extra_files: dict[str, str] | None = None) -> None: ...
     def load(self, folder: Path) -> Any: ...
@@ -248,6 +250,20 @@ class TorchBackend:
         if self.val_batches is not None and getattr(cfg, "val_batches", 0) is None:
             cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
         return quantize(model, self.data, cfg, path, force=True, task=self.task)
+
+    def fake_quantized(self, model: nn.Module, quantized: Any, momentum: float) -> AbstractContextManager[Any]:
+        """:func:`slimkit.compress.fake_quantized` simulating the int8 file ``quantized`` (a
+        :class:`slimkit.compress.QuantizeResult`): its mode, weight scales and weight range."""
+        from slimkit.compress import fake_quantized
+
+        s = quantized.settings
+        return fake_quantized(
+            model,
+            mode=quantized.mode,
+            per_channel="per-channel" in s["weights"],
+            reduce_range=bool(s.get("reduce_range")),
+            momentum=momentum,
+        )
 
     def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report:
         """The full :class:`slimkit.evaluate.Report` of ``model`` on ``split`` (quality and costs,

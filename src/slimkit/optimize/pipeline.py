@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimkit.compress import LowRankConfig, QuantizeConfig
+from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import batch_of, measure_latencies
@@ -393,7 +393,10 @@ class Loop:
                     self.record(state["model"], "fold", step, started=started, passno=passno)
                 )
             elif isinstance(step, QuantizeConfig):
-                self.quantize_step(state, step, passno)
+                qat = steps[i + 1] if i + 1 < len(steps) and isinstance(steps[i + 1], QATConfig) else None
+                self.quantize_step(state, step, passno, qat)
+                i += 1 if qat is None else 2
+                continue
             i += 1
         if state["candidate"] is None:
             state["candidate"] = self.accept(
@@ -711,9 +714,10 @@ class Loop:
                 return False
         return True
 
-    def quantize_step(self, state: dict[str, Any], step: QuantizeConfig, passno: int) -> None:
+    def quantize_step(self, state: dict[str, Any], step: QuantizeConfig, passno: int, qat: QATConfig | None) -> None:
         """int8 ONNX of the state's model, kept when it holds the quality constraint (the slack the fp32
-        candidate leaves is what int8 may use)."""
+        candidate leaves is what int8 may use); when it does not, ``qat`` fine-tunes a copy of the model
+        quantization-aware and quantizes that."""
         if self.be.data is None:
             self.log("  int8 quantization skipped: it calibrates on data (pass data= with your own evaluate)")
             state["backed_off"].append("QuantizeConfig (no calibration data)")
@@ -728,6 +732,27 @@ class Loop:
         result = self.be.quantize(state["model"], cfg, path)
         c = self.record(state["model"], f"int8 ({result.mode})", cfg, onnx=path, started=started, passno=passno)
         c.note = result.reason
+        if not c.quality_ok and qat is not None:
+            if result.mode == "int4" or self.out_of_time():
+                why = "int4 is weight-only" if result.mode == "int4" else "the time budget is spent"
+                self.log(f"  int8 breaks the quality constraint; quantization-aware training skipped: {why}")
+            else:
+                self.log(f"  int8 breaks the quality constraint: quantization-aware training ({qat.epochs} epochs)")
+                started = time.monotonic()
+                model = self.be.copy(state["model"])
+                ft = FineTuneConfig(
+                    epochs=qat.epochs, steps_per_epoch=qat.steps_per_epoch, lr=qat.lr, distill=qat.distill
+                )
+                with self.be.fake_quantized(model, result, qat.momentum):
+                    self.finetune(model, ft)
+                path = self.scratch(".int8.onnx")
+                result = self.be.quantize(model, cfg, path)
+                c = self.record(
+                    model, f"int8 ({result.mode}) after QAT", qat, onnx=path, started=started, passno=passno
+                )
+                c.note = result.reason
+                if c.quality_ok:
+                    state["model"] = model
         if c.quality_ok:
             state["onnx"], state["candidate"], state["quantize"] = path, self.accept(c), result.to_dict()
         else:

@@ -8,13 +8,17 @@ A recipe file (JSON or YAML) lists steps; each step is a config dataclass, writt
       - FineTuneConfig: {epochs: 4}
       - FoldConfig: {}
       - QuantizeConfig: {mode: static}
+      - QATConfig: {epochs: 2}
 
 Usable configs: :class:`slimkit.prune.ChannelPruneConfig` (its ``target_macs`` / ``target_params``
 are read as shares of the *original* model), :class:`SensitivityPruneConfig` (non-uniform widths
 from measured sensitivity), :class:`slimkit.compress.LowRankConfig`, :class:`slimkit.simplify.FoldConfig`,
 :class:`FineTuneConfig` and :class:`slimkit.compress.QuantizeConfig` (last: it produces the int8
 ONNX file). A fine-tune step right after a compressing step is that step's recovery: it runs after
-each round and attempt of the step, before the step is validated.
+each round and attempt of the step, before the step is validated. A
+:class:`slimkit.compress.QATConfig` after ``QuantizeConfig`` is the int8's recovery: when the
+post-training int8 file breaks the quality constraint, the model is fine-tuned quantization-aware
+and quantized again.
 
 >>> r = Recipe.from_dict({"steps": [{"SensitivityPruneConfig": {"target_macs": 0.25}}, {"type": "FineTuneConfig"}]})
 >>> [type(s).__name__ for s in r.steps]
@@ -31,7 +35,7 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
-from slimkit.compress import LowRankConfig, QuantizeConfig
+from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, register_config
 from slimkit.optimize.target import Target
@@ -163,7 +167,7 @@ class SensitivityPruneConfig(Config):
 
 
 COMPRESSING = (ChannelPruneConfig, SensitivityPruneConfig, LowRankConfig)
-STEP_TYPES = (*COMPRESSING, FoldConfig, FineTuneConfig, QuantizeConfig)
+STEP_TYPES = (*COMPRESSING, FoldConfig, FineTuneConfig, QuantizeConfig, QATConfig)
 FINISHING = (FoldConfig, QuantizeConfig)  # no training, a minute or so: run even after the time budget
 
 
@@ -181,12 +185,21 @@ class Recipe:
             if not isinstance(s, STEP_TYPES):
                 names = ", ".join(t.__name__ for t in STEP_TYPES)
                 raise SlimkitError(f"recipe step {i + 1}: {type(s).__name__} cannot be a step; use one of {names}")
-            if isinstance(s, QuantizeConfig) and i != len(self.steps) - 1:
-                raise SlimkitError("QuantizeConfig must be the last recipe step (it produces the int8 ONNX file)")
+            last = i == len(self.steps) - 1 or (i == len(self.steps) - 2 and isinstance(self.steps[-1], QATConfig))
+            if isinstance(s, QuantizeConfig) and not last:
+                raise SlimkitError(
+                    "QuantizeConfig must be the last recipe step (it produces the int8 ONNX file), "
+                    "followed at most by its QATConfig"
+                )
+            if isinstance(s, QATConfig) and not (i and isinstance(self.steps[i - 1], QuantizeConfig)):
+                raise SlimkitError(
+                    f"recipe step {i + 1}: QATConfig is the recovery of post-training int8: "
+                    "put it right after QuantizeConfig"
+                )
 
     @property
     def quantizes(self) -> bool:
-        return isinstance(self.steps[-1], QuantizeConfig)
+        return any(isinstance(s, QuantizeConfig) for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": [s.to_dict() for s in self.steps]}
@@ -275,11 +288,13 @@ def auto_recipe(
     round_to: int | str | None = None,
     steps_per_epoch: int | None = None,
     lr_search: tuple[float, ...] | None = None,
+    qat: bool = True,
 ) -> Recipe:
     """The default recipe for ``target``: sensitivity pruning in ``rounds``, each recovered by
     ``finetune_epochs`` of fine-tuning with distillation, a final fine-tune twice as long, BatchNorm
-    folding, then int8 quantization when the file or latency budget asks for it. ``steps_per_epoch``
-    makes a fine-tuning epoch that many batches (a training stream need not end). The fine-tuning
+    folding, then int8 quantization when the file or latency budget asks for it (recovered by ``qat``:
+    quantization-aware fine-tuning, half the rounds' epochs, when post-training int8 loses too much).
+    ``steps_per_epoch`` makes a fine-tuning epoch that many batches (a training stream need not end). The fine-tuning
     rates (5e-4, 1e-3 at the end) were tuned on image classifiers; for other tasks (a deciding metric
     other than accuracy) ``lr_search`` defaults to trying them x1, x4 and x0.25 first
     (:class:`FineTuneConfig`).
@@ -325,4 +340,6 @@ def auto_recipe(
     steps.append(FoldConfig())
     if quantize:
         steps.append(QuantizeConfig())
+        if qat:  # run only if post-training int8 breaks the quality constraint
+            steps.append(QATConfig(epochs=max(1, finetune_epochs // 2), steps_per_epoch=steps_per_epoch))
     return Recipe(tuple(steps))
