@@ -101,7 +101,7 @@ def measure(paths: dict[str, Path], data: sk.data.Dataset, runs: int, threads: i
     return out
 
 
-def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[list[str]], list[str]]:
+def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[list[str]], list[str], tuple]:
     kwargs, fit_kwargs = MODELS[name]
     data = sk.data.load("mnist5k")
     torch.manual_seed(0)
@@ -160,7 +160,49 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
         f"  on ONNX Runtime (the runtime slimkit's int8 is made for), batch 64: slimkit {ours['b64']:.2f} ms, "
         f"fastest int8 {fastest} {ort[fastest]['b64']:.2f} ms ({'PASS' if fastest == 'slimkit int8' else 'FAIL'})"
     )
-    return rows, checks
+    return rows, checks, (model, data)
+
+
+def qat_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, epochs: int) -> list[str]:
+    """Post-training static int8 with nothing left in float, beside the same after quantization-aware
+    fine-tuning (BatchNorm folded, ``epochs`` at lr 1e-4 distilled from the fp32 model)."""
+    import copy
+
+    from slimkit.compress import fake_quantized
+    from slimkit.simplify import FoldConfig
+    from slimkit.train import DistillConfig
+
+    def int8_acc(m: torch.nn.Module, tag: str) -> float:
+        path = quantize(m, data, QuantizeConfig(mode="static"), out / f"{name}.{tag}.onnx", force=True).path
+        return 100 * sk.evaluate(OnnxModel(path), data, latency=False).metrics["accuracy"]
+
+    fp32 = 100 * sk.evaluate(model, data, latency=False).metrics["accuracy"]
+    ptq = int8_acc(model, "ptq")
+    student = sk.apply_(copy.deepcopy(model), FoldConfig())
+    start = time.perf_counter()
+    with fake_quantized(student):
+        sk.train.fit(
+            student,
+            data.train,
+            val=data.val,
+            epochs=epochs,
+            lr=1e-4,
+            teacher=model,
+            distill=DistillConfig(),
+            augment=data.augment,
+            progress=False,
+        )
+    seconds = time.perf_counter() - start
+    qat = int8_acc(student, "qat")
+    return [
+        name,
+        f"{fp32:.2f}",
+        f"{ptq:.2f}",
+        f"{ptq - fp32:+.2f}",
+        f"{qat:.2f}",
+        f"{qat - fp32:+.2f}",
+        f"{seconds:.0f}",
+    ]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -173,22 +215,30 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--runs", type=int, default=30, help="timed runs per latency median")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="runtime intra-op threads")
+    parser.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware epochs (0: no QAT section)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     logging.getLogger("nncf").setLevel(logging.ERROR)
     header = ["model", "runtime", "variant", "test acc %", "points", "size KB", "size x", "b1 ms", "b1 x"]
     header += ["b64 ms", "b64 x"]
-    all_rows, all_checks = [], []
+    all_rows, all_checks, qat_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows, checks = bench_model(name, Path(tmp), args.runs, args.threads)
+            rows, checks, (model, data) = bench_model(name, Path(tmp), args.runs, args.threads)
             all_rows += rows
             all_checks += checks
             print(table(header, rows), "\n" + "\n".join(checks), flush=True)
+            if args.qat_epochs:
+                qat_rows.append(qat_row(name, model, data, Path(tmp), args.qat_epochs))
+                print(qat_rows[-1], flush=True)
     print(f"\n## int8 on two runtimes ({args.threads} threads; ratios against fp32 on the same runtime)\n")
     print(table(header, all_rows))
     print("\n" + "\n".join(all_checks))
+    if qat_rows:
+        print(f"\n## quantization-aware training ({args.qat_epochs} epochs), static int8 with nothing in float\n")
+        qat_header = ["model", "fp32 acc %", "post-training int8", "points", "after QAT", "points", "QAT s"]
+        print(table(qat_header, qat_rows))
 
 
 if __name__ == "__main__":
