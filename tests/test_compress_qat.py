@@ -105,9 +105,14 @@ def test_loop_runs_qat_only_when_int8_breaks_quality(net: nn.Module, mini) -> No
     steps = [c.step for c in result.candidates]
     assert steps[-2:] == ["int8 (static)", "int8 (static) after QAT"] and result.int8_path is None
     assert result.candidates[-1].config == QATConfig(epochs=1, steps_per_epoch=3).to_dict()
-    # a lenient one: post-training int8 holds, no QAT
-    result = optimize(copy.deepcopy(net), mini, Target(bytes=0.5, max_drop=50), recipe=recipe, log=lambda _: None)
+    # a lenient one: post-training int8 holds, no QAT; with a latency target the int8 step may keep
+    # layers in float within the latency the target leaves (mixed precision)
+    target = Target(latency=1.0, latency_batch=16, max_drop=50)
+    result = optimize(copy.deepcopy(net), mini, target, recipe=recipe, log=lambda _: None)
     assert [c.step for c in result.candidates][-1] == "int8 (static)" and result.int8_path is not None
+    fp32, int8 = result.candidates[-2:]
+    assert int8.config["latency_batch"] == 16
+    assert int8.config["max_latency"] == pytest.approx(result.base_val["costs"]["latency"] / fp32.costs["latency"])
 
 
 def test_keras_refuses_qat_in_one_line() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from collections import Counter
@@ -135,6 +136,29 @@ def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, m
     assert r.met_max_drop is True and r.drop <= 0.5 and len(r.excluded) == 1
     fc2_node = min(r.sensitivity, key=r.sensitivity.get)
     assert r.excluded == [fc2_node] and set(r.sensitivity) == {n for n, _ in quantizable_nodes_of(model, tmp_path)}
+
+
+def test_mixed_precision_puts_layers_back_to_float_only_within_the_latency_budget(
+    trained_cnn: nn.Module,
+    mnist,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    model = copy.deepcopy(trained_cnn)
+    with torch.no_grad():  # as above: only fc2's int8 is wrecked
+        model.fc1.weight[0] = 0
+        model.fc1.bias[0] = -1.0
+        model.fc2.weight[:, 0] = 1000.0
+    cfg = QuantizeConfig(mode="dynamic", per_channel=False, max_drop=0.5, max_latency=10.0, latency_batch=8)
+    r = quantize(model, mnist, cfg, tmp_path / "mixed.onnx")
+    assert r.met_max_drop is True and r.drop <= 0.5 and len(r.excluded) == 1
+    assert set(r.layers) == {n for n, _ in quantizable_nodes_of(model, tmp_path)}
+    assert [n for n, d in r.layers.items() if d["precision"] == "float"] == r.excluded
+    assert r.layers[r.excluded[0]]["op"] in ("Gemm", "MatMul") and 0 < r.latency_share < 10
+    assert "mixed precision" in str(r)
+    # a budget no file meets: nothing goes back to float, and the limit is reported as missed
+    tight = quantize(model, mnist, dataclasses.replace(cfg, max_latency=1e-3), tmp_path / "tight.onnx")
+    assert tight.met_max_drop is False and tight.excluded == [] and tight.drop > 20
+    assert "latency budget" in tight.layers[r.excluded[0]]["precision"]
 
 
 def test_int4_weight_only_blocks_every_linear_and_puts_damaged_ones_back_to_8_bits(

@@ -91,6 +91,11 @@ class QuantizeConfig(Config):
     quantize their inputs per tensor at run time anyway). ``strip_metadata`` drops debugging data
     from the int8 file and shortens its internal names (see :func:`slimkit.io.onnx.strip_debug_info`).
     ``block_size`` (``int4`` mode): weights per scale and offset (smaller: more accurate, larger file).
+
+    ``max_latency`` makes the accuracy check mixed precision under a latency budget: the int8 file may
+    take at most this share of the fp32 file's ONNX Runtime latency at ``latency_batch`` rows (timed in
+    alternation). Each node's cost of staying in float is then measured too, nodes are put back in
+    order of output error saved per millisecond, and a node that would break the budget is skipped.
     """
 
     mode: str = "auto"
@@ -108,6 +113,8 @@ class QuantizeConfig(Config):
     strip_metadata: bool = True
     embeddings: str = "auto"
     block_size: int = 32
+    max_latency: float | None = None
+    latency_batch: int = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -129,6 +136,10 @@ class QuantizeConfig(Config):
             raise SlimkitError(f"block_size must be a power of two >= 16, got {self.block_size}")
         if not 0 < self.percentile <= 100:
             raise SlimkitError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.max_latency is not None and self.max_latency <= 0:
+            raise SlimkitError(f"max_latency must be a positive share of the fp32 latency, got {self.max_latency}")
+        if self.latency_batch < 1:
+            raise SlimkitError(f"latency_batch must be at least 1, got {self.latency_batch}")
 
 
 @dataclasses.dataclass
@@ -147,6 +158,8 @@ class QuantizeResult:
     excluded: list[str] = dataclasses.field(default_factory=list)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    latency_share: float | None = None
     met_max_drop: bool | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -170,6 +183,8 @@ class QuantizeResult:
         if self.excluded:
             kept = "8-bit blocks" if self.mode == "int4" else "float"
             lines.append(f"  left in {kept}: {', '.join(self.excluded)}")
+        if self.latency_share is not None:
+            lines.append(f"  ONNX Runtime latency {self.latency_share:.2f}x of the fp32 file's (mixed precision)")
         if self.met_max_drop is False:
             lines.append(f"  the {self.metric} limit was NOT met")
         lines += [f"  note: {n}" for n in self.notes]
@@ -515,10 +530,14 @@ def quantize(
         if len(scales) > 1 and not qz.per_channel:
             notes.append(f"per-tensor weight scales scored better than per-channel on the {cfg.split} split")
         sensitivity: dict[str, float] = {}
-        met = None
+        layers: dict[str, dict[str, Any]] = {}
+        met, share = None, None
         if cfg.max_drop is not None:
             met = qz.worse_by(value) <= cfg.max_drop
-            if not met:
+            if not met and cfg.max_latency is not None and mode != "int4":
+                best, value, excluded, layers, met, share = _mixed_precision(qz, excluded, best, value, data.example)
+                sensitivity = {n: d["error_if_float"] for n, d in layers.items()}
+            elif not met:
                 best, value, excluded, sensitivity, met = _exclude_sensitive(qz, excluded, best, value)
         bytes_int8 = best.stat().st_size
         with atomic_path(output, force=force) as target:
@@ -536,6 +555,8 @@ def quantize(
             excluded=excluded,
             settings=qz.settings(),
             sensitivity=sensitivity,
+            layers=layers,
+            latency_share=share,
             met_max_drop=met,
             notes=notes,
         )
@@ -558,6 +579,58 @@ def _exclude_sensitive(
         if qz.worse_by(value) <= qz.cfg.max_drop:
             return best, value, excluded, sensitivity, True
     return best, value, excluded, sensitivity, False
+
+
+def _mixed_precision(
+    qz: _Quantizer, excluded: list[str], best: Path, value: float, example: Any
+) -> tuple[Path, float, list[str], dict[str, dict[str, Any]], bool, float]:
+    """:func:`_exclude_sensitive` under ``max_latency``: each node's output error and latency when it
+    alone stays in float (timed in alternation with the all-int8 file); nodes go back to float in
+    order of error saved per millisecond added while the file stays within the latency budget.
+    Returns the file, its metric, the float nodes, the per-node choice, whether the drop holds and
+    the file's latency as a share of the fp32 file's."""
+    from slimkit.evaluate.cost import batch_of, measure_latencies
+    from slimkit.io.onnx import OnnxModel
+
+    x = batch_of(example, qz.cfg.latency_batch)
+
+    def latencies(*paths: Path) -> list[float]:
+        runners = [OnnxModel(p) for p in paths]
+        return measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=20)
+
+    fp32_ms, int8_ms = latencies(qz.fp32, best)
+    base_err = qz.score(best)[1]
+    ops = dict(quantizable_nodes(qz.fp32))
+    layers: dict[str, dict[str, Any]] = {}
+    for name in (n for n in qz.candidates() if n not in excluded):
+        path = qz.run([*excluded, name])
+        ms, ref = latencies(path, best)
+        layers[name] = {
+            "op": ops.get(name, "?"),
+            "error_if_float": qz.score(path)[1],
+            "ms_if_float": ms / ref * int8_ms - int8_ms,
+            "precision": "int8",
+        }
+    floor = 0.01 * int8_ms  # a node whose float costs no measurable time still costs something
+
+    def gain(n: str) -> float:
+        return (base_err - layers[n]["error_if_float"]) / max(layers[n]["ms_if_float"], floor)
+
+    excluded, share = list(excluded), int8_ms / fp32_ms
+    for name in sorted(layers, key=gain, reverse=True)[: qz.cfg.max_excluded]:
+        if layers[name]["error_if_float"] >= base_err:
+            break  # no node left whose float version lowers the error
+        trial = qz.run([*excluded, name])
+        ms, ref = latencies(trial, qz.fp32)
+        if ms / ref > qz.cfg.max_latency:
+            layers[name]["precision"] = "int8 (float would break the latency budget)"
+            continue
+        excluded.append(name)
+        best, share, value = trial, ms / ref, qz.score(trial)[0]
+        layers[name]["precision"] = "float"
+        if qz.worse_by(value) <= qz.cfg.max_drop:
+            return best, value, excluded, layers, True, share
+    return best, value, excluded, layers, False, share
 
 
 def quantize_dynamic_torch(

@@ -728,6 +728,12 @@ class Loop:
         if step.max_drop is None and self.target.max_drop is not None and not self.target.min_metrics:
             slack = self.target.slack(c_fp32.metrics, self.base["metrics"]) if c_fp32 is not None else 0.0
             cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
+        fp32_ms = c_fp32.costs.get("latency") if c_fp32 is not None else None
+        if step.max_latency is None and fp32_ms and self.target.runtime == "onnxruntime":
+            # mixed precision: the layers int8 hurts most may stay in float as long as the latency holds
+            cfg = dataclasses.replace(
+                cfg, max_latency=self.limits["latency"] / fp32_ms, latency_batch=self.target.latency_batch
+            )
         path = self.scratch(".int8.onnx")
         result = self.be.quantize(state["model"], cfg, path)
         c = self.record(state["model"], f"int8 ({result.mode})", cfg, onnx=path, started=started, passno=passno)

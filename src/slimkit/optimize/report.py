@@ -193,6 +193,20 @@ def _speed_html(sp: dict[str, Any]) -> str:
     )
 
 
+def _precision_html(q: dict[str, Any]) -> str:
+    """The per-layer choice of a mixed-precision int8 file: each node's output error and latency when
+    it alone stays in float, and the precision it got."""
+    rows = [
+        [html.escape(name), html.escape(d["op"]), f"{d['error_if_float']:.3g}", f"{d['ms_if_float']:+.3f}"]
+        + [html.escape(d["precision"])]
+        for name, d in q["layers"].items()
+    ]
+    share = "" if q.get("latency_share") is None else f", latency {q['latency_share']:.2f}x of the fp32 file's"
+    return f"<h2>Mixed precision (int8 / float per layer{share})</h2>" + _table(
+        ["node", "op", "output error if float", "ms if float", "precision"], rows, numeric_from=2
+    )
+
+
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
@@ -223,6 +237,8 @@ def render_html(result: OptimizeResult) -> str:
     parts.append(_table(["measure", "original", "optimized", "change"], [[e(c) for c in row] for row in cmp._rows()]))
     if result.speed:
         parts.append(_speed_html(result.speed))
+    if result.quantize and result.quantize.get("layers"):
+        parts.append(_precision_html(result.quantize))
     figs = [pareto_figure(result, "macs"), pareto_figure(result, "bytes")]
     if any(c.costs.get("latency") is not None for c in result.candidates):
         figs.append(pareto_figure(result, "latency"))
