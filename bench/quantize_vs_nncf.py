@@ -205,6 +205,35 @@ def qat_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path,
     ]
 
 
+def mixed_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, max_drop: float) -> list[str]:
+    """Full static int8 beside mixed precision with the latency budget halfway between full int8's and
+    fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64)."""
+    full = quantize(model, data, QuantizeConfig(mode="static"), out / "full.onnx")
+    fp32 = sk.export(model, out / f"{name}.mp32.onnx", data.example, force=True)
+    x = batch_of(data.example, 64)
+    runners = [OnnxModel(full.path), OnnxModel(fp32)]
+    int8_ms, fp32_ms = measure_latencies([lambda r=r: r(x) for r in runners], runs=30)
+    budget = (1 + int8_ms / fp32_ms) / 2
+    cfg = QuantizeConfig(mode="static", max_drop=max_drop, max_latency=budget)
+    mixed = quantize(model, data, cfg, out / "mixed.onnx")
+    test = {
+        k: 100 * sk.evaluate(OnnxModel(r.path), data, latency=False).metrics["accuracy"]
+        for k, r in (("full", full), ("mixed", mixed))
+    }
+    fp32_test = 100 * sk.evaluate(model, data, latency=False).metrics["accuracy"]
+    return [
+        name,
+        f"{fp32_test:.2f}",
+        f"{test['full']:.2f} ({test['full'] - fp32_test:+.2f})",
+        f"{int8_ms / fp32_ms:.2f}",
+        f"{budget:.2f}",
+        f"{test['mixed']:.2f} ({test['mixed'] - fp32_test:+.2f})",
+        "-" if mixed.latency_share is None else f"{mixed.latency_share:.2f}",
+        ", ".join(f"{n} ({mixed.layers[n]['op']})" for n in mixed.excluded) or "none",
+        str(mixed.met_max_drop),
+    ]
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -215,6 +244,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--runs", type=int, default=30, help="timed runs per latency median")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="runtime intra-op threads")
+    parser.add_argument("--mixed-drop", type=float, default=0.1, help="validation drop mixed precision aims at")
     parser.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware epochs (0: no QAT section)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -222,19 +252,25 @@ def main() -> None:
     logging.getLogger("nncf").setLevel(logging.ERROR)
     header = ["model", "runtime", "variant", "test acc %", "points", "size KB", "size x", "b1 ms", "b1 x"]
     header += ["b64 ms", "b64 x"]
-    all_rows, all_checks, qat_rows = [], [], []
+    all_rows, all_checks, qat_rows, mixed_rows = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows, checks, (model, data) = bench_model(name, Path(tmp), args.runs, args.threads)
             all_rows += rows
             all_checks += checks
             print(table(header, rows), "\n" + "\n".join(checks), flush=True)
+            mixed_rows.append(mixed_row(name, model, data, Path(tmp), args.mixed_drop))
+            print(mixed_rows[-1], flush=True)
             if args.qat_epochs:
                 qat_rows.append(qat_row(name, model, data, Path(tmp), args.qat_epochs))
                 print(qat_rows[-1], flush=True)
     print(f"\n## int8 on two runtimes ({args.threads} threads; ratios against fp32 on the same runtime)\n")
     print(table(header, all_rows))
     print("\n" + "\n".join(all_checks))
+    print(f"\n## mixed precision: validation drop <= {args.mixed_drop} within half the fp32-to-int8 latency\n")
+    mixed_header = ["model", "fp32 test %", "full int8 test %", "int8 latency x", "budget x", "mixed test %"]
+    mixed_header += ["mixed latency x", "left in float", "val drop met"]
+    print(table(mixed_header, mixed_rows))
     if qat_rows:
         print(f"\n## quantization-aware training ({args.qat_epochs} epochs), static int8 with nothing in float\n")
         qat_header = ["model", "fp32 acc %", "post-training int8", "points", "after QAT", "points", "QAT s"]
