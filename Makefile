@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # Side-by-side benchmarks (slow: a few hours on 2 cores); figures go to bench/RESULTS*.md.
 bench: $(STAMP)
-	$(PIP) install -e '.[onnx,dev,bench,text]'
+	$(PIP) install -e '.[onnx,openvino,dev,bench,text]'
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests selected
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python "$$f" || exit 1; done
 

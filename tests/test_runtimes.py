@@ -86,3 +86,28 @@ def test_cli_evaluates_an_ir_on_openvino_and_env_names_the_runtimes(cli, exporte
     assert code == 2 and "is an OpenVINO IR: run it with runtime openvino" in err
     code, out, _ = cli("env")
     assert code == 0 and "onnxruntime, openvino" in out
+
+
+def test_int8_for_openvino_is_made_by_nncf_and_checked_on_openvino(
+    trained_cnn: torch.nn.Module,
+    mnist: sk.data.Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnx
+
+    from slimkit.compress import QuantizeConfig, quantize
+
+    pytest.importorskip("nncf")
+    r = quantize(trained_cnn, mnist, QuantizeConfig(runtime="openvino", max_drop=0.5), tmp_path / "ov.int8.onnx")
+    assert r.mode == "static" and "NNCF" in r.settings["format"] and "OpenVINO" in r.reason
+    assert r.met_max_drop and r.drop <= 0.5 and r.bytes_int8 < 0.3 * r.bytes_fp32
+    ops = {n.op_type for n in onnx.load(str(r.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Pad" not in ops  # no ORT-only channel padding
+    x = mnist.splits["test"][0][:256]
+    on_ov, on_ort = OnnxModel(r.path, runtime="openvino")(x), OnnxModel(r.path)(x)
+    assert (on_ov.argmax(1) == on_ort.argmax(1)).float().mean() > 0.98  # a plain QDQ file: both runtimes run it
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(MissingExtraError, match=r"nncf is not installed.*slimkit\[openvino\]"):
+        quantize(trained_cnn, mnist, QuantizeConfig(runtime="openvino"), tmp_path / "no.onnx")
+    assert not (tmp_path / "no.onnx").exists()

@@ -263,7 +263,7 @@ class Loop:
         """Validate ``model`` (or the int8 ``onnx`` file made from it) and keep it as a candidate."""
         from slimkit.io.onnx import OnnxModel
 
-        metrics, loss = self.val_metrics(model if onnx is None else OnnxModel(onnx))
+        metrics, loss = self.val_metrics(model if onnx is None else OnnxModel(onnx, runtime=self.target.runtime))
         costs = self.be.costs(model)
         if onnx is not None:
             costs["bytes"] = onnx.stat().st_size
@@ -728,8 +728,10 @@ class Loop:
         if step.max_drop is None and self.target.max_drop is not None and not self.target.min_metrics:
             slack = self.target.slack(c_fp32.metrics, self.base["metrics"]) if c_fp32 is not None else 0.0
             cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
+        if step.runtime is None:  # made for (and measured on) the runtime the target names
+            cfg = dataclasses.replace(cfg, runtime=self.target.runtime)
         fp32_ms = c_fp32.costs.get("latency") if c_fp32 is not None else None
-        if step.max_latency is None and fp32_ms and self.target.runtime == "onnxruntime":
+        if step.max_latency is None and fp32_ms:
             # mixed precision: the layers int8 hurts most may stay in float as long as the latency holds
             cfg = dataclasses.replace(
                 cfg, max_latency=self.limits["latency"] / fp32_ms, latency_batch=self.target.latency_batch
