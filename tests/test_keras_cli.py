@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -194,13 +195,23 @@ def test_keras_optimize_resumes_after_the_last_finished_step(
 
 def test_cli_other_verbs_take_keras(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
     code, out, err = cli("evaluate", model_file, "-d", "digits", "--runs", "3")
-    assert code == 0, err and "accuracy" in out and "onnxruntime/b1" in out
+    assert code == 0, err
+    assert "accuracy" in out and "onnxruntime/b1" in out
+    code, out, err = cli("evaluate", model_file, "-d", "digits", "--runs", "2", "--runtime", "openvino")
+    assert code == 0, err
+    assert "openvino/b1" in out and "onnxruntime/b1" not in out
     code, out, err = cli("export", model_file, "-o", tmp_path / "m.onnx", "-d", "digits")
     assert code == 0, err
     assert "top-1 agreement 100.00%" in out
     code, out, err = cli("quantize", model_file, "-d", "digits", "-o", tmp_path / "m.int8.onnx")
     assert code == 0, err
     assert (tmp_path / "m.int8.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size
+    if importlib.util.find_spec("nncf"):  # the same ONNX path, int8 placed for OpenVINO and checked there
+        code, out, err = cli(
+            "quantize", model_file, "-d", "digits", "-o", tmp_path / "ov.onnx", "--runtime", "openvino"
+        )
+        assert code == 0, err
+        assert "NNCF" in out or "OpenVINO" in out
     code, out, err = cli(
         "compress", model_file, "--lowrank", "0.5", "--method", "pca", "-d", "digits", "-o", tmp_path / "c.keras"
     )

@@ -1,4 +1,4 @@
-"""``slimkit quantize``: int8 ONNX model with ONNX Runtime, checked on a dataset."""
+"""``slimkit quantize``: int8 ONNX model for ONNX Runtime or OpenVINO, checked on a dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Factory, Force, ModelPath, TrustPickle, console, is_keras, load_model
+from slimkit.cli.common import (
+    DataName,
+    Factory,
+    Force,
+    ModelPath,
+    Runtime,
+    TrustPickle,
+    console,
+    is_keras,
+    load_model,
+)
 
 
 @app.command("quantize")
@@ -37,6 +47,7 @@ def quantize_command(
             "faster lookups) or auto (per-tensor unless row-wise scores better on val)."
         ),
     ] = "auto",
+    runtime: Runtime = "onnxruntime",
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -57,6 +68,7 @@ def quantize_command(
         max_drop=max_drop,
         per_channel=choices[per_channel],
         embeddings=embeddings,
+        runtime=runtime,
     )
     dataset = sk.data.load(data)
     if is_keras(model):  # its fp32 ONNX export, quantized with the data laid out for it
