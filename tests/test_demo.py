@@ -27,9 +27,9 @@ def test_demo_trains_to_97_percent_and_exports(tmp_path: Path) -> None:
     assert (out / "model.onnx").stat().st_size >= 20 * (out / "optimized" / "model.int8.onnx").stat().st_size
     assert optimized.after.metrics["accuracy"] >= report.metrics["accuracy"] - 0.005
     assert (out / "optimized" / "report.html").is_file()
-    assert optimized.speed["deployed"] == "int8 ONNX" and optimized.speed["original_fp32_onnx_ms"] > 0
     # every runtime found times the original and both optimized files; the report names the fastest
     speed = optimized.speed
+    assert speed["deployed"] == "int8 ONNX" and speed["runtime"] == "onnxruntime"
     assert set(speed["runtimes"]) == set(runtimes())
     for row in speed["runtimes"].values():
         assert set(row) == {"original", "fp32 ONNX", "int8 ONNX"} and all(ms and ms > 0 for ms in row.values())

@@ -654,7 +654,8 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     """Latency at ``batch`` rows of the fp32 ONNX original and of the optimized model (its fp32 ONNX,
     and its int8 file when there is one) on every runtime installed, each timed in alternation with
     the original on the same runtime (a fair ratio on a busy machine). The figures of the target's
-    runtime lead; ``best`` names the fastest runtime and file. None without the ``onnx`` extra."""
+    runtime lead (``runtimes``: ``{runtime: {"original" | file: ms}}``, None where the runtime cannot
+    run the file); ``best`` names the fastest runtime and file. None without the ``onnx`` extra."""
     from slimkit.core.errors import ModelFileError
     from slimkit.core.optional import available
     from slimkit.optimize.pipeline import onnx_latency
@@ -671,15 +672,15 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     table: dict[str, dict[str, float | None]] = {}
     for runtime in [loop.target.runtime] + [r for r in found if r != loop.target.runtime]:
         runnable = dict(files)
-        try:  # a runtime may lack an operator of the int8 file (ONNX Runtime's contrib ops)
-            OnnxModel(files.get("int8 ONNX", reference), runtime=runtime)
-        except ModelFileError:
-            runnable.pop("int8 ONNX")
+        if int8 is not None:
+            try:  # a runtime may lack an operator of the int8 file (ONNX Runtime's contrib ops)
+                OnnxModel(int8, runtime=runtime)
+            except ModelFileError:
+                del runnable["int8 ONNX"]
         ms = onnx_latency([reference, *runnable.values()], loop.example, batch, runs=30, runtime=runtime)
         timed = dict(zip(runnable, ms[1:], strict=True))
         table[runtime] = {"original": ms[0]} | {name: timed.get(name) for name in files}
     deployed = "int8 ONNX" if int8 is not None else "fp32 ONNX"
-    ms, ref_ms = table[loop.target.runtime][deployed], table[loop.target.runtime]["original"]
     best = min(
         ((rt, name, t) for rt, row in table.items() for name, t in row.items() if name != "original" and t),
         key=lambda b: b[2],
@@ -687,9 +688,6 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     return {
         "batch": batch,
         "runtime": loop.target.runtime,
-        "original_fp32_onnx_ms": ref_ms,
-        "optimized_ms": ms,
-        "speedup": ref_ms / ms if ms else None,
         "deployed": deployed,
         "runtimes": table,
         "best": {"runtime": best[0], "file": best[1], "ms": best[2], "speedup": table[best[0]]["original"] / best[2]},
