@@ -164,6 +164,9 @@ class KerasBackend:
         fp32 = self.export_onnx(model, path.with_name(path.name.replace(".int8.onnx", ".fp32.onnx")))
         return quantize(fp32, self.data, cfg, path, force=True)
 
+    def fake_quantized(self, model: Any, quantized: Any, momentum: float) -> Any:
+        raise SlimkitError("quantization-aware training is not available for Keras models yet (PyTorch only)")
+
     def report(self, model: Any, split: str, batch_sizes: tuple[int, ...], runtime: str = "onnxruntime") -> Report:
         """Quality and latency on ``runtime`` on ``split`` of an ONNX runner, or of a Keras model's fp32
         ONNX export (its params and MACs counted on the Keras model)."""
