@@ -33,6 +33,18 @@ def mnist() -> sk.data.Dataset:
 
 
 @pytest.fixture(scope="session")
+def mini(mnist: sk.data.Dataset) -> sk.data.Dataset:
+    """1,200 / 300 / 300 real MNIST digits: small enough for seconds-long runs."""
+    s = mnist.splits
+    splits = {
+        "train": (s["train"][0][:1200], s["train"][1][:1200]),
+        "val": (s["val"][0][:300], s["val"][1][:300]),
+        "test": (s["test"][0][:300], s["test"][1][:300]),
+    }
+    return sk.data.Dataset(name="mnist-mini", splits=splits, classes=mnist.classes, meta=dict(mnist.meta))
+
+
+@pytest.fixture(scope="session")
 def digits() -> sk.data.Dataset:
     return sk.data.load("digits")
 

@@ -20,17 +20,6 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def mini(mnist: sk.data.Dataset) -> sk.data.Dataset:
-    s = mnist.splits
-    splits = {
-        "train": (s["train"][0][:1000], s["train"][1][:1000]),
-        "val": (s["val"][0][:300], s["val"][1][:300]),
-        "test": (s["test"][0][:300], s["test"][1][:300]),
-    }
-    return sk.data.Dataset(name="mnist-mini", splits=splits, classes=mnist.classes, meta=dict(mnist.meta))
-
-
-@pytest.fixture(scope="module")
 def net(mini: sk.data.Dataset) -> nn.Module:
     """Convolutions and Linear layers, no dropout or BatchNorm: training mode computes what evaluation does."""
     torch.manual_seed(0)

@@ -136,18 +136,6 @@ def test_cost_model_matches_real_pruning(name: str, kwargs: dict, shape: tuple) 
 
 
 @pytest.fixture(scope="module")
-def mini(mnist: sk.data.Dataset) -> sk.data.Dataset:
-    """1,200 / 300 / 300 real MNIST digits: small enough for seconds-long runs."""
-    s = mnist.splits
-    splits = {
-        "train": (s["train"][0][:1200], s["train"][1][:1200]),
-        "val": (s["val"][0][:300], s["val"][1][:300]),
-        "test": (s["test"][0][:300], s["test"][1][:300]),
-    }
-    return sk.data.Dataset(name="mnist-mini", splits=splits, classes=mnist.classes, meta=dict(mnist.meta))
-
-
-@pytest.fixture(scope="module")
 def small_cnn(mini: sk.data.Dataset) -> torch.nn.Module:
     torch.manual_seed(0)
     model = sk.zoo.create_for("seed_cnn", mini, width=0.25)
