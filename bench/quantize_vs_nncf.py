@@ -219,14 +219,14 @@ def qat_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path,
 def mixed_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, max_drop: float) -> list[str]:
     """Full static int8 beside mixed precision with the latency budget halfway between full int8's and
     fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64)."""
-    full = quantize(model, data, QuantizeConfig(mode="static"), out / "full.onnx")
+    full = quantize(model, data, QuantizeConfig(mode="static"), out / f"{name}.full.onnx")
     fp32 = sk.export(model, out / f"{name}.mp32.onnx", data.example, force=True)
     x = batch_of(data.example, 64)
     runners = [OnnxModel(full.path), OnnxModel(fp32)]
     int8_ms, fp32_ms = measure_latencies([lambda r=r: r(x) for r in runners], runs=30)
     budget = (1 + int8_ms / fp32_ms) / 2
     cfg = QuantizeConfig(mode="static", max_drop=max_drop, max_latency=budget)
-    mixed = quantize(model, data, cfg, out / "mixed.onnx")
+    mixed = quantize(model, data, cfg, out / f"{name}.mixed.onnx")
     test = {
         k: 100 * sk.evaluate(OnnxModel(r.path), data, latency=False).metrics["accuracy"]
         for k, r in (("full", full), ("mixed", mixed))
