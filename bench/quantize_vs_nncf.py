@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quantize_vs_ort import _vs, table  # the sibling bench (bench/ is on the path when run as a script)
 
 import slimkit as sk
 from slimkit.compress import QuantizeConfig, quantize
@@ -168,12 +169,6 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
     return rows, checks, (model, data)
 
 
-def _vs(ours: float, best_peer: float) -> str:
-    """PASS if ours is at most the best peer's latency, TIE if slower by at most 5% (noise), else FAIL."""
-    gap = ours - best_peer
-    return "PASS" if gap <= 1e-9 else ("TIE (within noise)" if gap <= 0.05 * best_peer + 1e-9 else "FAIL")
-
-
 def qat_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, epochs: int) -> list[str]:
     """Post-training static int8 with nothing left in float, beside the same after quantization-aware
     fine-tuning (BatchNorm folded, ``epochs`` at lr 1e-4 distilled from the fp32 model)."""
@@ -220,7 +215,7 @@ def mixed_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Pat
     """Full static int8 beside mixed precision with the latency budget halfway between full int8's and
     fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64)."""
     full = quantize(model, data, QuantizeConfig(mode="static"), out / f"{name}.full.onnx")
-    fp32 = sk.export(model, out / f"{name}.mp32.onnx", data.example, force=True)
+    fp32 = out / f"{name}.onnx"  # exported by bench_model
     x = batch_of(data.example, 64)
     runners = [OnnxModel(full.path), OnnxModel(fp32)]
     int8_ms, fp32_ms = measure_latencies([lambda r=r: r(x) for r in runners], runs=30)
@@ -243,11 +238,6 @@ def mixed_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Pat
         ", ".join(f"{n} ({mixed.layers[n]['op']})" for n in mixed.excluded) or "none",
         str(mixed.met_max_drop),
     ]
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def main() -> None:
