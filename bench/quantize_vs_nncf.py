@@ -5,7 +5,9 @@ briefly with ``slimkit.train.fit``, export fp32 ONNX, then quantize with the sam
 samples of calibration:
 
 - slimkit int8 (``slimkit.compress.quantize``, mode auto, ``max_drop=0.3``), made for ONNX Runtime
-  and made for OpenVINO (``runtime="openvino"``: NNCF's placement, checked on OpenVINO);
+  at batch 64 and at batch 1 (``latency_batch``: each keeps the faster of ONNX Runtime's and NNCF's
+  placements at that batch) and made for OpenVINO (``runtime="openvino"``: NNCF's placement, checked
+  on OpenVINO);
 - NNCF ``nncf.quantize`` with its defaults on the ONNX model (a QDQ ONNX file both runtimes run);
 - NNCF ``nncf.quantize`` with its defaults on the OpenVINO model (an OpenVINO IR, OpenVINO only);
 - ONNX Runtime's ``quantize_static`` with its defaults.
@@ -71,7 +73,8 @@ def ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     from onnxruntime.quantization import quantize_static
 
     path = out / f"{fp32.stem}.ort_static.onnx"
-    reader = _calibration_reader(OnnxModel(fp32).input_name, torch.from_numpy(np.concatenate(calib)), len(calib[0]))
+    name = OnnxModel(fp32).input_name
+    reader = _calibration_reader([{name: b} for b in calib])
     quantize_static(fp32, path, reader)
     return path
 
@@ -118,12 +121,16 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
     result = quantize(model, data, QuantizeConfig(max_drop=0.3), out / f"{name}.int8.onnx")
     timings["slimkit int8"] = time.perf_counter() - start
     start = time.perf_counter()
+    for_b1 = quantize(model, data, QuantizeConfig(max_drop=0.3, latency_batch=1), out / f"{name}.int8-b1.onnx")
+    timings["slimkit int8 (for b1)"] = time.perf_counter() - start
+    start = time.perf_counter()
     for_ov = quantize(model, data, QuantizeConfig(max_drop=0.3, runtime="openvino"), out / f"{name}.int8-ov.onnx")
     timings["slimkit int8 (for OpenVINO)"] = time.perf_counter() - start
     start = time.perf_counter()
     nncf = nncf_files(fp32, out, calib)
     timings["nncf (both)"] = time.perf_counter() - start
-    paths = {"fp32": fp32, "slimkit int8": result.path, "slimkit int8 (for OpenVINO)": for_ov.path, **nncf}
+    paths = {"fp32": fp32, "slimkit int8": result.path, "slimkit int8 (for b1)": for_b1.path}
+    paths |= {"slimkit int8 (for OpenVINO)": for_ov.path, **nncf}
     paths["ort static (defaults)"] = ort_static(fp32, out, calib)
     figures = measure(paths, data, runs, threads)
     rows = []
@@ -146,24 +153,30 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
         )
     checks = [
         f"{name} (mnist5k, trained {trained:.0f} s, {count_params(model):,} params): slimkit chose {result.mode}; "
-        f"left in float: {result.excluded or 'none'}; quantize s: "
-        + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+        f"left in float: {result.excluded or 'none'}; placement for b64: {result.settings.get('format')}, for b1: "
+        f"{for_b1.settings.get('format')}; quantize s: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
     ]
-    for runtime, ours_name in (("onnxruntime", "slimkit int8"), ("openvino", "slimkit int8 (for OpenVINO)")):
-        ours = figures[ours_name, runtime]
-        for peer in ("nncf int8 (ONNX)", "nncf int8 (OpenVINO IR)"):
-            p = figures.get((peer, runtime))
-            if p is not None:
-                checks.append(
-                    f"  {ours_name} vs {peer} on {runtime}: accuracy {ours['acc']:.2f} vs {p['acc']:.2f} "
-                    f"({'PASS' if p['acc'] - ours['acc'] <= 0.1 else 'FAIL'}: goal at most 0.1 point below)"
-                )
+    made_for = {  # the slimkit file made for each runtime and batch
+        "onnxruntime": {"b1": "slimkit int8 (for b1)", "b64": "slimkit int8"},
+        "openvino": {"b1": "slimkit int8 (for OpenVINO)", "b64": "slimkit int8 (for OpenVINO)"},
+    }
+    for runtime, files in made_for.items():
+        for ours_name in dict.fromkeys(files.values()):
+            ours = figures[ours_name, runtime]
+            for peer in ("nncf int8 (ONNX)", "nncf int8 (OpenVINO IR)"):
+                p = figures.get((peer, runtime))
+                if p is not None:
+                    checks.append(
+                        f"  {ours_name} vs {peer} on {runtime}: accuracy {ours['acc']:.2f} vs {p['acc']:.2f} "
+                        f"({'PASS' if p['acc'] - ours['acc'] <= 0.1 else 'FAIL'}: goal at most 0.1 point below)"
+                    )
         peers = {v: f for (v, r), f in figures.items() if r == runtime and v != "fp32" and not v.startswith("slimkit")}
-        for b in ("b1", "b64"):
+        for b, ours_name in files.items():
+            ours = figures[ours_name, runtime]
             fastest = min(peers, key=lambda v: peers[v][b])
             verdict = _vs(ours[b], peers[fastest][b])
             checks.append(
-                f"  on {runtime} (what {ours_name} is made for), {b}: slimkit {ours[b]:.3f} ms, fastest peer "
+                f"  on {runtime} at {b} ({ours_name} is made for it): slimkit {ours[b]:.3f} ms, fastest peer "
                 f"{fastest} {peers[fastest][b]:.3f} ms ({verdict})"
             )
     return rows, checks, (model, data)

@@ -66,7 +66,7 @@ def ort_defaults(fp32: Path, out: Path, data: sk.data.Dataset, cfg: QuantizeConf
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
     x = data.splits["train"][0][: cfg.calibration_samples]
-    reader = _calibration_reader(OnnxModel(fp32).input_name, x, cfg.calibration_batch_size)
+    reader = _calibration_reader([{OnnxModel(fp32).input_name: b.numpy()} for b in x.split(cfg.calibration_batch_size)])
     paths = {"ort static (defaults)": out / "ort_static.onnx", "ort dynamic (defaults)": out / "ort_dynamic.onnx"}
     quantize_static(fp32, paths["ort static (defaults)"], reader)
     quantize_dynamic(fp32, paths["ort dynamic (defaults)"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,13 @@ def test_compress_cluster_with_fine_tuning(cli, ckpt: Path, tmp_path: Path) -> N
 
 def test_quantize_verb(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "m.int8.onnx"
-    code, stdout, err = cli("quantize", ckpt, "--data", "mnist5k", "--mode", "static", "--max-drop", "1.0", "-o", out)
+    code, stdout, err = cli(
+        "quantize", ckpt, "--data", "mnist5k", "--mode", "static", "--max-drop", "1.0", "--batch", "1", "-o", out
+    )
     assert code == 0, err
     assert "int8 (static)" in stdout and "val accuracy" in stdout and out.is_file()
+    if importlib.util.find_spec("nncf") is not None:  # both placements made, the faster at batch 1 kept
+        assert "the faster at batch 1 on onnxruntime" in stdout
     code, _, err = cli("quantize", ckpt, "--data", "mnist5k", "-o", out)
     assert code == 2 and "already exists" in err
 
@@ -77,3 +82,5 @@ def test_quantize_bad_mode(cli, ckpt: Path, tmp_path: Path) -> None:  # noqa: AN
     assert code == 2 and "unknown quantization mode" in err
     code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--embeddings", "int4", "-o", tmp_path / "q.onnx")
     assert code == 2 and "embeddings must be 'auto', 'rowwise' or 'onnx'" in err
+    code, _, err = cli("quantize", ckpt, "-d", "mnist5k", "--placement", "tvm", "-o", tmp_path / "q.onnx")
+    assert code == 2 and "unknown placement 'tvm'" in err and len(err.strip().splitlines()) == 1

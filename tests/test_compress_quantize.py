@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import subprocess
 import sys
 from collections import Counter
@@ -29,7 +30,7 @@ def cnn_int8(
 def test_auto_picks_static_for_seed_cnn_and_keeps_accuracy(cnn_int8: QuantizeResult) -> None:
     r = cnn_int8
     assert r.mode == "static" and "convolutions are" in r.reason
-    assert r.settings["format"] == "QDQ" and r.settings["weights"] == "int8 per-channel"
+    assert r.settings["format"].startswith("QDQ") and r.settings["weights"] == "int8 per-channel"
     assert r.met_max_drop is True and r.drop <= 0.3
     assert r.path.is_file() and r.bytes_int8 == r.path.stat().st_size
     assert r.bytes_int8 <= 0.27 * r.bytes_fp32, r.bytes_int8 / r.bytes_fp32
@@ -138,6 +139,43 @@ def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, m
     assert r.excluded == [fc2_node] and set(r.sensitivity) == {n for n, _ in quantizable_nodes_of(model, tmp_path)}
 
 
+@pytest.mark.parametrize("faster", ["onnxruntime", "nncf"])
+def test_static_int8_for_onnx_runtime_keeps_the_faster_placement_at_the_target_batch(
+    trained_cnn: nn.Module,
+    mnist,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    faster: str,
+) -> None:
+    pytest.importorskip("nncf")
+    module = importlib.import_module("slimkit.compress.quantize")
+    timed = []
+
+    def latencies(qz, *paths: Path) -> list[float]:  # noqa: ANN001
+        timed.append((qz.cfg.batch, len(paths)))  # placements are made in order: ONNX Runtime's, NNCF's
+        return [1.0, 2.0] if faster == "onnxruntime" else [2.0, 1.0]
+
+    monkeypatch.setattr(module._Quantizer, "latencies", latencies)
+    cfg = QuantizeConfig(mode="static", max_drop=1.0, latency_batch=1)
+    r = quantize(trained_cnn, mnist, cfg, tmp_path / "q.onnx")
+    assert timed == [(1, 2)] and r.met_max_drop and r.drop <= 1.0
+    nncf = r.settings["format"] == "QDQ placed by NNCF"
+    assert nncf == (faster == "nncf") and r.settings["format"].startswith("QDQ")
+    assert any(
+        f"the faster at batch 1 on onnxruntime (ONNX Runtime's {1.0 if not nncf else 2.0:.3g} ms" in n for n in r.notes
+    )
+    x = mnist.splits["test"][0][:256]
+    assert (sk.load(r.path)(x).argmax(1) == trained_cnn(x).argmax(1)).float().mean() > 0.97
+    # a placement named by the user is the only one made, nothing timed
+    timed.clear()
+    named = quantize(trained_cnn, mnist, dataclasses.replace(cfg, placement="nncf"), tmp_path / "n.onnx")
+    assert timed == [] and named.settings["format"] == "QDQ placed by NNCF"
+    # without NNCF installed: ONNX Runtime's placement, no error
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    plain = quantize(trained_cnn, mnist, cfg, tmp_path / "p.onnx")
+    assert timed == [] and plain.settings["format"] == "QDQ (ONNX Runtime's placement)"
+
+
 def test_mixed_precision_puts_layers_back_to_float_only_within_the_latency_budget(
     trained_cnn: nn.Module,
     mnist,  # noqa: ANN001
@@ -228,6 +266,19 @@ def quantizable_nodes_of(model: nn.Module, tmp_path: Path) -> list[tuple[str, st
     return quantizable_nodes(pre)
 
 
+def test_attention_is_found_only_where_a_softmax_feeds_a_matmul(cnn_int8: QuantizeResult, tmp_path: Path) -> None:
+    from slimkit.compress.onnxgraph import has_attention
+
+    class Attend(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(x @ x.transpose(1, 2), -1) @ x
+
+    sk.export(Attend(), tmp_path / "a.onnx", torch.randn(2, 5, 8))
+    sk.export(nn.Sequential(nn.Linear(8, 4), nn.Softmax(-1)), tmp_path / "c.onnx", torch.randn(2, 8))
+    assert has_attention(tmp_path / "a.onnx") and not has_attention(tmp_path / "c.onnx")
+    assert not has_attention(cnn_int8.path)
+
+
 def test_choose_mode() -> None:
     assert choose_mode({"conv": 70, "dense": 30, "rnn": 0})[0] == "static"
     mode, why = choose_mode({"conv": 10, "dense": 30, "rnn": 60})
@@ -257,6 +308,7 @@ def test_torch_dynamic_int8(text) -> None:  # noqa: ANN001
         ({"embeddings": "int4"}, "embeddings must be"),
         ({"per_channel": "yes"}, "per_channel must be"),
         ({"mode": "int4", "block_size": 24}, "power of two"),
+        ({"placement": "tensorrt"}, "unknown placement"),
     ],
 )
 def test_bad_configs(kwargs: dict, message: str) -> None:

@@ -216,6 +216,30 @@ def test_onnx_export_and_int8(tmp_path: Path, st_model, tokenizer: BertTokenizer
         text.quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx")
 
 
+def test_static_int8_of_an_encoder_calibrates_both_inputs_for_either_runtime(
+    tmp_path: Path,
+    st_model,  # noqa: ANN001
+    tokenizer: BertTokenizerFast,
+) -> None:
+    pytest.importorskip("nncf")
+    from slimkit.compress import QuantizeConfig, quantize
+    from slimkit.compress.onnxgraph import has_attention
+    from slimkit.io.onnx import OnnxModel
+    from slimkit.task import get_task
+
+    original = text.PooledEncoder.of(st_model).eval()
+    data = text.sentence_loaders(tokenizer, SENTENCES[:64], SENTENCES[64:80], SENTENCES[80:], batch_size=16)
+    task = get_task("fidelity", reference=original)
+    fp32 = text.export_onnx(st_model, tmp_path / "m.onnx", tokenizer)
+    assert has_attention(fp32)  # NNCF's transformer scheme: LayerNorm and Softmax paths stay in float
+    for runtime in ("openvino", "onnxruntime"):
+        cfg = QuantizeConfig(mode="static", runtime=runtime, calibration_samples=48)
+        r = quantize(original, data, cfg, tmp_path / f"{runtime}.int8.onnx", task=task)
+        assert r.settings["calibration_samples"] == 48  # sentences of varying length: the loader's batches
+        assert r.settings["format"].startswith("QDQ") and r.bytes_int8 < r.bytes_fp32
+        assert task.evaluate(OnnxModel(r.path, runtime=runtime), data.test)["cosine"] > 0.98
+
+
 def test_distillation_moves_student_towards_teacher(st_model, tokenizer: BertTokenizerFast) -> None:  # noqa: ANN001
     teacher = copy.deepcopy(st_model)
     calib = [text.tokenize(tokenizer, SENTENCES[:32])]

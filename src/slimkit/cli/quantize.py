@@ -48,6 +48,14 @@ def quantize_command(
         ),
     ] = "auto",
     runtime: Runtime = "onnxruntime",
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="Static mode: where the quantize / dequantize pairs go: onnxruntime, nncf or auto (NNCF's for "
+            "OpenVINO; for ONNX Runtime both, keeping the faster at --batch rows)."
+        ),
+    ] = "auto",
+    batch: Annotated[int, typer.Option(help="Batch size the placements are timed at (the one you deploy with).")] = 64,
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -69,6 +77,8 @@ def quantize_command(
         per_channel=choices[per_channel],
         embeddings=embeddings,
         runtime=runtime,
+        placement=placement,
+        latency_batch=batch,
     )
     dataset = sk.data.load(data)
     if is_keras(model):  # its fp32 ONNX export, quantized with the data laid out for it

@@ -86,6 +86,22 @@ def quantizable_nodes(path: Path) -> list[tuple[str, str]]:
     ]
 
 
+def has_attention(path: Path) -> bool:
+    """Whether the graph computes attention: a Softmax whose output a MatMul reads within three
+    element-wise steps (PyTorch's exporter puts a NaN guard between them), or an Attention op."""
+    onnx = require("onnx", extra="onnx")
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    if any(n.op_type == "Attention" for n in nodes):
+        return True
+    reached = {o for n in nodes if n.op_type == "Softmax" for o in n.output}
+    for _ in range(4):
+        readers = [n for n in nodes if reached & set(n.input)]
+        if any(n.op_type == "MatMul" for n in readers):
+            return True
+        reached = {o for n in readers for o in n.output}
+    return False
+
+
 def pad_conv_inputs(path: Path, out: Path, channels: int = 4) -> dict[str, str]:
     """Write ``path`` to ``out`` with the input of every convolution that reads fewer than
     ``channels`` channels zero-padded to ``channels`` (and zero weights added for them): exact, and

@@ -52,17 +52,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.compress.onnxgraph import gemm_to_matmul, mac_shares, pad_conv_inputs, quantizable_nodes
+from slimkit.compress.onnxgraph import gemm_to_matmul, has_attention, mac_shares, pad_conv_inputs, quantizable_nodes
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output
 from slimkit.core.hardware import has_vnni
-from slimkit.core.optional import quiet, require
+from slimkit.core.optional import available, quiet, require
 from slimkit.core.transform import Config, register_config
 from slimkit.io.onnx import RUNTIMES, OnnxModel, check_runtime, strip_debug_info
 from slimkit.task import Task, format_metric, in_points, worse_by
 
 MODES = ("auto", "static", "dynamic", "int4")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+PLACEMENTS = ("auto", "onnxruntime", "nncf")
 
 
 TABLES = {
@@ -99,8 +100,17 @@ class QuantizeConfig(Config):
     in 0.51x of fp32 on OpenVINO, NNCF's in 0.23x), ``auto`` picks static, and the accuracy check and
     latencies are measured on OpenVINO.
 
+    ``placement`` (static mode) decides where the quantize / dequantize pairs go: ``"onnxruntime"``
+    (ONNX Runtime's quantizer), ``"nncf"`` (NNCF's, what OpenVINO fuses best) or ``"auto"``: NNCF's for
+    OpenVINO; for ONNX Runtime both are made (NNCF's when installed) and the faster at
+    ``latency_batch`` rows (default 64; in the loop its target's) on the target runtime is kept
+    among those within ``max_drop`` (without ``max_drop``: among the most accurate). Which wins
+    depends on the model and the batch: on mnist5k ONNX Runtime's ran resnet_cifar at batch 64 in
+    0.54x of fp32 against NNCF's 0.81x, NNCF's at batch 1 in 0.67x against 0.74x
+    (``bench/RESULTS-quantize.md``).
+
     ``max_latency`` makes the accuracy check mixed precision under a latency budget: the int8 file may
-    take at most this share of the fp32 file's ONNX Runtime latency at ``latency_batch`` rows (timed in
+    take at most this share of the fp32 file's latency at ``latency_batch`` rows (timed in
     alternation). Each node's cost of staying in float is then measured too, nodes are put back in
     order of output error saved per millisecond, and a node that would break the budget is skipped.
     """
@@ -121,8 +131,9 @@ class QuantizeConfig(Config):
     embeddings: str = "auto"
     block_size: int = 32
     max_latency: float | None = None
-    latency_batch: int = 64
+    latency_batch: int | None = None
     runtime: str | None = None
+    placement: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -146,14 +157,21 @@ class QuantizeConfig(Config):
             raise SlimkitError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.max_latency is not None and self.max_latency <= 0:
             raise SlimkitError(f"max_latency must be a positive share of the fp32 latency, got {self.max_latency}")
-        if self.latency_batch < 1:
+        if self.latency_batch is not None and self.latency_batch < 1:
             raise SlimkitError(f"latency_batch must be at least 1, got {self.latency_batch}")
         if self.runtime is not None and self.runtime not in RUNTIMES:
             raise SlimkitError(f"unknown runtime {self.runtime!r}: choose {' or '.join(RUNTIMES)}")
+        if self.placement not in PLACEMENTS:
+            raise SlimkitError(f"unknown placement {self.placement!r}: choose {', '.join(PLACEMENTS)}")
 
     @property
     def target_runtime(self) -> str:
         return self.runtime or "onnxruntime"
+
+    @property
+    def batch(self) -> int:
+        """Rows of the batch latencies are measured at (``latency_batch``; default 64, in the loop its target's)."""
+        return self.latency_batch or 64
 
 
 @dataclasses.dataclass
@@ -205,21 +223,22 @@ class QuantizeResult:
         return "\n".join(lines)
 
 
-def _calibration_reader(input_name: str, x: torch.Tensor, batch_size: int) -> Any:
+def _calibration_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+    """ONNX Runtime's calibration reader over ``feeds`` (batches of inputs by ONNX input name)."""
     q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
 
     class Reader(q.CalibrationDataReader):
         """Real input batches for ONNX Runtime's calibrators."""
 
         def __init__(self) -> None:
-            self.batches = [b.numpy() for b in x.split(batch_size)]
+            self.batches = feeds
             self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
         def rewind(self) -> None:
-            self._it = iter({input_name: b} for b in self.batches)
+            self._it = iter(self.batches)
 
         def __len__(self) -> int:
             return len(self.batches)
@@ -262,14 +281,17 @@ class _Quantizer:
 
         self.fp32, self.workdir, self.cfg, self.mode, self.task = fp32, workdir, cfg, mode, task
         self.runtime = cfg.target_runtime
-        self.input_name = OnnxModel(fp32).input_name
         self.cache = workdir / "calibration.json"
         self.reader = None  # dynamic int8 needs no calibration
         if mode == "static":
-            self.calibration = _calibration_inputs(data, task, cfg.calibration_samples)
-            self.reader = _calibration_reader(self.input_name, self.calibration, cfg.calibration_batch_size)
+            names = OnnxModel(fp32).input_names
+            self.calibration = _calibration_feeds(
+                data, task, cfg.calibration_samples, names, cfg.calibration_batch_size
+            )
+            self.reader = _calibration_reader(self.calibration)
         batches = itertools.islice(as_loader(data, cfg.split), cfg.val_batches)
         self.val = [(x, task.reference_targets(x, y)) for x, y in map(task.split, batches)]
+        self.example = data.example
         if not self.val:
             raise SlimkitError(f"cannot quantize: the {cfg.split} data is empty")
         runner = OnnxModel(reference or fp32, runtime=self.runtime)
@@ -279,6 +301,7 @@ class _Quantizer:
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
         self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
         self.float_nodes: list[str] = []  # helper nodes that stay in float (not the user's choice)
+        self.placement = "nncf" if self.runtime == "openvino" else "onnxruntime"  # of static quantize / dequantize
 
     def run(self, exclude: list[str]) -> Path:
         q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
@@ -290,8 +313,8 @@ class _Quantizer:
             if self.mode == "int4":
                 user = set(cfg.exclude) | set(self.float_nodes)
                 _weight_only(self.fp32, out, cfg.block_size, [n for n in exclude if n not in user], sorted(user))
-            elif self.runtime == "openvino" and self.mode == "static":
-                _nncf_static(self.fp32, out, self.calibration, self.input_name, cfg.calibration_batch_size, exclude)
+            elif self.mode == "static" and self.placement == "nncf":
+                _nncf_static(self.fp32, out, self.calibration, exclude)
             elif self.mode == "dynamic":
                 q.quantize_dynamic(
                     self.fp32,
@@ -348,10 +371,10 @@ class _Quantizer:
         }
         if self.mode == "static":
             out |= {
-                "format": "QDQ" if self.runtime == "onnxruntime" else "QDQ placed by NNCF (for OpenVINO)",
+                "format": "QDQ placed by NNCF" if self.placement == "nncf" else "QDQ (ONNX Runtime's placement)",
                 "activations": "uint8 (calibrated)",
                 "calibration": cfg.calibration,
-                "calibration_samples": min(cfg.calibration_samples, sum(len(b) for b in self.reader.batches)),
+                "calibration_samples": sum(len(next(iter(b.values()))) for b in self.calibration),
             }
         else:
             out["activations"] = "uint8 (dynamic, per batch)"
@@ -373,6 +396,14 @@ class _Quantizer:
     def worse_by(self, value: float) -> float:
         """How much worse than fp32 ``value`` of the task's metric is (in its units)."""
         return worse_by(self.task.metric, self.fp32_value, value)
+
+    def latencies(self, *paths: Path) -> list[float]:
+        """Median latency in ms of each file at ``latency_batch`` rows on the target runtime, timed in turn."""
+        from slimkit.evaluate.cost import batch_of, measure_latencies
+
+        x = batch_of(self.example, self.cfg.batch)
+        runners = [OnnxModel(p, runtime=self.runtime) for p in paths]
+        return measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=20)
 
 
 def _weight_only(src: Path, out: Path, block_size: int, eight_bit: list[str], keep_float: list[str]) -> None:
@@ -424,20 +455,20 @@ def drop_zero_bias_offsets(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _nncf_static(
-    fp32: Path, out: Path, calibration: torch.Tensor, input_name: str, batch: int, exclude: list[str]
-) -> None:
+def _nncf_static(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str]) -> None:
     """NNCF's post-training static int8 of an ONNX file (its defaults; quantize / dequantize pairs
-    placed for OpenVINO), calibrated on ``calibration``, leaving the nodes ``exclude`` in float."""
+    placed for OpenVINO), calibrated on ``feeds``, leaving the nodes ``exclude`` in float. Graphs with
+    attention get NNCF's transformer scheme (SmoothQuant, LayerNorm / Softmax paths left in float): on
+    all-MiniLM-L6-v2 its defaults kept cosine 0.41 to the fp32 embeddings, the transformer scheme 0.998."""
     nncf = require("nncf", extra="openvino")
     onnx = require("onnx", extra="onnx")
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    batches = [calibration[i : i + batch].numpy() for i in range(0, len(calibration), batch)]
     with quiet(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         model = nncf.quantize(
             onnx.load(str(fp32)),
-            nncf.Dataset(batches, lambda x: {input_name: x}),
-            subset_size=len(batches),
+            nncf.Dataset(feeds),
+            subset_size=len(feeds),
+            model_type=nncf.ModelType.TRANSFORMER if has_attention(fp32) else None,
             ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False),
         )
     onnx.save(model, str(out))
@@ -462,23 +493,36 @@ def _pre_process(path: Path, notes: list[str]) -> Path:
     return path
 
 
-def _calibration_inputs(data: Any, task: Task, samples: int) -> torch.Tensor:
-    """The first ``samples`` model inputs of the training split (one tensor: ONNX Runtime's calibrators
-    read a single input)."""
+def _calibration_feeds(
+    data: Any, task: Task, samples: int, names: list[str], batch_size: int
+) -> list[dict[str, np.ndarray]]:
+    """The first ``samples`` model inputs of the training split as batches of ``batch_size`` rows keyed by
+    the ONNX input ``names`` (one tensor, a tuple in input order, or a dict by name). Inputs whose shape
+    varies between batches (padded sentences) keep the loader's batches."""
     from slimkit.data import as_loader
 
-    taken, rows = [], 0
+    taken: list[dict[str, torch.Tensor]] = []
+    rows = 0
     for batch in as_loader(data, "train"):
         x = task.inputs(batch)
-        if not isinstance(x, torch.Tensor):
-            raise SlimkitError("int8 calibration takes models with one input tensor; this model takes several")
-        taken.append(x[: samples - rows])
-        rows += len(taken[-1])
+        feed = (
+            dict(x)
+            if isinstance(x, dict)
+            else dict(zip(names, x if isinstance(x, tuple | list) else (x,), strict=False))
+        )
+        if set(feed) != set(names):
+            raise SlimkitError(f"the model takes the inputs {', '.join(names)}; the data gives {', '.join(feed)}")
+        n = min(len(next(iter(feed.values()))), samples - rows)
+        taken.append({k: v[:n] for k, v in feed.items()})
+        rows += n
         if rows >= samples:
             break
     if not taken:
         raise SlimkitError("cannot calibrate int8: the training data is empty")
-    return torch.cat(taken)
+    if all(t[k].shape[1:] == taken[0][k].shape[1:] for t in taken for k in names):
+        whole = {k: torch.cat([t[k] for t in taken]) for k in names}
+        taken = [{k: v[i : i + batch_size] for k, v in whole.items()} for i in range(0, rows, batch_size)]
+    return [{k: v.detach().cpu().numpy() for k, v in t.items()} for t in taken]
 
 
 def quantize(
@@ -501,7 +545,7 @@ def quantize(
     require("onnxruntime", extra="onnx")
     require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
     check_runtime(cfg.target_runtime)
-    if cfg.target_runtime == "openvino" and cfg.mode in ("auto", "static"):
+    if cfg.mode in ("auto", "static") and (cfg.target_runtime == "openvino" or cfg.placement == "nncf"):
         require("nncf", extra="openvino")
     output = check_output(output, force)
     if output.suffix.lower() != ".onnx":
@@ -555,14 +599,22 @@ def quantize(
         excluded = list(cfg.exclude)
         # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
         scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)
-        scored = []  # ((-metric loss, faster tables, -output error), metric, path, tables, per-channel)
+        placements = [qz.placement]
+        if mode == "static" and cfg.placement != "auto":
+            placements = [cfg.placement]
+        elif mode == "static" and cfg.target_runtime == "onnxruntime" and available("nncf"):
+            placements = ["onnxruntime", "nncf"]
+        scored = []  # ((-metric loss, faster tables, -output error), metric, path, tables, per-channel, placement)
         for kind, source in sources.items():
-            for per_channel in scales:
-                qz.fp32, qz.per_channel = source, per_channel
+            for per_channel, placement in itertools.product(scales, placements):
+                qz.fp32, qz.per_channel, qz.placement = source, per_channel, placement
                 path = qz.run(excluded)
                 value, err = qz.score(path)
-                scored.append(((-qz.worse_by(value), kind == "onnx", -err), value, path, kind, per_channel))
-        _, value, best, kind, qz.per_channel = max(scored, key=lambda c: c[0])
+                scored.append(((-qz.worse_by(value), kind == "onnx", -err), value, path, kind, per_channel, placement))
+        chosen = max(scored, key=lambda c: c[0])
+        if len(placements) > 1:
+            chosen = _faster_placement(qz, scored, chosen, notes)
+        _, value, best, kind, qz.per_channel, qz.placement = chosen
         qz.fp32 = sources[kind]
         if "rowwise" in sources:
             chosen = f" (scored on the {cfg.split} split against row-wise)" if len(sources) > 1 else ""
@@ -575,7 +627,7 @@ def quantize(
         if cfg.max_drop is not None:
             met = qz.worse_by(value) <= cfg.max_drop
             if not met and cfg.max_latency is not None and mode != "int4":
-                best, value, excluded, layers, met, share = _mixed_precision(qz, excluded, best, value, data.example)
+                best, value, excluded, layers, met, share = _mixed_precision(qz, excluded, best, value)
                 sensitivity = {n: d["error_if_float"] for n, d in layers.items()}
             elif not met:
                 best, value, excluded, sensitivity, met = _exclude_sensitive(qz, excluded, best, value)
@@ -602,6 +654,25 @@ def quantize(
         )
 
 
+def _faster_placement(qz: _Quantizer, scored: list[tuple], best: tuple, notes: list[str]) -> tuple:
+    """Of the ``scored`` files (one per placement), the fastest at ``latency_batch`` rows on the target
+    runtime among those within ``max_drop`` (without it: as accurate as the most accurate ``best``)."""
+    limit = qz.cfg.max_drop
+    ok = [c for c in scored if (qz.worse_by(c[1]) <= limit if limit is not None else c[0][0] >= best[0][0])]
+    if len(ok) < 2:
+        return best
+    ms = qz.latencies(*(c[2] for c in ok))
+    fastest = min(range(len(ok)), key=ms.__getitem__)
+    times = ", ".join(
+        f"{'NNCF' if c[5] == 'nncf' else 'ONNX Runtime'}'s {t:.3g} ms" for c, t in zip(ok, ms, strict=True)
+    )
+    notes.append(
+        f"quantize / dequantize placed as {'NNCF' if ok[fastest][5] == 'nncf' else 'ONNX Runtime'} does: "
+        f"the faster at batch {qz.cfg.batch} on {qz.runtime} ({times})"
+    )
+    return ok[fastest]
+
+
 def _exclude_sensitive(
     qz: _Quantizer, excluded: list[str], best: Path, value: float
 ) -> tuple[Path, float, list[str], dict[str, float], bool]:
@@ -622,7 +693,7 @@ def _exclude_sensitive(
 
 
 def _mixed_precision(
-    qz: _Quantizer, excluded: list[str], best: Path, value: float, example: Any
+    qz: _Quantizer, excluded: list[str], best: Path, value: float
 ) -> tuple[Path, float, list[str], dict[str, dict[str, Any]], bool, float]:
     """:func:`_exclude_sensitive` under ``max_latency``: each node's output error and latency (on the
     target runtime) when it alone stays in float (timed in alternation with the all-int8 file); nodes
@@ -630,14 +701,7 @@ def _mixed_precision(
     latency budget.
     Returns the file, its metric, the float nodes, the per-node choice, whether the drop holds and
     the file's latency as a share of the fp32 file's."""
-    from slimkit.evaluate.cost import batch_of, measure_latencies
-
-    x = batch_of(example, qz.cfg.latency_batch)
-
-    def latencies(*paths: Path) -> list[float]:
-        runners = [OnnxModel(p, runtime=qz.runtime) for p in paths]
-        return measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=20)
-
+    latencies = qz.latencies
     fp32_ms, int8_ms = latencies(qz.fp32, best)
     base_err = qz.score(best)[1]
     ops = dict(quantizable_nodes(qz.fp32))

@@ -28,7 +28,10 @@ def require(module: str, extra: str, package: str | None = None) -> ModuleType:
 
 def available(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it."""
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # its parent package is missing, or the import is blocked (sys.modules None)
+        return False
 
 
 @contextlib.contextmanager

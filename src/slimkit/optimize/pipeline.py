@@ -730,12 +730,12 @@ class Loop:
             cfg = dataclasses.replace(step, max_drop=max(0.0, slack))
         if step.runtime is None:  # made for (and measured on) the runtime the target names
             cfg = dataclasses.replace(cfg, runtime=self.target.runtime)
+        if step.latency_batch is None:
+            cfg = dataclasses.replace(cfg, latency_batch=self.target.latency_batch)
         fp32_ms = c_fp32.costs.get("latency") if c_fp32 is not None else None
         if step.max_latency is None and fp32_ms:
             # mixed precision: the layers int8 hurts most may stay in float as long as the latency holds
-            cfg = dataclasses.replace(
-                cfg, max_latency=self.limits["latency"] / fp32_ms, latency_batch=self.target.latency_batch
-            )
+            cfg = dataclasses.replace(cfg, max_latency=self.limits["latency"] / fp32_ms)
         path = self.scratch(".int8.onnx")
         result = self.be.quantize(state["model"], cfg, path)
         c = self.record(state["model"], f"int8 ({result.mode})", cfg, onnx=path, started=started, passno=passno)
