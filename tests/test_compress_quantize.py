@@ -109,8 +109,8 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN
     assert r.mode == "dynamic" and "Linear/MatMul and RNN" in r.reason
     assert r.bytes_int8 < 0.35 * r.bytes_fp32
     assert abs(r.fp32_value - r.int8_value) <= 0.02
-    # the "auto" choices keep whichever of per-channel / per-tensor weight scales and row-wise /
-    # per-tensor tables scores best on val; ties go to per-tensor tables (faster lookups)
+    # the "auto" choices keep the fastest of the most accurate on val of per-channel / per-tensor
+    # weight scales and row-wise / per-tensor tables
     fixed = {
         (tables, pc): quantize(
             model, data, QuantizeConfig(embeddings=tables, per_channel=pc), tmp_path / f"{tables}{pc}.onnx"
@@ -121,7 +121,7 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN
     assert r.int8_value == max(f.int8_value for f in fixed.values())
     per_tensor_tables = max(f.int8_value for (tables, _), f in fixed.items() if tables == "onnx")
     [note] = [n for n in r.notes if n.startswith("embedding tables: ")]
-    assert ("per-tensor int8" in note) == (per_tensor_tables == r.int8_value), note
+    assert per_tensor_tables == r.int8_value or "row-wise" in note, note
 
 
 def test_sensitivity_leaves_the_damaging_node_in_float(trained_cnn: nn.Module, mnist, tmp_path: Path) -> None:  # noqa: ANN001
@@ -161,9 +161,9 @@ def test_static_int8_for_onnx_runtime_keeps_the_faster_placement_at_the_target_b
     assert timed == [(1, 2)] and r.met_max_drop and r.drop <= 1.0
     nncf = r.settings["format"] == "QDQ placed by NNCF"
     assert nncf == (faster == "nncf") and r.settings["format"].startswith("QDQ")
-    assert any(
-        f"the faster at batch 1 on onnxruntime (ONNX Runtime's {1.0 if not nncf else 2.0:.3g} ms" in n for n in r.notes
-    )
+    kept, other = ("NNCF's", "ONNX Runtime's") if nncf else ("ONNX Runtime's", "NNCF's")
+    note = f"{kept} placement: the fastest at batch 1 on onnxruntime of the 2 files within the accuracy limit"
+    assert f"{note} (1 ms; {other} placement 2 ms)" in r.notes
     x = mnist.splits["test"][0][:256]
     assert (sk.load(r.path)(x).argmax(1) == trained_cnn(x).argmax(1)).float().mean() > 0.97
     # a placement named by the user is the only one made, nothing timed

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from slimkit.core.optional import require
 
@@ -34,18 +33,26 @@ def _shapes(model: Any) -> dict[str, list[int | None]]:
     return out
 
 
-def mac_shares(path: Path, example: torch.Tensor) -> dict[str, int]:
+def mac_shares(path: Path, example: Any) -> dict[str, int]:
     """MACs of one sample by kind (``conv``, ``dense``, ``rnn``) from ONNX shape inference.
 
-    The graph input is fixed to ``example``'s shape with batch 1 so that every shape is concrete.
+    The graph inputs are fixed to ``example``'s shapes with batch 1 so that every shape is concrete
+    (``example``: one tensor, a tuple in the graph's input order, or a dict by input name).
     """
     onnx = require("onnx", extra="onnx")
     model = onnx.load(str(path))
-    shape = [1, *example.shape[1:]]
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, shape, strict=False):
-        d.ClearField("dim_param")
-        d.dim_value = int(v)
+    inputs = model.graph.input
+    if isinstance(example, dict):
+        shapes = {i.name: example[i.name].shape for i in inputs if i.name in example}
+    else:
+        tensors = example if isinstance(example, tuple | list) else (example,)
+        shapes = {i.name: t.shape for i, t in zip(inputs, tensors, strict=False)}
+    for graph_input in inputs:
+        if graph_input.name in shapes:
+            dims = graph_input.type.tensor_type.shape.dim
+            for d, v in zip(dims, [1, *shapes[graph_input.name][1:]], strict=False):
+                d.ClearField("dim_param")
+                d.dim_value = int(v)
     model = onnx.shape_inference.infer_shapes(model)
     shapes = _shapes(model)
     macs = {"conv": 0, "dense": 0, "rnn": 0}

@@ -250,7 +250,10 @@ def choose_mode(macs: dict[str, int]) -> tuple[str, str]:
     """Static when convolutions carry at least half of the MACs, dynamic otherwise; with the reason."""
     total = sum(macs.values())
     if total == 0:
-        return "dynamic", "no convolution, MatMul/Gemm or RNN MACs found; dynamic int8 needs no calibration"
+        return (
+            "dynamic",
+            "no convolution, MatMul/Gemm or RNN MACs inferred from the graph; dynamic int8 needs no calibration",
+        )
     share = macs["conv"] / total
     if share >= 0.5:
         return "static", (
@@ -604,23 +607,16 @@ def quantize(
             placements = [cfg.placement]
         elif mode == "static" and cfg.target_runtime == "onnxruntime" and available("nncf"):
             placements = ["onnxruntime", "nncf"]
-        scored = []  # ((-metric loss, faster tables, -output error), metric, path, tables, per-channel, placement)
+        scored = []  # (metric, path, tables, per-channel, placement)
         for kind, source in sources.items():
             for per_channel, placement in itertools.product(scales, placements):
                 qz.fp32, qz.per_channel, qz.placement = source, per_channel, placement
                 path = qz.run(excluded)
-                value, err = qz.score(path)
-                scored.append(((-qz.worse_by(value), kind == "onnx", -err), value, path, kind, per_channel, placement))
-        chosen = max(scored, key=lambda c: c[0])
-        if len(placements) > 1:
-            chosen = _faster_placement(qz, scored, chosen, notes)
-        _, value, best, kind, qz.per_channel, qz.placement = chosen
+                scored.append((qz.score(path)[0], path, kind, per_channel, placement))
+        value, best, kind, qz.per_channel, qz.placement = _fastest_within(qz, scored, notes)
         qz.fp32 = sources[kind]
         if "rowwise" in sources:
-            chosen = f" (scored on the {cfg.split} split against row-wise)" if len(sources) > 1 else ""
-            notes.append(f"embedding tables: {TABLES[kind]}" + (chosen if kind == "onnx" else ""))
-        if len(scales) > 1 and not qz.per_channel:
-            notes.append(f"per-tensor weight scales scored better than per-channel on the {cfg.split} split")
+            notes.append(f"embedding tables: {TABLES[kind]}")
         sensitivity: dict[str, float] = {}
         layers: dict[str, dict[str, Any]] = {}
         met, share = None, None
@@ -654,21 +650,29 @@ def quantize(
         )
 
 
-def _faster_placement(qz: _Quantizer, scored: list[tuple], best: tuple, notes: list[str]) -> tuple:
-    """Of the ``scored`` files (one per placement), the fastest at ``latency_batch`` rows on the target
-    runtime among those within ``max_drop`` (without it: as accurate as the most accurate ``best``)."""
-    limit = qz.cfg.max_drop
-    ok = [c for c in scored if (qz.worse_by(c[1]) <= limit if limit is not None else c[0][0] >= best[0][0])]
+def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tuple:
+    """Of the ``scored`` files ``(metric, path, tables, per-channel, placement)``, one per choice of
+    embedding tables, weight scales and quantize / dequantize placement: the fastest at
+    ``latency_batch`` rows on the target runtime among those within ``max_drop`` (without it: among
+    the most accurate), the most accurate when none is."""
+    best = min(scored, key=lambda c: qz.worse_by(c[0]))
+    limit = qz.cfg.max_drop if qz.cfg.max_drop is not None else qz.worse_by(best[0])
+    ok = [c for c in scored if qz.worse_by(c[0]) <= limit]
     if len(ok) < 2:
         return best
-    ms = qz.latencies(*(c[2] for c in ok))
+    ms = qz.latencies(*(c[1] for c in ok))
     fastest = min(range(len(ok)), key=ms.__getitem__)
-    times = ", ".join(
-        f"{'NNCF' if c[5] == 'nncf' else 'ONNX Runtime'}'s {t:.3g} ms" for c, t in zip(ok, ms, strict=True)
-    )
+    varies = [i for i in (2, 3, 4) if len({c[i] for c in ok}) > 1]
+    names = {"rowwise": "row-wise tables", "onnx": "per-tensor tables", True: "per-channel", False: "per-tensor"}
+    names |= {"nncf": "NNCF's placement", "onnxruntime": "ONNX Runtime's placement"}
+
+    def label(c: tuple) -> str:
+        return " + ".join(names[c[i]] for i in varies)
+
+    others = ", ".join(f"{label(c)} {t:.3g} ms" for i, (c, t) in enumerate(zip(ok, ms, strict=True)) if i != fastest)
     notes.append(
-        f"quantize / dequantize placed as {'NNCF' if ok[fastest][5] == 'nncf' else 'ONNX Runtime'} does: "
-        f"the faster at batch {qz.cfg.batch} on {qz.runtime} ({times})"
+        f"{label(ok[fastest])}: the fastest at batch {qz.cfg.batch} on {qz.runtime} of the {len(ok)} files within "
+        f"the {qz.task.metric} limit ({ms[fastest]:.3g} ms; {others})"
     )
     return ok[fastest]
 
