@@ -101,18 +101,20 @@ class QuantizeConfig(Config):
     latencies are measured on OpenVINO.
 
     ``placement`` (static mode) decides where the quantize / dequantize pairs go: ``"onnxruntime"``
-    (ONNX Runtime's quantizer), ``"nncf"`` (NNCF's, what OpenVINO fuses best) or ``"auto"``: NNCF's for
-    OpenVINO; for ONNX Runtime both are made (NNCF's when installed) and the faster at
-    ``latency_batch`` rows (default 64; in the loop its target's) on the target runtime is kept
-    among those within ``max_drop`` (without ``max_drop``: among the most accurate). Which wins
-    depends on the model and the batch: on mnist5k ONNX Runtime's ran resnet_cifar at batch 64 in
-    0.54x of fp32 against NNCF's 0.81x, NNCF's at batch 1 in 0.67x against 0.74x
-    (``bench/RESULTS-quantize.md``).
+    (ONNX Runtime's quantizer), ``"nncf"`` (NNCF's) or ``"auto"``: with ``max_drop`` both are made
+    (NNCF's when installed) and the faster at ``latency_batch`` rows (default 64; in the loop its
+    target's) on the target runtime is kept among those within ``max_drop``; without it, the
+    runtime's own (ONNX Runtime's, NNCF's for OpenVINO). Which wins depends on the model, the batch
+    and the runtime: on mnist5k ONNX Runtime's ran resnet_cifar at batch 64 in 0.54x of fp32
+    against NNCF's 0.81x, NNCF's at batch 1 in 0.67x against 0.74x (``bench/RESULTS-quantize.md``).
 
-    ``max_latency`` makes the accuracy check mixed precision under a latency budget: the int8 file may
-    take at most this share of the fp32 file's latency at ``latency_batch`` rows (timed in
-    alternation). Each node's cost of staying in float is then measured too, nodes are put back in
-    order of output error saved per millisecond, and a node that would break the budget is skipped.
+    When the int8 file breaks ``max_drop``, the accuracy check is mixed precision under a latency
+    budget: each node's output error *and* latency when left in float are measured (on the target
+    runtime at ``latency_batch`` rows, timed in alternation with the all-int8 file), nodes go back to
+    float in order of error saved per millisecond added, and a node that would take the file over
+    ``max_latency`` of the fp32 file's time is skipped (default: never slower than fp32; no budget
+    when the all-int8 file already is). Leaving nodes in float without a budget made a quarter-width
+    MobileNetV2 int8 file 1.25x *slower* than fp32 on ONNX Runtime.
     """
 
     mode: str = "auto"
@@ -216,7 +218,7 @@ class QuantizeResult:
             kept = "8-bit blocks" if self.mode == "int4" else "float"
             lines.append(f"  left in {kept}: {', '.join(self.excluded)}")
         if self.latency_share is not None:
-            lines.append(f"  ONNX Runtime latency {self.latency_share:.2f}x of the fp32 file's (mixed precision)")
+            lines.append(f"  latency {self.latency_share:.2f}x of the fp32 file's (mixed precision)")
         if self.met_max_drop is False:
             lines.append(f"  the {self.metric} limit was NOT met")
         lines += [f"  note: {n}" for n in self.notes]
@@ -403,10 +405,11 @@ class _Quantizer:
     def latencies(self, *paths: Path) -> list[float]:
         """Median latency in ms of each file at ``latency_batch`` rows on the target runtime, timed in turn."""
         from slimkit.evaluate.cost import batch_of, measure_latencies
+        from slimkit.graph.trace import call_model
 
         x = batch_of(self.example, self.cfg.batch)
         runners = [OnnxModel(p, runtime=self.runtime) for p in paths]
-        return measure_latencies([lambda r=r: r(x) for r in runners], warmup=3, runs=20)
+        return measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=3, runs=20)
 
 
 def _weight_only(src: Path, out: Path, block_size: int, eight_bit: list[str], keep_float: list[str]) -> None:
@@ -605,8 +608,8 @@ def quantize(
         placements = [qz.placement]
         if mode == "static" and cfg.placement != "auto":
             placements = [cfg.placement]
-        elif mode == "static" and cfg.target_runtime == "onnxruntime" and available("nncf"):
-            placements = ["onnxruntime", "nncf"]
+        elif mode == "static" and cfg.max_drop is not None and available("nncf"):
+            placements = ["onnxruntime", "nncf"]  # the faster within max_drop is kept
         scored = []  # (metric, path, tables, per-channel, placement)
         for kind, source in sources.items():
             for per_channel, placement in itertools.product(scales, placements):
@@ -622,11 +625,9 @@ def quantize(
         met, share = None, None
         if cfg.max_drop is not None:
             met = qz.worse_by(value) <= cfg.max_drop
-            if not met and cfg.max_latency is not None and mode != "int4":
+            if not met:
                 best, value, excluded, layers, met, share = _mixed_precision(qz, excluded, best, value)
                 sensitivity = {n: d["error_if_float"] for n, d in layers.items()}
-            elif not met:
-                best, value, excluded, sensitivity, met = _exclude_sensitive(qz, excluded, best, value)
         bytes_int8 = best.stat().st_size
         with atomic_path(output, force=force) as target:
             shutil.copy(best, target)
@@ -677,68 +678,60 @@ def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tu
     return ok[fastest]
 
 
-def _exclude_sensitive(
-    qz: _Quantizer, excluded: list[str], best: Path, value: float
-) -> tuple[Path, float, list[str], dict[str, float], bool]:
-    """Rank nodes by the logit error left when only they stay in float; exclude the best ones in turn."""
-    candidates = [name for name in qz.candidates() if name not in excluded]
-    sensitivity = {}
-    for name in candidates:
-        sensitivity[name] = qz.score(qz.run([*excluded, name]))[1]
-    ranked = sorted(sensitivity, key=sensitivity.get)  # lowest remaining error first
-    excluded = list(excluded)
-    for name in ranked[: qz.cfg.max_excluded]:
-        excluded.append(name)
-        best = qz.run(excluded)
-        value = qz.score(best)[0]
-        if qz.worse_by(value) <= qz.cfg.max_drop:
-            return best, value, excluded, sensitivity, True
-    return best, value, excluded, sensitivity, False
-
-
 def _mixed_precision(
     qz: _Quantizer, excluded: list[str], best: Path, value: float
-) -> tuple[Path, float, list[str], dict[str, dict[str, Any]], bool, float]:
-    """:func:`_exclude_sensitive` under ``max_latency``: each node's output error and latency (on the
-    target runtime) when it alone stays in float (timed in alternation with the all-int8 file); nodes
-    go back to float in order of error saved per millisecond added while the file stays within the
-    latency budget.
-    Returns the file, its metric, the float nodes, the per-node choice, whether the drop holds and
-    the file's latency as a share of the fp32 file's."""
-    latencies = qz.latencies
-    fp32_ms, int8_ms = latencies(qz.fp32, best)
+) -> tuple[Path, float, list[str], dict[str, dict[str, Any]], bool, float | None]:
+    """Nodes back to float (in ``int4`` mode: to 8-bit blocks) until the metric is within ``max_drop``.
+
+    Each candidate node's output error when it alone goes back is measured and, in the int8 modes,
+    its latency too (on the target runtime at ``latency_batch`` rows, timed in alternation with the
+    all-int8 file); nodes go back in order of error saved (per millisecond added, in the int8 modes)
+    while the file stays within its latency budget: ``max_latency`` of the fp32 file's time, by
+    default never slower than fp32 (none when the all-int8 file already is). Returns the file,
+    its metric, the nodes put back, the per-node choice, whether the drop holds and the file's
+    latency as a share of the fp32 file's (None in ``int4`` mode)."""
+    timed = qz.mode != "int4"  # int4 is weight-only: chosen for size, not speed
+    kept, back = ("int4", "8-bit blocks") if qz.mode == "int4" else ("int8", "float")
     base_err = qz.score(best)[1]
     ops = dict(quantizable_nodes(qz.fp32))
+    share = budget = None
+    if timed:
+        fp32_ms, int8_ms = qz.latencies(qz.fp32, best)
+        share = int8_ms / fp32_ms
+        # by default never slower than fp32; no budget when the all-int8 file already is (it is for size)
+        budget = qz.cfg.max_latency if qz.cfg.max_latency is not None else (1.0 if share < 1 else None)
     layers: dict[str, dict[str, Any]] = {}
     for name in (n for n in qz.candidates() if n not in excluded):
         path = qz.run([*excluded, name])
-        ms, ref = latencies(path, best)
-        layers[name] = {
-            "op": ops.get(name, "?"),
-            "error_if_float": qz.score(path)[1],
-            "ms_if_float": ms / ref * int8_ms - int8_ms,
-            "precision": "int8",
-        }
-    floor = 0.01 * int8_ms  # a node whose float costs no measurable time still costs something
+        layers[name] = {"op": ops.get(name, "?"), "error_if_float": qz.score(path)[1], "precision": kept}
+        if timed:
+            ms, ref = qz.latencies(path, best)
+            layers[name]["ms_if_float"] = ms / ref * int8_ms - int8_ms
 
     def gain(n: str) -> float:
-        return (base_err - layers[n]["error_if_float"]) / max(layers[n]["ms_if_float"], floor)
+        saved = base_err - layers[n]["error_if_float"]
+        return saved / max(layers[n]["ms_if_float"], 0.01 * int8_ms) if timed else saved  # a floor: no cost is free
 
-    excluded, share = list(excluded), int8_ms / fp32_ms
+    excluded, start = list(excluded), best
     for name in sorted(layers, key=gain, reverse=True)[: qz.cfg.max_excluded]:
         if layers[name]["error_if_float"] >= base_err:
             break  # no node left whose float version lowers the error
         trial = qz.run([*excluded, name])
-        ms, ref = latencies(trial, qz.fp32)
-        if ms / ref > qz.cfg.max_latency:
-            layers[name]["precision"] = "int8 (float would break the latency budget)"
-            continue
+        if budget is not None:
+            ms, ref = qz.latencies(trial, qz.fp32)
+            if ms / ref > budget:
+                layers[name]["precision"] = f"{kept} ({back} would break the latency budget)"
+                continue
+            share = ms / ref
         excluded.append(name)
-        best, share, value = trial, ms / ref, qz.score(trial)[0]
-        layers[name]["precision"] = "float"
+        best, value = trial, qz.score(trial)[0]
+        layers[name]["precision"] = back
         if qz.worse_by(value) <= qz.cfg.max_drop:
-            return best, value, excluded, layers, True, share
-    return best, value, excluded, layers, False, share
+            break
+    if timed and budget is None and best != start:  # not timed on the way
+        ms, ref = qz.latencies(best, qz.fp32)
+        share = ms / ref
+    return best, value, excluded, layers, qz.worse_by(value) <= qz.cfg.max_drop, share
 
 
 def quantize_dynamic_torch(

@@ -197,7 +197,7 @@ def _precision_html(q: dict[str, Any]) -> str:
     """The per-layer choice of a mixed-precision int8 file: each node's output error and latency when
     it alone stays in float, and the precision it got."""
     rows = [
-        [html.escape(name), html.escape(d["op"]), f"{d['error_if_float']:.3g}", f"{d['ms_if_float']:+.3f}"]
+        [html.escape(name), html.escape(d["op"]), f"{d['error_if_float']:.3g}", f"{d.get('ms_if_float', 0):+.3f}"]
         + [html.escape(d["precision"])]
         for name, d in q["layers"].items()
     ]
