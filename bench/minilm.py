@@ -175,9 +175,7 @@ def main() -> None:
     print(f"total {total:.0f} s")
     if args.no_write:
         return
-    previous = OUT.read_text() if OUT.exists() else ""
-    if "\n# " in previous:
-        previous = previous[previous.index("\n# ") + 1 :]  # keep the earlier sections (history)
+    previous = OUT.read_text() if OUT.exists() else ""  # the earlier sections stay below (history)
     cmd = " ".join([".venv/bin/python bench/minilm.py", *sys.argv[1:]])
     body = "\n".join(
         [
