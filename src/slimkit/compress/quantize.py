@@ -280,8 +280,10 @@ class _Quantizer:
         mode: str,
         task: Task,
         reference: Path | None = None,
+        original: Path | None = None,
     ) -> None:
-        """``fp32`` is quantized; ``reference`` (default ``fp32``) gives the outputs it is compared with."""
+        """``fp32`` is quantized; ``reference`` (default ``fp32``) gives the outputs it is compared with,
+        ``original`` (default ``reference``) the fp32 time latency budgets are shares of."""
         from slimkit.data import as_loader
 
         self.fp32, self.workdir, self.cfg, self.mode, self.task = fp32, workdir, cfg, mode, task
@@ -306,7 +308,7 @@ class _Quantizer:
         self.reduce_range = not has_vnni() if cfg.reduce_range is None else cfg.reduce_range
         self.per_channel = cfg.per_channel if isinstance(cfg.per_channel, bool) else True
         self.float_nodes: list[str] = []  # helper nodes that stay in float (not the user's choice)
-        self.original = reference or fp32  # the fp32 file latency budgets are measured against
+        self.original = original or reference or fp32
         self.placement = "nncf" if self.runtime == "openvino" else "onnxruntime"  # of static quantize / dequantize
 
     def run(self, exclude: list[str]) -> Path:
@@ -404,18 +406,13 @@ class _Quantizer:
         return worse_by(self.task.metric, self.fp32_value, value)
 
     def latencies(self, *paths: Path) -> list[float]:
-        """Latency in ms of each file at ``latency_batch`` rows on the target runtime: files timed in turn,
-        the smallest of three medians."""
-        from slimkit.evaluate.cost import batch_of, measure_latencies
-        from slimkit.graph.trace import call_model
+        """Latency in ms of each file at ``latency_batch`` rows on the target runtime: the files timed
+        in turn, the smallest of three medians (one round on 2 busy cores misjudged a file by 2x);
+        small batches take a fraction of a millisecond, so more runs."""
+        from slimkit.evaluate.cost import onnx_latency
 
-        x = batch_of(self.example, self.cfg.batch)
-        runners = [OnnxModel(p, runtime=self.runtime) for p in paths]
-        runs = max(20, 256 // self.cfg.batch)  # small batches take a fraction of a millisecond: more runs
-        fns = [lambda r=r: call_model(r, x) for r in runners]
-        # the best of three alternated medians: one round on 2 busy cores misjudged a file by 2x
-        rounds = [measure_latencies(fns, warmup=5, runs=runs) for _ in range(3)]
-        return [min(t) for t in zip(*rounds, strict=True)]
+        runs = max(20, 256 // self.cfg.batch)
+        return onnx_latency(paths, self.example, self.cfg.batch, runs, self.runtime, rounds=3, warmup=5)
 
 
 def _weight_only(src: Path, out: Path, block_size: int, eight_bit: list[str], keep_float: list[str]) -> None:
@@ -606,9 +603,9 @@ def quantize(
         if padded:
             sources = {"onnx": workdir / "padded.onnx"}
             notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
-        qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, task, reference=fp32)
+        # latency budgets are shares of the file as exported (ONNX Runtime ran a pre-processed one 1.9x slower)
+        qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, task, reference=fp32, original=raw)
         qz.float_nodes = list(padded.values())  # pad in float, then quantize once
-        qz.original = raw  # latency budgets are against the file as exported (pre-processing can slow it)
         excluded = list(cfg.exclude)
         # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
         scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)

@@ -153,3 +153,26 @@ def torch_latency(
             x = batch_of(example, b)
             out[f"torch/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
     return out
+
+
+def onnx_latency(
+    paths: Sequence[Any],
+    example: Any,
+    batch: int,
+    runs: int = 20,
+    runtime: str = "onnxruntime",
+    *,
+    rounds: int = 1,
+    warmup: int = 3,
+) -> list[float]:
+    """Latencies (ms) of the ONNX files ``paths`` on ``runtime`` on ``batch`` rows, timed in
+    alternation (their ratios stay fair when other processes load the CPU): the smallest of
+    ``rounds`` medians of ``runs`` calls each."""
+    from slimkit.graph.trace import call_model
+    from slimkit.io.onnx import OnnxModel
+
+    x = batch_of(example, batch)
+    runners = [OnnxModel(p, runtime=runtime) for p in paths]
+    fns = [lambda r=r: call_model(r, x) for r in runners]
+    medians = [measure_latencies(fns, warmup=warmup, runs=runs) for _ in range(rounds)]
+    return [min(t) for t in zip(*medians, strict=True)]

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
-from slimkit.evaluate.cost import batch_of, measure_latencies
-from slimkit.graph.trace import call_model
+from slimkit.evaluate.cost import onnx_latency
 from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, probe_groups, sensitivity_key, uniform
 from slimkit.optimize.target import Target
@@ -79,18 +78,6 @@ def pareto_front(
         if not dominated:
             front.append(i)
     return front
-
-
-def onnx_latency(
-    paths: list[Path], example: Any, batch: int, runs: int = 20, runtime: str = "onnxruntime"
-) -> list[float]:
-    """Median latencies (ms) of the ONNX files ``paths`` on ``runtime`` on ``batch`` rows, timed in
-    alternation (their ratios stay fair when other processes load the CPU)."""
-    from slimkit.io.onnx import OnnxModel
-
-    x = batch_of(example, batch)
-    runners = [OnnxModel(p, runtime=runtime) for p in paths]
-    return measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=3, runs=runs)
 
 
 def fit_widths(

@@ -658,7 +658,7 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     run the file); ``best`` names the fastest runtime and file. None without the ``onnx`` extra."""
     from slimkit.core.errors import ModelFileError
     from slimkit.core.optional import available
-    from slimkit.optimize.pipeline import onnx_latency
+    from slimkit.evaluate.cost import onnx_latency
 
     found = runtimes()
     if not (available("onnxscript") and loop.target.runtime in found):
