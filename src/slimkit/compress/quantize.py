@@ -288,7 +288,6 @@ class _Quantizer:
 
         self.fp32, self.workdir, self.cfg, self.mode, self.task = fp32, workdir, cfg, mode, task
         self.runtime = cfg.target_runtime
-        self.cache = workdir / "calibration.json"
         self.reader = None  # dynamic int8 needs no calibration
         if mode == "static":
             names = OnnxModel(fp32).input_names
@@ -310,6 +309,12 @@ class _Quantizer:
         self.float_nodes: list[str] = []  # helper nodes that stay in float (not the user's choice)
         self.original = original or reference or fp32
         self.placement = "nncf" if self.runtime == "openvino" else "onnxruntime"  # of static quantize / dequantize
+        self.activations = "uint8"  # of static int8 with ONNX Runtime's placement
+
+    def use(self, candidate: _Candidate, sources: dict[str, Path]) -> None:
+        """Make the next files as ``candidate`` says, from its graph in ``sources``."""
+        self.fp32, self.per_channel = sources[candidate.source], candidate.per_channel
+        self.placement, self.activations = candidate.placement, candidate.activations
 
     def run(self, exclude: list[str]) -> Path:
         q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
@@ -347,11 +352,11 @@ class _Quantizer:
                         quant_format=q.QuantFormat.QDQ,
                         per_channel=self.per_channel,
                         reduce_range=self.reduce_range,
-                        activation_type=q.QuantType.QUInt8,
+                        activation_type=q.QuantType.QUInt8 if self.activations == "uint8" else q.QuantType.QInt8,
                         weight_type=q.QuantType.QInt8,
                         nodes_to_exclude=exclude,
                         calibrate_method=method,
-                        calibration_cache_path=self.cache,
+                        calibration_cache_path=self.workdir / f"calibration-{self.fp32.stem}.json",
                         extra_options={"CalibPercentile": cfg.percentile, "WeightSymmetric": True},
                     )
         if self.runtime == "onnxruntime":
@@ -380,7 +385,7 @@ class _Quantizer:
         if self.mode == "static":
             out |= {
                 "format": "QDQ placed by NNCF" if self.placement == "nncf" else "QDQ (ONNX Runtime's placement)",
-                "activations": "uint8 (calibrated)",
+                "activations": f"{self.activations} (calibrated)",
                 "calibration": cfg.calibration,
                 "calibration_samples": sum(len(next(iter(b.values()))) for b in self.calibration),
             }
@@ -601,29 +606,22 @@ def quantize(
         ort_static = mode == "static" and cfg.target_runtime == "onnxruntime"
         padded = pad_conv_inputs(fp32, workdir / "padded.onnx") if ort_static else {}
         if padded:
-            sources = {"onnx": workdir / "padded.onnx"}
-            notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
+            sources = {"padded": workdir / "padded.onnx"} | sources
         # latency budgets are shares of the file as exported (ONNX Runtime ran a pre-processed one 1.9x slower)
         qz = _Quantizer(next(iter(sources.values())), workdir, data, cfg, mode, task, reference=fp32, original=raw)
         qz.float_nodes = list(padded.values())  # pad in float, then quantize once
         excluded = list(cfg.exclude)
-        # dynamic mode with per_channel="auto": per-tensor weight scales too (better on some recurrent weights)
-        scales = (True, False) if mode == "dynamic" and cfg.per_channel == "auto" else (qz.per_channel,)
-        placements = [qz.placement]
-        if mode == "static" and cfg.placement != "auto":
-            placements = [cfg.placement]
-        elif mode == "static" and cfg.max_drop is not None and available("nncf"):
-            placements = ["onnxruntime", "nncf"]  # the faster within max_drop is kept
-        scored = []  # (metric, path, tables, per-channel, placement)
-        for kind, source in sources.items():
-            for per_channel, placement in itertools.product(scales, placements):
-                qz.fp32, qz.per_channel, qz.placement = source, per_channel, placement
-                path = qz.run(excluded)
-                scored.append((qz.score(path)[0], path, kind, per_channel, placement))
-        value, best, kind, qz.per_channel, qz.placement = _fastest_within(qz, scored, notes)
-        qz.fp32 = sources[kind]
+        scored = []  # (metric, path, candidate)
+        for candidate in _candidates(qz, sources):
+            qz.use(candidate, sources)
+            path = qz.run(excluded)
+            scored.append((qz.score(path)[0], path, candidate))
+        value, best, chosen = _fastest_within(qz, scored, notes)
+        qz.use(chosen, sources)
+        if chosen.source == "padded":
+            notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
         if "rowwise" in sources:
-            notes.append(f"embedding tables: {TABLES[kind]}")
+            notes.append(f"embedding tables: {TABLES[chosen.source]}")
         sensitivity: dict[str, float] = {}
         layers: dict[str, dict[str, Any]] = {}
         met, share = None, None
@@ -655,15 +653,58 @@ def quantize(
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """One way to make the int8 file: the graph quantized (a key of the sources: ``"onnx"``, the
+    ``"padded"`` or ``"rowwise"`` variant), weight scales, quantize / dequantize placement and the
+    activation type; ``name`` is what the notes call it."""
+
+    name: str
+    source: str = "onnx"
+    per_channel: bool = True
+    placement: str = "onnxruntime"
+    activations: str = "uint8"
+
+
+def _candidates(qz: _Quantizer, sources: dict[str, Path]) -> list[_Candidate]:
+    """The files :func:`quantize` makes and, when there are several, times (:func:`_fastest_within`).
+
+    Dynamic mode: each choice of embedding tables and (``per_channel="auto"``) weight scales. Static
+    mode with ``max_drop`` and ``placement="auto"``: ONNX Runtime's placement as slimkit sets it
+    (per-channel weights, uint8 activations, inputs padded to 4 channels), ONNX Runtime's own default
+    scheme (per-tensor weights, int8 activations, the input as exported: at batch 1 it ran the demo
+    CNN in 0.86x of slimkit's time) and NNCF's placement (when installed); otherwise one file."""
+    cfg = qz.cfg
+    first = next(iter(sources))
+    if qz.mode == "dynamic":
+        scales = (True, False) if cfg.per_channel == "auto" else (qz.per_channel,)
+        names = {"rowwise": "row-wise tables", "onnx": "per-tensor tables", True: "per-channel", False: "per-tensor"}
+        return [
+            _Candidate(" + ".join(names[k] for k, n in ((kind, len(sources)), (pc, len(scales))) if n > 1), kind, pc)
+            for kind in sources
+            for pc in scales
+        ]
+    ort = _Candidate("ONNX Runtime's placement", first, qz.per_channel)
+    nncf = _Candidate("NNCF's placement", placement="nncf")
+    if qz.mode != "static":
+        return [ort]
+    if cfg.placement != "auto" or cfg.max_drop is None:
+        return [nncf if (cfg.placement if cfg.placement != "auto" else qz.placement) == "nncf" else ort]
+    out = [ort]
+    if cfg.per_channel == "auto":
+        out.append(
+            _Candidate("ONNX Runtime's defaults (per-tensor, int8 activations)", per_channel=False, activations="int8")
+        )
+    return out + ([nncf] if available("nncf") else [])
+
+
 def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tuple:
-    """Of the ``scored`` files ``(metric, path, tables, per-channel, placement)``, one per choice of
-    embedding tables, weight scales and quantize / dequantize placement, all timed at
-    ``latency_batch`` rows on the target runtime with the fp32 file: the fastest within ``max_drop``
-    (without it: among the most accurate) of those within the latency budget (``max_latency``,
-    default: not slower than fp32; if none is, those within twice the fastest's time: NNCF's
-    placement ran a MobileNetV2 15x slower than fp32 on ONNX Runtime at batch 64, ONNX Runtime's
-    2.5x); when none is within ``max_drop``, the most accurate of them (the accuracy check goes on
-    from there)."""
+    """Of the ``scored`` files ``(metric, path, candidate)``, all timed at ``latency_batch`` rows on
+    the target runtime with the fp32 file: the fastest within ``max_drop`` (without it: among the
+    most accurate) of those within the latency budget (``max_latency``, default: not slower than
+    fp32; if none is, those within twice the fastest's time: NNCF's placement ran a MobileNetV2 15x
+    slower than fp32 on ONNX Runtime at batch 64, ONNX Runtime's 2.5x); when none is within
+    ``max_drop``, the most accurate of them (the accuracy check goes on from there)."""
     if len(scored) == 1:
         return scored[0]
     fp32_ms, *ms = qz.latencies(qz.original, *(c[1] for c in scored))
@@ -674,17 +715,11 @@ def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tu
     limit = qz.cfg.max_drop if qz.cfg.max_drop is not None else min(loss.values())
     within = [i for i in fast if loss[i] <= limit]
     pick = min(within, key=ms.__getitem__) if within else min(fast, key=loss.__getitem__)
-    varies = [k for k in (2, 3, 4) if len({c[k] for c in scored}) > 1]
-    names = {"rowwise": "row-wise tables", "onnx": "per-tensor tables", True: "per-channel", False: "per-tensor"}
-    names |= {"nncf": "NNCF's placement", "onnxruntime": "ONNX Runtime's placement"}
-
-    def label(i: int) -> str:
-        return " + ".join(names[scored[i][k]] for k in varies)
-
-    others = ", ".join(f"{label(i)} {ms[i] / fp32_ms:.2f}x" for i in range(len(scored)) if i != pick)
+    others = ", ".join(f"{scored[i][2].name} {ms[i] / fp32_ms:.2f}x" for i in range(len(scored)) if i != pick)
     why = "the fastest within the limit" if within else "none within the limit: the most accurate"
     notes.append(
-        f"{label(pick)}: {why} at batch {qz.cfg.batch} on {qz.runtime} ({ms[pick] / fp32_ms:.2f}x of fp32; {others})"
+        f"{scored[pick][2].name}: {why} at batch {qz.cfg.batch} on {qz.runtime} "
+        f"({ms[pick] / fp32_ms:.2f}x of fp32; {others})"
     )
     return scored[pick]
 
@@ -712,19 +747,24 @@ def _mixed_precision(
         # by default never slower than fp32; no budget when the all-int8 file already is (it is for size)
         budget = qz.cfg.max_latency if qz.cfg.max_latency is not None else (1.0 if share < 1 else None)
     layers: dict[str, dict[str, Any]] = {}
-    for name in (n for n in qz.candidates() if n not in excluded):
-        path = qz.run([*excluded, name])
-        layers[name] = {"op": ops.get(name, "?"), "error_if_float": qz.score(path)[1], "precision": kept}
-        if timed:
-            ms, ref = qz.latencies(path, best)
-            layers[name]["ms_if_float"] = ms / ref * int8_ms - int8_ms
+    paths = {}
+    names = [n for n in qz.candidates() if n not in excluded]
+    for name in _track(names, f"int8 accuracy check: {len(names)} nodes, each back in {back}"):
+        paths[name] = qz.run([*excluded, name])
+        layers[name] = {"op": ops.get(name, "?"), "error_if_float": qz.score(paths[name])[1], "precision": kept}
+    # only the 2 x max_excluded nodes that save the most error are timed (at most max_excluded go
+    # back): timing each of all-MiniLM-L6-v2's ~50 nodes took longer than quantizing it
+    probes = sorted(layers, key=lambda n: layers[n]["error_if_float"])[: 2 * qz.cfg.max_excluded]
+    for name in _track(probes if timed else [], f"timing the {len(probes)} nodes that save the most error"):
+        ms, ref = qz.latencies(paths[name], best)
+        layers[name]["ms_if_float"] = ms / ref * int8_ms - int8_ms
 
     def gain(n: str) -> float:
         saved = base_err - layers[n]["error_if_float"]
         return saved / max(layers[n]["ms_if_float"], 0.01 * int8_ms) if timed else saved  # a floor: no cost is free
 
     excluded, start = list(excluded), best
-    for name in sorted(layers, key=gain, reverse=True)[: qz.cfg.max_excluded]:
+    for name in sorted(probes, key=gain, reverse=True)[: qz.cfg.max_excluded]:
         if layers[name]["error_if_float"] >= base_err:
             break  # no node left whose float version lowers the error
         trial = qz.run([*excluded, name])
@@ -743,6 +783,15 @@ def _mixed_precision(
         ms, ref = qz.latencies(best, qz.original)
         share = ms / ref
     return best, value, excluded, layers, qz.worse_by(value) <= qz.cfg.max_drop, share
+
+
+def _track(items: list[str], description: str) -> Iterator[str]:
+    """``items`` with a progress bar on a terminal (the accuracy check of a transformer takes minutes)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console(stderr=True)
+    return track(items, description, console=console, transient=True, disable=not console.is_terminal)
 
 
 def quantize_dynamic_torch(
