@@ -5,9 +5,10 @@ briefly with ``slimkit.train.fit``, export fp32 ONNX, then quantize with the sam
 samples of calibration:
 
 - slimkit int8 (``slimkit.compress.quantize``, mode auto, ``max_drop=0.3``), made for ONNX Runtime
-  at batch 64 and at batch 1 (``latency_batch``: each keeps the faster of ONNX Runtime's and NNCF's
-  placements at that batch) and made for OpenVINO (``runtime="openvino"``: NNCF's placement, checked
-  on OpenVINO);
+  at batch 64 and at batch 1 (``latency_batch``: each keeps the fastest within ``max_drop`` at that
+  batch of ONNX Runtime's placement as slimkit sets it, ONNX Runtime's default scheme and NNCF's
+  placement on the pre-processed and on the exported graph) and made for OpenVINO
+  (``runtime="openvino"``: the same candidates, timed and checked on OpenVINO);
 - NNCF ``nncf.quantize`` with its defaults on the ONNX model (a QDQ ONNX file both runtimes run);
 - NNCF ``nncf.quantize`` with its defaults on the OpenVINO model (an OpenVINO IR, OpenVINO only);
 - ONNX Runtime's ``quantize_static`` with its defaults.
@@ -39,7 +40,7 @@ from slimkit.compress import QuantizeConfig, quantize
 from slimkit.compress.quantize import _calibration_reader
 from slimkit.core.errors import ModelFileError
 from slimkit.evaluate import count_params
-from slimkit.evaluate.cost import batch_of, measure_latencies
+from slimkit.evaluate.cost import batch_of, measure_latencies, onnx_latency
 from slimkit.io import OnnxModel
 
 MODELS = {  # name -> (zoo model, zoo kwargs, fit kwargs), all on mnist5k
@@ -336,24 +337,26 @@ def qat_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path,
     ]
 
 
-def mixed_row(name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, max_drop: float) -> list[str]:
+def mixed_row(
+    name: str, model: torch.nn.Module, data: sk.data.Dataset, out: Path, max_drop: float, runtime: str
+) -> list[str]:
     """Full static int8 beside mixed precision with the latency budget halfway between full int8's and
-    fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64)."""
-    full = quantize(model, data, QuantizeConfig(mode="static"), out / f"{name}.full.onnx")
+    fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64 on
+    ``runtime``, timed as ``quantize`` times: the smallest of three alternated medians)."""
+    full = quantize(model, data, QuantizeConfig(mode="static", runtime=runtime), out / f"{name}.full.onnx")
     fp32 = out / f"{name}.onnx"  # exported by bench_model
-    x = batch_of(data.example, 64)
-    runners = [OnnxModel(full.path), OnnxModel(fp32)]
-    int8_ms, fp32_ms = measure_latencies([lambda r=r: r(x) for r in runners], runs=30)
+    int8_ms, fp32_ms = onnx_latency([full.path, fp32], data.example, 64, 20, runtime, rounds=3, warmup=5)
     budget = (1 + int8_ms / fp32_ms) / 2
-    cfg = QuantizeConfig(mode="static", max_drop=max_drop, max_latency=budget)
+    cfg = QuantizeConfig(mode="static", max_drop=max_drop, max_latency=budget, runtime=runtime)
     mixed = quantize(model, data, cfg, out / f"{name}.mixed.onnx")
     test = {
-        k: 100 * sk.evaluate(OnnxModel(r.path), data, latency=False).metrics["accuracy"]
+        k: 100 * sk.evaluate(OnnxModel(r.path, runtime=runtime), data, latency=False).metrics["accuracy"]
         for k, r in (("full", full), ("mixed", mixed))
     }
     fp32_test = 100 * sk.evaluate(model, data, latency=False).metrics["accuracy"]
     return [
         name,
+        runtime,
         f"{fp32_test:.2f}",
         f"{test['full']:.2f} ({test['full'] - fp32_test:+.2f})",
         f"{int8_ms / fp32_ms:.2f}",
@@ -391,8 +394,9 @@ def main() -> None:
             all_rows += rows
             all_checks += checks
             print(table(header, rows), "\n" + "\n".join(checks), flush=True)
-            mixed_rows.append(mixed_row(name, model, data, Path(tmp), args.mixed_drop))
-            print(mixed_rows[-1], flush=True)
+            for runtime in RUNTIMES:
+                mixed_rows.append(mixed_row(name, model, data, Path(tmp), args.mixed_drop, runtime))
+                print(mixed_rows[-1], flush=True)
             if args.qat_epochs:
                 qat_rows.append(qat_row(name, model, data, Path(tmp), args.qat_epochs))
                 print(qat_rows[-1], flush=True)
@@ -403,7 +407,7 @@ def main() -> None:
         print(table(text_header, text_rows))
     print("\n" + "\n".join(all_checks))
     print(f"\n## mixed precision: validation drop <= {args.mixed_drop} within half the fp32-to-int8 latency\n")
-    mixed_header = ["model", "fp32 test %", "full int8 test %", "int8 latency x", "budget x", "mixed test %"]
+    mixed_header = ["model", "runtime", "fp32 test %", "full int8 test %", "int8 latency x", "budget x", "mixed test %"]
     mixed_header += ["mixed latency x", "left in float", "val drop met"]
     print(table(mixed_header, mixed_rows))
     if qat_rows:
