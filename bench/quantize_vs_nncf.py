@@ -105,7 +105,8 @@ def measure(
         for b in batches:
             x = inputs(b)
             fns = [lambda m=m, x=x: m(**x) if isinstance(x, dict) else m(x) for m in models.values()]
-            best = [min(t) for t in zip(*(measure_latencies(fns, runs=runs) for _ in range(3)), strict=True)]
+            n = max(runs, 256 // b)  # as quantize times: more runs where a call takes a fraction of a millisecond
+            best = [min(t) for t in zip(*(measure_latencies(fns, runs=n) for _ in range(3)), strict=True)]
             for variant, t in zip(models, best, strict=True):
                 out[variant, runtime][f"b{b}"] = t
     return out
@@ -343,12 +344,12 @@ def mixed_row(
     """Full static int8 beside mixed precision with the latency budget halfway between full int8's and
     fp32's (``QuantizeConfig.max_latency``, accuracy on the validation split, latency at batch 64 on
     ``runtime``, timed as ``quantize`` times: the smallest of three alternated medians)."""
-    full = quantize(model, data, QuantizeConfig(mode="static", runtime=runtime), out / f"{name}.full.onnx")
+    full = quantize(model, data, QuantizeConfig(mode="static", runtime=runtime), out / f"{name}.full-{runtime}.onnx")
     fp32 = out / f"{name}.onnx"  # exported by bench_model
     int8_ms, fp32_ms = onnx_latency([full.path, fp32], data.example, 64, 20, runtime, rounds=3, warmup=5)
     budget = (1 + int8_ms / fp32_ms) / 2
     cfg = QuantizeConfig(mode="static", max_drop=max_drop, max_latency=budget, runtime=runtime)
-    mixed = quantize(model, data, cfg, out / f"{name}.mixed.onnx")
+    mixed = quantize(model, data, cfg, out / f"{name}.mixed-{runtime}.onnx")
     test = {
         k: 100 * sk.evaluate(OnnxModel(r.path, runtime=runtime), data, latency=False).metrics["accuracy"]
         for k, r in (("full", full), ("mixed", mixed))
@@ -371,7 +372,7 @@ def mixed_row(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=[*MODELS, TEXT], choices=[*MODELS, TEXT])
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency median")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency median (at least 256 // batch)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="runtime intra-op threads")
     parser.add_argument("--mixed-drop", type=float, default=0.1, help="validation drop mixed precision aims at")
     parser.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware epochs (0: no QAT section)")

@@ -51,8 +51,9 @@ def quantize_command(
     placement: Annotated[
         str,
         typer.Option(
-            help="Static mode: where the quantize / dequantize pairs go: onnxruntime, nncf or auto (NNCF's for "
-            "OpenVINO; for ONNX Runtime both, keeping the faster at --batch rows)."
+            help="Static mode: where the quantize / dequantize pairs go: onnxruntime, nncf or auto (the "
+            "runtime's own; with --max-drop ONNX Runtime's, its default scheme and NNCF's are made and the "
+            "fastest within the limit at --batch rows is kept)."
         ),
     ] = "auto",
     batch: Annotated[int, typer.Option(help="Batch size the placements are timed at (the one you deploy with).")] = 64,

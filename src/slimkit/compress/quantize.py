@@ -101,12 +101,14 @@ class QuantizeConfig(Config):
     latencies are measured on OpenVINO.
 
     ``placement`` (static mode) decides where the quantize / dequantize pairs go: ``"onnxruntime"``
-    (ONNX Runtime's quantizer), ``"nncf"`` (NNCF's) or ``"auto"``: with ``max_drop`` both are made
-    (NNCF's when installed) and the faster at ``latency_batch`` rows (default 64; in the loop its
-    target's) on the target runtime is kept among those within ``max_drop``; without it, the
-    runtime's own (ONNX Runtime's, NNCF's for OpenVINO). Which wins depends on the model, the batch
-    and the runtime: on mnist5k ONNX Runtime's ran resnet_cifar at batch 64 in 0.54x of fp32
-    against NNCF's 0.81x, NNCF's at batch 1 in 0.67x against 0.74x (``bench/RESULTS-quantize.md``).
+    (ONNX Runtime's quantizer), ``"nncf"`` (NNCF's) or ``"auto"``: with ``max_drop`` ONNX Runtime's
+    placement as slimkit sets it, ONNX Runtime's default scheme and NNCF's placement (when
+    installed; on the pre-processed and on the exported graph) are made, and the fastest at
+    ``latency_batch`` rows (default 64; in the loop its target's) on the target runtime is kept among
+    those within ``max_drop``; without it, the runtime's own (ONNX Runtime's, NNCF's for OpenVINO).
+    Which wins depends on the model, the batch and the runtime: on mnist5k ONNX Runtime's ran
+    resnet_cifar at batch 64 in 0.54x of fp32 against NNCF's 0.81x, NNCF's at batch 1 in 0.67x
+    against 0.74x (``bench/RESULTS-quantize.md``).
 
     When the int8 file breaks ``max_drop``, the accuracy check is mixed precision under a latency
     budget: each node's output error *and* latency when left in float are measured (on the target
@@ -758,14 +760,17 @@ def _mixed_precision(
         # by default never slower than fp32; no budget when the all-int8 file already is (it is for size)
         budget = qz.cfg.max_latency if qz.cfg.max_latency is not None else (1.0 if share < 1 else None)
     layers: dict[str, dict[str, Any]] = {}
-    paths = {}
+    # only the 2 x max_excluded nodes that save the most error are timed (at most max_excluded go
+    # back; timing each of all-MiniLM-L6-v2's ~50 nodes took longer than quantizing it) and their
+    # files kept (the others are deleted as they fall behind: 1.5 GB of MiniLM files otherwise)
+    paths: dict[str, Path] = {}
     names = [n for n in qz.candidates() if n not in excluded]
     for name in _track(names, f"int8 accuracy check: {len(names)} nodes, each back in {back}"):
         paths[name] = qz.run([*excluded, name])
         layers[name] = {"op": ops.get(name, "?"), "error_if_float": qz.score(paths[name])[1], "precision": kept}
-    # only the 2 x max_excluded nodes that save the most error are timed (at most max_excluded go
-    # back): timing each of all-MiniLM-L6-v2's ~50 nodes took longer than quantizing it
-    probes = sorted(layers, key=lambda n: layers[n]["error_if_float"])[: 2 * qz.cfg.max_excluded]
+        if len(paths) > 2 * qz.cfg.max_excluded:
+            paths.pop(max(paths, key=lambda n: layers[n]["error_if_float"])).unlink()
+    probes = sorted(paths, key=lambda n: layers[n]["error_if_float"])
     for name in _track(probes if timed else [], f"timing the {len(probes)} nodes that save the most error"):
         ms, ref = qz.latencies(paths[name], best)
         layers[name]["ms_if_float"] = ms / ref * int8_ms - int8_ms
