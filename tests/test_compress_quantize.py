@@ -194,10 +194,16 @@ def test_mixed_precision_puts_layers_back_to_float_only_within_the_latency_budge
     assert r.excluded == [min(r.sensitivity, key=r.sensitivity.get)] and set(r.sensitivity) == set(r.layers)
     assert r.layers[r.excluded[0]]["op"] in ("Gemm", "MatMul") and 0 < r.latency_share < 10
     assert "mixed precision" in str(r)
-    # a budget no file meets: nothing goes back to float, and the limit is reported as missed
-    tight = quantize(model, mnist, dataclasses.replace(cfg, max_latency=1e-3), tmp_path / "tight.onnx")
+    # a budget no file meets: nothing goes back to float, and the limit is reported as missed; with
+    # max_excluded=1 every node is scored but only the two that save the most error are timed
+    tight_cfg = dataclasses.replace(cfg, max_latency=1e-3, max_excluded=1)
+    tight = quantize(model, mnist, tight_cfg, tmp_path / "tight.onnx")
     assert tight.met_max_drop is False and tight.excluded == [] and tight.drop > 20
     assert "latency budget" in tight.layers[r.excluded[0]]["precision"]
+    error = {n: d["error_if_float"] for n, d in tight.layers.items()}
+    timed = [n for n, d in tight.layers.items() if "ms_if_float" in d]
+    assert len(error) > 2 and len(timed) == 2 and r.excluded[0] in timed
+    assert max(error[n] for n in timed) <= min(e for n, e in error.items() if n not in timed)
 
 
 def test_int4_weight_only_blocks_every_linear_and_puts_damaged_ones_back_to_8_bits(
