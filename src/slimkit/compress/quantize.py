@@ -387,7 +387,9 @@ class _Quantizer:
         if self.mode == "static":
             out |= {
                 "format": "QDQ placed by NNCF" if self.placement == "nncf" else "QDQ (ONNX Runtime's placement)",
-                "activations": f"{self.activations} (calibrated)",
+                "activations": "calibrated, typed by NNCF"
+                if self.placement == "nncf"
+                else f"{self.activations} (calibrated)",
                 "calibration": cfg.calibration,
                 "calibration_samples": sum(len(next(iter(b.values()))) for b in self.calibration),
             }
@@ -700,8 +702,8 @@ def _candidates(qz: _Quantizer, sources: dict[str, Path]) -> list[_Candidate]:
     nncf = _Candidate("NNCF's placement (pre-processed graph)", placement="nncf")
     if qz.mode != "static":
         return [ort]
-    if cfg.placement != "auto" or cfg.max_drop is None:
-        return [nncf if (cfg.placement if cfg.placement != "auto" else qz.placement) == "nncf" else ort]
+    if cfg.placement != "auto" or cfg.max_drop is None:  # the named placement, else the runtime's own
+        return [nncf if (qz.placement if cfg.placement == "auto" else cfg.placement) == "nncf" else ort]
     out = [ort]
     if cfg.per_channel == "auto":
         name = "ONNX Runtime's defaults (per-tensor, int8 activations, graph as exported)"
