@@ -15,7 +15,10 @@ samples of calibration:
 
 Each file is scored on the mnist5k test split and timed at batch 1 and 64 on every runtime that
 can run it: the variants of one runtime are timed in alternation (three interleaved medians, the
-smallest kept), ratios against the fp32 ONNX original **on the same runtime**. Prints markdown.
+smallest kept), ratios against the fp32 ONNX original **on the same runtime**. Prints markdown and
+the goal checks: slimkit's file for a runtime and batch against NNCF's accuracy (also paired on the
+test samples, McNemar), against the fastest peer within 1 point of its quality, and whether any peer
+dominates it (at most 0.1 point less accurate and faster by more than 5%).
 
     .venv/bin/python bench/quantize_vs_nncf.py              # ~15 minutes on 2 cores
     .venv/bin/python bench/quantize_vs_nncf.py --models seed_cnn
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quantize_vs_ort import _vs, table  # the sibling bench (bench/ is on the path when run as a script)
+from quantize_vs_ort import _paired, _vs, table  # the sibling bench (bench/ is on the path when run as a script)
 
 import slimkit as sk
 from slimkit.compress import QuantizeConfig, quantize
@@ -87,8 +90,9 @@ def ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
 def measure(
     paths: dict[str, Path], quality: Callable, inputs: Callable, batches: tuple[int, int], runs: int, threads: int
 ) -> dict[tuple[str, str], dict]:
-    """``{(variant, runtime): {acc, bytes, b<N>...}}`` for every file a runtime can run: ``quality(model)``
-    (accuracy % or cosine x 100) and latency on ``inputs(rows)`` (a tensor or named inputs)."""
+    """``{(variant, runtime): {acc, correct, bytes, b<N>...}}`` for every file a runtime can run:
+    ``quality(model)`` (accuracy % with each test sample's correctness, or cosine x 100) and latency on
+    ``inputs(rows)`` (a tensor or named inputs)."""
     out: dict[tuple[str, str], dict] = {}
     for runtime in RUNTIMES:
         models = {}
@@ -101,7 +105,9 @@ def measure(
                 print(f"  {variant} does not run on {runtime}: {exc}")
         for variant, m in models.items():
             with torch.no_grad():
-                out[variant, runtime] = {"acc": quality(m), "bytes": m.bytes}
+                q = quality(m)
+            acc, correct = q if isinstance(q, tuple) else (q, None)
+            out[variant, runtime] = {"acc": acc, "correct": correct, "bytes": m.bytes}
         for b in batches:
             x = inputs(b)
             fns = [lambda m=m, x=x: m(**x) if isinstance(x, dict) else m(x) for m in models.values()]
@@ -115,9 +121,9 @@ def measure(
 def accuracy(data: sk.data.Dataset) -> Callable:
     test_x, test_y = data.splits["test"]
 
-    def score(m: Callable) -> float:
+    def score(m: Callable) -> tuple[float, np.ndarray]:
         pred = torch.cat([m(test_x[i : i + 256]).argmax(1) for i in range(0, len(test_x), 256)])
-        return 100 * float((pred == test_y).float().mean())
+        return 100 * float((pred == test_y).float().mean()), (pred == test_y).numpy()
 
     return score
 
@@ -159,7 +165,15 @@ def bench_model(name: str, out: Path, runs: int, threads: int) -> tuple[list[lis
         "openvino": {"b1": "slimkit int8 (for OpenVINO)", "b64": "slimkit int8 (for OpenVINO)"},
     }
     rows, checks = rows_and_checks(name, figures, made_for)
-    return rows, [head, *checks], (model, data)
+    made_by = [
+        f"  {v}: left in float {r.excluded or 'none'}; notes: {r.notes}"
+        for v, r in (
+            ("slimkit int8", result),
+            ("slimkit int8 (for b1)", for_b1),
+            ("slimkit int8 (for OpenVINO)", for_ov),
+        )
+    ]
+    return rows, [head, *made_by, *checks], (model, data)
 
 
 def rows_and_checks(
@@ -190,10 +204,11 @@ def rows_and_checks(
             for peer in ("nncf int8 (ONNX)", "nncf int8 (OpenVINO IR)"):
                 p = figures.get((peer, runtime))
                 if p is not None:
-                    checks.append(
-                        f"  {ours_name} vs {peer} on {runtime}: accuracy {ours['acc']:.2f} vs {p['acc']:.2f} "
-                        f"({'PASS' if p['acc'] - ours['acc'] <= 0.1 else 'FAIL'}: goal at most 0.1 point below)"
-                    )
+                    line = f"  {ours_name} vs {peer} on {runtime}: accuracy {ours['acc']:.2f} vs {p['acc']:.2f} "
+                    line += f"({'PASS' if p['acc'] - ours['acc'] <= 0.1 else 'FAIL'}: goal at most 0.1 point below)"
+                    if ours["correct"] is not None:
+                        line += f"; paired on the test samples: {_paired(ours['correct'], p['correct'])}"
+                    checks.append(line)
         peers = {v: f for (v, r), f in figures.items() if r == runtime and v != "fp32" and not v.startswith("slimkit")}
         for b, ours_name in files.items():
             ours = figures[ours_name, runtime]
@@ -206,6 +221,13 @@ def rows_and_checks(
                 line += f"({_vs(ours[b], peers[peer][b])})"
             if fastest not in usable:
                 line += f"; fastest of all: {fastest} {peers[fastest][b]:.3f} ms at {peers[fastest]['acc']:.2f}"
+            # Pareto: a peer at most 0.1 point less accurate and faster beyond noise (5%) would be the better file
+            better = [v for v in peers if peers[v]["acc"] >= ours["acc"] - 0.1 and _vs(ours[b], peers[v][b]) == "FAIL"]
+            if better:
+                v = min(better, key=lambda v: peers[v][b])
+                line += f"; dominated by {v} ({peers[v]['acc']:.2f} at {peers[v][b]:.3f} ms)"
+            else:
+                line += "; not dominated (no peer as accurate within 0.1 point and faster beyond 5%)"
             checks.append(line)
     return rows, checks
 

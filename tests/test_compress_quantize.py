@@ -142,18 +142,21 @@ def test_static_int8_for_onnx_runtime_keeps_the_fastest_scheme_at_the_target_bat
         "nncf raw": "NNCF's placement on the graph as exported",
     }
 
-    def latencies(qz, *paths: Path) -> list[float]:  # noqa: ANN001
-        # the fp32 file, then ONNX Runtime's placement, its default scheme, NNCF's placement (pre-processed,
-        # as exported); the one named `faster` takes 1 ms, the others 2-4
-        timed.append((qz.cfg.batch, len(paths)))
-        times = [2.0, 3.0, 4.0, 2.5]
-        times[list(names).index(faster)] = 1.0
-        return [10.0, *times][: len(paths)]
+    def latencies(qz, *paths: Path, rounds: int = 3) -> list[float]:  # noqa: ANN001
+        # the fp32 file takes 10 ms, the one named `faster` 1 ms, the others 2-4 (files int8-1 to int8-4:
+        # ONNX Runtime's placement, its default scheme, NNCF's placement pre-processed and as exported);
+        # for "nncf raw", NNCF's pre-processed file first seems 2% faster, and loses when both are re-timed
+        timed.append((qz.cfg.batch, len(paths), rounds))
+        times = dict(zip(names, [2.0, 3.0, 4.0, 2.5], strict=True)) | {faster: 1.0}
+        if faster == "nncf raw":
+            times["nncf"] = 0.98 if rounds == 3 else 1.1
+        return [10.0 if p == qz.original else times[list(names)[int(p.stem[5:]) - 1]] for p in paths]
 
     monkeypatch.setattr(module._Quantizer, "latencies", latencies)
     cfg = QuantizeConfig(mode="static", max_drop=1.0, latency_batch=1)
     r = quantize(trained_cnn, mnist, cfg, tmp_path / "q.onnx")
-    assert timed == [(1, 5)] and r.met_max_drop and r.drop <= 1.0
+    retimed = [(1, 3, 9)] if faster == "nncf raw" else []  # the near tie, with three times the rounds
+    assert timed == [(1, 5, 3), *retimed] and r.met_max_drop and r.drop <= 1.0
     nncf = r.settings["format"] == "QDQ placed by NNCF"
     assert nncf == faster.startswith("nncf") and r.settings["format"].startswith("QDQ")
     note = f"{names[faster]}: the fastest within the limit at batch 1 on onnxruntime (0.10x of fp32; "
@@ -173,7 +176,7 @@ def test_static_int8_for_onnx_runtime_keeps_the_fastest_scheme_at_the_target_bat
     # without NNCF installed: ONNX Runtime's two schemes, no error
     monkeypatch.setitem(sys.modules, "nncf", None)
     plain = quantize(trained_cnn, mnist, cfg, tmp_path / "p.onnx")
-    assert timed == [(1, 3)] and plain.settings["format"] == "QDQ (ONNX Runtime's placement)"
+    assert timed == [(1, 3, 3)] and plain.settings["format"] == "QDQ (ONNX Runtime's placement)"
 
 
 def test_mixed_precision_puts_layers_back_to_float_only_within_the_latency_budget(
