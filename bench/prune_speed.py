@@ -51,7 +51,7 @@ def ort_times(paths: list[Path], x: torch.Tensor) -> dict[int, tuple[list[float]
     for size in (1, 32):
         xb = batch_of(x, size)
         runs = 10 if x[0].numel() * size > 2_000_000 else 100  # a 224x224 batch of 32 takes ~0.5 s
-        times = latency_samples([lambda s=s, xb=xb: s(xb) for s in sessions], warmup=3, runs=runs)
+        times = latency_samples([lambda s=s, xb=xb: s(xb) for s in sessions], warmup=3, runs=runs, turns=5)
         speedup = statistics.median(a / b for a, b in zip(times[0], times[1], strict=True))
         out[size] = ([statistics.median(t) for t in times], speedup)
     return out

@@ -14,8 +14,8 @@ samples of calibration:
 - ONNX Runtime's ``quantize_static`` with its defaults.
 
 Each file is scored on the mnist5k test split and timed at batch 1 and 64 on every runtime that
-can run it: the variants of one runtime are timed in alternation (three interleaved medians, the
-smallest kept), ratios against the fp32 ONNX original **on the same runtime**. Prints markdown and
+can run it: the variants of one runtime take turns (three turns of consecutive calls each, the
+smallest median kept), ratios against the fp32 ONNX original **on the same runtime**. Prints markdown and
 the goal checks: slimkit's file for a runtime and batch against NNCF's accuracy (also paired on the
 test samples, McNemar), against the fastest peer within 1 point of its quality, and whether any peer
 dominates it (at most 0.1 point less accurate and faster by more than 5%).
@@ -112,8 +112,7 @@ def measure(
             x = inputs(b)
             fns = [lambda m=m, x=x: m(**x) if isinstance(x, dict) else m(x) for m in models.values()]
             n = max(runs, 256 // b)  # as quantize times: more runs where a call takes a fraction of a millisecond
-            best = [min(t) for t in zip(*(measure_latencies(fns, runs=n) for _ in range(3)), strict=True)]
-            for variant, t in zip(models, best, strict=True):
+            for variant, t in zip(models, measure_latencies(fns, runs=n, rounds=3), strict=True):
                 out[variant, runtime][f"b{b}"] = t
     return out
 

@@ -96,14 +96,24 @@ def test_evaluate_on_a_dataloader_and_recsys_metrics() -> None:
     assert report.metrics["auc"] > 0.65  # the hidden factor model is learnable
 
 
-def test_latency_samples_are_paired_runs_in_ms() -> None:
+def test_latency_samples_take_turns_in_blocks_in_ms(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from slimkit.evaluate.cost import latency_samples, measure_latencies
+    from slimkit.evaluate import cost
 
+    monkeypatch.setattr(cost, "SETTLE_S", 0.0)  # each turn opens with one untimed call
     calls: list[str] = []
     fns = [lambda: calls.append("a"), lambda: (calls.append("b"), time.sleep(0.002))]
-    quick, slow = latency_samples(fns, warmup=1, runs=5)
-    assert len(quick) == len(slow) == 5 and calls == ["a", "b"] * 6  # interleaved, warm-up included
+    quick, slow = cost.latency_samples(fns, warmup=1, runs=5, turns=2)
+    assert len(quick) == len(slow) == 5  # 2 + 3 timed calls a turn, each opened by untimed ones
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
     assert all(s >= 2.0 > q for q, s in zip(quick, slow, strict=True))  # milliseconds
-    assert measure_latencies(fns, warmup=0, runs=3)[1] >= 2.0
+    assert cost.measure_latencies(fns, warmup=0, runs=3, rounds=2)[1] >= 2.0
+    # the smallest of the rounds' medians: a function slow only in the first round
+    state = {"calls": 0}
+
+    def slow_first() -> None:
+        state["calls"] += 1
+        time.sleep(0.004 if state["calls"] <= 4 else 0.0)
+
+    assert cost.measure_latencies([slow_first], warmup=0, runs=3, rounds=2)[0] < 2.0

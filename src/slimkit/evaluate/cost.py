@@ -117,28 +117,48 @@ def measure_latency(run: Callable[[], object], *, warmup: int = 5, runs: int = 3
     return measure_latencies([run], warmup=warmup, runs=runs)[0]
 
 
-def latency_samples(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[list[float]]:
-    """Wall times (ms) of ``runs`` calls of each function, calling them in turn.
+SETTLE_S = 0.05  # untimed calls that open each turn of latency_samples (see there)
 
-    Interleaving makes the comparison fair when other work shares the machine: a busy spell slows
-    every function alike instead of the one that happened to run then, and run ``i`` of one
-    function can be paired with run ``i`` of another.
+
+def latency_samples(
+    fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30, turns: int = 1
+) -> list[list[float]]:
+    """Wall times (ms) of ``runs`` calls of each function: the functions take ``turns`` turns each,
+    a turn being ``runs / turns`` consecutive timed calls opened by untimed ones (``warmup`` in
+    the first turn, then at least one and until ``SETTLE_S`` seconds have passed).
+
+    Taking turns keeps a comparison fair when other work shares the machine: a busy spell slows
+    every function alike instead of the one that happened to run then. Turns are blocks of calls,
+    not single calls, and open with untimed ones: right after another ONNX Runtime session ran, its
+    idle worker threads keep spinning on the cores for tens of milliseconds. Measured on a
+    MobileNetV2 at batch 64 on 2 cores, alternating single calls of four files timed the fp32 one
+    at 4.2x (5.69 against 1.34 ms) and an int8 one at 3.6x its time alone; turns opened by 50 ms
+    of untimed calls matched the times alone within 3%.
     """
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
+    for turn in range(turns):
+        n = runs * (turn + 1) // turns - runs * turn // turns
         for fn, t in zip(fns, times, strict=True):
-            start = time.perf_counter()
+            settled = time.perf_counter() + SETTLE_S
+            for _ in range(warmup if turn == 0 else 0):
+                fn()
             fn()
-            t.append((time.perf_counter() - start) * 1e3)
+            while time.perf_counter() < settled:
+                fn()
+            for _ in range(n):
+                start = time.perf_counter()
+                fn()
+                t.append((time.perf_counter() - start) * 1e3)
     return times
 
 
-def measure_latencies(fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30) -> list[float]:
-    """Median wall time of each function in milliseconds, calling them in turn (:func:`latency_samples`)."""
-    return [statistics.median(t) for t in latency_samples(fns, warmup=warmup, runs=runs)]
+def measure_latencies(
+    fns: Sequence[Callable[[], object]], *, warmup: int = 5, runs: int = 30, rounds: int = 1
+) -> list[float]:
+    """Each function's wall time in milliseconds: the smallest of ``rounds`` medians of ``runs``
+    calls, the functions taking turns (one per round, :func:`latency_samples`)."""
+    samples = latency_samples(fns, warmup=warmup, runs=runs * rounds, turns=rounds)
+    return [min(statistics.median(t[r * runs : (r + 1) * runs]) for r in range(rounds)) for t in samples]
 
 
 def torch_latency(
@@ -165,14 +185,12 @@ def onnx_latency(
     rounds: int = 1,
     warmup: int = 3,
 ) -> list[float]:
-    """Latencies (ms) of the ONNX files ``paths`` on ``runtime`` on ``batch`` rows, timed in
-    alternation (their ratios stay fair when other processes load the CPU): the smallest of
-    ``rounds`` medians of ``runs`` calls each."""
+    """Latencies (ms) of the ONNX files ``paths`` on ``runtime`` on ``batch`` rows, the files
+    taking turns (their ratios stay fair when other processes load the CPU): the smallest of
+    ``rounds`` medians of ``runs`` calls each (:func:`measure_latencies`)."""
     from slimkit.graph.trace import call_model
     from slimkit.io.onnx import OnnxModel
 
     x = batch_of(example, batch)
     runners = [OnnxModel(p, runtime=runtime) for p in paths]
-    fns = [lambda r=r: call_model(r, x) for r in runners]
-    medians = [measure_latencies(fns, warmup=warmup, runs=runs) for _ in range(rounds)]
-    return [min(t) for t in zip(*medians, strict=True)]
+    return measure_latencies([lambda r=r: call_model(r, x) for r in runners], warmup=warmup, runs=runs, rounds=rounds)
