@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -10,6 +10,17 @@ import slimkit as sk
 from slimkit.cli import main
 
 CliRun = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quick_latency_turns() -> Iterator[None]:
+    """Tests never assert timings: each turn of a latency measurement opens with one untimed call
+    instead of 50 ms of them (hundreds of turns across the suite)."""
+    from slimkit.evaluate import cost
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cost, "SETTLE_S", 0.0)
+        yield
 
 
 @pytest.fixture()

@@ -112,7 +112,7 @@ class QuantizeConfig(Config):
 
     When the int8 file breaks ``max_drop``, the accuracy check is mixed precision under a latency
     budget: each node's output error *and* latency when left in float are measured (on the target
-    runtime at ``latency_batch`` rows, timed in alternation with the all-int8 file), nodes go back to
+    runtime at ``latency_batch`` rows, timed taking turns with the all-int8 file), nodes go back to
     float in order of error saved per millisecond added, and a node that would take the file over
     ``max_latency`` of the fp32 file's time is skipped (default: never slower than fp32; no budget
     when the all-int8 file already is). Leaving nodes in float without a budget made a quarter-width
@@ -752,7 +752,7 @@ def _mixed_precision(
     """Nodes back to float (in ``int4`` mode: to 8-bit blocks) until the metric is within ``max_drop``.
 
     Each candidate node's output error when it alone goes back is measured and, in the int8 modes,
-    its latency too (on the target runtime at ``latency_batch`` rows, timed in alternation with the
+    its latency too (on the target runtime at ``latency_batch`` rows, timed taking turns with the
     all-int8 file); nodes go back in order of error saved (per millisecond added, in the int8 modes)
     while the file stays within its latency budget: ``max_latency`` of the fp32 file's time, by
     default never slower than fp32 (none when the all-int8 file already is). Returns the file,

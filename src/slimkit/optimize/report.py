@@ -183,7 +183,7 @@ def _speed_html(sp: dict[str, Any]) -> str:
     ]
     best = sp["best"]
     return (
-        f"<p>Batch {sp['batch']}, each runtime timing the optimized files in alternation with the fp32 ONNX "
+        f"<p>Batch {sp['batch']}, each runtime timing the optimized files taking turns with the fp32 ONNX "
         "original (speed-ups against the original on the same runtime):</p>"
         + _table(["runtime", "original fp32 ONNX", *(f"optimized {f}" for f in files)], rows)
         + f"<p>Fastest: the {html.escape(best['file'])} on {html.escape(RUNTIME_NAMES[best['runtime']])}, "

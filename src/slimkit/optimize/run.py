@@ -164,7 +164,7 @@ def speed_lines(speed: dict[str, Any]) -> list[str]:
         f"{speed['deployed']} vs the fp32 ONNX original: file {speed['smaller']:.1f}x smaller",
         *(
             f"{RUNTIME_NAMES[rt]}, batch {speed['batch']}: original {row['original']:.2f} ms, {times(row)} "
-            "(timed in alternation)"
+            "(timed taking turns)"
             for rt, row in speed["runtimes"].items()
         ),
         f"fastest: the {best['file']} on {RUNTIME_NAMES[best['runtime']]}, {best['ms']:.2f} ms, "
@@ -652,7 +652,7 @@ def _finish(
 
 def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict[str, Any] | None:
     """Latency at ``batch`` rows of the fp32 ONNX original and of the optimized model (its fp32 ONNX,
-    and its int8 file when there is one) on every runtime installed, each timed in alternation with
+    and its int8 file when there is one) on every runtime installed, each taking turns with
     the original on the same runtime (a fair ratio on a busy machine). The figures of the target's
     runtime lead (``runtimes``: ``{runtime: {"original" | file: ms}}``, None where the runtime cannot
     run the file); ``best`` names the fastest runtime and file. None without the ``onnx`` extra."""
