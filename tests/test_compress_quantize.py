@@ -157,6 +157,8 @@ def test_static_int8_for_onnx_runtime_keeps_the_fastest_scheme_at_the_target_bat
     r = quantize(trained_cnn, mnist, cfg, tmp_path / "q.onnx")
     retimed = [(1, 3, 9)] if faster == "nncf raw" else []  # the near tie, with three times the rounds
     assert timed == [(1, 5, 3), *retimed] and r.met_max_drop and r.drop <= 1.0
+    assert r.latency_share == pytest.approx(0.1) and "latency 0.10x of the fp32 file's" in str(r)
+    assert "int8 buys size here, not speed" in str(dataclasses.replace(r, latency_share=1.28))
     nncf = r.settings["format"] == "QDQ placed by NNCF"
     assert nncf == faster.startswith("nncf") and r.settings["format"].startswith("QDQ")
     note = f"{names[faster]}: the fastest within the limit at batch 1 on onnxruntime (0.10x of fp32; "

@@ -220,7 +220,12 @@ class QuantizeResult:
             kept = "8-bit blocks" if self.mode == "int4" else "float"
             lines.append(f"  left in {kept}: {', '.join(self.excluded)}")
         if self.latency_share is not None:
-            lines.append(f"  latency {self.latency_share:.2f}x of the fp32 file's (mixed precision)")
+            how = " (mixed precision)" if self.excluded else ""
+            lines.append(f"  latency {self.latency_share:.2f}x of the fp32 file's{how}")
+            if self.latency_share > 1:
+                lines.append(
+                    "  slower than the fp32 file on this runtime at this batch: int8 buys size here, not speed"
+                )
         if self.met_max_drop is False:
             lines.append(f"  the {self.metric} limit was NOT met")
         lines += [f"  note: {n}" for n in self.notes]
@@ -627,7 +632,7 @@ def quantize(
                 notes.append(f"{candidate.name} could not be made ({type(exc).__name__}: {first_line(exc)})")
                 continue
             scored.append((qz.score(path)[0], path, candidate))
-        value, best, chosen = _fastest_within(qz, scored, notes)
+        (value, best, chosen), share = _fastest_within(qz, scored, notes)
         qz.use(chosen, graphs)
         if chosen.source == "padded":
             notes.append(f"input of {', '.join(padded)} zero-padded to 4 channels (int8 kernels are slow on 1-3)")
@@ -635,7 +640,7 @@ def quantize(
             notes.append(f"embedding tables: {TABLES[chosen.source]}")
         sensitivity: dict[str, float] = {}
         layers: dict[str, dict[str, Any]] = {}
-        met, share = None, None
+        met = None
         if cfg.max_drop is not None:
             met = qz.worse_by(value) <= cfg.max_drop
             if not met:
@@ -713,17 +718,18 @@ def _candidates(qz: _Quantizer, sources: dict[str, Path]) -> list[_Candidate]:
     return out
 
 
-def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tuple:
+def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tuple[tuple, float | None]:
     """Of the ``scored`` files ``(metric, path, candidate)``, all timed at ``latency_batch`` rows on
     the target runtime with the fp32 file: the fastest within ``max_drop`` (without it: among the
     most accurate) of those within the latency budget (``max_latency``, default: not slower than
     fp32; if none is, those within twice the fastest's time: NNCF's placement ran a MobileNetV2 15x
     slower than fp32 on ONNX Runtime at batch 64, ONNX Runtime's 2.5x); when none is within
-    ``max_drop``, the most accurate of them (the accuracy check goes on from there). Files within
+    ``max_drop``, the most accurate of them (the accuracy check goes on from there); with its latency
+    as a share of fp32's (None when there was one file, not timed). Files within
     ``NEAR_TIE`` of the fastest are timed again with more rounds before one is chosen (at batch 1 the
     same 0.3 ms file measured 0.18 to 0.30 ms in three runs)."""
     if len(scored) == 1:
-        return scored[0]
+        return scored[0], None
     fp32_ms, *ms = qz.latencies(qz.original, *(c[1] for c in scored))
     budget = qz.cfg.max_latency if qz.cfg.max_latency is not None else 1.0
     # none within the budget: at least not more than twice the fastest's time
@@ -743,7 +749,7 @@ def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tu
         f"{scored[pick][2].name}: {why} at batch {qz.cfg.batch} on {qz.runtime} "
         f"({ms[pick] / fp32_ms:.2f}x of fp32; {others})"
     )
-    return scored[pick]
+    return scored[pick], ms[pick] / fp32_ms
 
 
 def _mixed_precision(
