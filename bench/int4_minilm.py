@@ -11,7 +11,7 @@ with the fidelity task (mean cosine to the fp32 model's embeddings, top-10 neigh
 
 Validation (the accuracy check) and test are disjoint held-out docstring sentences; the news genre
 (BBC News paragraphs) is measured too. Latency: ONNX Runtime, one thread, batch 1 and batch 32 of
-64 tokens, every file timed in alternation with the fp32 original (paired ratios).
+64 tokens, every file taking turns with the fp32 original (three turns each, the smallest median; paired ratios).
 
     .venv/bin/python bench/int4_minilm.py            # ~15 min
 """
@@ -85,7 +85,8 @@ def main() -> None:
             runner = OnnxModel(path, threads=1)
             t, n = task.evaluate(runner, data.test), task.evaluate(runner, news_loader)
             lat = [
-                measure_latencies([lambda r=r, x=x: r(**x) for r in (fp32, runner)], runs=args.runs) for x in (x1, x32)
+                measure_latencies([lambda r=r, x=x: r(**x) for r in (fp32, runner)], runs=args.runs, rounds=3)
+                for x in (x1, x32)
             ]
             size = path.stat().st_size
             rows.append(
@@ -103,7 +104,7 @@ def main() -> None:
             "",
             f"{datetime.date.today()}, `{cmd}`: validation {len(val)} and test {len(test)} held-out docstring "
             f"sentences, {len(news)} BBC News paragraphs; latency ONNX Runtime 1 thread, 64 tokens, each file "
-            f"timed in alternation with fp32 (ratio in brackets); total {total:.0f} s.",
+            f"taking turns with fp32 (ratio in brackets); total {total:.0f} s.",
             "",
             "Goal: file <= 0.2x of fp32, cosine >= 0.98, latency reported.",
             "",
