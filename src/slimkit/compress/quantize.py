@@ -726,8 +726,8 @@ def _fastest_within(qz: _Quantizer, scored: list[tuple], notes: list[str]) -> tu
     slower than fp32 on ONNX Runtime at batch 64, ONNX Runtime's 2.5x); when none is within
     ``max_drop``, the most accurate of them (the accuracy check goes on from there); with its latency
     as a share of fp32's (None when there was one file, not timed). Files within
-    ``NEAR_TIE`` of the fastest are timed again with more rounds before one is chosen (at batch 1 the
-    same 0.3 ms file measured 0.18 to 0.30 ms in three runs)."""
+    ``NEAR_TIE`` of the fastest are timed again with more rounds before one is chosen (session 18's
+    bench lost its batch-1 checks by 5-6% on 0.3 ms calls)."""
     if len(scored) == 1:
         return scored[0], None
     fp32_ms, *ms = qz.latencies(qz.original, *(c[1] for c in scored))

@@ -131,9 +131,9 @@ def latency_samples(
     every function alike instead of the one that happened to run then. Turns are blocks of calls,
     not single calls, and open with untimed ones: right after another ONNX Runtime session ran, its
     idle worker threads keep spinning on the cores for tens of milliseconds. Measured on a
-    MobileNetV2 at batch 64 on 2 cores, alternating single calls of four files timed the fp32 one
-    at 4.2x (5.69 against 1.34 ms) and an int8 one at 3.6x its time alone; turns opened by 50 ms
-    of untimed calls matched the times alone within 3%.
+    MobileNetV2's four files at batch 64 on 2 cores (``bench/latency_turns.py``), alternating single
+    calls timed them at 1.8-2.9x their time alone; turns opened by 50 ms of untimed calls matched
+    the times alone within 1%.
     """
     times: list[list[float]] = [[] for _ in fns]
     for turn in range(turns):
