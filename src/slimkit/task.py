@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.core.device import model_device, same_device, to_device
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import eval_mode
 
@@ -140,6 +141,9 @@ def output_tensor(raw: Any) -> torch.Tensor:
     )
 
 
+_CPU = torch.device("cpu")
+
+
 def _rows(t: torch.Tensor) -> int:
     return int(t.shape[0]) if t.dim() else 1
 
@@ -236,13 +240,14 @@ class Task:
         """The filled :class:`Meter` of :meth:`evaluate` (classification keeps its confusion matrix)."""
         meter = self.meter()
         ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
-        with ctx, torch.no_grad():
+        with ctx, torch.no_grad(), same_device("evaluation"):
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                inputs, targets = self.split(batch)
+                inputs, targets = to_device(self.split(batch), model_device(model))
                 out = self.predict(model, inputs)
-                meter.update(out, self.reference_targets(inputs, targets), inputs)
+                # meters count on the CPU (numpy)
+                meter.update(*to_device((out, self.reference_targets(inputs, targets), inputs), _CPU))
                 meter.samples += _rows(out)
         if not meter.samples:
             raise SlimkitError("cannot evaluate: the data split is empty")

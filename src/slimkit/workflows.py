@@ -36,11 +36,14 @@ def train_and_save(
     patience: int | None = None,
     augment: bool = True,
     seed: int = 0,
+    device: str | None = None,
+    amp: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> Report:
-    """Train a zoo model on a dataset; save checkpoint + report.json + config.json + history.json."""
-    config = {k: v for k, v in locals().items() if k not in ("output", "force", "progress")}
+    """Train a zoo model on a dataset (on ``device``, in ``amp`` mixed precision: see
+    :func:`slimkit.train.fit`); save checkpoint + report.json + config.json + history.json."""
+    config = {k: v for k, v in locals().items() if k not in ("output", "force", "progress", "device")}
     check_output(output, force)  # fail now, not after training
     dataset = data_mod.load(data)
     torch.manual_seed(seed)
@@ -55,6 +58,8 @@ def train_and_save(
         patience=patience,
         augment=dataset.augment if augment else None,
         seed=seed,
+        device=device,
+        amp=amp,
         progress=progress,
     )
     report = evaluate(net, dataset)

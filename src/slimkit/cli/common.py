@@ -33,6 +33,11 @@ TrustPickle = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+Device = Annotated[
+    str | None,
+    typer.Option(help="Where to fine-tune and evaluate: auto, cpu, cuda, cuda:N or mps (default: cpu)."),
+]
+Amp = Annotated[str | None, typer.Option(help="Mixed-precision fine-tuning: bf16, or fp16 (CUDA only).")]
 Runtime = Annotated[
     str,
     typer.Option(

@@ -9,7 +9,9 @@ import typer
 
 from slimkit.cli import app
 from slimkit.cli.common import (
+    Amp,
     DataName,
+    Device,
     Factory,
     Force,
     ModelPath,
@@ -90,6 +92,8 @@ def optimize_command(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the run folder.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for fine-tuning and search.")] = 0,
+    device: Device = None,
+    amp: Amp = None,
     runtime: Runtime = "onnxruntime",
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
@@ -127,7 +131,13 @@ def optimize_command(
             resume=resume,
             seed=seed,
             force=force,
-            extra={"task": task, "val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
+            extra={
+                "task": task,
+                "val_batches": val_batches,
+                "steps_per_epoch": steps_per_epoch,
+                "device": device,
+                "amp": amp,
+            },
         )
     if is_encoder_folder(model):
         return _optimize_encoder(
@@ -141,6 +151,8 @@ def optimize_command(
             storage=storage,
             resume=resume,
             seed=seed,
+            device=device,
+            amp=amp,
             force=force,
             extra={"val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
             task=task,
@@ -175,6 +187,8 @@ def optimize_command(
             storage=storage,
             resume=resume,
             seed=seed,
+            device=device,
+            amp=amp,
             force=force,
             log=log,
         )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Force, console, parse_kwargs
+from slimkit.cli.common import Amp, DataName, Device, Force, console, parse_kwargs
 
 
 @app.command("train")
@@ -25,6 +25,8 @@ def train_command(
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
     augment: Annotated[bool, typer.Option(help="Use the dataset's training augmentation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    device: Device = None,
+    amp: Amp = None,
     force: Force = False,
 ) -> None:
     """Train MODEL on DATA and save checkpoint + report.json + config.json to OUTPUT."""
@@ -41,7 +43,8 @@ def train_command(
         "patience": patience,
         "augment": augment,
         "seed": seed,
+        "amp": amp,
     }
-    report = train_and_save(output=output, force=force, **config)
+    report = train_and_save(output=output, device=device, force=force, **config)
     console.print(report)
     console.print(f"saved {output}  (config.json: {json.dumps(config)})")

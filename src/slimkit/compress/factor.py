@@ -33,6 +33,8 @@ def _root_split(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _set(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, like: torch.Tensor) -> nn.Module:
+    """``layer`` (a new one) on ``like``'s device and dtype, holding ``weight`` and ``bias``."""
+    layer.to(like.device, like.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight.to(like.dtype))
         if bias is not None:
@@ -179,7 +181,7 @@ def select_units(h: torch.Tensor, rank: int) -> torch.Tensor:
     """
     from scipy.linalg import qr
 
-    hc = (h - h.mean(0)).double().numpy()  # (N, D)
+    hc = (h - h.mean(0)).double().cpu().numpy()  # (N, D)
     _, _, vt = np.linalg.svd(hc, full_matrices=False)  # (k, D)
     _, _, piv = qr(vt[:rank], pivoting=True, mode="economic")
     return torch.from_numpy(np.sort(piv[:rank]))

@@ -50,8 +50,8 @@ def predict(model: Any, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
     with ctx, torch.inference_mode():
         for batch in loader:
             x, y = task.split(batch)
-            probs.append(torch.softmax(task.predict(model, x), dim=1).numpy())
-            labels.append(torch.as_tensor(y).numpy())
+            probs.append(torch.softmax(task.predict(model, x), dim=1).cpu().numpy())
+            labels.append(torch.as_tensor(y).cpu().numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from slimkit.core.device import model_device, to_device
 from slimkit.core.errors import SlimkitError, first_line
 from slimkit.graph.ids import UNTRACKED, IdSpace, collapse
 from slimkit.graph.layers import ConvPruner, is_attention_block, pruner_for
@@ -957,7 +958,10 @@ _RULES = {
 
 # ---------------------------------------------------------------------- helpers
 def call_model(model: nn.Module, example: Any) -> Any:
-    """``model(example)``, ``model(*example)`` for a tuple, ``model(**example)`` for a dict."""
+    """``model(example)``, ``model(*example)`` for a tuple, ``model(**example)`` for a dict; the
+    example's tensors are moved to a module's device first."""
+    if isinstance(model, nn.Module):
+        example = to_device(example, model_device(model))
     if isinstance(example, dict):
         return model(**example)
     if isinstance(example, tuple | list):

@@ -133,7 +133,7 @@ def export(model: nn.Module, path: str | Path, example: Any = None, *, force: bo
         if suffix == ".onnx":
             export_onnx(model, tmp, example)
         else:
-            args, kwargs, dynamic = export_inputs(example)
+            args, kwargs, dynamic = export_inputs(model, example)
             with eval_mode(model), quiet():
                 try:
                     program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)

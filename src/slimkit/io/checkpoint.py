@@ -56,7 +56,7 @@ def weights_bytes(model: nn.Module, *, compress: bool = True) -> tuple[bytes, di
             tied[name] = seen[key]
             continue
         seen[key] = name
-        tensors[name] = t.detach().contiguous()
+        tensors[name] = t.detach().cpu().contiguous()
     encodings: dict[str, Any] = {}
     if compress:
         tensors, encodings = encode_state(tensors)

@@ -39,18 +39,19 @@ def quiet() -> Iterator[None]:
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-def export_inputs(example: Any) -> tuple[tuple, dict[str, torch.Tensor], Any]:
-    """``(args, kwargs, dynamic_shapes)`` for ``torch.export`` / ``torch.onnx.export`` of ``example``: a
-    tensor, a tuple of tensors (positional inputs) or a dict (keyword inputs), grown to at least 2 rows
-    (size 1 would be specialised) with a dynamic batch dimension; the token inputs of a dict
-    (``input_ids``, ``attention_mask``...) get a dynamic length too."""
+def export_inputs(model: nn.Module, example: Any) -> tuple[tuple, dict[str, torch.Tensor], Any]:
+    """``(args, kwargs, dynamic_shapes)`` for ``torch.export`` / ``torch.onnx.export`` of ``model`` on
+    ``example``: a tensor, a tuple of tensors (positional inputs) or a dict (keyword inputs), on the
+    model's device, grown to at least 2 rows (size 1 would be specialised) with a dynamic batch
+    dimension; the token inputs of a dict (``input_ids``, ``attention_mask``...) get a dynamic length too."""
     from torch.export import Dim
 
+    from slimkit.core.device import model_device, to_device
     from slimkit.evaluate.cost import batch_of
     from slimkit.graph.trace import flat_tensors
 
     rows = len(next(iter(flat_tensors(example))))
-    x = batch_of(example, max(2, rows))
+    x = to_device(batch_of(example, max(2, rows)), model_device(model))
     batch = Dim("batch")
     if isinstance(x, dict):
         token = {0: batch, 1: Dim.DYNAMIC}
@@ -65,7 +66,7 @@ def export_onnx(model: nn.Module, path: Path, example: Any) -> None:
     tensor, a tuple or a dict of input tensors, see :func:`export_inputs`), without the transposes
     ONNX Runtime would run as copies (see :mod:`slimkit.io.transposes`)."""
     require("onnxscript", extra="onnx")
-    args, kwargs, dynamic = export_inputs(example)
+    args, kwargs, dynamic = export_inputs(model, example)
     with eval_mode(model), quiet():
         try:
             torch.onnx.export(

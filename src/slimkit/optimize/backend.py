@@ -120,6 +120,7 @@ class TorchBackend:
         example: Any = None,
         progress: bool = False,
         seed: int = 0,
+        amp: str | None = None,
     ) -> None:
         from slimkit.evaluate import data_task
 
@@ -130,6 +131,7 @@ class TorchBackend:
         self.example = example if example is not None else data.example
         self.progress = progress
         self.seed = seed
+        self.amp = amp  # fine-tuning's mixed precision (the models live on the original's device)
         self.calibration_samples = 2048
         self.sets_lr = self.user.finetune is None
         self.layer_names = list(CostModel(original, self.example).groups)
@@ -232,6 +234,7 @@ class TorchBackend:
             seed=self.seed,
             max_val_batches=self.val_batches,
             deadline=deadline,
+            amp=self.amp,
         )
 
     def trainee(self, model: nn.Module, teacher: nn.Module | None) -> tuple[nn.Module, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.core.device import check_amp, resolve_device
 from slimkit.core.errors import OutputExistsError, SlimkitError
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
 from slimkit.evaluate import Report, compare, data_task
@@ -319,6 +320,8 @@ def optimize(
     study_name: str = "slimkit-optimize",
     resume: bool = False,
     seed: int = 0,
+    device: str | torch.device | None = None,
+    amp: str | None = None,
     progress: bool = False,
     force: bool = False,
     html: bool = True,
@@ -343,7 +346,10 @@ def optimize(
     fine-tuning, BatchNorm folding, int8 when the file or latency budget needs it), a
     :class:`Recipe`, a dict or a JSON / YAML file. ``trials > 0`` searches recipe parameters with
     Optuna (extra ``search``) in ``storage`` (default: ``study.db`` in ``output``); ``resume``
-    continues an interrupted run in ``output``. With ``output``, everything is saved there
+    continues an interrupted run in ``output``. ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"``; default: where ``model`` is) is where the candidates are analysed, pruned,
+    fine-tuned and evaluated (``model`` itself stays where it is); ``amp`` (``"bf16"``, ``"fp16"``)
+    fine-tunes in mixed precision. With ``output``, everything is saved there
     (atomically, file by file); otherwise call :meth:`OptimizeResult.save` (the run's scratch files
     are in a temporary folder that is removed when the process exits).
 
@@ -367,8 +373,10 @@ def optimize(
     target = target.for_task(metric or task.metric, higher_is_better)
     if val_batches is not None and val_batches < 1:
         raise SlimkitError(f"val_batches must be at least 1, got {val_batches}")
+    dev = resolve_device(device, model)
+    amp = check_amp(amp, dev)
     torch.manual_seed(seed)
-    original = copy.deepcopy(model).eval()
+    original = copy.deepcopy(model).eval().to(dev)
     backend = TorchBackend(
         original,
         data,
@@ -378,10 +386,12 @@ def optimize(
         example=example_inputs,
         progress=progress,
         seed=seed,
+        amp=amp,
     )
     backend.metric = target.metric
     settings = {
         "task": task.name,
+        "amp": amp,
         "val_batches": val_batches,
         "user_loop": [name for name in ("finetune", "evaluate") if getattr(user, name) is not None],
     }

@@ -45,7 +45,7 @@ def _unit_scores(group: Group, per_slot: dict[int, torch.Tensor], aggregate: str
     removes (``"sum"``; ``power=2`` turns per-row L2 norms into the norm of all of them)."""
     total = np.zeros(len(group))
     for k, raw in per_slot.items():
-        r = raw.double().numpy()
+        r = raw.detach().double().cpu().numpy()
         offsets = group.offsets[k]
         if aggregate == "sum":
             total += np.add.reduceat(r[group.index[k]] ** power, offsets[:-1])
@@ -154,8 +154,8 @@ def _output_scores(model: nn.Module, group: Group, grams: dict[str, torch.Tensor
         gram = grams.get(slot.module) if slot.kind == "in" else None
         if gram is None:
             continue
-        found = True
-        w = model.get_submodule(slot.module).weight.detach().double()
+        found, gram = True, gram.cpu()
+        w = model.get_submodule(slot.module).weight.detach().double().cpu()
         index, offsets = group.index[k], group.offsets[k]
         if np.all(np.diff(offsets) == 1):  # one input per unit: ||W[:, j]||^2 E[x_j^2]
             j = torch.from_numpy(index)

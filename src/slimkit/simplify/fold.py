@@ -158,7 +158,7 @@ def _fold_batchnorm(model: nn.Module, record: TransformRecord, example: torch.Te
         layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
         weight, bias = fold_bn_weights(layer.weight, layer.bias, bn)
         spec = module_spec(layer)
-        new = build_module({**spec, "args": {**spec["args"], "bias": True}}).to(layer.weight.device)
+        new = build_module({**spec, "args": {**spec["args"], "bias": True}}).to(layer.weight.device, layer.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(weight)
             new.bias.copy_(bias)
@@ -179,7 +179,7 @@ def _merge_pair(a: nn.Linear, b: nn.Linear) -> nn.Linear:
         bias += wb @ a.bias.detach().double()
     if b.bias is not None:
         bias += b.bias.detach().double()
-    merged = nn.Linear(a.in_features, b.out_features).to(a.weight.device)
+    merged = nn.Linear(a.in_features, b.out_features).to(a.weight.device, a.weight.dtype)
     with torch.no_grad():
         merged.weight.copy_((wb @ wa).to(a.weight.dtype))  # (out, in)
         merged.bias.copy_(bias.to(a.weight.dtype))

@@ -230,7 +230,7 @@ def _repair(
         raise SlimkitError(f"layer {name} ({type(layer).__name__}) cannot be repaired: {why}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        new = build_module({**spec, "args": {**spec["args"], **args}}).to(layer.weight.device)
+        new = build_module({**spec, "args": {**spec["args"], **args}}).to(layer.weight.device, layer.weight.dtype)
     used = "init"
     if how == "transfer" and isinstance(layer, nn.Linear):
         old_map, new_map = _feature_map(old_seen, name, old_in), _feature_map(new_seen, None, new_in)

@@ -281,6 +281,8 @@ def optimize_encoder(
     storage: str | None = None,
     resume: bool = False,
     seed: int = 0,
+    device: str | None = None,
+    amp: str | None = None,
     force: bool = False,
     html: bool = True,
     progress: bool = False,
@@ -293,18 +295,30 @@ def optimize_encoder(
     fidelity task on ``data`` (:func:`sentence_loaders`); ``recipe="auto"`` is :func:`encoder_recipe`
     (``auto`` keywords go to it); ``val_batches`` bounds the validation batches of every decision
     (sensitivity probes, candidates); ``token_weight`` weighs the token-level hidden-state term of the
-    distillation (0: the embeddings only). The rest as :func:`slimkit.optimize.optimize`."""
+    distillation (0: the embeddings only). The rest (``device``, ``amp``...) as
+    :func:`slimkit.optimize.optimize`."""
     import torch
+
+    from slimkit.core.device import check_amp, resolve_device
 
     started = time.monotonic()
     if isinstance(target, str | list):
         target = parse_target(target)
     target = target.for_task("cosine")
     st = load(model) if isinstance(model, str | Path) else model
-    original = _wrap(copy.deepcopy(st))
+    dev = resolve_device(device, st)
+    amp = check_amp(amp, dev)
+    original = _wrap(copy.deepcopy(st)).to(dev)
     torch.manual_seed(seed)
     backend = EncoderBackend(
-        original, data, st, token_weight=token_weight, progress=progress, seed=seed, val_batches=val_batches
+        original,
+        data,
+        st,
+        token_weight=token_weight,
+        progress=progress,
+        seed=seed,
+        val_batches=val_batches,
+        amp=amp,
     )
     backend.metric = target.metric
     if recipe is None or recipe == "auto":
@@ -316,7 +330,7 @@ def optimize_encoder(
         target,
         recipe,
         {},
-        {"task": "fidelity", "encoder": True, "val_batches": val_batches},
+        {"task": "fidelity", "encoder": True, "val_batches": val_batches, "amp": amp},
         output=output,
         trials=trials,
         storage=storage,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.core.device import autocast, check_amp, grad_scaler, resolve_device, same_device, to_device
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, register_config
 from slimkit.graph.trace import call_model, flat_tensors
@@ -147,6 +148,8 @@ def fit(
     distill: DistillConfig | None = None,
     max_val_batches: int | None = None,
     deadline: float | None = None,
+    device: str | torch.device | None = None,
+    amp: str | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> History:
@@ -166,8 +169,13 @@ def fit(
       :func:`slimkit.simplify.distill`).
     - ``deadline``: a ``time.monotonic()`` value; training stops after the step that passes it (the
       epoch so far is validated and recorded; ``History.stopped_early`` is set).
+    - ``device``: where to train (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; default:
+      where the model is); the model and the teacher move there once, every batch per step.
+    - ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (CUDA; with a gradient scaler), default None.
     """
     task = get_task(task)
+    dev = resolve_device(device, model)
+    amp = check_amp(amp, dev)
     if epochs < 1:
         raise SlimkitError(f"epochs must be at least 1, got {epochs}")
     for name, value, ok, rule in (
@@ -178,6 +186,9 @@ def fit(
     ):
         if not (math.isfinite(value) and ok(value)):
             raise SlimkitError(f"{name} must be a finite number {rule}, got {value}")
+    empty = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    if empty is not None:
+        raise SlimkitError(f"the model's weight {empty} is on the meta device (no values): load its weights first")
     bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad is not None:
         raise SlimkitError(f"the model's weight {bad} holds NaN or infinite values before training; check the model")
@@ -190,6 +201,8 @@ def fit(
         raise SlimkitError("fit does not match features: use slimkit.simplify.distill for DistillConfig.features")
     steps = steps_per_epoch or _length(train)
     torch.manual_seed(seed)
+    model.to(dev)
+    scaler = grad_scaler(amp, dev)
     opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
     total_steps = epochs * steps
 
@@ -203,7 +216,7 @@ def fit(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if isinstance(teacher, nn.Module):
-        teacher.eval()
+        teacher.to(dev).eval()
     history = History(metric=task.metric)
     sign = 1.0 if task.higher_is_better else -1.0
     best, best_state, stale = -math.inf, None, 0
@@ -214,21 +227,29 @@ def fit(
             model.train()
             start, loss_sum, n = time.perf_counter(), 0.0, 0
             for batch in stream.epoch():
-                inputs, targets = task.split(batch)
+                inputs, targets = to_device(task.split(batch), dev)
                 if augment is not None:
                     inputs = augment(inputs)
-                out = task.predict(model, inputs)
-                if teacher is None:
-                    loss = task.loss(out, targets)
-                else:
-                    with torch.no_grad():
-                        t_out = task.predict(teacher, inputs)
-                    loss = task.distill_loss(out, t_out, targets, temperature=distill.temperature, alpha=distill.alpha)
+                with autocast(amp, dev), same_device("training"):
+                    out = task.predict(model, inputs)
+                    if teacher is None:
+                        loss = task.loss(out, targets)
+                    else:
+                        with torch.no_grad():
+                            t_out = task.predict(teacher, inputs)
+                        loss = task.distill_loss(
+                            out, t_out, targets, temperature=distill.temperature, alpha=distill.alpha
+                        )
                 if not torch.isfinite(loss):
                     raise SlimkitError(_divergence(inputs, epoch, float(loss.detach())))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 rows = len(out)
                 loss_sum += float(loss.detach()) * rows
