@@ -51,6 +51,12 @@ def main() -> None:
         typer.secho("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
+        if _peer_lost(exc):
+            _fail(
+                f"another process of this torchrun job ended ({first_line(exc)[:200]}); see its message, then rerun "
+                "with --resume to continue from the last saved candidate",
+                2,
+            )
         if _raised_by_a_layer(exc):  # a layer refused its input: the data does not fit the model
             _fail(
                 f"the model cannot run on this input ({first_line(exc)[:300]}); check that the data's shape "
@@ -65,6 +71,17 @@ def main() -> None:
             "with the command and 'slimkit env' (SLIMKIT_DEBUG=1 shows the traceback)",
             1,
         )
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process of the job went away."""
+    if "torch.distributed" not in sys.modules or not isinstance(exc, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(w in str(exc) for w in ("gloo", "NCCL", "by peer"))
 
 
 def _raised_by_a_layer(exc: BaseException) -> bool:

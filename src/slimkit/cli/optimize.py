@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -163,11 +165,14 @@ def optimize_command(
     dataset = load_data(data)
     if task is None and getattr(dataset, "task", None) is None and not hasattr(dataset, "splits"):
         console.print("note: no --task given and the data names none: scoring as classification")
-    with console.status("optimizing") as status:
+    leader = os.environ.get("RANK", "0") == "0"  # of a torchrun job, rank 0 reports
+    status = console.status("optimizing") if leader else contextlib.nullcontext()
+    with status:
 
         def log(line: str) -> None:
-            status.update(line.strip()[:100])
-            console.print(line)
+            if leader:
+                status.update(line.strip()[:100])  # type: ignore[union-attr]
+                console.print(line)
 
         result = optimize(
             net,
@@ -192,7 +197,8 @@ def optimize_command(
             force=force,
             log=log,
         )
-    _print_result(result, output)
+    if result is not None:
+        _print_result(result, output)
 
 
 def _optimize_keras(

@@ -8,6 +8,7 @@ the example inputs; the loop owns the target, the budgets and the candidates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from slimkit import distributed
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import count_macs, count_params
@@ -206,7 +208,30 @@ class TorchBackend:
         on_epoch: OnEpoch | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Recovery training in place: the user's ``finetune`` if given, else :func:`slimkit.train.fit`."""
+        """Recovery training in place: the user's ``finetune`` if given, else :func:`slimkit.train.fit`.
+        Under torchrun, rank 0 sends ``model`` and ``cfg`` to the other ranks (:meth:`follow`), all
+        train it together, then check that they hold the same weights."""
+        if distributed.is_distributed() and distributed.rank() == 0:
+            distributed.broadcast(("finetune", model, cfg))
+        self._finetune(model, cfg, original, on_epoch=on_epoch, deadline=deadline)
+        if distributed.is_distributed():
+            hashes = distributed.gather(self.fingerprint(model))
+            if len(set(hashes)) > 1:
+                raise SlimkitError(f"the {len(hashes)} processes ended fine-tuning with different weights: {hashes}")
+
+    def follow(self, original: nn.Module) -> None:
+        """The loop of a rank other than 0: fine-tune what rank 0 sends, until it says stop."""
+        while True:
+            command = distributed.broadcast()
+            if command[0] == "stop":
+                return
+            _, model, cfg = command
+            with contextlib.suppress(SlimkitError):  # rank 0 met the same error (decided collectively)
+                self.finetune(model, cfg, original)
+
+    def _finetune(
+        self, model: nn.Module, cfg: FineTuneConfig, original: nn.Module, *, on_epoch: Any, deadline: Any
+    ) -> None:
         from slimkit.train import fit
 
         if self.user.finetune is not None:

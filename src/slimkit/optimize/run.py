@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit import distributed
 from slimkit.core.device import check_amp, resolve_device
 from slimkit.core.errors import OutputExistsError, SlimkitError
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
@@ -326,8 +327,9 @@ def optimize(
     force: bool = False,
     html: bool = True,
     log: Log | None = None,
-) -> OptimizeResult:
-    """Make ``model`` meet ``target`` with the least loss of quality; returns an :class:`OptimizeResult`.
+) -> OptimizeResult | None:
+    """Make ``model`` meet ``target`` with the least loss of quality; returns an :class:`OptimizeResult`
+    (None on the ranks other than 0 of a torchrun job: see :mod:`slimkit.distributed`).
 
     ``data`` is a :class:`slimkit.data.Dataset` (or its name) or :class:`slimkit.data.Loaders` (any
     DataLoaders, iterable datasets too): training data fine-tunes, the validation split drives every
@@ -373,7 +375,7 @@ def optimize(
     target = target.for_task(metric or task.metric, higher_is_better)
     if val_batches is not None and val_batches < 1:
         raise SlimkitError(f"val_batches must be at least 1, got {val_batches}")
-    dev = resolve_device(device, model)
+    dev = distributed.setup(resolve_device(device, model))
     amp = check_amp(amp, dev)
     torch.manual_seed(seed)
     original = copy.deepcopy(model).eval().to(dev)
@@ -404,25 +406,32 @@ def optimize(
         "round_to": round_to,
         "steps_per_epoch": steps_per_epoch,
     }
-    return run_optimize(
-        backend,
-        original,
-        data,
-        target,
-        recipe,
-        auto,
-        settings,
-        output=output,
-        trials=trials,
-        storage=storage,
-        study_name=study_name,
-        resume=resume,
-        seed=seed,
-        force=force,
-        html=html,
-        started=started,
-        log=log,
-    )
+    if distributed.is_distributed() and distributed.rank() != 0:
+        backend.follow(original)  # fine-tunes what rank 0 sends; rank 0 runs the loop and writes
+        return None
+    try:
+        return run_optimize(
+            backend,
+            original,
+            data,
+            target,
+            recipe,
+            auto,
+            settings,
+            output=output,
+            trials=trials,
+            storage=storage,
+            study_name=study_name,
+            resume=resume,
+            seed=seed,
+            force=force,
+            html=html,
+            started=started,
+            log=log,
+        )
+    finally:
+        if distributed.is_distributed():
+            distributed.broadcast(("stop",))
 
 
 def _as_target(target: Any) -> Target:

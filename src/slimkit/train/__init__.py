@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit import distributed
 from slimkit.core.device import autocast, check_amp, grad_scaler, resolve_device, same_device, to_device
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, register_config
@@ -199,9 +200,13 @@ def fit(
     distill = distill or DistillConfig()
     if distill.features:
         raise SlimkitError("fit does not match features: use slimkit.simplify.distill for DistillConfig.features")
+    parallel = distributed.is_distributed()
+    if parallel:  # each process trains on its shard; DDP averages the gradients
+        train = distributed.shard(train, seed)
     steps = steps_per_epoch or _length(train)
     torch.manual_seed(seed)
     model.to(dev)
+    net = distributed.ddp(model) if parallel else model
     scaler = grad_scaler(amp, dev)
     opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
     total_steps = epochs * steps
@@ -231,7 +236,7 @@ def fit(
                 if augment is not None:
                     inputs = augment(inputs)
                 with autocast(amp, dev), same_device("training"):
-                    out = task.predict(model, inputs)
+                    out = task.predict(net, inputs)
                     if teacher is None:
                         loss = task.loss(out, targets)
                     else:
@@ -240,7 +245,8 @@ def fit(
                         loss = task.distill_loss(
                             out, t_out, targets, temperature=distill.temperature, alpha=distill.alpha
                         )
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                if not (distributed.all_true(finite) if parallel else finite):  # every process stops together
                     raise SlimkitError(_divergence(inputs, epoch, float(loss.detach())))
                 opt.zero_grad(set_to_none=True)
                 if scaler is None:
@@ -255,17 +261,21 @@ def fit(
                 loss_sum += float(loss.detach()) * rows
                 n += rows
                 bar.step(f"epoch {epoch}/{epochs} loss {loss_sum / n:.4f}")
-                if deadline is not None and time.monotonic() > deadline:
+                if deadline is not None and _past(deadline, parallel):
                     history.stopped_early = True
                     break
             if not n:
                 raise SlimkitError("the training data is empty: no batch to train on")
+            if parallel:
+                distributed.sync_buffers(model)
             record = {"epoch": epoch, "train_loss": loss_sum / n, "lr": opt.param_groups[0]["lr"]}
-            if val is not None:
+            if val is not None and distributed.rank() == 0:
                 scores = task.evaluate(model, val, max_batches=max_val_batches)
                 record["val_loss"] = scores["loss"]
                 record[f"val_{task.metric}"] = scores[task.metric]
             record["seconds"] = time.perf_counter() - start
+            if parallel:  # rank 0's record decides for every process (best epoch, early stop)
+                record = distributed.broadcast(record)
             history.epochs.append(record)
             bar.epoch_done(record, task.metric)
             if on_epoch is not None:
@@ -288,6 +298,12 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _past(deadline: float, parallel: bool) -> bool:
+    """Whether the deadline has passed (rank 0's clock decides for every process)."""
+    late = time.monotonic() > deadline
+    return bool(distributed.broadcast(late)) if parallel else late
 
 
 def _length(loader: Iterable) -> int:
