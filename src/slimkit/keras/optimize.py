@@ -44,6 +44,7 @@ from slimkit.keras.fuse import probabilities
 from slimkit.keras.prune import IMPORTANCE
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.run import OptimizeResult, run_optimize
+from slimkit.optimize.sensitivity import probe_step
 from slimkit.optimize.target import Target, parse_target
 from slimkit.prune import ChannelPruneConfig
 from slimkit.simplify import FoldConfig
@@ -197,6 +198,9 @@ class KerasBackend:
         save(model, folder / "model.keras", force=True)
         export_onnx(model, folder / "model.onnx", force=True)
         return {"keras": "model.keras", "onnx": "model.onnx"}, []
+
+    def probe(self, model: Any, step: Any, target: Any) -> dict[str, dict[str, Any]]:
+        return probe_step(self, model, step, target)
 
     def fingerprint(self, model: Any) -> str:
         """A short hash of the model's layers, weights and shapes."""

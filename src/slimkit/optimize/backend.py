@@ -24,8 +24,9 @@ from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.evaluate.report import Report
 from slimkit.graph.trace import flat_tensors
-from slimkit.optimize.recipe import FineTuneConfig, Recipe
-from slimkit.optimize.sensitivity import CostModel
+from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig
+from slimkit.optimize.sensitivity import CostModel, probe_step
+from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig, prune_channels
 from slimkit.task import Task
 
@@ -62,6 +63,7 @@ class Backend(Protocol):
     def load(self, folder: Path) -> Any: ...
     def save_outputs(self, model: Any, folder: Path) -> tuple[dict[str, str], list[str]]: ...
     def fingerprint(self, model: Any) -> str: ...
+    def probe(self, model: Any, step: SensitivityPruneConfig, target: Target) -> dict[str, dict[str, Any]]: ...
     def lowrank_probe(  # only for backends whose check_recipe lets low-rank steps through
         self, model: Any, shares: tuple[float, ...], scores: Callable[[Any], dict[str, float]], metric: str
     ) -> dict[str, dict[str, Any]]: ...
@@ -219,12 +221,28 @@ class TorchBackend:
             if len(set(hashes)) > 1:
                 raise SlimkitError(f"the {len(hashes)} processes ended fine-tuning with different weights: {hashes}")
 
+    def probe(self, model: nn.Module, step: SensitivityPruneConfig, target: Target) -> dict[str, dict[str, Any]]:
+        """Each group pruned alone at the step's ratios (:func:`~slimkit.optimize.sensitivity.probe_step`);
+        under torchrun the groups are split between the ranks and the results gathered."""
+        if not distributed.is_distributed():
+            return probe_step(self, model, step, target)
+        if distributed.rank() == 0:
+            distributed.broadcast(("probe", model, step, target))
+        parts = distributed.gather(
+            probe_step(self, model, step, target, (distributed.rank(), distributed.world_size()))
+        )
+        merged = {k: v for part in parts for k, v in part.items()}
+        return {k: merged[k] for k in self.cost_model(model, step.protected).groups}
+
     def follow(self, original: nn.Module) -> None:
-        """The loop of a rank other than 0: fine-tune what rank 0 sends, until it says stop."""
+        """The loop of a rank other than 0: fine-tune or probe what rank 0 sends, until it says stop."""
         while True:
             command = distributed.broadcast()
             if command[0] == "stop":
                 return
+            if command[0] == "probe":
+                self.probe(*command[1:])
+                continue
             _, model, cfg = command
             with contextlib.suppress(SlimkitError):  # rank 0 met the same error (decided collectively)
                 self.finetune(model, cfg, original)

@@ -26,7 +26,7 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import onnx_latency
 from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
-from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, probe_groups, sensitivity_key, uniform
+from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, sensitivity_key, uniform
 from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig
 from slimkit.simplify import FoldConfig
@@ -629,8 +629,7 @@ class Loop:
 
     def probe_scores(self, model: Any) -> dict[str, float]:
         """Validation ``loss`` and deciding metric of a sensitivity probe."""
-        metrics, loss = self.val_metrics(model)
-        return {"loss": loss, self.target.metric: metrics[self.target.metric]}
+        return self.target.probe_scores(self.be.scores(model, "val"))
 
     def get_sensitivity(self, model: Any, step: SensitivityPruneConfig) -> Sensitivity:
         """Per-group sensitivity of ``model`` (from the run folder's cache when it was measured before)."""
@@ -647,21 +646,8 @@ class Loop:
                 f"{', '.join(f'{r:.0%}' for r in step.probe_ratios)} (validation split)"
             )
             started = time.perf_counter()
-
-            def prune(m: Any, ratios: dict[str, float]) -> Any:
-                return self.be.prune(self.be.copy(m), step.channel_config(ratios))
-
             base = self.probe_scores(model)
-            costs = self.be.cost_model(model, step.protected)
-            groups = probe_groups(
-                model,
-                costs,
-                prune,
-                self.probe_scores,
-                lambda m: self.be.costs(m)["macs"],
-                tuple(step.probe_ratios),
-                metric,
-            )
+            groups = self.be.probe(model, step, self.target)
             return Sensitivity(key, base, groups, seconds=time.perf_counter() - started, metric=metric)
 
         if self.sensitivity_cache is None:

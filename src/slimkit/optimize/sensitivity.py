@@ -177,13 +177,16 @@ def probe_groups(
     probe_ratios: tuple[float, ...],
     metric: str,
     progress: Any = None,
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, dict[str, Any]]:
     """Each group of ``costs`` pruned alone at ``probe_ratios`` (``prune(model, {producer: ratio})`` returns
-    a pruned copy): its ``scores`` (``loss`` and ``metric``) and MACs. Framework-neutral."""
-    total = len(costs.groups) * len(probe_ratios)
+    a pruned copy): its ``scores`` (``loss`` and ``metric``) and MACs. Framework-neutral. ``share``
+    ``(i, n)``: only every n-th group from the i-th (one process's part of the work)."""
+    mine = [(p, u) for k, (p, u) in enumerate(costs.groups.items()) if k % share[1] == share[0]]
+    total = len(mine) * len(probe_ratios)
     groups: dict[str, dict[str, Any]] = {}
     done = 0
-    for producer, units in costs.groups.items():
+    for producer, units in mine:
         entry: dict[str, Any] = {
             "units": units,
             "group": costs.group_names[producer],
@@ -204,6 +207,26 @@ def probe_groups(
                 progress(done, total)
         groups[producer] = entry
     return groups
+
+
+def probe_step(be: Any, model: Any, step: Any, target: Any, share: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """:func:`probe_groups` of a ``SensitivityPruneConfig`` ``step`` through a backend (its copy, prune,
+    costs and validation scores), the loss and deciding metric as ``target`` reads them."""
+
+    def prune(m: Any, ratios: dict[str, float]) -> Any:
+        return be.prune(be.copy(m), step.channel_config(ratios))
+
+    costs = be.cost_model(model, step.protected)
+    return probe_groups(
+        model,
+        costs,
+        prune,
+        lambda m: target.probe_scores(be.scores(m, "val")),
+        lambda m: be.costs(m)["macs"],
+        tuple(step.probe_ratios),
+        target.metric,
+        share=share,
+    )
 
 
 def measure_sensitivity(

@@ -160,6 +160,10 @@ class Target:
         """The deciding metric made higher-is-better (for ranking candidates)."""
         return -worse_by(self.deciding, 0.0, metrics[self.deciding], self._higher(self.deciding))
 
+    def probe_scores(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``loss`` (without one, the deciding metric made lower-is-better) and the deciding metric."""
+        return {"loss": metrics.get("loss", -self.score(metrics)), self.metric: metrics[self.metric]}
+
     def drop(self, metrics: dict[str, float], base: dict[str, float]) -> float:
         """How much worse ``metrics`` are than ``base`` on the deciding metric, in its units (points for shares)."""
         return worse_by(self.deciding, base[self.deciding], metrics[self.deciding], self._higher(self.deciding))
