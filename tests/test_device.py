@@ -103,7 +103,13 @@ def test_cli_device_and_amp_errors(cli: CliRun, tmp_path: Path, flags: tuple[str
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_optimize_on_an_explicit_device_in_bf16(digits: sk.data.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(NO_CUDA, reason="no CUDA device here")]
+
+
+@pytest.mark.parametrize(("device", "amp"), [("cpu", "bf16"), pytest.param("cuda", "fp16", marks=ON_GPU)])
+def test_optimize_on_an_explicit_device_in_mixed_precision(
+    digits: sk.data.Dataset, monkeypatch: pytest.MonkeyPatch, device: str, amp: str
+) -> None:
     amps: list[str | None] = []
     real = sk.train.fit
 
@@ -118,25 +124,26 @@ def test_optimize_on_an_explicit_device_in_bf16(digits: sk.data.Dataset, monkeyp
     monkeypatch.setattr(sk.train, "fit", fit)
     recipe = Recipe((SensitivityPruneConfig(target_macs=0.5, probe_ratios=(0.5,)), FineTuneConfig(epochs=2, lr=1e-3)))
     result = optimize(
-        model, digits, Target(macs=0.5, max_drop=5.0), recipe=recipe, quantize=False, device="cpu", amp="bf16"
+        model, digits, Target(macs=0.5, max_drop=5.0), recipe=recipe, quantize=False, device=device, amp=amp
     )
     assert result.target_met
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert all(p.dtype == torch.float32 and p.device == CPU for p in result.model.parameters())
-    assert amps == ["bf16"]  # the recovery fine-tuning ran in mixed precision
+    assert all(p.dtype == torch.float32 and p.device.type == device for p in result.model.parameters())
+    assert amps == [amp]  # the recovery fine-tuning ran in mixed precision
 
 
 def _double_example(data: sk.data.Dataset) -> torch.Tensor:
     return data.splits["val"][0][:64]
 
 
-def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset) -> None:
-    """Analysis, pruning, low-rank, folding and fusion create no tensor of another dtype than the
-    model's: run on a float64 copy, every parameter and buffer stays float64 and the outputs match
-    the float32 run."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=ON_GPU)])
+def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset, device: str) -> None:
+    """Analysis, pruning, low-rank, folding and fusion create no tensor of another dtype or device than
+    the model's: run on a float64 copy, every parameter and buffer stays float64 (and on the model's
+    device) and the outputs match the float32 run."""
     torch.manual_seed(0)
-    base = sk.zoo.create_for("resnet_cifar", digits, depth=8).eval()
-    x = _double_example(digits)
+    base = sk.zoo.create_for("resnet_cifar", digits, depth=8).eval().to(device)
+    x = _double_example(digits).to(device)
     steps = [
         ChannelPruneConfig(ratio=0.5),
         FoldConfig(),
@@ -149,6 +156,7 @@ def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset) -> Non
         double = sk.apply_(double, cfg, example_inputs=x.double())
         tensors = [*double.parameters(), *double.buffers()]
         assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point()), type(cfg).__name__
+        assert all(t.device.type == device for t in tensors), type(cfg).__name__
     assert isinstance(double.fc, nn.Sequential) and isinstance(double.layer1[0].conv1, nn.Sequential)  # factorized
     assert count_params(double) < 0.5 * count_params(base)
     with torch.no_grad():
