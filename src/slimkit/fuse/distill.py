@@ -44,6 +44,8 @@ def distill_ensemble(
     seed: int = 0,
     progress: bool = False,
     task: Task | str | None = None,
+    device: str | None = None,
+    amp: str | None = None,
 ) -> History:
     """Train ``student`` in place on ``data`` (a Dataset or Loaders) to match ``ensemble``'s predictions.
 
@@ -60,7 +62,7 @@ def distill_ensemble(
     put back as it was (``history.best_epoch == 0``): a student started from the best member is
     then never below that member on validation. The record (``slimkit.records``) holds the
     validation metric (``val_<metric>``) of the teacher, of the student before distillation and
-    after it, and whether the start was kept.
+    after it, and whether the start was kept. ``device`` and ``amp`` as in :func:`slimkit.train.fit`.
     """
     if getattr(data, "train", None) is None or getattr(data, "val", None) is None:
         raise SlimkitError("distill_ensemble needs data with train and val splits (a slimkit Dataset or Loaders)")
@@ -89,6 +91,8 @@ def distill_ensemble(
         seed=seed,
         progress=progress,
         task=task,
+        device=device,
+        amp=amp,
     )
     after = history.best_val
     kept_start = False

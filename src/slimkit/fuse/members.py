@@ -193,6 +193,8 @@ def train_members(
     bag: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    device: str | None = None,
+    amp: str | None = None,
     on_member: Callable[[int, nn.Module, History], None] | None = None,
 ) -> Members:
     """Train ``n`` members of zoo model ``model`` on ``data`` (a Dataset).
@@ -225,7 +227,8 @@ def train_members(
     members differ in their data as well as their initialisation, the classic source of an
     ensemble's gain (Breiman 1996). Pick the baseline member with :meth:`Members.best` (under
     ``"cv"`` the common ``val`` split is training data for all but one member).
-    ``on_member(i, model, history)`` is called after each member (e.g. to save it).
+    ``on_member(i, model, history)`` is called after each member (e.g. to save it). ``device`` and
+    ``amp``: where and in which precision members train (:func:`slimkit.train.fit`).
 
     >>> import slimkit as sk
     >>> data = sk.data.load("digits")
@@ -273,6 +276,8 @@ def train_members(
             seed=s,
             restore_best=restore_best,
             progress=progress,
+            device=device,
+            amp=amp,
         )
 
     start, start_history = None, None

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimkit import zoo
+from slimkit.core.device import resolve_device
 from slimkit.core.errors import SlimkitError
 from slimkit.core.model import arch_of, record_input, set_arch
 from slimkit.evaluate.cost import count_params
@@ -276,6 +277,7 @@ def distill(
         return run(student, train, teacher=teacher, distill=config)
     example = next(iter(train))[0][:8]
     torch.manual_seed(seed)
+    teacher.to(resolve_device(fit_kwargs.get("device"), student))  # fit moves the wrapper, not this teacher
     wrapper = FeatureDistiller(student, teacher, config.features, example, config.beta)
     history = run(wrapper, train, teacher=wrapper.teacher_logits, distill=dataclasses.replace(config, features=None))
     student.eval()
