@@ -19,7 +19,7 @@ import datetime
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -85,6 +85,20 @@ def _stop_quietly_on_sigterm() -> None:
 
     if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
         signal.signal(signal.SIGTERM, stop)
+
+
+def lead(backend: Any, original: Any, run: Callable[[], Any]) -> Any:
+    """``run()`` (the optimize loop) on rank 0, which sends the work it shares to the other ranks
+    (``backend.follow``) and releases them at the end; None on the other ranks."""
+    if not is_distributed():
+        return run()
+    if rank() != 0:
+        backend.follow(original)
+        return None
+    try:
+        return run()
+    finally:
+        broadcast(("stop",))
 
 
 def broadcast(value: Any = None) -> Any:

@@ -276,7 +276,8 @@ def _optimize_encoder(
             finetune_epochs=finetune_epochs,
             **kwargs,  # type: ignore[arg-type]
         )
-    _print_result(result, output)
+    if result is not None:  # None: another rank than 0 of a torchrun job
+        _print_result(result, output)
 
 
 def _print_result(result: OptimizeResult, output: Path) -> None:

@@ -406,11 +406,10 @@ def optimize(
         "round_to": round_to,
         "steps_per_epoch": steps_per_epoch,
     }
-    if distributed.is_distributed() and distributed.rank() != 0:
-        backend.follow(original)  # fine-tunes what rank 0 sends; rank 0 runs the loop and writes
-        return None
-    try:
-        return run_optimize(
+    return distributed.lead(
+        backend,
+        original,
+        lambda: run_optimize(
             backend,
             original,
             data,
@@ -428,10 +427,8 @@ def optimize(
             html=html,
             started=started,
             log=log,
-        )
-    finally:
-        if distributed.is_distributed():
-            distributed.broadcast(("stop",))
+        ),
+    )
 
 
 def _as_target(target: Any) -> Target:

@@ -290,7 +290,7 @@ def optimize_encoder(
     token_weight: float = 1.0,
     log: Callable[[str], None] | None = None,
     **auto: Any,
-) -> OptimizeResult:
+) -> OptimizeResult | None:
     """Optimize a sentence encoder (a ``SentenceTransformer`` or its folder) to ``target`` with the
     fidelity task on ``data`` (:func:`sentence_loaders`); ``recipe="auto"`` is :func:`encoder_recipe`
     (``auto`` keywords go to it); ``val_batches`` bounds the validation batches of every decision
@@ -299,6 +299,7 @@ def optimize_encoder(
     :func:`slimkit.optimize.optimize`."""
     import torch
 
+    from slimkit import distributed
     from slimkit.core.device import check_amp, resolve_device
 
     started = time.monotonic()
@@ -306,7 +307,7 @@ def optimize_encoder(
         target = parse_target(target)
     target = target.for_task("cosine")
     st = load(model) if isinstance(model, str | Path) else model
-    dev = resolve_device(device, st)
+    dev = distributed.setup(resolve_device(device, st))
     amp = check_amp(amp, dev)
     original = _wrap(copy.deepcopy(st)).to(dev)
     torch.manual_seed(seed)
@@ -323,22 +324,26 @@ def optimize_encoder(
     backend.metric = target.metric
     if recipe is None or recipe == "auto":
         recipe = encoder_recipe(target, **auto)
-    return run_optimize(
+    return distributed.lead(
         backend,
         original,
-        data,
-        target,
-        recipe,
-        {},
-        {"task": "fidelity", "encoder": True, "val_batches": val_batches, "amp": amp},
-        output=output,
-        trials=trials,
-        storage=storage,
-        study_name="slimkit-optimize",
-        resume=resume,
-        seed=seed,
-        force=force,
-        html=html,
-        started=started,
-        log=log or (lambda s: None),
+        lambda: run_optimize(
+            backend,
+            original,
+            data,
+            target,
+            recipe,
+            {},
+            {"task": "fidelity", "encoder": True, "val_batches": val_batches, "amp": amp},
+            output=output,
+            trials=trials,
+            storage=storage,
+            study_name="slimkit-optimize",
+            resume=resume,
+            seed=seed,
+            force=force,
+            html=html,
+            started=started,
+            log=log or (lambda s: None),
+        ),
     )
