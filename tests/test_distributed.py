@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 import slimkit as sk
 from slimkit import distributed
@@ -43,6 +44,8 @@ def test_shard_splits_every_map_style_loader(monkeypatch: pytest.MonkeyPatch) ->
         a, b = _shards(loader, monkeypatch)
         assert len(a) == len(b) == 50 and sorted(a + b) == list(range(100))  # disjoint halves, nothing lost
         assert a != sorted(a)  # still shuffled
+    own = DataLoader(TensorDataset(ids, ids), batch_size=16, sampler=DistributedSampler(ids, 2, 0))
+    assert distributed.shard(own) is own  # the user's own sampler is kept
 
 
 class _Stream(IterableDataset):

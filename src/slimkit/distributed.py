@@ -159,10 +159,14 @@ class _Sharded:
 def shard(loader: Iterable, seed: int = 0) -> Iterable:
     """This rank's share of a training ``loader``: a DataLoader over a map-style dataset (a slimkit
     :class:`~slimkit.data.Dataset`'s, or the user's with any batch size) re-sampled by a
-    ``DistributedSampler`` (shuffled if the loader shuffled). Anything else cannot be split here: a
+    ``DistributedSampler`` (shuffled if the loader shuffled); a loader that has one already is the
+    user's own sharding, kept as it is. Anything else cannot be split here: a
     one-line error (shard an ``IterableDataset`` by ``torch.distributed.get_rank()`` yourself and
     pass it as a loader whose class has ``sharded = True``)."""
     if getattr(loader, "sharded", False) or getattr(getattr(loader, "dataset", None), "sharded", False):
+        return loader
+    samplers = (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    if any(isinstance(s, DistributedSampler) for s in samplers):  # the user's own sharding
         return loader
     n = world_size()
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
