@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -214,7 +215,7 @@ class TorchBackend:
         Under torchrun, rank 0 sends ``model`` and ``cfg`` to the other ranks (:meth:`follow`), all
         train it together, then check that they hold the same weights."""
         if distributed.is_distributed() and distributed.rank() == 0:
-            distributed.broadcast(("finetune", model, cfg))
+            distributed.broadcast(("finetune", model, cfg, deadline is not None))
         self._finetune(model, cfg, original, on_epoch=on_epoch, deadline=deadline)
         if distributed.is_distributed():
             hashes = distributed.gather(self.fingerprint(model))
@@ -243,9 +244,10 @@ class TorchBackend:
             if command[0] == "probe":
                 self.probe(*command[1:])
                 continue
-            _, model, cfg = command
+            _, model, cfg, timed = command
             with contextlib.suppress(SlimkitError):  # rank 0 met the same error (decided collectively)
-                self.finetune(model, cfg, original)
+                # with a deadline on rank 0, its clock decides each step (fit asks it): never due here
+                self.finetune(model, cfg, original, deadline=math.inf if timed else None)
 
     def _finetune(
         self, model: nn.Module, cfg: FineTuneConfig, original: nn.Module, *, on_epoch: Any, deadline: Any

@@ -274,12 +274,20 @@ def fit(
                 record["val_loss"] = scores["loss"]
                 record[f"val_{task.metric}"] = scores[task.metric]
             record["seconds"] = time.perf_counter() - start
-            if parallel:  # rank 0's record decides for every process (best epoch, early stop)
-                record = distributed.broadcast(record)
+            stop: Exception | None = None
+            if on_epoch is not None:
+                try:
+                    on_epoch(record)
+                except Exception as exc:  # e.g. a search pruning the trial: every process stops
+                    stop = exc
+            if parallel:  # rank 0's record and callback decide for every process (best epoch, stops)
+                record, halt = distributed.broadcast((record, stop is not None))
+                if halt and stop is None:
+                    raise SlimkitError("rank 0 stopped this fine-tuning")
+            if stop is not None:
+                raise stop
             history.epochs.append(record)
             bar.epoch_done(record, task.metric)
-            if on_epoch is not None:
-                on_epoch(record)
             if val is None:
                 if history.stopped_early:
                     break
