@@ -164,14 +164,23 @@ def measure_latencies(
 def torch_latency(
     model: nn.Module, example: Any, batch_sizes: tuple[int, ...] = (1, 64), runs: int = 30
 ) -> dict[str, float]:
-    """Median eager latency in ms per batch size, keys like ``"torch/b64"``."""
+    """Median eager latency in ms per batch size, keys like ``"torch/b64"``, on the model's device
+    (inputs placed there first; on CUDA each call waits for the device to finish)."""
+    from slimkit.core.device import model_device, to_device
     from slimkit.graph.trace import call_model
+
+    device = model_device(model)
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(x: Any) -> None:
+        call_model(model, x)
+        wait()
 
     out = {}
     with eval_mode(model), torch.inference_mode():
         for b in batch_sizes:
-            x = batch_of(example, b)
-            out[f"torch/b{b}"] = measure_latency(lambda x=x: call_model(model, x), runs=runs)
+            x = to_device(batch_of(example, b), device)
+            out[f"torch/b{b}"] = measure_latency(lambda x=x: run(x), runs=runs)
     return out
 
 
