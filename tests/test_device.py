@@ -165,3 +165,14 @@ def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset, device
     assert all(t.dtype == torch.float64 for t in soup.state_dict().values() if t.is_floating_point())
     with torch.no_grad():
         assert torch.allclose(soup(x.double()), double(x.double()))
+
+
+def test_cli_train_and_distill_take_device_and_amp(cli: CliRun, tmp_path: Path) -> None:
+    args = ("-m", "resnet_cifar", "-d", "digits", "-a", "depth=8", "--epochs", "1", "-o", tmp_path / "t")
+    code, out, err = cli("train", *args, "--device", "cpu", "--amp", "bf16")
+    assert code == 0, err
+    assert sk.load(tmp_path / "t").conv1.weight.dtype == torch.float32
+    code, out, err = cli(
+        "distill", tmp_path / "t", "-d", "digits", "--epochs", "1", "-o", tmp_path / "s", "--amp", "fp16"
+    )
+    assert code == 2 and "fp16 mixed precision needs a CUDA device" in err and not (tmp_path / "s").exists()

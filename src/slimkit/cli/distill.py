@@ -9,7 +9,9 @@ import typer
 
 from slimkit.cli import app
 from slimkit.cli.common import (
+    Amp,
     DataName,
+    Device,
     Factory,
     Force,
     ModelPath,
@@ -41,6 +43,8 @@ def distill_command(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Device = None,
+    amp: Amp = None,
     factory: Factory = None,
     trust_pickle: TrustPickle = False,
     force: Force = False,
@@ -53,7 +57,14 @@ def distill_command(
         from slimkit.keras.workflows import distill_file, unsupported
 
         supported = "--width (a student derived from the teacher), --temperature, --alpha, --epochs, --lr, --seed"
-        for flag, used in (("--student", student), ("--depth", depth), ("--feature", features)):
+        flags = (
+            ("--student", student),
+            ("--depth", depth),
+            ("--feature", features),
+            ("--device", device),
+            ("--amp", amp),
+        )
+        for flag, used in flags:
             if used:
                 raise unsupported("distill", flag, supported)
         result = distill_file(
@@ -84,6 +95,8 @@ def distill_command(
         epochs=epochs,
         lr=lr,
         seed=seed,
+        device=device,
+        amp=amp,
         force=force,
         progress=True,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import Force, console, is_keras, parse_kwargs, print_keras_result
+from slimkit.cli.common import Amp, Device, Force, console, is_keras, parse_kwargs, print_keras_result
 from slimkit.core.errors import SlimkitError
 
 
@@ -43,6 +43,8 @@ def fuse_command(
     ] = None,
     l2: Annotated[float, typer.Option(help="Stacking: pull towards plain averaging.")] = 1e-2,
     seed: Annotated[int, typer.Option(help="Seed for the student.")] = 0,
+    device: Device = None,
+    amp: Amp = None,
     force: Force = False,
 ) -> None:
     """Fuse CHECKPOINTS (or .keras files) with METHOD and save the result (with report.json) to OUTPUT."""
@@ -51,12 +53,13 @@ def fuse_command(
 
         if not all(is_keras(c) for c in checkpoints):
             raise SlimkitError("fuse takes members of one kind: all .keras files or all PyTorch checkpoints")
-        if distill_into is not None:
-            raise unsupported(
-                "fuse",
-                "--distill-into",
-                "mean, vote, weighted, uniform-soup, greedy-soup (distil in Python with slimkit.keras.distill)",
-            )
+        for flag, used in (("--distill-into", distill_into), ("--device", device), ("--amp", amp)):
+            if used is not None:
+                raise unsupported(
+                    "fuse",
+                    flag,
+                    "mean, vote, weighted, uniform-soup, greedy-soup (distil in Python with slimkit.keras.distill)",
+                )
         print_keras_result(fuse_file(checkpoints, output, method=method, data=data, force=force))
         return
     from slimkit.fuse.workflow import fuse_and_save
@@ -74,6 +77,8 @@ def fuse_command(
         lr=lr,
         l2=l2,
         seed=seed,
+        device=device,
+        amp=amp,
         force=force,
     )
     for i, m in enumerate(report.get("members", [])):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from slimkit.cli import app
-from slimkit.cli.common import DataName, Force, console, parse_kwargs
+from slimkit.cli.common import Amp, DataName, Device, Force, console, parse_kwargs
 from slimkit.core.errors import SlimkitError
 
 
@@ -67,6 +67,8 @@ def train_members_command(
         int, typer.Option(help="Run seed: the start uses 1000 * seed, member i uses 1000 * seed + 1 + i.")
     ] = 0,
     force: Force = False,
+    device: Device = None,
+    amp: Amp = None,
 ) -> None:
     """Train N members of MODEL on DATA and save them to OUTPUT/member-<i>/ with OUTPUT/members.json."""
     from slimkit.fuse.workflow import train_members_and_save
@@ -88,6 +90,8 @@ def train_members_command(
         checkpoint=checkpoint,
         bag=bag,
         seed=seed,
+        device=device,
+        amp=amp,
         force=force,
     )
     rows = ([summary["start"]] if "start" in summary else []) + summary["members"]

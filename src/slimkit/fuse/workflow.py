@@ -58,6 +58,8 @@ def train_members_and_save(
     checkpoint: str = "last",
     bag: str | None = None,
     seed: int = 0,
+    device: str | None = None,
+    amp: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -74,7 +76,8 @@ def train_members_and_save(
     from slimkit import data as data_mod
     from slimkit.io import save
 
-    config = {k: v for k, v in locals().items() if k not in ("output", "force", "progress", "data_mod", "save")}
+    skip = ("output", "force", "progress", "data_mod", "save", "device")
+    config = {k: v for k, v in locals().items() if k not in skip}
     check_output(output, force)
     dataset = data_mod.load(data)
     result = train_members(
@@ -92,6 +95,8 @@ def train_members_and_save(
         bag=bag,
         seed=seed,
         progress=progress,
+        device=device,
+        amp=amp,
     )
     summary: dict[str, Any] = {"config": config, "kind": result.kind, "members": []}
     best, held_out = result.best()  # each member on its own validation data (the common val unless bagged)
@@ -126,6 +131,8 @@ def fuse_and_save(
     lr: float | None = None,
     l2: float = 1e-2,
     seed: int = 0,
+    device: str | None = None,
+    amp: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -199,7 +206,16 @@ def fuse_and_save(
             student = create_for(distill_into, dataset, **(student_args or {}))
         cfg = DistillConfig(temperature=temperature, alpha=alpha)
         history = distill_ensemble(
-            student, fused, dataset, cfg, epochs=distill_epochs, lr=lr, seed=seed, progress=progress
+            student,
+            fused,
+            dataset,
+            cfg,
+            epochs=distill_epochs,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            device=device,
+            amp=amp,
         )
         distilled = records(student)[-1].details
         report["distilled"] = {

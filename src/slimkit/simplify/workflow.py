@@ -131,19 +131,23 @@ def distill_and_save(
     epochs: int = 10,
     lr: float = 1e-3,
     seed: int = 0,
+    device: str | None = None,
+    amp: str | None = None,
     force: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Build a student (``"name:key=value"`` spec, or derived from the teacher), distil it on ``data``, save it."""
     _check_module(teacher, "distill")
-    config = {k: v for k, v in locals().items() if k not in ("teacher", "output", "force", "progress")}
+    config = {k: v for k, v in locals().items() if k not in ("teacher", "output", "force", "progress", "device")}
     config["output"] = str(output)
     check_output(output, force)
     dataset = _dataset(data)
     torch.manual_seed(seed)
     net = student_for(teacher, student, dataset, width=width, depth=depth)
     cfg = DistillConfig(temperature=temperature, alpha=alpha, features=features, beta=beta)
-    history = distill(net, teacher, dataset, cfg, epochs=epochs, lr=lr, seed=seed, progress=progress)
+    history = distill(
+        net, teacher, dataset, cfg, epochs=epochs, lr=lr, seed=seed, progress=progress, device=device, amp=amp
+    )
     result = _result(
         config, net, evaluate(teacher, dataset, latency=False), evaluate(net, dataset, latency=False), history
     )
