@@ -29,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from slimkit.core.errors import SlimkitError
 
-__all__ = ["is_distributed", "rank", "setup", "shard", "world_size"]
+__all__ = ["is_distributed", "lead", "rank", "setup", "shard", "world_size"]
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank that stopped answering
 
@@ -92,6 +92,9 @@ def lead(backend: Any, original: Any, run: Callable[[], Any]) -> Any:
     (``backend.follow``) and releases them at the end; None on the other ranks."""
     if not is_distributed():
         return run()
+    train = getattr(getattr(backend, "data", None), "train", None)
+    if train is not None and getattr(getattr(backend, "user", None), "finetune", None) is None:
+        shard(train)  # fails now, on every rank, when the training data cannot be split
     if rank() != 0:
         backend.follow(original)
         return None
