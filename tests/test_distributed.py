@@ -76,9 +76,13 @@ model = sk.zoo.create_for("resnet_cifar", data, depth=8)
 torch.distributed.init_process_group("gloo")
 sk.train.fit(model, data.train, val=data.val, epochs=2, lr=3e-3, progress=False)  # every rank, DDP
 digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+task = sk.task.Classification()
+shared = task.evaluate(model, data.loader("val", 20, shuffle=False), shared=True)  # 9 batches: 5 and 4
+alone = task.evaluate(model, data.loader("val", 20, shuffle=False))
 recipe = Recipe((SensitivityPruneConfig(target_macs=0.5, probe_ratios=(0.5,)), FineTuneConfig(epochs=2, lr=1e-3)))
 result = optimize(model, data, Target(macs=0.5, max_drop=10.0), recipe=recipe, quantize=False, output=sys.argv[1])
-print(json.dumps({"rank": distributed.rank(), "fit": digest, "result": None if result is None else result.target_met}))
+same = all(abs(shared[k] - alone[k]) < 1e-9 for k in alone)
+print(json.dumps({"rank": distributed.rank(), "fit": digest, "same": same, "result": result and result.target_met}))
 """
 
 
@@ -93,6 +97,7 @@ def test_torchrun_fine_tunes_together_and_writes_once(tmp_path: Path) -> None:
     rows = sorted(map(json.loads, lines), key=lambda r: r["rank"])
     assert [r["rank"] for r in rows] == [0, 1]
     assert rows[0]["fit"] == rows[1]["fit"]  # both ranks hold the same weights after DDP training
+    assert rows[0]["same"] and rows[1]["same"]  # validation shared between ranks scores as one process
     assert rows[0]["result"] is True and rows[1]["result"] is None  # rank 0 ran the loop
     assert (tmp_path / "run" / "checkpoint").is_dir() and (tmp_path / "run" / "report.json").is_file()
     assert not list(tmp_path.glob("run.*"))  # nothing written beside the one output folder

@@ -231,27 +231,52 @@ class Task:
         return self
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(self, model: Any, loader: Iterable, *, max_batches: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, model: Any, loader: Iterable, *, max_batches: int | None = None, shared: bool = False
+    ) -> dict[str, float]:
         """Metrics of ``model`` (a module or an ONNX runner) over ``loader`` (eval mode, no gradients),
-        ``loss`` among them; at most ``max_batches`` batches."""
-        return self.run(model, loader, max_batches=max_batches).result()
+        ``loss`` among them; at most ``max_batches`` batches. ``shared``: every rank of a torchrun job
+        calls this together and computes its share of the batches (the metrics are the same as one
+        process's, on every rank)."""
+        return self.run(model, loader, max_batches=max_batches, shared=shared).result()
 
-    def run(self, model: Any, loader: Iterable, *, max_batches: int | None = None) -> Meter:
+    def run(self, model: Any, loader: Iterable, *, max_batches: int | None = None, shared: bool = False) -> Meter:
         """The filled :class:`Meter` of :meth:`evaluate` (classification keeps its confusion matrix)."""
+        from slimkit import distributed
+
         meter = self.meter()
+        ranks, me = (distributed.world_size(), distributed.rank()) if shared else (1, 0)
+        mine: Any = None  # this rank's scored batch of the current round (ranks take turns, batch by batch)
         ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
         with ctx, torch.no_grad(), same_device("evaluation"):
+            i = -1
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
+                    i -= 1
                     break
-                inputs, targets = to_device(self.split(batch), model_device(model))
-                out = self.predict(model, inputs)
-                # meters count on the CPU (numpy)
-                meter.update(*to_device((out, self.reference_targets(inputs, targets), inputs), _CPU))
-                meter.samples += _rows(out)
+                if i % ranks == me:
+                    inputs, targets = to_device(self.split(batch), model_device(model))
+                    out = self.predict(model, inputs)
+                    # meters count on the CPU (numpy)
+                    mine = to_device((out, self.reference_targets(inputs, targets), inputs), _CPU)
+                if ranks == 1:
+                    self._count(meter, mine)
+                elif i % ranks == ranks - 1:  # a round done: every rank counts every batch, in order
+                    for scored in distributed.gather(mine):
+                        self._count(meter, scored)
+                    mine = None
+            if ranks > 1 and (i + 1) % ranks:  # the last, partial round
+                for scored in distributed.gather(mine):
+                    self._count(meter, scored)
         if not meter.samples:
             raise SlimkitError("cannot evaluate: the data split is empty")
         return meter
+
+    @staticmethod
+    def _count(meter: Meter, scored: Any) -> None:
+        if scored is not None:
+            meter.update(*scored)
+            meter.samples += _rows(scored[0])
 
     def reference_targets(self, inputs: Any, targets: Any) -> Any:
         """The targets a meter scores against (fidelity: the original model's outputs)."""

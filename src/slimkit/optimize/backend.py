@@ -137,6 +137,7 @@ class TorchBackend:
         self.progress = progress
         self.seed = seed
         self.amp = amp  # fine-tuning's mixed precision (the models live on the original's device)
+        self.shared = distributed.is_distributed()  # under torchrun, every rank scores a share of each split
         self.calibration_samples = 2048
         self.sets_lr = self.user.finetune is None
         self.layer_names = list(CostModel(original, self.example).groups)
@@ -190,7 +191,11 @@ class TorchBackend:
         ``evaluate``, else the task's."""
         if self.user.evaluate is None:
             loader = self.data.loader(split, shuffle=False)
-            return self.task.evaluate(model, loader, max_batches=self.val_batches if split == "val" else None)
+            shared = self.shared and isinstance(model, nn.Module)  # an ONNX runner is scored on rank 0 alone
+            if shared and distributed.rank() == 0:
+                distributed.broadcast(("scores", model, split))
+            limit = self.val_batches if split == "val" else None
+            return self.task.evaluate(model, loader, max_batches=limit, shared=shared)
         got = self.user.evaluate(model, split)
         if not isinstance(got, dict) or not all(isinstance(v, int | float) for v in got.values()):
             raise SlimkitError(f"evaluate(model, {split!r}) must return a dict of numbers, got {got!r:.200}")
@@ -229,9 +234,12 @@ class TorchBackend:
             return probe_step(self, model, step, target)
         if distributed.rank() == 0:
             distributed.broadcast(("probe", model, step, target))
-        parts = distributed.gather(
-            probe_step(self, model, step, target, (distributed.rank(), distributed.world_size()))
-        )
+        self.shared = False  # each rank scores its own probes alone
+        try:
+            mine = probe_step(self, model, step, target, (distributed.rank(), distributed.world_size()))
+        finally:
+            self.shared = True
+        parts = distributed.gather(mine)
         merged = {k: v for part in parts for k, v in part.items()}
         return {k: merged[k] for k in self.cost_model(model, step.protected).groups}
 
@@ -243,6 +251,9 @@ class TorchBackend:
                 return
             if command[0] == "probe":
                 self.probe(*command[1:])
+                continue
+            if command[0] == "scores":
+                self.scores(*command[1:])
                 continue
             _, model, cfg, timed = command
             with contextlib.suppress(SlimkitError):  # rank 0 met the same error (decided collectively)

@@ -269,8 +269,8 @@ def fit(
             if parallel:
                 distributed.sync_buffers(model)
             record = {"epoch": epoch, "train_loss": loss_sum / n, "lr": opt.param_groups[0]["lr"]}
-            if val is not None and distributed.rank() == 0:
-                scores = task.evaluate(model, val, max_batches=max_val_batches)
+            if val is not None:  # under torchrun each rank scores its share of the batches
+                scores = task.evaluate(model, val, max_batches=max_val_batches, shared=parallel)
                 record["val_loss"] = scores["loss"]
                 record[f"val_{task.metric}"] = scores[task.metric]
             record["seconds"] = time.perf_counter() - start
