@@ -5,9 +5,11 @@ calling :func:`slimkit.optimize.optimize`), every process loads the model and th
 itself runs on rank 0 only, so every decision (sensitivity, widths, back-off, the chosen candidate)
 is made once and every output is written once. When the loop fine-tunes, rank 0 sends the candidate
 (its architecture and weights) to the other ranks and all of them train it together under
-``DistributedDataParallel``, each on its shard of the training data (``DistributedSampler``);
-validation inside fine-tuning is decided by rank 0 and shared. After each fine-tuning the ranks
-compare hashes of their weights: they must be equal.
+``DistributedDataParallel``, each on its shard of the training data (``DistributedSampler``).
+Sensitivity probes are dealt between the ranks; every validation (of a candidate, or of an epoch
+inside fine-tuning) is shared: each rank scores every n-th batch and all count every scored batch
+in order, so the metrics equal one process's; rank 0's record, clock and callbacks decide. After
+each fine-tuning the ranks compare hashes of their weights: they must be equal.
 
 :func:`fit` called by every rank of a user's script trains the same way (DDP, sharded batches).
 A crash of one process ends the job (torchrun stops the others); rerun with ``--resume``.
