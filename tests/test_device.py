@@ -132,10 +132,6 @@ def test_optimize_on_an_explicit_device_in_mixed_precision(
     assert amps == [amp]  # the recovery fine-tuning ran in mixed precision
 
 
-def _double_example(data: sk.data.Dataset) -> torch.Tensor:
-    return data.splits["val"][0][:64]
-
-
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=ON_GPU)])
 def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset, device: str) -> None:
     """Analysis, pruning, low-rank, folding and fusion create no tensor of another dtype or device than
@@ -143,7 +139,7 @@ def test_transforms_keep_a_float64_model_float64(digits: sk.data.Dataset, device
     device) and the outputs match the float32 run."""
     torch.manual_seed(0)
     base = sk.zoo.create_for("resnet_cifar", digits, depth=8).eval().to(device)
-    x = _double_example(digits).to(device)
+    x = digits.splits["val"][0][:64].to(device)
     steps = [
         ChannelPruneConfig(ratio=0.5),
         FoldConfig(),

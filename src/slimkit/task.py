@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -250,10 +251,7 @@ class Task:
         ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
         with ctx, torch.no_grad(), same_device("evaluation"):
             i = -1
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    i -= 1
-                    break
+            for i, batch in enumerate(itertools.islice(loader, max_batches)):
                 if i % ranks == me:
                     inputs, targets = to_device(self.split(batch), model_device(model))
                     out = self.predict(model, inputs)
