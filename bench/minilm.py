@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads for the optimize run")
+    p.add_argument("--amp", default=None, help="mixed precision of the distillation (bf16: ~1.5x faster here)")
     p.add_argument("--output", default="runs/minilm-opt", help="the run folder")
     p.add_argument("--no-write", action="store_true", help=f"print only, do not write {OUT.name}")
     args = p.parse_args()
@@ -120,6 +121,7 @@ def main() -> None:
         token_weight=args.token_weight,
         allocation=args.allocation,
         prune_heads=args.prune_heads,
+        amp=args.amp,
     )
     say(result.summary().replace("\n", "; "))
     original = text.PooledEncoder.of(st).eval()
@@ -182,7 +184,8 @@ def main() -> None:
             "# Sentence encoder through the optimize loop: all-MiniLM-L6-v2, fidelity task (`bench/minilm.py`)",
             "",
             f"{datetime.date.today()}, `{cmd}` (budget {args.budget:g} s, {len(train):,} distillation sentences, "
-            f"{args.epochs} epochs of recovery, lr {args.lr:g}, embedding share {args.embedding_share:.3f} with "
+            f"{args.epochs} epochs of recovery{' in ' + args.amp if args.amp else ''}, lr {args.lr:g}, "
+            f"embedding share {args.embedding_share:.3f} with "
             f"{args.exact_tokens:.0%} of the tokens exact, {args.val_batches or 'all'} validation batches a decision, "
             f"loop constraint: cosine drop <= {args.max_drop:g}"
             + (f", overlap@10 >= {args.min_overlap:g}" if args.min_overlap else "")

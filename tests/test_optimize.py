@@ -313,6 +313,31 @@ def test_low_rank_step_factorizes_only_insensitive_layers(
     assert "low-rank sensitivity" in (tmp_path / "run" / "report.html").read_text()
 
 
+def test_the_backend_exports_the_same_weights_once(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxscript")
+    from slimkit.io import onnx as sk_onnx
+    from slimkit.optimize.backend import TorchBackend
+
+    made: list[Path] = []
+    real = sk_onnx.export_onnx
+    monkeypatch.setattr(sk_onnx, "export_onnx", lambda m, p, x: (made.append(p), real(m, p, x)))
+    be = TorchBackend(small_cnn, mini)
+    a, b = be.export_onnx(small_cnn, tmp_path / "a.onnx"), be.export_onnx(small_cnn, tmp_path / "b.onnx")
+    assert made == [a] and a.read_bytes() == b.read_bytes()  # the timed candidate, then the saved model
+    changed = copy.deepcopy(small_cnn)
+    with torch.no_grad():
+        next(changed.parameters()).mul_(2)
+    be.export_onnx(changed, a)  # other weights overwrite a: exported anew
+    assert made == [a, a] and a.read_bytes() != b.read_bytes()
+    c = be.export_onnx(small_cnn, tmp_path / "c.onnx")  # copied from b, not from the overwritten a
+    assert len(made) == 2 and c.read_bytes() == b.read_bytes()
+    x = mini.splits["test"][0][:8]
+    with torch.no_grad():
+        assert torch.allclose(sk.io.onnx.OnnxModel(c)(x), small_cnn(x), atol=1e-4)
+
+
 def test_search_needs_its_extra(
     monkeypatch: pytest.MonkeyPatch, small_cnn: torch.nn.Module, mini: sk.data.Dataset
 ) -> None:

@@ -556,13 +556,16 @@ def quantize(
     *,
     force: bool = False,
     task: Task | str | None = None,
+    exported: Path | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` (a module, or an fp32 ``.onnx`` file) to an int8 ONNX file at ``output``.
 
     ``data`` is a :class:`slimkit.data.Dataset` or :class:`slimkit.data.Loaders`: its training split
     calibrates static mode and ``config.split`` (default ``val``) measures the ``task``'s metric
     (default: the data's task, else classification accuracy). ``output`` is written
-    atomically and only replaced with ``force=True``. Returns a :class:`QuantizeResult`.
+    atomically and only replaced with ``force=True``; ``exported``: the module's fp32 ONNX file if one was
+    already made (:func:`slimkit.io.onnx.export_onnx`), so it is not exported again. Returns a
+    :class:`QuantizeResult`.
     """
     cfg = config or QuantizeConfig()
     require("onnxruntime", extra="onnx")
@@ -586,6 +589,8 @@ def quantize(
             if Path(model).suffix.lower() != ".onnx" or not Path(model).is_file():
                 raise SlimkitError(f"quantize takes a torch module or an existing .onnx file, got {model}")
             shutil.copy(model, raw)
+        elif isinstance(model, nn.Module) and exported is not None:
+            shutil.copy(exported, raw)
         elif isinstance(model, nn.Module):
             from slimkit.io.onnx import export_onnx
 

@@ -139,6 +139,7 @@ class TorchBackend:
         self.amp = amp  # fine-tuning's mixed precision (the models live on the original's device)
         self.shared = distributed.is_distributed()  # under torchrun, every rank scores a share of each split
         self.calibration_samples = 2048
+        self.exported: dict[str, Path] = {}  # weights fingerprint -> the ONNX file made of them (see export_onnx)
         self.sets_lr = self.user.finetune is None
         self.layer_names = list(CostModel(original, self.example).groups)
         self.metric: str | None = None  # the deciding metric (set by the loop): the user's evaluate must give it
@@ -298,9 +299,23 @@ class TorchBackend:
         return model, teacher
 
     def export_onnx(self, model: nn.Module, path: Path) -> Path:
+        """``model`` as ONNX at ``path``; a model already exported with the same weights (the chosen
+        candidate, timed, then saved) is copied from that file: the exporter takes seconds per call."""
+        import shutil
+
         from slimkit.io.onnx import export_onnx
 
-        export_onnx(model, path, self.example)
+        key = self.fingerprint(model)
+        done = self.exported.get(key)
+        if done == path and path.is_file():
+            return path
+        for k in [k for k, p in self.exported.items() if p == path]:
+            del self.exported[k]  # the file at path is about to hold other weights
+        if done is not None and done.is_file():
+            shutil.copyfile(done, path)
+        else:
+            export_onnx(model, path, self.example)
+        self.exported[key] = path
         return path
 
     def quantize(self, model: nn.Module, cfg: Config, path: Path) -> Any:
@@ -308,7 +323,8 @@ class TorchBackend:
 
         if self.val_batches is not None and getattr(cfg, "val_batches", 0) is None:
             cfg = dataclasses.replace(cfg, val_batches=self.val_batches)
-        return quantize(model, self.data, cfg, path, force=True, task=self.task)
+        fp32 = self.export_onnx(model, path.with_suffix(".fp32.onnx"))  # kept: timing and saving reuse it
+        return quantize(model, self.data, cfg, path, force=True, task=self.task, exported=fp32)
 
     def fake_quantized(self, model: nn.Module, quantized: Any, momentum: float) -> AbstractContextManager[Any]:
         """:func:`slimkit.compress.fake_quantized` simulating the int8 file ``quantized`` (a
@@ -369,7 +385,7 @@ class TorchBackend:
             files = {"program": "model.pt2"}
             notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")
         try:
-            export(model, folder / "model.onnx", self.example, force=True)
+            self.export_onnx(model, folder / "model.onnx")
             files["onnx"] = "model.onnx"
         except SlimkitError as exc:
             notes.append(f"no model.onnx: {exc}")

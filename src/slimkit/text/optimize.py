@@ -254,10 +254,8 @@ class EncoderBackend(TorchBackend):
         return _wrap(load(folder / "encoder"))
 
     def save_outputs(self, model: PooledEncoder, folder: Path) -> tuple[dict[str, str], list[str]]:
-        from slimkit.io import export
-
         save(self.sentence_transformer(model), folder / "encoder", force=True)
-        export(model, folder / "model.onnx", self.example, force=True)
+        self.export_onnx(model, folder / "model.onnx")
         return {"sentence-transformer": "encoder", "onnx": "model.onnx"}, []
 
 
