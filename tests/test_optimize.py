@@ -297,6 +297,44 @@ def test_interrupted_greedy_run_resumes_after_the_last_finished_step(
     assert result.target_met and (out / "report.json").is_file() and not (out / "progress").exists()
 
 
+class UserNet(torch.nn.Module):
+    """A user's own class: no zoo name, no factory, so slimkit cannot rebuild it from a checkpoint."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("trials", [0, 2])
+def test_a_class_slimkit_cannot_rebuild_still_runs_to_its_outputs(
+    small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path, trials: int
+) -> None:
+    if trials:
+        pytest.importorskip("optuna")
+    model = UserNet(copy.deepcopy(small_cnn))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = {
+        "steps": [
+            {"SensitivityPruneConfig": {"target_macs": 0.5, "probe_ratios": [0.5]}},
+            {"FineTuneConfig": {"epochs": 1}},
+            {"FoldConfig": {}},
+        ]
+    }
+    lines: list[str] = []
+    out = tmp_path / "run"
+    result = optimize(model, mini, Target(macs=0.5), recipe=recipe, trials=trials, output=out, log=lines.append)
+    assert any("cannot save UserNet" in s for s in lines)  # said once, and the run goes on
+    x = mini.splits["test"][0][:8]
+    assert count_macs(result.model, x) <= 0.51 * count_macs(model, x)
+    program = sk.load(out / "model.pt2")  # the deployable outputs are there without a checkpoint
+    torch.testing.assert_close(program(x), result.model(x), atol=1e-4, rtol=1e-4)
+    assert (out / "report.json").is_file() and not (out / "checkpoint").exists()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model is untouched
+
+
 def test_low_rank_step_factorizes_only_insensitive_layers(
     small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path
 ) -> None:

@@ -26,6 +26,10 @@ class ModelFileError(SlimkitError, ValueError):
     """A model file or checkpoint that is missing, corrupt or unsafe to load."""
 
 
+class UnknownModelError(ModelFileError):
+    """A model class slimkit cannot rebuild from a checkpoint (no zoo name, no factory)."""
+
+
 class ShapeError(SlimkitError, ValueError):
     """Input whose shape the model cannot take."""
 

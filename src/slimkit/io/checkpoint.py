@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn.utils import parametrize
 
-from slimkit.core.errors import ModelFileError, SlimkitError, UnknownNameError, first_line
+from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError, UnknownNameError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.model import arch_of, record_input, set_arch
 from slimkit.core.surgery import check_change, replay
@@ -89,7 +89,7 @@ def save_checkpoint(
     """Write ``path/`` = spec.json + weights.safetensors (+ ``extra_files``), atomically."""
     arch = arch_of(model)
     if arch is None:
-        raise ModelFileError(
+        raise UnknownModelError(
             f"cannot save {type(model).__name__}: slimkit does not know how to rebuild it; create it with "
             "slimkit.zoo.create(...) or slimkit.load(weights, factory='module:function')"
         )

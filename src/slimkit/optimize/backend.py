@@ -371,16 +371,14 @@ class TorchBackend:
     def save_outputs(self, model: nn.Module, folder: Path) -> tuple[dict[str, str], list[str]]:
         """``checkpoint/`` (a ``torch.export`` program ``model.pt2`` for a model slimkit cannot rebuild:
         no zoo name, no factory) and ``model.onnx``."""
-        from slimkit.core.errors import ModelFileError
+        from slimkit.core.errors import UnknownModelError
         from slimkit.io import export, save
 
         notes = []
         try:
             save(model, folder / "checkpoint", example=self.example, force=True)
             files = {"checkpoint": "checkpoint"}
-        except ModelFileError as exc:
-            if "does not know how to rebuild" not in str(exc):
-                raise
+        except UnknownModelError:
             export(model, folder / "model.pt2", self.example, force=True)
             files = {"program": "model.pt2"}
             notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, UnknownModelError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import onnx_latency
 from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
@@ -405,7 +405,11 @@ class Loop:
             "candidates": [c.to_dict() for c in self.candidates],
             "allocations": self.allocations,
         }
-        self.be.save(state["model"], folder, {"progress.json": json.dumps(info, default=str)})
+        try:
+            self.be.save(state["model"], folder, {"progress.json": json.dumps(info, default=str)})
+        except UnknownModelError as exc:
+            self.progress_dir = None
+            self.log(f"  progress is not saved, so --resume starts over: {exc}")
 
     def restore_progress(self) -> Recipe | None:
         """Load the latest saved progress (``--resume`` without a search); returns its pass's recipe."""

@@ -9,7 +9,9 @@ The study lives in ``storage`` (default: ``sqlite:///<run folder>/study.db``); a
 URL works, so several processes or machines can run trials of one study (each stops when the study
 holds ``trials`` finished trials). Each finished trial's model is saved (atomically) under
 ``trials/<number>/`` in the run folder; ``resume`` reloads the study, re-queues trials that a
-killed run left unfinished, and runs only the missing trials.
+killed run left unfinished, and runs only the missing trials. A model class slimkit cannot rebuild
+(no zoo name, no factory) cannot be saved: the best trial's model then stays in memory, and a
+resumed search can only use the trials it runs itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimkit.core.errors import SlimkitError, first_line
+from slimkit.core.errors import SlimkitError, UnknownModelError, first_line
 from slimkit.core.files import write_text_atomic
 from slimkit.core.optional import require
 from slimkit.optimize.pipeline import Candidate, Loop, copy_file
@@ -135,6 +137,8 @@ def search(
     metric = loop.target.metric
     trial_dir = workdir / "trials"
 
+    unsaved: dict[str, Any] = {}  # the best trial model that could not be saved (a class slimkit cannot rebuild)
+
     def objective(trial: Any) -> float:
         r = suggest(trial, recipe, loop.be.allocations)
         loop.log(f"trial {trial.number}: {json.dumps(trial.params)}")
@@ -158,20 +162,26 @@ def search(
         finally:
             loop.on_epoch = None
         c: Candidate = state["candidate"]
+        value = loop.target.score(c.metrics)  # higher is better, whatever the metric
+        if not c.target_ok:  # below every candidate that meets the target
+            overrun = max([c.costs[k] / lim for k, lim in loop.limits.items() if c.costs.get(k)] or [1.0])
+            unit = max(1.0, abs(loop.target.score(loop.base["metrics"])))
+            value -= unit * (1.0 + max(0.0, overrun - 1.0) + (0 if c.quality_ok else 1.0))
         folder = trial_dir / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
-        loop.be.save(state["model"], folder / "checkpoint")
+        try:
+            loop.be.save(state["model"], folder / "checkpoint")
+        except UnknownModelError as exc:
+            if not unsaved:
+                loop.log(f"  trial models stay in memory (a resumed search cannot use them): {exc}")
+            if not unsaved or value > unsaved["value"]:
+                unsaved.update(number=trial.number, value=value, model=state["model"])
         if state.get("onnx") is not None:
             copy_file(state["onnx"], folder / "model.int8.onnx")
         write_text_atomic(folder / "recipe.json", json.dumps(r.to_dict()) + "\n", force=True)
         trial.set_user_attr("candidates", [x.to_dict() for x in loop.candidates[first:]])
         trial.set_user_attr("chosen", c.to_dict())
         trial.set_user_attr("quantize", state.get("quantize"))
-        value = loop.target.score(c.metrics)  # higher is better, whatever the metric
-        if not c.target_ok:  # below every candidate that meets the target
-            overrun = max([c.costs[k] / lim for k, lim in loop.limits.items() if c.costs.get(k)] or [1.0])
-            unit = max(1.0, abs(loop.target.score(loop.base["metrics"])))
-            value -= unit * (1.0 + max(0.0, overrun - 1.0) + (0 if c.quality_ok else 1.0))
         return value
 
     remaining = None
@@ -182,7 +192,7 @@ def search(
     complete = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if (trial_dir / str(t.number) / "checkpoint").exists()
+        if (trial_dir / str(t.number) / "checkpoint").exists() or t.number == unsaved.get("number")
     ]
     if not complete:
         raise SlimkitError("no search trial finished: raise --time-budget or --trials")
@@ -200,7 +210,7 @@ def search(
             loop.candidates.append(c)
     chosen = loop.candidates[chosen_id] if chosen_id is not None else _candidate(best.user_attrs["chosen"])
     folder = trial_dir / str(best.number)
-    model = loop.be.load(folder / "checkpoint")
+    model = unsaved["model"] if best.number == unsaved.get("number") else loop.be.load(folder / "checkpoint")
     onnx = folder / "model.int8.onnx"
     state = {
         "model": model,
