@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--allocation", default="uniform", help="uniform or sensitivity (FFN widths)")
     p.add_argument("--prune-heads", action="store_true", help="prune attention heads and the embedding rank too")
     p.add_argument("--token-weight", type=float, default=1.0, help="hidden-state term of the distillation (0: off)")
+    p.add_argument("--macs", type=float, default=None, help="MACs share to prune to (default: the recipe's, 0.7x)")
     p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
@@ -99,6 +100,7 @@ def main() -> None:
     )
     data = text.sentence_loaders(tok, train, val, test)
     target = Target(
+        macs=args.macs,
         params=0.5,
         latency=0.5,
         latency_batch=32,
@@ -186,7 +188,8 @@ def main() -> None:
             f"{datetime.date.today()}, `{cmd}` (budget {args.budget:g} s, {len(train):,} distillation sentences, "
             f"{args.epochs} epochs of recovery{' in ' + args.amp if args.amp else ''}, lr {args.lr:g}, "
             f"embedding share {args.embedding_share:.3f} with "
-            f"{args.exact_tokens:.0%} of the tokens exact, {args.val_batches or 'all'} validation batches a decision, "
+            f"{args.exact_tokens:.0%} of the tokens exact, MACs target {args.macs or 'the recipe default'}, "
+            f"{args.val_batches or 'all'} validation batches a decision, "
             f"loop constraint: cosine drop <= {args.max_drop:g}"
             + (f", overlap@10 >= {args.min_overlap:g}" if args.min_overlap else "")
             + f"); total {total:.0f} s on 2 shared cores.",
