@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import copy
+import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +26,25 @@ def test_fidelity_of_identical_noisy_and_unrelated_embeddings() -> None:
     assert abs(unrelated["spearman"]) < 0.2 and abs(unrelated["cosine_mean"]) < 0.2
     with pytest.raises(SlimkitError, match="one shape"):
         fidelity(lambda v: v, lambda v: v @ proj[:, :8], x)
+
+
+def test_harvesting_docstrings_leaves_the_logging_set_up_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "chatty_pkg"  # a package that configures logging on import, as torch.backends.xeon does
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "loud.py").write_text(
+        "import logging\nlogging.basicConfig(level=logging.INFO)\n\n\n"
+        'def f():\n    """Return the answer to every question that is asked here."""\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    sentences = docstring_sentences(5, packages=("chatty_pkg",))
+    assert sentences == ["Return the answer to every question that is asked here."]
+    assert "chatty_pkg.loud" in sys.modules  # it was imported, and its logging set-up undone
+    assert root.handlers == handlers and root.level == level
 
 
 def test_pruned_text_encoder_fidelity_on_real_sentences() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 import re
 import warnings
@@ -78,15 +79,21 @@ def docstring_sentences(
     for checking embedding models. Packages that are not installed are skipped.
     """
     seen: dict[str, None] = {}
-    with warnings.catch_warnings():  # importing every submodule wakes deprecation warnings
-        warnings.simplefilter("ignore")
-        for text in _docstrings(packages):
-            for sentence in _SENTENCE.split(" ".join(text.split())):
-                if len(sentence.split()) >= min_words and _PLAIN.match(sentence) and sentence not in seen:
-                    seen[sentence] = None
-                    if len(seen) >= n:
-                        return list(seen)
-    return list(seen)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with warnings.catch_warnings():  # importing every submodule wakes deprecation warnings
+            warnings.simplefilter("ignore")
+            for text in _docstrings(packages):
+                for sentence in _SENTENCE.split(" ".join(text.split())):
+                    if len(sentence.split()) >= min_words and _PLAIN.match(sentence) and sentence not in seen:
+                        seen[sentence] = None
+                        if len(seen) >= n:
+                            return list(seen)
+        return list(seen)
+    finally:  # some modules configure logging when imported (torch.backends.xeon.run_cpu: root at INFO)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _docstrings(packages: Iterable[str]) -> Iterable[str]:

@@ -23,7 +23,7 @@ from slimkit.io.transposes import drop_transposes
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence the exporters' warnings and log chatter (they are not the user's problem)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
