@@ -120,8 +120,9 @@ def sentence_data(spec: str | Path, tokenizer: Any, *, batch_size: int = 32) -> 
     """Sentences for :func:`optimize_encoder` from a name (what ``slimkit optimize ENCODER -d SPEC`` takes):
 
     - ``docstrings``: slimkit's offline corpora: distillation on :func:`training_sentences` (docstrings
-      of other packages, reviews, speeches), validation and test on the two halves of
-      :func:`held_out_sentences` (4,000 docstring sentences of numpy, scipy, scikit-learn, torch);
+      of other packages, reviews, speeches, WordNet glosses, Wikipedia sentences), validation and test
+      on the two halves of :func:`held_out_sentences` (4,000 docstring sentences of numpy, scipy,
+      scikit-learn, torch);
     - a ``.txt`` file, one sentence per line: every 10th line validates, every 10th + 1 tests, the
       rest distils;
     - ``package.module:function`` returning :class:`slimkit.data.Loaders` (the trust rules of ``-d``).
