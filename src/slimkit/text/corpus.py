@@ -137,7 +137,8 @@ _WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-s
 def _wikipedia() -> list[str]:
     """Sentences (5-80 words) of the prose paragraphs of the ~200 English Wikipedia pages that
     ``gensim`` ships as test data (history, science, people, places), markup stripped: templates,
-    references, tables, files and categories dropped, links kept as their text."""
+    references, tables, files and categories dropped, links kept as their text. (gensim's own
+    ``filter_wiki`` would need gensim imported, with ``smart_open`` and ``wrapt`` installed.)"""
     path = _package_file("gensim", _WIKI)
     if path is None:
         return []
