@@ -35,6 +35,36 @@ def tiny_bert(seed: int = 0, layers: int = 2) -> BertModel:
     return BertModel(cfg).eval()
 
 
+FAMILIES = {  # transformers model classes with each layout slimkit.text knows (tiny, random weights)
+    "roberta": ("RobertaModel", "RobertaConfig", {"max_position_embeddings": 66}),
+    "electra": ("ElectraModel", "ElectraConfig", {"embedding_size": 16}),
+    "mpnet": ("MPNetModel", "MPNetConfig", {}),
+    "distilbert": ("DistilBertModel", "DistilBertConfig", {"dim": 32, "n_heads": 4, "hidden_dim": 64, "n_layers": 2}),
+}
+
+
+def tiny_encoder(family: str, seed: int = 0) -> torch.nn.Module:
+    import transformers
+
+    model_class, config_class, extra = FAMILIES[family]
+    shape = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 2}
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_class)(
+        **(shape if family != "distilbert" else {}), vocab_size=len(WORDS) + 5, pad_token_id=0, **extra
+    )
+    return getattr(transformers, model_class)(cfg).eval()
+
+
+def sentence_transformer(encoder: torch.nn.Module, tokenizer: BertTokenizerFast, folder: Path, pooling: str = "mean"):  # noqa: ANN201
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [Transformer(str(folder)), Pooling(32, pooling), Normalize()]
+    return SentenceTransformer(modules=modules, device="cpu").eval()
+
+
 @pytest.fixture()
 def tokenizer() -> BertTokenizerFast:
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])})
@@ -49,14 +79,7 @@ def batches(tokenizer: BertTokenizerFast) -> list[dict]:
 
 @pytest.fixture()
 def st_model(tmp_path: Path, tokenizer: BertTokenizerFast):  # noqa: ANN201
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    src = tmp_path / "tiny"
-    tiny_bert().save_pretrained(src)
-    tokenizer.save_pretrained(src)
-    first = Transformer(str(src))
-    return SentenceTransformer(modules=[first, Pooling(32, "mean"), Normalize()], device="cpu").eval()
+    return sentence_transformer(tiny_bert(), tokenizer, tmp_path / "tiny")
 
 
 def hidden(bert: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -133,12 +156,78 @@ def test_prune_errors(batches: list[dict]) -> None:
         text.prune_ffn_(bert, {0: []})
     with pytest.raises(SlimkitError, match="fractions"):
         text.prune_(bert, batches, heads=1.0)
-    with pytest.raises(SlimkitError, match="not a BERT-style"):
+    with pytest.raises(SlimkitError, match="Linear is not an encoder slimkit's text tools know"):
         text.encoder_of(torch.nn.Linear(2, 2))
     with pytest.raises(SlimkitError, match="distinct"):
         text.keep_layers_(bert, [0, 0])
     with pytest.raises(ModelFileError):
         text.load(Path("/nonexistent/model"))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_other_encoder_families_prune_factorize_save_and_reload(
+    tmp_path: Path, batches: list[dict], family: str
+) -> None:
+    model = tiny_encoder(family)
+    before = text.count_params(model)
+    base = type(model)
+    layout = text.layout_of(model)
+    if layout.head_bias:  # MPNet: one relative position bias per head serves every layer
+        with pytest.raises(SlimkitError, match="remove the same heads from all"):
+            text.prune_heads_(model, {0: [1]})
+        assert text.count_params(model) == before  # nothing changed
+        text.prune_heads_(model, {0: [1], 1: [1]}, calibration=batches)
+    else:
+        text.prune_heads_(model, {0: [1]}, calibration=batches)
+    text.prune_ffn_(model, {0: range(40)}, calibration=batches)
+    counts = torch.bincount(torch.cat([b["input_ids"].flatten() for b in batches]), minlength=len(WORDS) + 5)
+    text.factorize_embeddings_(model, 8, token_counts=counts, exact_rows=4)
+    s = text.shapes(model)
+    assert s["heads"] == ([3, 3] if layout.head_bias else [3, 4]) and s["intermediate"] == [40, 64]
+    assert s["embedding_rank"] == 8 and text.count_params(model) < before
+    assert type(model).__name__ == f"Slim{base.__name__}" and isinstance(model, base)
+    out = hidden(model, batches[0])
+    text.save(model, tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert type(again) is type(model) and again.config.model_type == f"slimkit_{base.config_class.model_type}"
+    assert torch.equal(hidden(again, batches[0]), out)
+
+
+def test_a_family_not_registered_at_import_reloads_in_a_new_process(tmp_path: Path, batches: list[dict]) -> None:
+    import subprocess
+    import sys
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.CamembertConfig(
+        hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2, vocab_size=len(WORDS) + 5
+    )
+    model = text.prune_ffn_(transformers.CamembertModel(cfg).eval(), {1: range(24)})
+    text.save(model, tmp_path / "m")
+    torch.save(batches[0], tmp_path / "batch.pt")
+    code = (
+        "import sys, torch; from slimkit import text; m = text.load(sys.argv[1], sentence_transformer=False).eval(); "
+        "b = torch.load(sys.argv[2]); torch.save(m(**b).last_hidden_state.detach(), sys.argv[3]); "
+        "print(type(m).__name__, text.shapes(m)['intermediate'])"
+    )
+    args = [sys.executable, "-c", code, tmp_path / "m", tmp_path / "batch.pt", tmp_path / "out.pt"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["SlimCamembertModel", "[64,", "24]"]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), hidden(model, batches[0]))
+
+
+def test_cls_pooling_and_unsupported_pipelines(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
+    st = sentence_transformer(tiny_encoder("distilbert"), tokenizer, tmp_path / "cls", pooling="cls")
+    pooled = text.PooledEncoder.of(st)
+    assert pooled.pooling == "cls"
+    want = st.encode(SENTENCES[:8], convert_to_tensor=True)
+    assert torch.allclose(pooled(**text.tokenize(tokenizer, SENTENCES[:8])), want, atol=1e-6)
+    assert not torch.allclose(text.PooledEncoder(pooled.encoder)(**text.tokenize(tokenizer, SENTENCES[:8])), want)
+    st_max = sentence_transformer(tiny_bert(), tokenizer, tmp_path / "max", pooling="max")
+    with pytest.raises(SlimkitError, match="mean or CLS Pooling .* with max pooling"):
+        text.PooledEncoder.of(st_max)
 
 
 def test_keep_layers_is_a_plain_shallower_bert(tmp_path: Path, batches: list[dict]) -> None:
@@ -315,6 +404,31 @@ def test_encoder_goes_through_the_optimize_loop_with_the_fidelity_task(
     assert OnnxModel(out / "model.onnx").input_names == ["input_ids", "attention_mask"]
     with pytest.raises(ShapeError, match="takes the inputs input_ids, attention_mask"):
         OnnxModel(out / "model.onnx")(input_ids=x["input_ids"])
+
+
+@pytest.mark.parametrize(("family", "pooling"), [("mpnet", "mean"), ("distilbert", "cls")])
+def test_other_families_and_cls_pooling_go_through_the_loop_and_reload(
+    tmp_path: Path, tokenizer: BertTokenizerFast, family: str, pooling: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from slimkit.io.onnx import OnnxModel
+    from slimkit.optimize import FineTuneConfig, Recipe, SensitivityPruneConfig, Target
+
+    st = sentence_transformer(tiny_encoder(family), tokenizer, tmp_path / "src", pooling=pooling)
+    data = text.sentence_loaders(tokenizer, SENTENCES[:64], SENTENCES[64:80], SENTENCES[80:], batch_size=16)
+    prune = SensitivityPruneConfig(target_macs=0.5, refit=True, probe_ratios=(0.5,))
+    recipe = Recipe((prune, FineTuneConfig(epochs=1, lr=1e-3, optimizer="adamw")))
+    out = tmp_path / "run"
+    result = text.optimize_encoder(st, data, Target(macs=0.5, max_drop=0.2), recipe=recipe, output=out)
+    shapes = text.shapes(result.model)
+    assert result.target_met and text.count_params(result.model) < text.count_params(st)
+    assert max(shapes["heads"]) < 4 and max(shapes["intermediate"]) < 64  # heads (MPNet's bias with them) and FFNs
+    x = text.tokenize(tokenizer, SENTENCES[:8])
+    want = result.model(**x)
+    again = text.load(out / "encoder")
+    assert text.PooledEncoder.of(again).pooling == pooling
+    assert torch.allclose(again.encode(SENTENCES[:8], convert_to_tensor=True), want, atol=1e-5)
+    assert torch.allclose(OnnxModel(out / "model.onnx")(**x), want, atol=1e-4)
 
 
 def test_cli_optimizes_a_sentence_encoder_folder(tmp_path: Path, st_model, cli) -> None:  # noqa: ANN001

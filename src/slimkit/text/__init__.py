@@ -1,7 +1,8 @@
 """Hugging Face sentence encoders (optional extra ``text``): prune, factorize, distil, int8 ONNX.
 
-Works on BERT-style encoders from ``transformers`` / ``sentence-transformers``; everything here
-keeps the model loadable by those libraries (see :mod:`slimkit.text.hf`). Importing this package
+Works on the encoders of ``transformers`` / ``sentence-transformers`` with BERT's layout (BERT,
+RoBERTa, XLM-RoBERTa, ELECTRA, CamemBERT...), MPNet's or DistilBERT's, mean or CLS pooled; everything
+here keeps the model loadable by those libraries (see :mod:`slimkit.text.hf`). Importing this package
 needs ``pip install 'slimkit[text]'``.
 
 Example::
@@ -23,7 +24,20 @@ from __future__ import annotations
 
 from slimkit.text.corpus import held_out_sentences, news_paragraphs, training_sentences
 from slimkit.text.distil import distil_
-from slimkit.text.hf import SlimBertConfig, SlimBertModel, count_params, encoder_of, load, load_minilm, save, shapes
+from slimkit.text.hf import (
+    LAYOUTS,
+    Layout,
+    SlimBertConfig,
+    SlimBertModel,
+    count_params,
+    encoder_of,
+    layout_of,
+    load,
+    load_minilm,
+    save,
+    shapes,
+    slim_classes,
+)
 from slimkit.text.onnx import OnnxEncoder, PooledEncoder, TorchEncoder, export_onnx, quantize_onnx, tokenize
 from slimkit.text.optimize import encoder_recipe, optimize_encoder, sentence_data, sentence_loaders
 from slimkit.text.prune import (
@@ -37,6 +51,8 @@ from slimkit.text.prune import (
 )
 
 __all__ = [
+    "LAYOUTS",
+    "Layout",
     "OnnxEncoder",
     "PooledEncoder",
     "SlimBertConfig",
@@ -51,6 +67,7 @@ __all__ = [
     "factorize_embeddings_",
     "held_out_sentences",
     "keep_layers_",
+    "layout_of",
     "load",
     "load_minilm",
     "lowrank_linears_",
@@ -64,6 +81,7 @@ __all__ = [
     "sentence_data",
     "sentence_loaders",
     "shapes",
+    "slim_classes",
     "tokenize",
     "training_sentences",
 ]

@@ -115,15 +115,22 @@ def _loss(student: PooledEncoder, teacher: PooledEncoder, batch: dict, token_wei
     with torch.no_grad():
         t_out = teacher.encoder(**batch, output_hidden_states=bool(token_weight))
     s_out = student.encoder(**batch, output_hidden_states=bool(token_weight))
-    return encoder_loss(s_out, t_out, batch["attention_mask"], token_weight)[0]
+    return encoder_loss(s_out, t_out, batch["attention_mask"], token_weight, student.pool)[0]
 
 
-def encoder_loss(s_out: Any, t_out: Any, attention_mask: torch.Tensor, token_weight: float) -> tuple[torch.Tensor, ...]:
+def encoder_loss(
+    s_out: Any,
+    t_out: Any,
+    attention_mask: torch.Tensor,
+    token_weight: float,
+    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mean_pool,
+) -> tuple[torch.Tensor, ...]:
     """``(loss, student embedding, teacher embedding)`` from two HF encoder outputs: ``1 - cosine`` of
-    the mean-pooled embeddings plus ``token_weight`` x the variance-relative token MSE of the hidden
-    states (every layer when both give as many of one shape, else the last ones when they match)."""
-    s_e = mean_pool(s_out.last_hidden_state, attention_mask)  # (B, D)
-    t_e = mean_pool(t_out.last_hidden_state, attention_mask)
+    the embeddings ``pool`` makes of them (default: mean pooling) plus ``token_weight`` x the
+    variance-relative token MSE of the hidden states (every layer when both give as many of one
+    shape, else the last ones when they match)."""
+    s_e = pool(s_out.last_hidden_state, attention_mask)  # (B, D)
+    t_e = pool(t_out.last_hidden_state, attention_mask)
     loss = (1 - nn.functional.cosine_similarity(s_e, t_e, dim=-1)).mean()
     if not token_weight:
         return loss, s_e, t_e
@@ -157,7 +164,7 @@ class HiddenStateDistiller(nn.Module):
         teacher = self._teacher[0]
         with torch.no_grad():
             t_out = teacher.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
-        loss, s_e, t_e = encoder_loss(s_out, t_out, attention_mask, self.token_weight)
+        loss, s_e, t_e = encoder_loss(s_out, t_out, attention_mask, self.token_weight, self.student.pool)
         norm = nn.functional.normalize
         self._cache = (input_ids, norm(t_e, dim=-1) if teacher.normalize else t_e)
         return with_aux_loss(norm(s_e, dim=-1) if self.student.normalize else s_e, loss)

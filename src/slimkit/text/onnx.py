@@ -43,36 +43,51 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-class PooledEncoder(nn.Module):
-    """``(input_ids, attention_mask) -> embedding``: the encoder, mean pooling over real tokens, L2 norm.
+POOLINGS = ("mean", "cls")
 
-    The pipeline of all-MiniLM-L6-v2 and most sentence-transformers models; :meth:`of` checks a
-    ``SentenceTransformer`` really is that pipeline.
+
+class PooledEncoder(nn.Module):
+    """``(input_ids, attention_mask) -> embedding``: the encoder, pooling, optional L2 norm.
+
+    ``pooling``: ``"mean"`` over the real tokens (all-MiniLM-L6-v2, all-mpnet-base-v2 and most
+    sentence-transformers models) or ``"cls"``, the first token's state (BGE, for example).
+    :meth:`of` checks a ``SentenceTransformer`` really is such a pipeline.
     """
 
-    def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
+    def __init__(self, encoder: nn.Module, normalize: bool = True, pooling: str = "mean") -> None:
         super().__init__()
-        self.encoder, self.normalize = encoder, normalize
+        if pooling not in POOLINGS:
+            raise SlimkitError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.encoder, self.normalize, self.pooling = encoder, normalize, pooling
 
     @classmethod
     def of(cls, model: nn.Module) -> PooledEncoder:
-        """Wrap a ``SentenceTransformer`` (Transformer, mean Pooling, optional Normalize), an HF encoder
-        or another :class:`PooledEncoder` (a new wrapper around the same encoder)."""
+        """Wrap a ``SentenceTransformer`` (Transformer, mean or CLS Pooling, optional Normalize), an HF
+        encoder (mean pooling) or another :class:`PooledEncoder` (a new wrapper around the same encoder)."""
         if isinstance(model, PooledEncoder):
-            return cls(model.encoder, normalize=model.normalize)
+            return cls(model.encoder, normalize=model.normalize, pooling=model.pooling)
         if hasattr(model, "tokenizer") and hasattr(model, "__getitem__"):
             kinds = [type(m).__name__ for m in model]
             pooling = getattr(model[1], "pooling_mode", None) if len(kinds) > 1 else None
-            if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]) or pooling != "mean":
+            if (
+                kinds[:2] != ["Transformer", "Pooling"]
+                or kinds[2:] not in ([], ["Normalize"])
+                or pooling not in POOLINGS
+            ):
                 raise SlimkitError(
-                    f"only Transformer -> mean Pooling [-> Normalize] pipelines are supported, got {kinds}"
+                    f"only Transformer -> mean or CLS Pooling [-> Normalize] pipelines are supported, got {kinds}"
+                    + (f" with {pooling} pooling" if pooling and pooling not in POOLINGS else "")
                 )
-            return cls(encoder_of(model), normalize=kinds[2:] == ["Normalize"])
+            return cls(encoder_of(model), normalize=kinds[2:] == ["Normalize"], pooling=pooling)
         return cls(encoder_of(model))
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence embedding (B, D) of token states ``hidden`` (B, T, D), before normalization."""
+        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
-        e = mean_pool(h, attention_mask)  # (B, D)
+        e = self.pool(h, attention_mask)  # (B, D)
         return nn.functional.normalize(e, dim=-1) if self.normalize else e
 
 

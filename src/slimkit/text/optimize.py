@@ -43,7 +43,7 @@ from slimkit.optimize.run import OptimizeResult, run_optimize
 from slimkit.optimize.target import Target, parse_target
 from slimkit.task import get_task
 from slimkit.text.distil import HiddenStateDistiller
-from slimkit.text.hf import encoder_of, load, save
+from slimkit.text.hf import LAYOUTS, Layout, encoder_of, layout_of, load, save
 from slimkit.text.onnx import PooledEncoder, tokenize
 
 __all__ = ["EncoderBackend", "encoder_recipe", "optimize_encoder", "sentence_data", "sentence_loaders"]
@@ -169,6 +169,7 @@ def encoder_recipe(
     allocation: str = "uniform",
     prune_heads: bool = False,
     quantize: bool = True,
+    layout: Layout | None = None,
 ) -> Recipe:
     """The sentence-encoder recipe: factorize the word-embedding table (most of the parameters) to
     ``embedding_share`` of its width, weighted by token frequency on the training sentences, the
@@ -183,10 +184,11 @@ def encoder_recipe(
     distillation, sensitivity-allocated head + FFN pruning 0.931 after 3 and 0.933 after 6 (its
     single-group probes predict the loss right after pruning, not what distillation recovers). FFNs
     alone cannot remove more than about 60% of a BERT layer's MACs (less on long inputs, where
-    attention dominates): below that, ``prune_heads``."""
+    attention dominates): below that, ``prune_heads``. ``layout``: the encoder's
+    (:func:`slimkit.text.hf.layout_of`; default BERT's) names the attention projections to keep."""
     # a latency target alone prunes to 0.7x MACs: dynamic int8 about halves ONNX Runtime's time here
     macs = target.macs if target.macs is not None else (0.7 if target.latency is not None else None)
-    protected = () if prune_heads else (r"re:.*attention\.self\.(query|key|value)$", "re:.*word_embeddings.*")
+    protected = () if prune_heads else (*(layout or LAYOUTS[0]).head_patterns(), "re:.*word_embeddings.*")
     prune = SensitivityPruneConfig(
         target_macs=macs,
         target_params=target.params,
@@ -322,7 +324,7 @@ def optimize_encoder(
     )
     backend.metric = target.metric
     if recipe is None or recipe == "auto":
-        recipe = encoder_recipe(target, **auto)
+        recipe = encoder_recipe(target, layout=layout_of(original.encoder), **auto)
     return distributed.lead(
         backend,
         original,

@@ -1,4 +1,6 @@
-"""Structured surgery on BERT-style encoders: attention heads, FFN units, layers, low-rank factors.
+"""Structured surgery on HF encoders: attention heads, FFN units, layers, low-rank factors.
+
+BERT, RoBERTa, MPNet, DistilBERT... (:data:`slimkit.text.hf.LAYOUTS`).
 
 Every function changes the encoder in place, keeps its module attributes (``num_attention_heads``,
 ``all_head_size``) and config true to the new shapes (:func:`slimkit.text.hf.sync_config_`) and
@@ -26,7 +28,7 @@ from slimkit.compress import factor
 from slimkit.compress.factor import refit_consumer, select_units, svd_linear
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import compile_pattern
-from slimkit.text.hf import encoder_of, head_size, sync_config_
+from slimkit.text.hf import encoder_of, head_size, layout_of, sync_config_
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -84,10 +86,15 @@ def collect_inputs(
 
 
 def _check_layer(bert: nn.Module, layer: int) -> nn.Module:
-    if not 0 <= layer < len(bert.encoder.layer):
-        raise SlimkitError(f"layer {layer} does not exist; the encoder has {len(bert.encoder.layer)} layers")
-    found = bert.encoder.layer[layer]
-    mods = (found.attention.self.query, found.attention.output.dense, found.intermediate.dense, found.output.dense)
+    layout = layout_of(bert)
+    layers = layout.layer_list(bert)
+    if not 0 <= layer < len(layers):
+        raise SlimkitError(f"layer {layer} does not exist; the encoder has {len(layers)} layers")
+    found = layers[layer]
+    mods = (
+        *layout.projections(found),
+        *(layout.get(found, p) for p in (layout.attn_out, layout.ffn_in, layout.ffn_out)),
+    )
     if not all(isinstance(m, nn.Linear) for m in mods):
         raise SlimkitError(f"layer {layer} has factorized linears; prune heads and FFN units before low-ranking")
     return found
@@ -121,29 +128,49 @@ def prune_heads_(
 ) -> nn.Module:
     """Remove attention ``heads`` (``{layer: [head, ...]}``, indices into the layer's current heads).
 
-    At least one head per layer must stay. With ``calibration`` batches the attention output
-    projection is refitted to the kept heads.
+    At least one head per layer must stay; in MPNet, whose layers share a position bias per head,
+    the same heads go from every layer. With ``calibration`` batches the attention output
+    projection is refitted to the kept heads. Bad input changes nothing.
     """
     bert = encoder_of(model)
+    layout = layout_of(bert)
     dim = head_size(bert)
+    plan = {}  # layer -> kept heads, all checked before anything changes
     for layer_idx, remove in heads.items():
-        layer = _check_layer(bert, layer_idx)
-        attn = layer.attention.self
-        n = attn.query.out_features // dim
+        n = layout.projections(_check_layer(bert, layer_idx))[0].out_features // dim
         remove = sorted(set(int(h) for h in remove))
         if any(not 0 <= h < n for h in remove):
             raise SlimkitError(f"layer {layer_idx} has heads 0..{n - 1}; cannot remove {remove}")
         if len(remove) >= n:
             raise SlimkitError(f"cannot remove all {n} heads of layer {layer_idx}; keep at least one")
-        if not remove:
-            continue
-        kept = [h for h in range(n) if h not in remove]
+        if remove:
+            plan[layer_idx] = [h for h in range(n) if h not in remove]
+    shared = layout.head_bias and plan
+    if shared and (len(plan) != len(layout.layer_list(bert)) or len({tuple(k) for k in plan.values()}) > 1):
+        raise SlimkitError(
+            f"every {layout.name} layer reads one position bias per head: remove the same heads from all"
+        )
+    inputs = {  # with a shared bias no forward pass runs between the cuts: collect every input first
+        i: collect_inputs(bert, layout.module_name(i, layout.attn_out), calibration)
+        for i in (plan if shared and calibration is not None else ())
+    }
+    for layer_idx, kept in plan.items():
+        layer = layout.layer_list(bert)[layer_idx]
         index = torch.cat([torch.arange(h * dim, (h + 1) * dim) for h in kept])
-        out_name = f"encoder.layer.{layer_idx}.attention.output.dense"
-        h = collect_inputs(bert, out_name, calibration) if calibration is not None else None
-        attn.query, attn.key, attn.value = (_slice_linear(m, index, 0) for m in (attn.query, attn.key, attn.value))
-        attn.num_attention_heads, attn.all_head_size = len(kept), len(kept) * dim
-        layer.attention.output.dense = _refit(layer.attention.output.dense, h, index)
+        h = inputs.get(layer_idx)
+        if h is None and calibration is not None:
+            h = collect_inputs(bert, layout.module_name(layer_idx, layout.attn_out), calibration)
+        for name, m in zip(layout.qkv, layout.projections(layer), strict=True):
+            layout.put(layer, f"{layout.attention}.{name}", _slice_linear(m, index, 0))
+        layout.set_heads(layer, len(kept), dim)
+        layout.put(layer, layout.attn_out, _refit(layout.get(layer, layout.attn_out), h, index))
+    if shared:
+        bias = bert.get_submodule(layout.head_bias)
+        kept = next(iter(plan.values()))
+        new = nn.Embedding(bias.num_embeddings, len(kept)).to(bias.weight.device, bias.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(bias.weight[:, kept])
+        layout.put(bert, layout.head_bias, new)
     sync_config_(bert)
     return model
 
@@ -157,16 +184,17 @@ def prune_ffn_(
     same number in every layer leaves a plain ``BertConfig`` (``intermediate_size``).
     """
     bert = encoder_of(model)
+    layout = layout_of(bert)
     for layer_idx, units in keep.items():
         layer = _check_layer(bert, layer_idx)
-        n = layer.intermediate.dense.out_features
+        n = layout.get(layer, layout.ffn_in).out_features
         index = torch.as_tensor(sorted(set(int(u) for u in units)), dtype=torch.long)
         if len(index) == 0 or index.min() < 0 or index.max() >= n:
             raise SlimkitError(f"layer {layer_idx} has FFN units 0..{n - 1}; keep a non-empty subset of them")
-        out_name = f"encoder.layer.{layer_idx}.output.dense"
+        out_name = layout.module_name(layer_idx, layout.ffn_out)
         h = collect_inputs(bert, out_name, calibration) if calibration is not None else None
-        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, index, 0)
-        layer.output.dense = _refit(layer.output.dense, h, index)
+        layout.put(layer, layout.ffn_in, _slice_linear(layout.get(layer, layout.ffn_in), index, 0))
+        layout.put(layer, layout.ffn_out, _refit(layout.get(layer, layout.ffn_out), h, index))
     sync_config_(bert)
     return model
 
@@ -174,7 +202,8 @@ def prune_ffn_(
 def _head_scores(bert: nn.Module, layer_idx: int, ctx: torch.Tensor) -> torch.Tensor:
     """Mean squared norm of each head's contribution to the attention output, (heads,)."""
     dim = head_size(bert)
-    w = bert.encoder.layer[layer_idx].attention.output.dense.weight.detach().float()  # (hidden, heads * dim)
+    layout = layout_of(bert)
+    w = layout.get(layout.layer_list(bert)[layer_idx], layout.attn_out).weight.detach().float()  # (hidden, heads * dim)
     n = w.shape[1] // dim
     return torch.stack(
         [(ctx[:, h * dim : (h + 1) * dim] @ w[:, h * dim : (h + 1) * dim].T).pow(2).sum(1).mean() for h in range(n)]
@@ -200,20 +229,21 @@ def prune_(
     if not (0 <= heads < 1 and 0 <= ffn < 1):
         raise SlimkitError(f"heads and ffn are fractions in [0, 1), got heads={heads}, ffn={ffn}")
     bert = encoder_of(model)
+    layout = layout_of(bert)
     dim = head_size(bert)
     record: dict[str, Any] = {"heads_removed": {}, "ffn_kept": {}}
-    for i, layer in enumerate(bert.encoder.layer):
-        n = layer.attention.self.query.out_features // dim
+    for i, layer in enumerate(layout.layer_list(bert)):
+        n = layout.projections(layer)[0].out_features // dim
         drop = min(round(heads * n), n - 1)
         if drop:
-            ctx = collect_inputs(bert, f"encoder.layer.{i}.attention.output.dense", calibration, max_tokens)
+            ctx = collect_inputs(bert, layout.module_name(i, layout.attn_out), calibration, max_tokens)
             remove = _head_scores(bert, i, ctx).argsort()[:drop].tolist()
             prune_heads_(bert, {i: remove}, calibration=calibration if refit else None)
             record["heads_removed"][i] = sorted(remove)
-        units = layer.intermediate.dense.out_features
+        units = layout.get(layer, layout.ffn_in).out_features
         kept = units - round(ffn * units)
         if kept < units:
-            h = collect_inputs(bert, f"encoder.layer.{i}.output.dense", calibration, max_tokens)
+            h = collect_inputs(bert, layout.module_name(i, layout.ffn_out), calibration, max_tokens)
             index = select_units(h, kept)
             prune_ffn_(bert, {i: index}, calibration=calibration if refit else None)
             record["ffn_kept"][i] = kept
@@ -224,11 +254,13 @@ def prune_(
 def keep_layers_(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     """Keep only encoder ``layers`` (in the given order): the start of a shallower student."""
     bert = encoder_of(model)
-    n = len(bert.encoder.layer)
+    layout = layout_of(bert)
+    old = layout.layer_list(bert)
+    n = len(old)
     if not layers or any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers):
         raise SlimkitError(f"layers must be distinct indices in 0..{n - 1}, got {list(layers)}")
-    bert.encoder.layer = nn.ModuleList(bert.encoder.layer[i] for i in layers)
-    for new_idx, layer in enumerate(bert.encoder.layer):
+    layout.put(bert, layout.layers, nn.ModuleList(old[i] for i in layers))
+    for new_idx, layer in enumerate(layout.layer_list(bert)):
         for m in layer.modules():
             if hasattr(m, "layer_idx"):
                 m.layer_idx = new_idx
