@@ -18,6 +18,7 @@ on each model's embeddings shows what the fidelity costs a downstream user.
 
     .venv/bin/python bench/minilm.py                     # ~1 hour
     .venv/bin/python bench/minilm.py --budget 300 --train 2000 --held 400 --no-write   # a quick look
+    .venv/bin/python bench/minilm.py --genre-split 3000 ...   # distil on other news articles too
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="timed runs per model")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads for the optimize run")
     p.add_argument("--amp", default=None, help="mixed precision of the distillation (bf16: ~1.5x faster here)")
+    p.add_argument(
+        "--genre-split",
+        type=int,
+        default=0,
+        help="add this many paragraphs of other BBC News articles to the distillation: the news check becomes "
+        "'distil on unlabelled text of your genre, measure on held-out text of it' (0: news stays a held-out genre)",
+    )
     p.add_argument("--output", default="runs/minilm-opt", help="the run folder")
     p.add_argument("--no-write", action="store_true", help=f"print only, do not write {OUT.name}")
     args = p.parse_args()
@@ -95,9 +103,15 @@ def main() -> None:
     val, test = held[0::2], held[1::2]
     train = text.training_sentences(args.train)
     news, topics, names = text.news_paragraphs(2000)
+    genre = "held-out genre"
+    if args.genre_split:  # paragraphs after the first 2,000 (later articles; at most one per topic straddles)
+        tested = set(news)
+        more = [p for p in text.news_paragraphs(len(news) + args.genre_split)[0] if p not in tested]
+        train = [*train, *more]
+        genre = f"held-out news paragraphs ({len(more):,} paragraphs of other BBC News articles are distilled on)"
     say(
         f"data: {len(train):,} distillation sentences; validation {len(val):,} and test {len(test):,} held-out "
-        f"docstring sentences; held-out genre: {len(news):,} BBC News paragraphs ({', '.join(names)})"
+        f"docstring sentences; {genre}: {len(news):,} BBC News paragraphs ({', '.join(names)})"
     )
     data = text.sentence_loaders(tok, train, val, test)
     target = Target(
@@ -196,7 +210,13 @@ def main() -> None:
             + f"); total {total:.0f} s on 2 shared cores.",
             "",
             "Goal (issue 19): params <= 0.5x and batch-32 ONNX Runtime latency <= 0.5x at mean cosine >= 0.95 and "
-            "top-10 neighbour overlap >= 0.8, on held-out docstring sentences and on a held-out genre (news).",
+            "top-10 neighbour overlap >= 0.8, on held-out docstring sentences and on a held-out genre (news)"
+            + (
+                f"; **here the news check is in-genre**: {args.genre_split:,} paragraphs of other news articles "
+                "are in the distillation (the maintainers' option (a))."
+                if args.genre_split
+                else "."
+            ),
             "",
             *table,
             "",

@@ -295,7 +295,8 @@ def encoder_of(model: nn.Module) -> nn.Module:
     found = next((type(m).__name__ for m in candidates[:2] if isinstance(m, nn.Module)), type(model).__name__)
     raise SlimkitError(
         f"{found} is not an encoder slimkit's text tools know: they take BERT-style (BERT, RoBERTa, "
-        "XLM-RoBERTa, ELECTRA...), MPNet and DistilBERT encoders; prune other models with slimkit prune"
+        "XLM-RoBERTa, ELECTRA...), MPNet and DistilBERT encoders; prune other transformers models in Python "
+        "with slimkit.apply_(model, ChannelPruneConfig(...), example_inputs=...)"
     )
 
 
