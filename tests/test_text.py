@@ -176,6 +176,8 @@ def test_other_encoder_families_prune_factorize_save_and_reload(
         with pytest.raises(SlimkitError, match="remove the same heads from all"):
             text.prune_heads_(model, {0: [1]})
         assert text.count_params(model) == before  # nothing changed
+        record = text.prune_(copy.deepcopy(model), batches, heads=0.5)
+        assert record["heads_removed"][0] == record["heads_removed"][1] and len(record["heads_removed"][0]) == 2
         text.prune_heads_(model, {0: [1], 1: [1]}, calibration=batches)
     else:
         text.prune_heads_(model, {0: [1]}, calibration=batches)

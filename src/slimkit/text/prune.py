@@ -222,7 +222,8 @@ def prune_(
     """Remove the fraction ``heads`` of attention heads and ``ffn`` of FFN units in every layer.
 
     Layer by layer, on the already-pruned model's own activations: heads with the smallest output
-    contribution go; FFN units are chosen to span the activation space (:func:`select_units`) and,
+    contribution go (in MPNet the same heads from every layer, by their contribution summed over
+    the layers); FFN units are chosen to span the activation space (:func:`select_units`) and,
     with ``refit``, each consumer is refitted by least squares. Same counts in every layer, so the
     FFN size stays a plain ``intermediate_size``. Returns what was removed.
     """
@@ -232,7 +233,20 @@ def prune_(
     layout = layout_of(bert)
     dim = head_size(bert)
     record: dict[str, Any] = {"heads_removed": {}, "ffn_kept": {}}
-    for i, layer in enumerate(layout.layer_list(bert)):
+    layers = layout.layer_list(bert)
+    if layout.head_bias and heads:  # the same heads from every layer: the least contribution summed over layers
+        n = layout.projections(layers[0])[0].out_features // dim
+        drop = min(round(heads * n), n - 1)
+        scores = sum(
+            _head_scores(bert, i, collect_inputs(bert, layout.module_name(i, layout.attn_out), calibration, max_tokens))
+            for i in range(len(layers))
+        )
+        remove = sorted(scores.argsort()[:drop].tolist())
+        if remove:
+            prune_heads_(bert, dict.fromkeys(range(len(layers)), remove), calibration=calibration if refit else None)
+            record["heads_removed"] = dict.fromkeys(range(len(layers)), remove)
+        heads = 0.0
+    for i, layer in enumerate(layers):
         n = layout.projections(layer)[0].out_features // dim
         drop = min(round(heads * n), n - 1)
         if drop:
