@@ -213,7 +213,7 @@ def main() -> None:
             "top-10 neighbour overlap >= 0.8, on held-out docstring sentences and on a held-out genre (news)"
             + (
                 f"; **here the news check is in-genre**: {args.genre_split:,} paragraphs of other news articles "
-                "are in the distillation (the maintainers' option (a))."
+                "are in the distillation (option (a): distil on the user's genre)."
                 if args.genre_split
                 else "."
             ),
