@@ -79,13 +79,6 @@ class Layout:
     def layer_list(self, encoder: nn.Module) -> nn.ModuleList:
         return encoder.get_submodule(self.layers)
 
-    def get(self, layer: nn.Module, path: str) -> nn.Module:
-        return layer.get_submodule(path)
-
-    def put(self, layer: nn.Module, path: str, module: nn.Module) -> None:
-        parent, _, attr = path.rpartition(".")
-        setattr(layer.get_submodule(parent) if parent else layer, attr, module)
-
     def projections(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         """The layer's query, key and value projections."""
         attn = layer.get_submodule(self.attention)
@@ -150,7 +143,7 @@ LAYOUTS = (
 def _matches(m: nn.Module, layout: Layout) -> bool:
     try:
         layer = layout.layer_list(m)[0]
-        mods = (*layout.projections(layer), layout.get(layer, layout.ffn_in), layout.get(layer, layout.ffn_out))
+        mods = (*layout.projections(layer), layer.get_submodule(layout.ffn_in), layer.get_submodule(layout.ffn_out))
         return all(hasattr(x, "weight") or isinstance(x, nn.Sequential) for x in mods) and hasattr(
             m.embeddings, "word_embeddings"
         )
@@ -242,16 +235,16 @@ def _build_shapes(encoder: nn.Module, config: Any) -> None:
         if config.layer_heads is not None:
             width = config.layer_heads[i] * dim
             for name in layout.qkv:
-                layout.put(layer, f"{layout.attention}.{name}", nn.Linear(hidden, width))
+                layer.set_submodule(f"{layout.attention}.{name}", nn.Linear(hidden, width))
             layout.set_heads(layer, config.layer_heads[i], dim)
-            layout.put(layer, layout.attn_out, nn.Linear(width, hidden))
+            layer.set_submodule(layout.attn_out, nn.Linear(width, hidden))
         if config.layer_intermediate is not None:
             units = config.layer_intermediate[i]
-            layout.put(layer, layout.ffn_in, nn.Linear(hidden, units))
-            layout.put(layer, layout.ffn_out, nn.Linear(units, hidden))
+            layer.set_submodule(layout.ffn_in, nn.Linear(hidden, units))
+            layer.set_submodule(layout.ffn_out, nn.Linear(units, hidden))
     if config.layer_heads is not None and layout.head_bias:
         bias = encoder.get_submodule(layout.head_bias)
-        layout.put(encoder, layout.head_bias, nn.Embedding(bias.num_embeddings, config.layer_heads[0]))
+        encoder.set_submodule(layout.head_bias, nn.Embedding(bias.num_embeddings, config.layer_heads[0]))
     if config.embedding_rank:
         table = encoder.embeddings.word_embeddings
         encoder.embeddings.word_embeddings = FactorizedEmbedding(
@@ -263,9 +256,9 @@ def _build_shapes(encoder: nn.Module, config: Any) -> None:
         )
     for name, rank in config.linear_ranks.items():
         old = encoder.get_submodule(name)
-        parent, _, attr = name.rpartition(".")
-        new = nn.Sequential(nn.Linear(old.in_features, rank, bias=False), nn.Linear(rank, old.out_features))
-        setattr(encoder.get_submodule(parent) if parent else encoder, attr, new)
+        encoder.set_submodule(
+            name, nn.Sequential(nn.Linear(old.in_features, rank, bias=False), nn.Linear(rank, old.out_features))
+        )
 
 
 def _register_families() -> None:
@@ -324,7 +317,7 @@ def shapes(model: nn.Module) -> dict[str, Any]:
     return {
         "layers": len(layers),
         "heads": [_out_features(layout.projections(layer)[0]) // head_size(encoder) for layer in layers],
-        "intermediate": [_out_features(layout.get(layer, layout.ffn_in)) for layer in layers],
+        "intermediate": [_out_features(layer.get_submodule(layout.ffn_in)) for layer in layers],
         "embedding_rank": table.rank if isinstance(table, FactorizedEmbedding) else None,
         "embedding_exact_rows": table.exact_rows if isinstance(table, FactorizedEmbedding) else 0,
         "linear_ranks": ranks,

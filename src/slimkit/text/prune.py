@@ -93,7 +93,7 @@ def _check_layer(bert: nn.Module, layer: int) -> nn.Module:
     found = layers[layer]
     mods = (
         *layout.projections(found),
-        *(layout.get(found, p) for p in (layout.attn_out, layout.ffn_in, layout.ffn_out)),
+        *(found.get_submodule(p) for p in (layout.attn_out, layout.ffn_in, layout.ffn_out)),
     )
     if not all(isinstance(m, nn.Linear) for m in mods):
         raise SlimkitError(f"layer {layer} has factorized linears; prune heads and FFN units before low-ranking")
@@ -161,16 +161,16 @@ def prune_heads_(
         if h is None and calibration is not None:
             h = collect_inputs(bert, layout.module_name(layer_idx, layout.attn_out), calibration)
         for name, m in zip(layout.qkv, layout.projections(layer), strict=True):
-            layout.put(layer, f"{layout.attention}.{name}", _slice_linear(m, index, 0))
+            layer.set_submodule(f"{layout.attention}.{name}", _slice_linear(m, index, 0))
         layout.set_heads(layer, len(kept), dim)
-        layout.put(layer, layout.attn_out, _refit(layout.get(layer, layout.attn_out), h, index))
+        layer.set_submodule(layout.attn_out, _refit(layer.get_submodule(layout.attn_out), h, index))
     if shared:
         bias = bert.get_submodule(layout.head_bias)
         kept = next(iter(plan.values()))
         new = nn.Embedding(bias.num_embeddings, len(kept)).to(bias.weight.device, bias.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(bias.weight[:, kept])
-        layout.put(bert, layout.head_bias, new)
+        bert.set_submodule(layout.head_bias, new)
     sync_config_(bert)
     return model
 
@@ -187,14 +187,14 @@ def prune_ffn_(
     layout = layout_of(bert)
     for layer_idx, units in keep.items():
         layer = _check_layer(bert, layer_idx)
-        n = layout.get(layer, layout.ffn_in).out_features
+        n = layer.get_submodule(layout.ffn_in).out_features
         index = torch.as_tensor(sorted(set(int(u) for u in units)), dtype=torch.long)
         if len(index) == 0 or index.min() < 0 or index.max() >= n:
             raise SlimkitError(f"layer {layer_idx} has FFN units 0..{n - 1}; keep a non-empty subset of them")
         out_name = layout.module_name(layer_idx, layout.ffn_out)
         h = collect_inputs(bert, out_name, calibration) if calibration is not None else None
-        layout.put(layer, layout.ffn_in, _slice_linear(layout.get(layer, layout.ffn_in), index, 0))
-        layout.put(layer, layout.ffn_out, _refit(layout.get(layer, layout.ffn_out), h, index))
+        layer.set_submodule(layout.ffn_in, _slice_linear(layer.get_submodule(layout.ffn_in), index, 0))
+        layer.set_submodule(layout.ffn_out, _refit(layer.get_submodule(layout.ffn_out), h, index))
     sync_config_(bert)
     return model
 
@@ -203,7 +203,9 @@ def _head_scores(bert: nn.Module, layer_idx: int, ctx: torch.Tensor) -> torch.Te
     """Mean squared norm of each head's contribution to the attention output, (heads,)."""
     dim = head_size(bert)
     layout = layout_of(bert)
-    w = layout.get(layout.layer_list(bert)[layer_idx], layout.attn_out).weight.detach().float()  # (hidden, heads * dim)
+    w = (
+        layout.layer_list(bert)[layer_idx].get_submodule(layout.attn_out).weight.detach().float()
+    )  # (hidden, heads * dim)
     n = w.shape[1] // dim
     return torch.stack(
         [(ctx[:, h * dim : (h + 1) * dim] @ w[:, h * dim : (h + 1) * dim].T).pow(2).sum(1).mean() for h in range(n)]
@@ -254,7 +256,7 @@ def prune_(
             remove = _head_scores(bert, i, ctx).argsort()[:drop].tolist()
             prune_heads_(bert, {i: remove}, calibration=calibration if refit else None)
             record["heads_removed"][i] = sorted(remove)
-        units = layout.get(layer, layout.ffn_in).out_features
+        units = layer.get_submodule(layout.ffn_in).out_features
         kept = units - round(ffn * units)
         if kept < units:
             h = collect_inputs(bert, layout.module_name(i, layout.ffn_out), calibration, max_tokens)
@@ -273,7 +275,7 @@ def keep_layers_(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     n = len(old)
     if not layers or any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers):
         raise SlimkitError(f"layers must be distinct indices in 0..{n - 1}, got {list(layers)}")
-    layout.put(bert, layout.layers, nn.ModuleList(old[i] for i in layers))
+    bert.set_submodule(layout.layers, nn.ModuleList(old[i] for i in layers))
     for new_idx, layer in enumerate(layout.layer_list(bert)):
         for m in layer.modules():
             if hasattr(m, "layer_idx"):
@@ -325,7 +327,6 @@ def lowrank_linears_(model: nn.Module, rank: int | float, pattern: str = r"encod
         r = int(rank) if isinstance(rank, int) else max(1, round(rank * full))
         if r * (layer.in_features + layer.out_features) >= layer.in_features * layer.out_features:
             continue
-        parent, _, attr = name.rpartition(".")
-        setattr(bert.get_submodule(parent), attr, svd_linear(layer, r))
+        bert.set_submodule(name, svd_linear(layer, r))
     sync_config_(bert)
     return model
