@@ -26,6 +26,22 @@ def test_fit_learns_real_digits(digits: sk.data.Dataset) -> None:
     assert history.epochs[-1]["lr"] < 1e-6  # cosine schedule decays to zero
 
 
+def test_fit_takes_the_data_bundle_optimize_takes(digits: sk.data.Dataset) -> None:
+    """``fit(model, data)`` with a Dataset or Loaders: its train split trains, its val split and task are
+    used (a regression task on user loaders validates RMSE), the same weights as passing the splits."""
+    a, b = small_model(digits), small_model(digits)
+    sk.train.fit(a, digits, epochs=1, progress=False)
+    sk.train.fit(b, digits.train, val=digits.val, augment=digits.augment, epochs=1, progress=False)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    x = torch.randn(64, 3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1)), batch_size=16)
+    history = sk.train.fit(
+        nn.Linear(3, 1), sk.data.Loaders(train=loader, val=loader, task="regression"), epochs=2, progress=False
+    )
+    assert history.metric == "rmse" and "val_rmse" in history.epochs[-1]
+
+
 def test_fit_is_seeded(digits: sk.data.Dataset) -> None:
     a, b = small_model(digits), small_model(digits)
     for m in (a, b):

@@ -24,6 +24,7 @@ from slimkit import distributed
 from slimkit.core.device import autocast, check_amp, grad_scaler, resolve_device, same_device, to_device
 from slimkit.core.errors import SlimkitError
 from slimkit.core.transform import Config, register_config
+from slimkit.data.base import Dataset, Loaders
 from slimkit.graph.trace import call_model, flat_tensors
 from slimkit.task import Classification, Task, format_metric, get_task
 
@@ -158,7 +159,9 @@ def fit(
 
     - ``train`` / ``val``: any iterables of batches (DataLoaders, map-style or iterable datasets);
       ``task`` (a :class:`slimkit.task.Task` or its name, default classification) reads them and gives
-      the loss and the validation metrics.
+      the loss and the validation metrics. ``train`` may also be a whole :class:`slimkit.data.Dataset`
+      or :class:`slimkit.data.Loaders` (what ``optimize`` takes): its train split trains, and its val
+      split, task and augmentation are used where those arguments are not given.
     - ``steps_per_epoch``: an epoch is that many batches (the loader is drawn on without restarting
       between epochs: a stream need not end); required when ``train`` has no length.
     - ``schedule``: ``"cosine"`` (decays to 0 over all steps, after ``warmup_steps``) or ``"constant"``.
@@ -174,6 +177,10 @@ def fit(
       where the model is); the model and the teacher move there once, every batch per step.
     - ``amp``: mixed precision, ``"bf16"`` or ``"fp16"`` (CUDA; with a gradient scaler), default None.
     """
+    if isinstance(train, Dataset | Loaders):
+        bundle = train
+        train, val = bundle.loader("train"), val if val is not None else bundle.val
+        task, augment = task if task is not None else bundle.task, augment or bundle.augment
     task = get_task(task)
     dev = resolve_device(device, model)
     amp = check_amp(amp, dev)
