@@ -19,7 +19,7 @@ from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
 from slimkit.io.onnx import OnnxModel, export_inputs, export_onnx, onnx_agreement, quiet
-from slimkit.io.pretrained import save_pretrained
+from slimkit.io.pretrained import is_pretrained_folder, load_pretrained, save_pretrained
 from slimkit.io.pt2 import load_program
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -56,6 +56,8 @@ def load(
     """Load a model from ``path``; never unpickles unless ``trust_pickle=True``.
 
     - checkpoint folder: rebuilt from its spec (zoo models need nothing else);
+    - Hugging Face model folder (``config.json`` + ``.safetensors``): the ``transformers`` class its
+      config names (:func:`slimkit.io.pretrained.load_pretrained`; no code from the folder runs);
     - ``.safetensors``: weights for ``factory`` (``"package.module:function"``, called with ``kwargs``);
     - ``.pt2``: a ``torch.export`` program (returned as a module that evaluates and exports); an
       archive that would unpickle (or load compiled code) is refused unless ``trust_pickle=True``;
@@ -69,7 +71,7 @@ def load(
         raise ModelFileError(f"no such model file or checkpoint: {path}")
     suffix = path.suffix.lower()
     if path.is_dir():
-        return load_checkpoint(path, factory=factory)
+        return load_pretrained(path) if is_pretrained_folder(path) else load_checkpoint(path, factory=factory)
     if suffix == ".safetensors":
         if factory is None:
             raise ModelFileError(f"{path} holds weights only; name the architecture with factory='module:function'")

@@ -5,7 +5,8 @@ Structured pruning changes widths (FFN size, heads, key-value heads, hidden size
 integers can describe the pruned model: :func:`pretrained_config` finds them by building the model
 from candidate configs on the ``meta`` device (no memory, no weights) until every parameter has
 the pruned shape, and :func:`save_pretrained` writes the folder (safetensors, no pickle), which
-``AutoModel.from_pretrained`` / ``<Class>.from_pretrained`` then load as usual.
+``AutoModel.from_pretrained`` / ``<Class>.from_pretrained`` then load as usual. :func:`load_pretrained`
+reads such a folder (a user's fine-tuned classifier, say) without running any code from it.
 
 Widths that differ between layers (``global_ranking=True``) are not describable by a config: save
 those with :func:`slimkit.save` and a factory, or prune with the same ratio in every layer.
@@ -14,6 +15,7 @@ those with :func:`slimkit.save` and a factory, or prune with the same ratio in e
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import ModelFileError, SlimkitError
 from slimkit.core.files import atomic_path
+from slimkit.core.optional import require
 
-__all__ = ["pretrained_config", "pretrained_model", "save_pretrained"]
+__all__ = [
+    "is_pretrained_folder",
+    "load_pretrained",
+    "pretrained_architecture",
+    "pretrained_config",
+    "pretrained_model",
+    "save_pretrained",
+]
 
 _MAX_ROUNDS = 4  # passes of the coordinate search over the config's integer fields
 
@@ -167,6 +177,77 @@ def save_pretrained(
         if example_inputs is not None:
             _check_reload(hf, tmp, example_inputs)
     return Path(path)
+
+
+def is_pretrained_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a Hugging Face model folder (``config.json``, no slimkit checkpoint in it)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "spec.json").is_file()
+
+
+def _folder_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}/config.json is not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}/config.json is not a JSON object")
+    return config
+
+
+def pretrained_architecture(path: str | os.PathLike[str]) -> str | None:
+    """The ``transformers`` class a model folder's ``config.json`` names (``architectures[0]``), if any."""
+    names = _folder_config(Path(path)).get("architectures")
+    return names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+
+
+def load_pretrained(path: str | os.PathLike[str]) -> nn.Module:
+    """The model of a ``save_pretrained`` folder, as the class its config names (``architectures``), in
+    eval mode. Nothing in the folder runs: the class must be one of ``transformers``' own (a config
+    asking for the folder's code, ``auto_map``, is refused), and only ``.safetensors`` weights are read
+    (a ``pytorch_model.bin`` is a pickle). Weights missing for the class are an error, not a random
+    initialization."""
+    transformers = require("transformers", extra="text")
+    path = Path(path)
+    name = pretrained_architecture(path)
+    if "auto_map" in _folder_config(path):
+        raise ModelFileError(
+            f"{path} asks to run its own Python code (auto_map in config.json); slimkit never runs code from a "
+            "model folder: build the model in Python and pass it to slimkit"
+        )
+    cls = getattr(transformers, name, None) if name else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ModelFileError(
+            f"{path}/config.json names no transformers model class (architectures: {name!r}); "
+            'add e.g. "architectures": ["BertForSequenceClassification"]'
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ModelFileError(
+            f"{path} holds no .safetensors weights (pytorch_model.bin is a pickle, which can run code); "
+            "convert it: model.save_pretrained(folder, safe_serialization=True)"
+        )
+    log = transformers.utils.logging
+    verbosity, bar = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()  # what went wrong is said below, in one line
+    log.disable_progress_bar()
+    try:
+        model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        why = str(exc).splitlines()[0]
+        if "mismatched_sizes" in why:  # transformers points to a report it logged (silenced above)
+            why = "weights of other shapes than its config gives"
+        raise ModelFileError(f"{path} does not load as {name}: {why}; is architectures in config.json right?") from None
+    finally:
+        log.set_verbosity(verbosity)
+        if bar:
+            log.enable_progress_bar()
+    missing = info.get("missing_keys") or []
+    if missing:
+        raise ModelFileError(
+            f"{path}: the weights hold no {sorted(missing)[0]} (and {len(missing) - 1} more) for {name}; "
+            "is architectures in config.json right?"
+        )
+    return model.eval()
 
 
 def _check_reload(hf: nn.Module, folder: Path, example: Any) -> None:

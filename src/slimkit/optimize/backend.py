@@ -372,7 +372,7 @@ class TorchBackend:
         """``checkpoint/`` (a ``torch.export`` program ``model.pt2`` for a model slimkit cannot rebuild:
         no zoo name, no factory) and ``model.onnx``."""
         from slimkit.core.errors import UnknownModelError
-        from slimkit.io import export, save
+        from slimkit.io import export, save, save_pretrained
 
         notes = []
         try:
@@ -382,6 +382,12 @@ class TorchBackend:
             export(model, folder / "model.pt2", self.example, force=True)
             files = {"program": "model.pt2"}
             notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")
+        if any(hasattr(m, "config") and hasattr(m, "save_pretrained") for m in model.modules()):
+            try:  # a transformers model: also a folder its own class loads, when a config can describe it
+                save_pretrained(model, folder / "pretrained", self.example, force=True)
+                files["pretrained"] = "pretrained"
+            except SlimkitError as exc:
+                notes.append(f"no pretrained/ folder: {str(exc).splitlines()[0]}")
         try:
             self.export_onnx(model, folder / "model.onnx")
             files["onnx"] = "model.onnx"

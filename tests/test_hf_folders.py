@@ -1,0 +1,119 @@
+"""A Hugging Face model folder with a task head (a user's fine-tuned classifier) through the command
+line: loaded as the class its config names without running anything from the folder, optimized with
+the user's own DataLoaders, written back as a folder its class loads; bad folders are one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+DATA = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class Pairs(Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, 200, (n, 12), generator=g)
+        self.y = self.ids[:, :3].sum(1) % 2
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long), "labels": self.y[i]}
+
+
+def loaders():
+    return {
+        "train": DataLoader(Pairs(256, 0), batch_size=32, shuffle=True),
+        "val": DataLoader(Pairs(64, 1), batch_size=64),
+        "test": DataLoader(Pairs(64, 2), batch_size=64),
+    }
+"""
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture()
+def classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=200, dim=32, n_layers=2, n_heads=4, hidden_dim=128, num_labels=2)
+    transformers.DistilBertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    (tmp_path / "userdata.py").write_text(DATA)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "clf"
+
+
+def test_a_task_model_folder_is_optimized_and_written_back_as_a_folder_of_its_class(classifier: Path, cli) -> None:
+    from slimkit.io import load
+
+    before = _digest(classifier)
+    recipe = classifier.parent / "uniform.json"
+    recipe.write_text(json.dumps({"steps": [{"type": "ChannelPruneConfig", "ratio": 0.5}]}))
+    code, out, err = cli(
+        "optimize", classifier, "-d", "userdata:loaders", "--target", "params=0.7", "--max-drop", "50",
+        "--recipe", recipe, "--time-budget", "120", "-o", "out",
+    )  # fmt: skip
+    assert code == 0, err
+    assert _digest(classifier) == before  # the input folder is untouched
+    original = load(classifier)
+    assert type(original).__name__ == "DistilBertForSequenceClassification"
+    slim = transformers.AutoModelForSequenceClassification.from_pretrained("out/pretrained").eval()
+    assert type(slim) is type(original)
+    assert sum(p.numel() for p in slim.parameters()) < 0.7 * sum(p.numel() for p in original.parameters())
+    batch = {"input_ids": torch.randint(5, 200, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    program = load("out/model.pt2")
+    with torch.no_grad():
+        assert torch.allclose(slim(**batch).logits, program(**batch).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("defect", ["pickle weights", "auto_map", "wrong class", "no such class", "bad json"])
+def test_bad_model_folders_are_one_line_and_write_nothing(classifier: Path, cli, defect: str) -> None:
+    folder = classifier.parent / "bad"
+    shutil.copytree(classifier, folder)
+    config = json.loads((folder / "config.json").read_text())
+    if defect == "pickle weights":
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    elif defect == "auto_map":
+        config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.Evil"}
+    elif defect == "wrong class":
+        config["architectures"] = ["BertForSequenceClassification"]
+    elif defect == "no such class":
+        config["architectures"] = ["os"]
+    if defect == "bad json":
+        (folder / "config.json").write_text('{"architectures": [')
+    else:
+        (folder / "config.json").write_text(json.dumps(config))
+    code, out, err = cli("optimize", folder, "-d", "userdata:loaders", "--target", "params=0.5", "-o", "out")
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in out + err
+    assert not Path("out").exists()
+    what = {
+        "pickle weights": "no .safetensors",
+        "auto_map": "auto_map",
+        "wrong class": "is architectures in config.json right",
+        "no such class": "names no transformers model class",
+        "bad json": "not readable JSON",
+    }[defect]
+    assert what in err
+
+
+def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:
+    from slimkit.cli.common import is_encoder_folder
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bare")
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "head")
+    assert is_encoder_folder(tmp_path / "bare") and not is_encoder_folder(tmp_path / "head")
