@@ -1,6 +1,7 @@
 """A Hugging Face model folder with a task head (a user's fine-tuned classifier) through the command
-line: loaded as the class its config names without running anything from the folder, optimized with
-the user's own DataLoaders, written back as a folder its class loads; bad folders are one line."""
+line: loaded as the class its config names without running anything from the folder, optimized or
+pruned with the user's own DataLoaders, written back as a folder its class loads; bad folders are one
+line."""
 
 from __future__ import annotations
 
@@ -69,13 +70,13 @@ def test_a_task_model_folder_is_optimized_and_written_back_as_a_folder_of_its_cl
     assert _digest(classifier) == before  # the input folder is untouched
     original = load(classifier)
     assert type(original).__name__ == "DistilBertForSequenceClassification"
-    slim = transformers.AutoModelForSequenceClassification.from_pretrained("out/pretrained").eval()
-    assert type(slim) is type(original)
+    slim = transformers.AutoModelForSequenceClassification.from_pretrained("out/checkpoint").eval()
+    assert type(slim) is type(original) and type(load("out/checkpoint")) is type(original)
     assert sum(p.numel() for p in slim.parameters()) < 0.7 * sum(p.numel() for p in original.parameters())
     batch = {"input_ids": torch.randint(5, 200, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
-    program = load("out/model.pt2")
+    onnx = load("out/model.onnx")
     with torch.no_grad():
-        assert torch.allclose(slim(**batch).logits, program(**batch).logits, atol=1e-5)
+        assert torch.allclose(slim(**batch).logits, torch.as_tensor(onnx(**batch)), atol=1e-4)
 
 
 @pytest.mark.parametrize("defect", ["pickle weights", "auto_map", "wrong class", "no such class", "bad json"])
@@ -108,6 +109,13 @@ def test_bad_model_folders_are_one_line_and_write_nothing(classifier: Path, cli,
         "bad json": "not readable JSON",
     }[defect]
     assert what in err
+
+
+def test_prune_writes_a_folder_of_the_same_class(classifier: Path, cli) -> None:
+    code, out, err = cli("prune", classifier, "-d", "userdata:loaders", "--ratio", "0.5", "-o", "small")
+    assert code == 0, err
+    small = transformers.DistilBertForSequenceClassification.from_pretrained("small")
+    assert small.config.hidden_dim == 64 and json.loads(Path("small/report.json").read_text())["after"]["params"]
 
 
 def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:

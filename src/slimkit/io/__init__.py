@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError, first_line
+from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
@@ -45,9 +45,16 @@ def save(
     ``example`` records the input shape so that the checkpoint can be exported later without data.
     ``compress`` stores sparse and weight-shared tensors in an exact compact form (a pruned or
     clustered model's file really shrinks). An existing ``path`` is only replaced with
-    ``force=True``; the write is atomic.
+    ``force=True``; the write is atomic. A Hugging Face ``transformers`` model (no zoo name or
+    factory) is written as a ``save_pretrained`` folder instead (:func:`save_pretrained`, checked
+    against ``example``), which :func:`load` and its own class read back.
     """
-    return save_checkpoint(model, path, example=example, force=force, compress=compress, extra_files=extra_files)
+    try:
+        return save_checkpoint(model, path, example=example, force=force, compress=compress, extra_files=extra_files)
+    except UnknownModelError:
+        if not any(hasattr(m, "config") and hasattr(m, "save_pretrained") for m in model.modules()):
+            raise
+        return save_pretrained(model, path, example, force=force, extra_files=extra_files)
 
 
 def load(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError
 from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
 
@@ -113,7 +113,7 @@ def pretrained_config(model: nn.Module) -> Any:
     cls = type(hf)
     original = _layout(cls, hf.config)
     if original is None:
-        raise SlimkitError(f"{cls.__name__} cannot be rebuilt from its own config")
+        raise UnknownModelError(f"{cls.__name__} cannot be rebuilt from its own config")
     config = copy.deepcopy(hf.config)
     head_dims = {m.head_dim for m in hf.modules() if isinstance(getattr(m, "head_dim", None), int)}
     if len(head_dims) == 1 and getattr(config, "head_dim", None) is None:  # pruning keeps the head size
@@ -145,7 +145,7 @@ def pretrained_config(model: nn.Module) -> Any:
     if best[0] != len(want):
         shapes = (_layout(cls, config) or ({}, {}))[0]
         name = next(k for k, v in want.items() if shapes.get(k) != v)
-        raise SlimkitError(
+        raise UnknownModelError(
             f"no {type(config).__name__} describes the pruned {cls.__name__}: {name} has shape {list(want[name])} "
             "(widths that differ between layers, e.g. after global_ranking, need slimkit.save(model, path, "
             "factory=...); pruning every layer with the same ratio keeps a describable model)"
@@ -154,7 +154,12 @@ def pretrained_config(model: nn.Module) -> Any:
 
 
 def save_pretrained(
-    model: nn.Module, path: str | os.PathLike[str], example_inputs: Any = None, *, force: bool = False
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_inputs: Any = None,
+    *,
+    force: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write the pruned ``transformers`` model inside ``model`` as a ``save_pretrained`` folder
     (safetensors) whose config describes the pruned shapes; ``<Class>.from_pretrained(path)`` loads it.
@@ -163,7 +168,9 @@ def save_pretrained(
     dict of them) the folder is loaded back and must give the same outputs: some models read a
     width from their config in ``forward`` (Gemma scales its embeddings by ``sqrt(hidden_size)``), so
     a config with the pruned width would compute something else. The folder is built aside and
-    moved into place only on success; ``force`` replaces an existing one.
+    moved into place only on success; ``force`` replaces an existing one. ``extra_files`` (name ->
+    text) are written beside the weights. A model no config describes raises
+    :class:`~slimkit.core.errors.UnknownModelError`.
     """
     hf = pretrained_model(model)
     config = pretrained_config(hf)
@@ -176,6 +183,8 @@ def save_pretrained(
             hf.config = saved
         if example_inputs is not None:
             _check_reload(hf, tmp, example_inputs)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(path)
 
 
@@ -260,7 +269,7 @@ def _check_reload(hf: nn.Module, folder: Path, example: Any) -> None:
         got = flat_tensors(call_model(again.eval(), example))[0]
     scale = float(want.abs().max()) or 1.0
     if got.shape != want.shape or float((got - want).abs().max()) > 1e-4 * scale:
-        raise SlimkitError(
+        raise UnknownModelError(
             f"{type(hf).__name__} loaded from a config with the pruned widths computes different outputs (its "
             "forward reads a width from the config); save it with slimkit.save(model, path, factory=...)"
         )

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from slimkit import distributed
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import SlimkitError, first_line
 from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.evaluate.report import Report
@@ -372,22 +372,16 @@ class TorchBackend:
         """``checkpoint/`` (a ``torch.export`` program ``model.pt2`` for a model slimkit cannot rebuild:
         no zoo name, no factory) and ``model.onnx``."""
         from slimkit.core.errors import UnknownModelError
-        from slimkit.io import export, save, save_pretrained
+        from slimkit.io import export, save
 
         notes = []
         try:
             save(model, folder / "checkpoint", example=self.example, force=True)
             files = {"checkpoint": "checkpoint"}
-        except UnknownModelError:
+        except UnknownModelError as exc:
             export(model, folder / "model.pt2", self.example, force=True)
             files = {"program": "model.pt2"}
-            notes.append("no checkpoint/: slimkit cannot rebuild this model class (load model.pt2 with slimkit.load)")
-        if any(hasattr(m, "config") and hasattr(m, "save_pretrained") for m in model.modules()):
-            try:  # a transformers model: also a folder its own class loads, when a config can describe it
-                save_pretrained(model, folder / "pretrained", self.example, force=True)
-                files["pretrained"] = "pretrained"
-            except SlimkitError as exc:
-                notes.append(f"no pretrained/ folder: {str(exc).splitlines()[0]}")
+            notes.append(f"no checkpoint/ (load model.pt2 with slimkit.load): {first_line(exc)}")
         try:
             self.export_onnx(model, folder / "model.onnx")
             files["onnx"] = "model.onnx"
