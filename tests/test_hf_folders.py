@@ -79,7 +79,9 @@ def test_a_task_model_folder_is_optimized_and_written_back_as_a_folder_of_its_cl
         assert torch.allclose(slim(**batch).logits, torch.as_tensor(onnx(**batch)), atol=1e-4)
 
 
-@pytest.mark.parametrize("defect", ["pickle weights", "auto_map", "wrong class", "no such class", "bad json"])
+@pytest.mark.parametrize(
+    "defect", ["pickle weights", "auto_map", "wrong class", "no such class", "bad json", "slimkit encoder"]
+)
 def test_bad_model_folders_are_one_line_and_write_nothing(classifier: Path, cli, defect: str) -> None:
     folder = classifier.parent / "bad"
     shutil.copytree(classifier, folder)
@@ -92,11 +94,16 @@ def test_bad_model_folders_are_one_line_and_write_nothing(classifier: Path, cli,
         config["architectures"] = ["BertForSequenceClassification"]
     elif defect == "no such class":
         config["architectures"] = ["os"]
+    elif defect == "slimkit encoder":
+        config["model_type"] = "slimkit_distilbert"
     if defect == "bad json":
         (folder / "config.json").write_text('{"architectures": [')
     else:
         (folder / "config.json").write_text(json.dumps(config))
-    code, out, err = cli("optimize", folder, "-d", "userdata:loaders", "--target", "params=0.5", "-o", "out")
+    if defect == "slimkit encoder":  # optimize takes it to the text tools; every other command says where
+        code, out, err = cli("evaluate", folder, "-d", "userdata:loaders")
+    else:
+        code, out, err = cli("optimize", folder, "-d", "userdata:loaders", "--target", "params=0.5", "-o", "out")
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in out + err
@@ -107,6 +114,7 @@ def test_bad_model_folders_are_one_line_and_write_nothing(classifier: Path, cli,
         "wrong class": "is architectures in config.json right",
         "no such class": "names no transformers model class",
         "bad json": "not readable JSON",
+        "slimkit encoder": "load it with slimkit.text.load",
     }[defect]
     assert what in err
 
@@ -125,3 +133,8 @@ def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:
     transformers.BertModel(config).save_pretrained(tmp_path / "bare")
     transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "head")
     assert is_encoder_folder(tmp_path / "bare") and not is_encoder_folder(tmp_path / "head")
+    from slimkit import text
+    from slimkit.core.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match="has no tokenizer: save it beside the model"):
+        text.load(tmp_path / "bare")  # mean pooling needs the tokenizer next to the weights

@@ -220,6 +220,20 @@ def test_a_family_not_registered_at_import_reloads_in_a_new_process(tmp_path: Pa
     assert torch.equal(torch.load(tmp_path / "out.pt"), hidden(model, batches[0]))
 
 
+def test_a_bare_transformers_encoder_folder_loads_mean_pooled(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
+    """``save_pretrained`` of a ``BertModel`` plus its tokenizer (no sentence-transformers files): the
+    embedding is the mean of the last hidden states over real tokens."""
+    bert = tiny_bert()
+    bert.save_pretrained(tmp_path / "bare")
+    tokenizer.save_pretrained(tmp_path / "bare")
+    st = text.load(tmp_path / "bare")
+    batch = text.tokenize(tokenizer, SENTENCES[:8])
+    with torch.no_grad():
+        want = text.onnx.mean_pool(bert(**batch).last_hidden_state, batch["attention_mask"])
+        got = text.PooledEncoder.of(st)(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_cls_pooling_and_unsupported_pipelines(tmp_path: Path, tokenizer: BertTokenizerFast) -> None:
     st = sentence_transformer(tiny_encoder("distilbert"), tokenizer, tmp_path / "cls", pooling="cls")
     pooled = text.PooledEncoder.of(st)

@@ -218,11 +218,16 @@ def load_pretrained(path: str | os.PathLike[str]) -> nn.Module:
     initialization."""
     transformers = require("transformers", extra="text")
     path = Path(path)
-    name = pretrained_architecture(path)
-    if "auto_map" in _folder_config(path):
+    config, name = _folder_config(path), pretrained_architecture(path)
+    if "auto_map" in config:
         raise ModelFileError(
             f"{path} asks to run its own Python code (auto_map in config.json); slimkit never runs code from a "
             "model folder: build the model in Python and pass it to slimkit"
+        )
+    if str(config.get("model_type", "")).startswith("slimkit_"):
+        raise ModelFileError(
+            f"{path} is a sentence encoder written by slimkit.text: load it with slimkit.text.load(path) "
+            "(slimkit optimize takes the folder as it is)"
         )
     cls = getattr(transformers, name, None) if name else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):

@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from slimkit.compress.embedding import FactorizedEmbedding
-from slimkit.core.errors import ModelFileError, SlimkitError
+from slimkit.core.errors import ModelFileError, SlimkitError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
 
@@ -231,30 +231,31 @@ def slim_classes(model_class: type) -> tuple[type, type]:
 def _build_shapes(encoder: nn.Module, config: Any) -> None:
     layout = layout_of(encoder)
     hidden, dim = getattr(config, layout.hidden), head_size(encoder)
+    # a field the JSON leaves out is not set on the config (transformers' generated __init__): the family's
+    heads, units = getattr(config, "layer_heads", None), getattr(config, "layer_intermediate", None)
     for i, layer in enumerate(layout.layer_list(encoder)):
-        if config.layer_heads is not None:
-            width = config.layer_heads[i] * dim
+        if heads is not None:
+            width = heads[i] * dim
             for name in layout.qkv:
                 layer.set_submodule(f"{layout.attention}.{name}", nn.Linear(hidden, width))
-            layout.set_heads(layer, config.layer_heads[i], dim)
+            layout.set_heads(layer, heads[i], dim)
             layer.set_submodule(layout.attn_out, nn.Linear(width, hidden))
-        if config.layer_intermediate is not None:
-            units = config.layer_intermediate[i]
-            layer.set_submodule(layout.ffn_in, nn.Linear(hidden, units))
-            layer.set_submodule(layout.ffn_out, nn.Linear(units, hidden))
-    if config.layer_heads is not None and layout.head_bias:
+        if units is not None:
+            layer.set_submodule(layout.ffn_in, nn.Linear(hidden, units[i]))
+            layer.set_submodule(layout.ffn_out, nn.Linear(units[i], hidden))
+    if heads is not None and layout.head_bias:
         bias = encoder.get_submodule(layout.head_bias)
-        encoder.set_submodule(layout.head_bias, nn.Embedding(bias.num_embeddings, config.layer_heads[0]))
-    if config.embedding_rank:
+        encoder.set_submodule(layout.head_bias, nn.Embedding(bias.num_embeddings, heads[0]))
+    if getattr(config, "embedding_rank", None):
         table = encoder.embeddings.word_embeddings
         encoder.embeddings.word_embeddings = FactorizedEmbedding(
             table.num_embeddings,
             config.embedding_rank,
             table.embedding_dim,
-            config.embedding_exact_rows,
+            getattr(config, "embedding_exact_rows", 0),
             table.padding_idx,
         )
-    for name, rank in config.linear_ranks.items():
+    for name, rank in (getattr(config, "linear_ranks", None) or {}).items():
         old = encoder.get_submodule(name)
         encoder.set_submodule(
             name, nn.Sequential(nn.Linear(old.in_features, rank, bias=False), nn.Linear(rank, old.out_features))
@@ -409,15 +410,26 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, force: bool = False)
 
 
 def load(path: str | os.PathLike[str], *, sentence_transformer: bool = True) -> Any:
-    """Load what :func:`save` wrote: a ``SentenceTransformer`` (or with ``False`` the HF encoder)."""
+    """Load what :func:`save` wrote, or a ``transformers`` encoder folder: a ``SentenceTransformer`` (a
+    folder without ``modules.json`` gets mean pooling over the tokenizer saved beside it), or with
+    ``False`` the HF encoder."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelFileError(f"{path} has no config.json; expected a folder written by slimkit.text.save")
     _register_slim(path)
-    if sentence_transformer and (path / "modules.json").is_file():
-        st = require("sentence_transformers", extra="text", package="sentence-transformers")
-        return st.SentenceTransformer(str(path), device="cpu")
-    return transformers.AutoModel.from_pretrained(str(path))
+    tokenizer = ("modules.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    if sentence_transformer and not any((path / name).is_file() for name in tokenizer):
+        raise ModelFileError(
+            f"{path} has no tokenizer: save it beside the model (tokenizer.save_pretrained(folder)) "
+            "or give a sentence-transformers folder"
+        )
+    try:
+        if sentence_transformer:
+            st = require("sentence_transformers", extra="text", package="sentence-transformers")
+            return st.SentenceTransformer(str(path), device="cpu")
+        return transformers.AutoModel.from_pretrained(str(path))
+    except (OSError, ValueError, RuntimeError, IndexError, KeyError, TypeError) as exc:  # a damaged folder
+        raise ModelFileError(f"{path} does not load: {first_line(exc)}") from None
 
 
 def _register_slim(path: Path) -> None:
