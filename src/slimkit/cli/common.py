@@ -177,21 +177,18 @@ def is_encoder_folder(path: Path) -> bool:
     """Whether the model argument is a sentence encoder's folder (sentence-transformers, or a Hugging Face
     folder of a bare ``...Model``): handled by ``slimkit.text``. A folder of a model with a task head
     (``BertForSequenceClassification``...) loads with :func:`slimkit.io.load` like any other model."""
-    import json
-
-    from slimkit.io.pretrained import is_pretrained_folder, pretrained_architecture
+    from slimkit.io.pretrained import architecture, folder_config, is_pretrained_folder
 
     if not is_pretrained_folder(path):
         return False
-    if (path / "modules.json").is_file() or pretrained_architecture(path) is None:
-        return True
-    model_type = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
-    if model_type.startswith("slimkit_"):  # written by slimkit.text
-        return True
+    config = folder_config(path)
+    name, model_type = architecture(config), str(config.get("model_type", ""))
+    if (path / "modules.json").is_file() or name is None or model_type.startswith("slimkit_"):
+        return True  # slimkit_<family>: written by slimkit.text
     from slimkit.core.optional import require
 
     auto = require("transformers.models.auto.modeling_auto", extra="text", package="transformers")
-    return pretrained_architecture(path) == auto.MODEL_MAPPING_NAMES.get(model_type)
+    return name == auto.MODEL_MAPPING_NAMES.get(model_type)
 
 
 def print_keras_result(result: dict[str, Any]) -> None:

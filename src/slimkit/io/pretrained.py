@@ -28,9 +28,10 @@ from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
 
 __all__ = [
+    "architecture",
+    "folder_config",
     "is_pretrained_folder",
     "load_pretrained",
-    "pretrained_architecture",
     "pretrained_config",
     "pretrained_model",
     "save_pretrained",
@@ -194,7 +195,9 @@ def is_pretrained_folder(path: str | os.PathLike[str]) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and not (path / "spec.json").is_file()
 
 
-def _folder_config(path: Path) -> dict[str, Any]:
+def folder_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A model folder's ``config.json`` (one-line :class:`ModelFileError` when it is not a JSON object)."""
+    path = Path(path)
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -204,9 +207,9 @@ def _folder_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def pretrained_architecture(path: str | os.PathLike[str]) -> str | None:
-    """The ``transformers`` class a model folder's ``config.json`` names (``architectures[0]``), if any."""
-    names = _folder_config(Path(path)).get("architectures")
+def architecture(config: dict[str, Any]) -> str | None:
+    """The ``transformers`` class a model folder's config names (``architectures[0]``), if any."""
+    names = config.get("architectures")
     return names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
 
 
@@ -218,7 +221,8 @@ def load_pretrained(path: str | os.PathLike[str]) -> nn.Module:
     initialization."""
     transformers = require("transformers", extra="text")
     path = Path(path)
-    config, name = _folder_config(path), pretrained_architecture(path)
+    config = folder_config(path)
+    name = architecture(config)
     if "auto_map" in config:
         raise ModelFileError(
             f"{path} asks to run its own Python code (auto_map in config.json); slimkit never runs code from a "

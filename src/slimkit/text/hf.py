@@ -231,7 +231,7 @@ def slim_classes(model_class: type) -> tuple[type, type]:
 def _build_shapes(encoder: nn.Module, config: Any) -> None:
     layout = layout_of(encoder)
     hidden, dim = getattr(config, layout.hidden), head_size(encoder)
-    # a field the JSON leaves out is not set on the config (transformers' generated __init__): the family's
+    # transformers' generated config __init__ sets no field the JSON leaves out: then the family's shape
     heads, units = getattr(config, "layer_heads", None), getattr(config, "layer_intermediate", None)
     for i, layer in enumerate(layout.layer_list(encoder)):
         if heads is not None:
