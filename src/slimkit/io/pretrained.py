@@ -148,8 +148,9 @@ def pretrained_config(model: nn.Module) -> Any:
         name = next(k for k, v in want.items() if shapes.get(k) != v)
         raise UnknownModelError(
             f"no {type(config).__name__} describes the pruned {cls.__name__}: {name} has shape {list(want[name])} "
-            "(widths that differ between layers, e.g. after global_ranking, need slimkit.save(model, path, "
-            "factory=...); pruning every layer with the same ratio keeps a describable model)"
+            "(a config gives every layer the same widths, and some families tie the attention width to the "
+            "hidden size): prune every layer with the same ratio, or build the model with a factory and "
+            "slimkit.save it"
         )
     return config
 
