@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,28 @@ def test_prune_writes_a_folder_of_the_same_class(classifier: Path, cli) -> None:
     assert code == 0, err
     small = transformers.DistilBertForSequenceClassification.from_pretrained("small")
     assert small.config.hidden_dim == 64 and json.loads(Path("small/report.json").read_text())["after"]["params"]
+
+
+def test_a_transformers_models_program_loads_in_a_new_process(classifier: Path) -> None:
+    """``model.pt2`` of a transformers model returns its output class (SequenceClassifierOutput), whose
+    pytree type must be registered before torch can read the program."""
+    from slimkit.io import export, load
+
+    model = load(classifier)
+    batch = {"input_ids": torch.randint(5, 200, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    export(model, classifier.parent / "clf.pt2", batch)
+    torch.save(batch, classifier.parent / "batch.pt")
+    script = (
+        "import sys, torch, slimkit as sk; m = sk.load(sys.argv[1]); b = torch.load(sys.argv[2]); "
+        "print(m(**b).logits.tolist())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "clf.pt2", "batch.pt"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with torch.no_grad():
+        want = model(**batch).logits
+    assert torch.allclose(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])), want, atol=1e-5)
 
 
 def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -264,6 +265,9 @@ def weights_only_unpickling() -> Iterator[None]:
                 os.environ[key] = value
 
 
+_HF_OUTPUTS = "transformers.modeling_outputs"
+
+
 def load_program(path: Path, *, trust_pickle: bool = False, check: bool = True) -> nn.Module:
     """Load the ``torch.export`` program in ``path`` as a module (see the module doc).
 
@@ -275,8 +279,13 @@ def load_program(path: Path, *, trust_pickle: bool = False, check: bool = True) 
     path = Path(path)
     source: Any = str(path)
     guard: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    entries = read_archive(path)
+    if any(_HF_OUTPUTS.encode() in data for name, data in entries if name.endswith(".json")):
+        # a transformers model's outputs (SequenceClassifierOutput...): their pytree types are registered
+        # when this one fixed module of the installed package is imported (never a name from the file)
+        with contextlib.suppress(ImportError):
+            importlib.import_module(_HF_OUTPUTS)
     if not trust_pickle:
-        entries = read_archive(path)
         if check:
             check_archive(path, entries)
         source = io.BytesIO()
