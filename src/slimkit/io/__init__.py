@@ -19,7 +19,7 @@ from slimkit.core.files import atomic_path
 from slimkit.core.model import check_input, eval_mode, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
 from slimkit.io.onnx import OnnxModel, export_inputs, export_onnx, onnx_agreement, quiet
-from slimkit.io.pretrained import is_pretrained_folder, load_pretrained, save_pretrained
+from slimkit.io.pretrained import find_pretrained, is_pretrained_folder, load_pretrained, save_pretrained
 from slimkit.io.pt2 import load_program
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -52,7 +52,7 @@ def save(
     try:
         return save_checkpoint(model, path, example=example, force=force, compress=compress, extra_files=extra_files)
     except UnknownModelError:
-        if not any(hasattr(m, "config") and hasattr(m, "save_pretrained") for m in model.modules()):
+        if find_pretrained(model) is None:
             raise
         return save_pretrained(model, path, example, force=force, extra_files=extra_files)
 

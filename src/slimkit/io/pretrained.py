@@ -29,6 +29,7 @@ from slimkit.core.optional import require
 
 __all__ = [
     "architecture",
+    "find_pretrained",
     "folder_config",
     "is_pretrained_folder",
     "load_pretrained",
@@ -40,12 +41,20 @@ __all__ = [
 _MAX_ROUNDS = 4  # passes of the coordinate search over the config's integer fields
 
 
-def pretrained_model(model: nn.Module) -> nn.Module:
+def find_pretrained(model: nn.Module) -> nn.Module | None:
     """``model`` itself if it is a ``transformers.PreTrainedModel``, else the outermost one inside it
-    (a user's wrapper whose ``forward`` returns the logits)."""
+    (a user's wrapper whose ``forward`` returns the logits), else None."""
     for m in model.modules():
         if hasattr(m, "config") and hasattr(m, "save_pretrained") and hasattr(type(m), "from_pretrained"):
             return m
+    return None
+
+
+def pretrained_model(model: nn.Module) -> nn.Module:
+    """:func:`find_pretrained`, or an error when ``model`` holds no transformers model."""
+    found = find_pretrained(model)
+    if found is not None:
+        return found
     raise SlimkitError(
         f"{type(model).__name__} holds no Hugging Face transformers model (PreTrainedModel); "
         "save it with slimkit.save(model, path, factory=...)"

@@ -417,8 +417,8 @@ def load(path: str | os.PathLike[str], *, sentence_transformer: bool = True) -> 
     if not (path / "config.json").is_file():
         raise ModelFileError(f"{path} has no config.json; expected a folder written by slimkit.text.save")
     _register_slim(path)
-    tokenizer = ("modules.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
-    if sentence_transformer and not any((path / name).is_file() for name in tokenizer):
+    pipeline = ("modules.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")  # any one will do
+    if sentence_transformer and not any((path / name).is_file() for name in pipeline):
         raise ModelFileError(
             f"{path} has no tokenizer: save it beside the model (tokenizer.save_pretrained(folder)) "
             "or give a sentence-transformers folder"

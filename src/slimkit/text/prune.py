@@ -203,9 +203,8 @@ def _head_scores(bert: nn.Module, layer_idx: int, ctx: torch.Tensor) -> torch.Te
     """Mean squared norm of each head's contribution to the attention output, (heads,)."""
     dim = head_size(bert)
     layout = layout_of(bert)
-    w = (
-        layout.layer_list(bert)[layer_idx].get_submodule(layout.attn_out).weight.detach().float()
-    )  # (hidden, heads * dim)
+    out = layout.layer_list(bert)[layer_idx].get_submodule(layout.attn_out)
+    w = out.weight.detach().float()  # (hidden, heads * dim)
     n = w.shape[1] // dim
     return torch.stack(
         [(ctx[:, h * dim : (h + 1) * dim] @ w[:, h * dim : (h + 1) * dim].T).pow(2).sum(1).mean() for h in range(n)]
