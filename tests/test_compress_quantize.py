@@ -105,13 +105,19 @@ def text() -> tuple[nn.Module, sk.data.Dataset]:
     return model, data
 
 
-def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path) -> None:  # noqa: ANN001
+def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     model, data = text
+    # every int8 file at half the fp32 file's time: all within the latency budget, so the choice is
+    # by accuracy alone (timed on 2 busy cores, the most accurate was once slower than fp32 and left out)
+    module = importlib.import_module("slimkit.compress.quantize")
+    monkeypatch.setattr(
+        module._Quantizer, "latencies", lambda qz, *paths, rounds=3: [10.0 if p == qz.original else 5.0 for p in paths]
+    )
     r = quantize(model, data, QuantizeConfig(), tmp_path / "lstm.onnx")
     assert r.mode == "dynamic" and "Linear/MatMul and RNN" in r.reason
     assert r.bytes_int8 < 0.35 * r.bytes_fp32
     assert abs(r.fp32_value - r.int8_value) <= 0.02
-    # the "auto" choices keep the fastest of the most accurate on val of per-channel / per-tensor
+    # the "auto" choices keep the most accurate on val (the fastest of them) of per-channel / per-tensor
     # weight scales and row-wise / per-tensor tables
     fixed = {
         (tables, pc): quantize(
