@@ -126,6 +126,47 @@ def test_a_fine_tune_that_lowers_validation_is_undone(trained) -> None:  # noqa:
     assert rmse == pytest.approx(recovered.metrics["rmse"], rel=1e-6)  # the model is the one before the fine-tune
 
 
+def test_a_hugging_face_token_classifier_is_pruned_against_token_f1(tmp_path) -> None:  # noqa: ANN001
+    transformers = pytest.importorskip("transformers")
+
+    def tagged(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+        # a tag per token (a word class); padding and "continuation pieces" are -100
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(1, 60, (n, 12), generator=g)
+        labels = ids % 3
+        labels[:, 9:] = -100
+        mask = (labels != -100).long()
+        return [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels, strict=True)]
+
+    data = sk.data.Loaders(
+        train=DataLoader(tagged(512, 0), batch_size=32, shuffle=True),
+        val=DataLoader(tagged(128, 1), batch_size=64),
+        test=DataLoader(tagged(128, 2), batch_size=64),
+        task="tokens",
+        name="tagging",
+    )
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, num_labels=3
+    )
+    model = transformers.BertForTokenClassification(config)
+    sk.train.fit(model, data.train, task="tokens", epochs=8, lr=3e-3, progress=False)
+    result = optimize(
+        model, data, Target(params=0.7, max_drop=3.0), recipe=RECIPE, output=tmp_path / "run", quantize=False
+    )
+    assert result.target.metric == "f1" and result.after.task == "tokens"
+    base = result.base_val["metrics"]["f1"]
+    assert base > 0.5  # learnt: chance is 1/3
+    for c in result.candidates:  # the verdict is token F1 (in points), padding never scored
+        assert c.quality_ok == (100 * (base - c.metrics["f1"]) <= 3.0 + 1e-9)
+    chosen = result.chosen_candidate
+    assert chosen.target_ok and count_params(result.model) <= 0.7 * count_params(model)
+    batch = next(iter(data.test))
+    with torch.no_grad():
+        logits = result.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (64, 12, 3)
+
+
 def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
     model, data = trained
     calls: list[tuple[str, object]] = []

@@ -115,6 +115,34 @@ def test_dense_and_fidelity_metrics() -> None:
         get_task("fidelity").evaluate(encoder, inputs)
 
 
+def test_token_classification_scores_tokens_and_skips_minus_100() -> None:
+    from sklearn.metrics import f1_score
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 3))  # (B, T, 3): classes last, as in HF
+    x, y = torch.randint(0, 20, (4, 10)), torch.randint(0, 3, (4, 10))
+    y[:, 7:] = -100  # padding and continuation sub-words (Hugging Face's convention)
+    task = get_task("token-classification")
+    assert task.name == "tokens" and task.metric == "f1" and get_task("ner").name == "tokens"
+    got = task.evaluate(model, [(x, y)])
+    logits = model(x).detach()
+    keep = y != -100
+    pred, true = logits.argmax(-1)[keep], y[keep]
+    assert got["accuracy"] == pytest.approx(float((pred == true).float().mean()))
+    assert got["f1"] == pytest.approx(f1_score(true, pred, average="macro"))  # over the classes present
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))))
+    # distillation compares class distributions per token, whichever axis holds the classes
+    s, t = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    assert float(task.soft_loss(s, t, 2.0)) == pytest.approx(
+        float(get_task("dense").soft_loss(s.movedim(-1, 1), t.movedim(-1, 1), 2.0))
+    )
+    # the wrong layout is one line that names the task that fits
+    with pytest.raises(SlimkitError, match="use task='tokens'"):
+        get_task("dense").evaluate(model, [(x, y)])
+    with pytest.raises(SlimkitError, match="use task='dense'"):
+        task.evaluate(nn.Conv2d(2, 3, 1), [(torch.randn(2, 2, 5, 5), torch.zeros(2, 5, 5, dtype=torch.long))])
+
+
 def test_directions_and_units() -> None:
     assert worse_by("accuracy", 0.95, 0.94) == pytest.approx(1.0)  # points
     assert worse_by("rmse", 0.90, 0.91) == pytest.approx(0.01)  # rises are worse

@@ -4,8 +4,8 @@ learns from its teacher.
 
 Built-ins (``get_task(name)``): ``classification`` (the default), ``binary`` (click-through: AUC,
 log-loss), ``regression`` (MSE, MAE, RMSE), ``ranking`` (per-group AUC, NDCG@k), ``dense``
-(per-pixel cross-entropy, mean IoU) and ``fidelity`` (cosine to the original model's outputs and
-nearest-neighbour overlap; needs no labels).
+(per-pixel cross-entropy, mean IoU), ``tokens`` (a class per token: named entities, tagging) and
+``fidelity`` (cosine to the original model's outputs and nearest-neighbour overlap; needs no labels).
 
 A batch may be an ``(x, y)`` pair, a tuple ``(x1, ..., xn, y)`` (the model takes ``x1, ..., xn``),
 a dict (Hugging Face style: ``labels`` / ``label`` is the target, the rest are keyword inputs) or
@@ -50,6 +50,7 @@ __all__ = [
     "Ranking",
     "Regression",
     "Task",
+    "TokenClassification",
     "format_metric",
     "get_task",
     "in_points",
@@ -285,8 +286,8 @@ class Task:
 class _ConfusionMeter(Meter):
     """Cross-entropy sum and a confusion matrix, grown as classes appear; ``dense`` scores every pixel."""
 
-    def __init__(self, *, dense: bool, ignore_index: int | None = None) -> None:
-        self.dense, self.ignore = dense, ignore_index
+    def __init__(self, *, dense: DensePrediction | None = None) -> None:
+        self.dense = dense
         self.loss, self.n = 0.0, 0
         self.confusion = np.zeros((0, 0), dtype=np.int64)
         self.scores: list[np.ndarray] = []  # binary classification: P(class 1), for AUC / log-loss
@@ -295,16 +296,16 @@ class _ConfusionMeter(Meter):
     def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
         y = torch.as_tensor(targets).long()
         if self.dense:  # (B, K, ...) -> (N, K)
-            out = out.movedim(1, -1).reshape(-1, out.shape[1])
-            y = y.reshape(-1)
+            out = self.dense.classes_first(out, y)
+            out, y = out.movedim(1, -1).reshape(-1, out.shape[1]), y.reshape(-1)
+            if self.dense.ignore_index is not None:
+                keep = y != self.dense.ignore_index
+                out, y = out[keep], y[keep]
         if out.dim() != 2:
             raise SlimkitError(
                 f"classification needs (batch, classes) outputs, got shape {tuple(out.shape)}; "
                 "choose the task that fits the model (regression, binary, dense, fidelity)"
             )
-        if self.ignore is not None:
-            keep = y != self.ignore
-            out, y = out[keep], y[keep]
         k = out.shape[1]
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise SlimkitError(f"labels must be class ids in [0, {k}), got values up to {int(y.max())}")
@@ -333,9 +334,11 @@ class _ConfusionMeter(Meter):
             iou = tp / (true + predicted - tp)
         present = (true + predicted) > 0
         if self.dense:
+            accuracy = "pixel_accuracy" if self.dense.class_dim == 1 else "accuracy"
             return {
-                "pixel_accuracy": float(tp.sum() / c.sum()),
+                accuracy: float(tp.sum() / c.sum()),
                 "miou": float(np.mean(iou[present])),
+                "f1": float(np.mean(f1[present])),
                 "loss": self.loss / self.n,
             }
         out = {
@@ -385,7 +388,7 @@ class Classification(Task):
         return F.cross_entropy(out, targets)
 
     def meter(self) -> Meter:
-        return _ConfusionMeter(dense=False)
+        return _ConfusionMeter()
 
     def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
         return _kd(student, teacher, temperature)
@@ -393,22 +396,52 @@ class Classification(Task):
 
 @dataclasses.dataclass
 class DensePrediction(Classification):
-    """A class per pixel (segmentation): outputs ``(B, K, H, W)``, targets ``(B, H, W)`` class ids;
-    per-pixel cross-entropy, mean IoU (decides, over classes present) and pixel accuracy.
-    ``ignore_index`` pixels are not scored."""
+    """A class per pixel (segmentation): outputs ``(B, K, H, W)`` (the classes on axis ``class_dim``),
+    targets ``(B, H, W)`` class ids; per-pixel cross-entropy, mean IoU (decides), pixel accuracy and
+    F1 (means over the classes present). Pixels labelled ``ignore_index`` are not scored (-100:
+    PyTorch's and Hugging Face's convention)."""
 
     name: ClassVar[str] = "dense"
     metric: str = "miou"
-    ignore_index: int | None = None
+    ignore_index: int | None = -100
+    class_dim: int = 1
+
+    def classes_first(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``out`` with its classes on axis 1, checked against the shape of ``targets``."""
+        first = out.movedim(self.class_dim, 1) if out.dim() > 1 else out
+        if first.dim() == targets.dim() + 1 and first.shape[:1] + first.shape[2:] == targets.shape:
+            return first
+        hint = "choose the task that fits the model"
+        if self.class_dim == 1 and out.shape[:-1] == targets.shape:
+            hint = "the classes look like the last axis, as in token classification: use task='tokens'"
+        elif self.class_dim != 1 and out.dim() > 1 and out.shape[:1] + out.shape[2:] == targets.shape:
+            hint = "the classes look like axis 1, as in segmentation maps: use task='dense'"
+        raise SlimkitError(
+            f"the {self.name} task needs outputs with a class axis ({self.class_dim}) over targets of the other "
+            f"axes; got outputs {tuple(out.shape)} and targets {tuple(targets.shape)}: {hint}"
+        )
 
     def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
-        return F.cross_entropy(out, targets, ignore_index=-100 if self.ignore_index is None else self.ignore_index)
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        return F.cross_entropy(self.classes_first(out, targets), targets, ignore_index=ignore)
 
     def meter(self) -> Meter:
-        return _ConfusionMeter(dense=True, ignore_index=self.ignore_index)
+        return _ConfusionMeter(dense=self)
 
     def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        return _kd(student.movedim(1, -1), teacher.movedim(1, -1), temperature)
+        return _kd(student.movedim(self.class_dim, -1), teacher.movedim(self.class_dim, -1), temperature)
+
+
+@dataclasses.dataclass
+class TokenClassification(DensePrediction):
+    """A class per token (named entities, part-of-speech tags; Hugging Face's
+    ``...ForTokenClassification``): outputs ``(B, T, K)``, targets ``(B, T)`` with -100 on padding
+    and continuation sub-words (not scored); token accuracy, mean IoU and F1 (decides: the mean over
+    the classes present, so the rare entity classes count as much as the common "outside" one)."""
+
+    name: ClassVar[str] = "tokens"
+    metric: str = "f1"
+    class_dim: int = -1
 
 
 # ---- regression ------------------------------------------------------------------------------
@@ -673,19 +706,18 @@ class Fidelity(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (Classification, Binary, Regression, Ranking, DensePrediction, Fidelity)
+    t.name: t for t in (Classification, Binary, Regression, Ranking, DensePrediction, TokenClassification, Fidelity)
 }
 
 
 def get_task(task: Task | str | None = None, **kwargs: Any) -> Task:
     """A :class:`Task` from itself, its name (``classification``, ``binary``, ``regression``, ``ranking``,
-    ``dense``, ``fidelity``) or None (classification); ``kwargs`` go to its constructor."""
+    ``dense``, ``tokens``, ``fidelity``) or None (classification); ``kwargs`` go to its constructor."""
     if isinstance(task, Task):
         return dataclasses.replace(task, **kwargs) if kwargs else task
     name = (task or "classification").strip().lower().replace("_", "-")
-    name = {"segmentation": "dense", "dense-prediction": "dense", "ctr": "binary", "embedding": "fidelity"}.get(
-        name, name
-    )
+    aliases = {"segmentation": "dense", "dense-prediction": "dense", "token-classification": "tokens", "ner": "tokens"}
+    name = (aliases | {"ctr": "binary", "embedding": "fidelity"}).get(name, name)
     if name not in TASKS:
         raise SlimkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     try:
