@@ -150,6 +150,61 @@ def test_a_transformers_models_program_loads_in_a_new_process(classifier: Path) 
     assert torch.allclose(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])), want, atol=1e-5)
 
 
+def _decoder(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=200, n_embd=32, n_layer=2, n_head=4, n_positions=16, num_labels=2)
+        return transformers.GPT2ForSequenceClassification(config)
+    config = transformers.LlamaConfig(
+        vocab_size=200,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: a layer keeps at least one key / value group
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    return transformers.LlamaForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path, kind: str) -> None:
+    """A decoder returns its key / value cache (a DynamicCache, not a tensor) unless ``use_cache`` is
+    off: both exports turn it off for the export only."""
+    from slimkit.io import export, load
+
+    model = _decoder(kind).eval()
+    model.config.pad_token_id = 0
+    batch = {"input_ids": torch.randint(5, 200, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    with torch.no_grad():
+        want = model(**batch).logits
+    for name in ("m.onnx", "m.pt2"):
+        export(model, tmp_path / name, batch)
+        out = load(tmp_path / name)(**batch)
+        got = torch.as_tensor(out.logits if hasattr(out, "logits") else out)  # the program / the ONNX file
+        assert torch.allclose(got, want, atol=1e-5), name
+    assert model.config.use_cache is True  # the user's setting is back
+
+
+def test_a_grouped_query_attention_classifier_is_optimized_end_to_end(cli, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A Llama classifier (grouped-query attention, a key / value cache) through the auto recipe: its
+    exports once failed on the cache and its pruned config on transformers' validation."""
+    model = _decoder("llama")
+    model.config.pad_token_id = 0
+    model.save_pretrained(tmp_path / "llama")
+    (tmp_path / "userdata.py").write_text(DATA)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(
+        "optimize", "llama", "-d", "userdata:loaders", "--target", "params=0.6", "--max-drop", "50",
+        "--time-budget", "90", "-o", "out",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(Path("out/report.json").read_text())
+    assert report["test"]["after"]["params"] <= 0.6 * report["test"]["before"]["params"]
+    assert Path("out/model.onnx").is_file()
+
+
 def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:
     from slimkit.cli.common import is_encoder_folder
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError, first_line
 from slimkit.core.files import atomic_path
-from slimkit.core.model import check_input, eval_mode, example_input
+from slimkit.core.model import check_input, example_input
 from slimkit.io.checkpoint import build_from_factory, load_checkpoint, load_weights, save_checkpoint
-from slimkit.io.onnx import OnnxModel, export_inputs, export_onnx, onnx_agreement, quiet
+from slimkit.io.onnx import OnnxModel, export_inputs, export_onnx, exporting, onnx_agreement
 from slimkit.io.pretrained import find_pretrained, is_pretrained_folder, load_pretrained, save_pretrained
 from slimkit.io.pt2 import load_program
 
@@ -143,7 +143,7 @@ def export(model: nn.Module, path: str | Path, example: Any = None, *, force: bo
             export_onnx(model, tmp, example)
         else:
             args, kwargs, dynamic = export_inputs(model, example)
-            with eval_mode(model), quiet():
+            with exporting(model):
                 try:
                     program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
                 except Exception as exc:  # torch.export raises many types; name the model and the cause

@@ -36,6 +36,22 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def exporting(model: nn.Module) -> Iterator[None]:
+    """What an export runs in: eval mode, the exporters :func:`quiet` and, in a Hugging Face model,
+    ``config.use_cache`` off (a decoder's key / value cache is not a tensor a program can return:
+    GPT-2, Llama or Qwen2 classifiers otherwise fail to export)."""
+    configs = {id(c): c for m in model.modules() if getattr(c := getattr(m, "config", None), "use_cache", False)}
+    for config in configs.values():
+        config.use_cache = False
+    try:
+        with eval_mode(model), quiet():
+            yield
+    finally:
+        for config in configs.values():
+            config.use_cache = True
+
+
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
@@ -67,7 +83,7 @@ def export_onnx(model: nn.Module, path: Path, example: Any) -> None:
     ONNX Runtime would run as copies (see :mod:`slimkit.io.transposes`)."""
     require("onnxscript", extra="onnx")
     args, kwargs, dynamic = export_inputs(model, example)
-    with eval_mode(model), quiet():
+    with exporting(model):
         try:
             torch.onnx.export(
                 model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False, dynamic_shapes=dynamic

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError
+from slimkit.core.errors import ModelFileError, SlimkitError, UnknownModelError, first_line
 from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
 
@@ -152,15 +152,23 @@ def pretrained_config(model: nn.Module) -> Any:
                     best, config, improved = trial_score, trial, True
         if not improved:
             break
+    advice = "prune every layer with the same ratio, or build the model with a factory and slimkit.save it"
     if best[0] != len(want):
         shapes = (_layout(cls, config) or ({}, {}))[0]
         name = next(k for k, v in want.items() if shapes.get(k) != v)
         raise UnknownModelError(
             f"no {type(config).__name__} describes the pruned {cls.__name__}: {name} has shape {list(want[name])} "
             "(a config gives every layer the same widths, and some families tie the attention width to the "
-            "hidden size): prune every layer with the same ratio, or build the model with a factory and "
-            "slimkit.save it"
+            f"hidden size): {advice}"
         )
+    try:  # transformers refuses to save a config that breaks its family's rules (hidden size = heads x head size)
+        if hasattr(config, "validate"):
+            config.validate()
+    except Exception as exc:  # huggingface_hub's validation error wraps the ValueError
+        why = first_line(exc.__cause__ or exc)
+        raise UnknownModelError(
+            f"no valid {type(config).__name__} describes the pruned {cls.__name__}: {why}; {advice}"
+        ) from None
     return config
 
 

@@ -532,6 +532,7 @@ class Loop:
         each with a milder fallback."""
         rounds, done_rounds, extra = step.rounds, 0, 1
         while True:
+            # a group pruned to its last unit (one head, one key / value group) is no longer prunable
             current = dict(self.be.cost_model(state["model"], step.protected).groups)
             if all(current.get(p, w) <= w for p, w in final_w.items()):
                 return True
@@ -540,6 +541,7 @@ class Loop:
                 return False
             frac = min(1.0, done_rounds / rounds)
             round_w = _round_widths(start_w, final_w, frac, self.round_to_used)
+            round_w = {p: w for p, w in round_w.items() if p in current}
             mid_w = {p: max(round_w[p], round(math.sqrt(current[p] * round_w[p]))) for p in round_w}
             label = f"prune round {done_rounds}/{rounds} ({step.allocation})"
             variants = []
