@@ -167,6 +167,44 @@ def test_a_hugging_face_token_classifier_is_pruned_against_token_f1(tmp_path) ->
     assert logits.shape == (64, 12, 3)
 
 
+def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None:  # noqa: ANN001
+    transformers = pytest.importorskip("transformers")
+
+    def counting(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+        # sequences that count up from a random start (mod 48), no labels: the task reads the input ids
+        g = torch.Generator().manual_seed(seed)
+        ids = (torch.randint(0, 48, (n, 1), generator=g) + torch.arange(16)) % 48
+        return [{"input_ids": i, "attention_mask": torch.ones(16, dtype=torch.long)} for i in ids]
+
+    data = sk.data.Loaders(
+        train=DataLoader(counting(256, 0), batch_size=32, shuffle=True),
+        val=DataLoader(counting(64, 1), batch_size=64),
+        test=DataLoader(counting(64, 2), batch_size=64),
+        task="causal-lm",
+        name="counting",
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=48,
+        hidden_size=32,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    sk.train.fit(model, data.train, task="causal-lm", epochs=6, lr=5e-3, progress=False)
+    result = optimize(model, data, Target(params=0.6, max_drop=0.5), recipe=RECIPE, output=tmp_path / "run")
+    assert result.target.metric == "perplexity" and not result.target.higher_is_better
+    base = result.base_val["metrics"]["perplexity"]
+    assert base < 4  # learnt to count (48 is chance)
+    for c in result.candidates:  # the verdict is perplexity rising by at most 0.5
+        assert c.quality_ok == (c.metrics["perplexity"] - base <= 0.5 + 1e-9)
+    assert result.chosen_candidate.target_ok and count_params(result.model) <= 0.6 * count_params(model)
+    assert result.after.metrics["perplexity"] <= result.before.metrics["perplexity"] + 1.0  # on the test split
+
+
 def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
     model, data = trained
     calls: list[tuple[str, object]] = []

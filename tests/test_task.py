@@ -143,6 +143,37 @@ def test_token_classification_scores_tokens_and_skips_minus_100() -> None:
         task.evaluate(nn.Conv2d(2, 3, 1), [(torch.randn(2, 2, 5, 5), torch.zeros(2, 5, 5, dtype=torch.long))])
 
 
+def test_causal_lm_scores_the_next_token_and_reads_labels_from_the_inputs() -> None:
+    class TinyLM(nn.Module):  # (B, T, V) logits, keyword inputs as Hugging Face models take them
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Embedding(30, 8), nn.Linear(8, 30))
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.net(input_ids)
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    ids = torch.randint(0, 30, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0  # padding is not predicted
+    task = get_task("lm")
+    assert task.name == "causal-lm" and task.metric == "perplexity" and not task.higher_is_better
+    got = task.evaluate(model, [{"input_ids": ids, "attention_mask": mask}])  # no labels: the input ids
+    logits = model(ids).detach()
+    keep = mask[:, 1:].bool()
+    nll = nn.functional.cross_entropy(logits[:, :-1][keep], ids[:, 1:][keep])
+    assert got["loss"] == pytest.approx(float(nll), rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    assert got["accuracy"] == pytest.approx(float((logits[:, :-1][keep].argmax(1) == ids[:, 1:][keep]).float().mean()))
+    labels = ids.masked_fill(mask == 0, -100)  # Hugging Face's labels: the same tokens, -100 on padding
+    assert task.evaluate(model, [{"input_ids": ids, "labels": labels}])["loss"] == pytest.approx(got["loss"])
+    assert float(task.loss(model(ids), labels)) == pytest.approx(float(nll), rel=1e-5)
+    assert worse_by("perplexity", 20.0, 21.5) == pytest.approx(1.5)  # rises are worse, in its own units
+    with pytest.raises(SlimkitError, match="causal-lm task needs"):
+        task.evaluate(nn.Linear(4, 3), [(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))])
+
+
 def test_directions_and_units() -> None:
     assert worse_by("accuracy", 0.95, 0.94) == pytest.approx(1.0)  # points
     assert worse_by("rmse", 0.90, 0.91) == pytest.approx(0.01)  # rises are worse

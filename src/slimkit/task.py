@@ -4,8 +4,9 @@ learns from its teacher.
 
 Built-ins (``get_task(name)``): ``classification`` (the default), ``binary`` (click-through: AUC,
 log-loss), ``regression`` (MSE, MAE, RMSE), ``ranking`` (per-group AUC, NDCG@k), ``dense``
-(per-pixel cross-entropy, mean IoU), ``tokens`` (a class per token: named entities, tagging) and
-``fidelity`` (cosine to the original model's outputs and nearest-neighbour overlap; needs no labels).
+(per-pixel cross-entropy, mean IoU), ``tokens`` (a class per token: named entities, tagging),
+``causal-lm`` (next-token prediction: perplexity) and ``fidelity`` (cosine to the original model's
+outputs and nearest-neighbour overlap; needs no labels).
 
 A batch may be an ``(x, y)`` pair, a tuple ``(x1, ..., xn, y)`` (the model takes ``x1, ..., xn``),
 a dict (Hugging Face style: ``labels`` / ``label`` is the target, the rest are keyword inputs) or
@@ -47,6 +48,7 @@ __all__ = [
     "Classification",
     "DensePrediction",
     "Fidelity",
+    "LanguageModeling",
     "Ranking",
     "Regression",
     "Task",
@@ -78,6 +80,7 @@ _METRICS: dict[str, tuple[bool, bool]] = {
     "mae": (False, False),
     "r2": (True, False),
     "miou": (True, True),
+    "perplexity": (False, False),
     "pixel_accuracy": (True, True),
     "cosine": (True, False),
     "min_cosine": (True, False),
@@ -180,12 +183,18 @@ class Task:
     def split(self, batch: Any) -> tuple[Any, Any]:
         """``(inputs, targets)`` of a batch."""
         inputs, targets = (self.batch or split_batch)(batch)
+        if targets is None:
+            targets = self.implied_targets(inputs)
         if targets is None and self.needs_targets:
             raise SlimkitError(
                 f"the {self.name} task needs targets, but a batch holds inputs only; give (inputs, targets) "
                 "batches, a dict with 'labels', or task='fidelity' to match the original model without labels"
             )
         return inputs, targets
+
+    def implied_targets(self, inputs: Any) -> Any:
+        """Targets a task reads from the inputs when a batch has none (a language model: its input ids)."""
+        return None
 
     def inputs(self, batch: Any) -> Any:
         return (self.batch or split_batch)(batch)[0]
@@ -442,6 +451,67 @@ class TokenClassification(DensePrediction):
     name: ClassVar[str] = "tokens"
     metric: str = "f1"
     class_dim: int = -1
+
+
+# ---- language modelling ----------------------------------------------------------------------
+def _next_tokens(out: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, T, V)`` and labels ``(B, T)`` -> each position's logits and the token after it,
+    ``(N, V)`` and ``(N,)``, positions whose next label is -100 dropped."""
+    y = torch.as_tensor(targets).long()
+    if out.dim() != 3 or out.shape[:2] != y.shape:
+        raise SlimkitError(
+            "the causal-lm task needs (batch, tokens, vocabulary) logits over (batch, tokens) labels; got "
+            f"outputs {tuple(out.shape)} and labels {tuple(y.shape)}: choose the task that fits the model"
+        )
+    logits, following = out[:, :-1].reshape(-1, out.shape[-1]), y[:, 1:].reshape(-1)
+    keep = following != -100
+    return logits[keep], following[keep]
+
+
+class _PerplexityMeter(Meter):
+    def __init__(self) -> None:
+        self.nll, self.right, self.n = 0.0, 0, 0
+
+    def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
+        logits, y = _next_tokens(out, targets)
+        self.nll += float(F.cross_entropy(logits, y, reduction="sum"))
+        self.right += int((logits.argmax(1) == y).sum())
+        self.n += len(y)
+
+    def result(self) -> dict[str, float]:
+        if not self.n:
+            raise SlimkitError("cannot score: no tokens to predict in the data split")
+        loss = self.nll / self.n
+        return {"perplexity": math.exp(loss), "loss": loss, "accuracy": self.right / self.n}
+
+
+@dataclasses.dataclass
+class LanguageModeling(Task):
+    """Next-token prediction (Hugging Face's ``...ForCausalLM``): logits ``(B, T, V)`` against the
+    batch's ``labels`` (Hugging Face's convention: the input ids, shifted here; -100 not scored) or,
+    without labels, the ``input_ids`` with the padding (``attention_mask`` 0) not scored. Perplexity
+    (decides, lower is better), mean token cross-entropy and next-token accuracy; a student learns
+    the teacher's distribution over the vocabulary at every position."""
+
+    name: ClassVar[str] = "causal-lm"
+    metric: str = "perplexity"
+
+    def implied_targets(self, inputs: Any) -> Any:
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        if not isinstance(ids, torch.Tensor):
+            return None
+        mask = inputs.get("attention_mask")
+        return ids if mask is None else ids.masked_fill(mask == 0, -100)
+
+    def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
+        logits, y = _next_tokens(out, targets)
+        return F.cross_entropy(logits, y) if len(y) else out.sum() * 0
+
+    def meter(self) -> Meter:
+        return _PerplexityMeter()
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return _kd(student, teacher, temperature)
 
 
 # ---- regression ------------------------------------------------------------------------------
@@ -706,18 +776,35 @@ class Fidelity(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (Classification, Binary, Regression, Ranking, DensePrediction, TokenClassification, Fidelity)
+    t.name: t
+    for t in (
+        Classification,
+        Binary,
+        Regression,
+        Ranking,
+        DensePrediction,
+        TokenClassification,
+        LanguageModeling,
+        Fidelity,
+    )
+}
+ALIASES = {
+    **dict.fromkeys(("segmentation", "dense-prediction"), "dense"),
+    **dict.fromkeys(("token-classification", "ner"), "tokens"),
+    **dict.fromkeys(("lm", "language-modeling", "next-token"), "causal-lm"),
+    "ctr": "binary",
+    "embedding": "fidelity",
 }
 
 
 def get_task(task: Task | str | None = None, **kwargs: Any) -> Task:
     """A :class:`Task` from itself, its name (``classification``, ``binary``, ``regression``, ``ranking``,
-    ``dense``, ``tokens``, ``fidelity``) or None (classification); ``kwargs`` go to its constructor."""
+    ``dense``, ``tokens``, ``causal-lm``, ``fidelity``; :data:`ALIASES` too) or None (classification);
+    ``kwargs`` go to its constructor."""
     if isinstance(task, Task):
         return dataclasses.replace(task, **kwargs) if kwargs else task
     name = (task or "classification").strip().lower().replace("_", "-")
-    aliases = {"segmentation": "dense", "dense-prediction": "dense", "token-classification": "tokens", "ner": "tokens"}
-    name = (aliases | {"ctr": "binary", "embedding": "fidelity"}).get(name, name)
+    name = ALIASES.get(name, name)
     if name not in TASKS:
         raise SlimkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     try:

@@ -59,7 +59,7 @@ def optimize_command(
     task: Annotated[
         str | None,
         typer.Option(
-            help="classification, binary, regression, ranking, dense, tokens or fidelity (default: the data's, else "
+            help="classification, binary, regression, ranking, dense, tokens, causal-lm or fidelity (default: the data's, else "
             "classification)."
         ),
     ] = None,
