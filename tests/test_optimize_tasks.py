@@ -205,6 +205,42 @@ def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None
     assert result.after.metrics["perplexity"] <= result.before.metrics["perplexity"] + 1.0  # on the test split
 
 
+def test_prune_rounds_go_on_when_a_group_reaches_its_last_unit(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Llama's key / value groups (2 a layer) pruned to the last one in round 1 are no longer a prunable
+    group; round 2 goes on with the FFNs (it once failed with a KeyError)."""
+    transformers = pytest.importorskip("transformers")
+    from slimkit.optimize import pipeline
+
+    def final_widths(self, model, costs, sens, step, limits):  # noqa: ANN001, ANN202
+        return {g: 1 if w == 2 else max(1, w // 8) for g, w in costs.groups.items() if not g.endswith("embed_tokens")}
+
+    monkeypatch.setattr(pipeline.Loop, "resolve", final_widths)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (96, 8), generator=g)
+    rows = [{"input_ids": i, "labels": i} for i in ids]
+    whole = DataLoader(rows, batch_size=96)
+    data = sk.data.Loaders(train=DataLoader(rows, batch_size=32), val=whole, test=whole, task="lm")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    step = SensitivityPruneConfig(target_params=0.5, rounds=2, allocation="uniform")
+    result = optimize(
+        model, data, Target(params=0.5, max_drop=1e9), recipe=Recipe((step,)), quantize=False, output=tmp_path
+    )
+    assert [c.step for c in result.candidates][:2] == ["prune round 1/2 (uniform)", "prune round 2/2 (uniform)"]
+    layer = result.model.model.layers[0]
+    assert layer.self_attn.k_proj.out_features == layer.self_attn.head_dim  # one key / value group left
+    assert layer.mlp.gate_proj.out_features == 8
+
+
 def test_users_own_loop_is_used_and_slimkit_never_trains_or_scores(trained, monkeypatch) -> None:  # noqa: ANN001
     model, data = trained
     calls: list[tuple[str, object]] = []
