@@ -205,6 +205,29 @@ def test_a_grouped_query_attention_classifier_is_optimized_end_to_end(cli, tmp_p
     assert Path("out/model.onnx").is_file()
 
 
+def test_evaluate_scores_a_token_classifier_with_the_task_named(cli, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3
+    )
+    model = transformers.BertForTokenClassification(config).eval()
+    model.save_pretrained(tmp_path / "tagger")
+    tagging = DATA.replace('"labels": self.y[i]', '"labels": self.ids[i] % 3')  # a tag per token
+    (tmp_path / "tagdata.py").write_text(tagging)  # a new module name: imports are cached
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("evaluate", "tagger", "-d", "tagdata:loaders", "--no-latency")
+    assert code == 2 and "--task" in err and "Traceback" not in err  # scored as classification: one line
+    code, out, err = cli(
+        "evaluate", "tagger", "-d", "tagdata:loaders", "--task", "ner", "--no-latency", "--json", "r.json"
+    )
+    assert code == 0, err
+    ids = torch.randint(5, 200, (64, 12), generator=torch.Generator().manual_seed(2))  # the test split
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.argmax(-1)
+    got = json.loads(Path("r.json").read_text())["metrics"]
+    assert got["accuracy"] == pytest.approx(float((pred == ids % 3).float().mean()))
+
+
 def test_encoder_folders_still_go_to_the_text_tools(tmp_path: Path) -> None:
     from slimkit.cli.common import is_encoder_folder
 

@@ -313,7 +313,7 @@ class _ConfusionMeter(Meter):
         if out.dim() != 2:
             raise SlimkitError(
                 f"classification needs (batch, classes) outputs, got shape {tuple(out.shape)}; "
-                "choose the task that fits the model (regression, binary, dense, fidelity)"
+                f"choose the task that fits the model (--task / task=: {', '.join(TASKS)})"
             )
         k = out.shape[1]
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):

@@ -45,6 +45,13 @@ Runtime = Annotated[
         "'slimkit env' lists those installed."
     ),
 ]
+TaskName = Annotated[
+    str | None,
+    typer.Option(
+        help="What the model is for: classification, binary, regression, ranking, dense, tokens, causal-lm or "
+        "fidelity (default: the data's, else classification)."
+    ),
+]
 DataName = Annotated[
     str,
     typer.Option(

@@ -18,6 +18,7 @@ from slimkit.cli.common import (
     Force,
     ModelPath,
     Runtime,
+    TaskName,
     TrustPickle,
     console,
     is_encoder_folder,
@@ -56,13 +57,7 @@ def optimize_command(
     metric: Annotated[
         str | None, typer.Option(help="The metric --max-drop limits (default: the task's: accuracy, rmse...).")
     ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            help="classification, binary, regression, ranking, dense, tokens, causal-lm or fidelity (default: the data's, else "
-            "classification)."
-        ),
-    ] = None,
+    task: TaskName = None,
     val_batches: Annotated[
         int | None, typer.Option(help="Score at most this many validation batches per check (default: all).")
     ] = None,
