@@ -167,9 +167,23 @@ def test_a_hugging_face_token_classifier_is_pruned_against_token_f1(tmp_path) ->
     assert logits.shape == (64, 12, 3)
 
 
-def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None:  # noqa: ANN001
+def _tiny_llama(*, vocab: int, length: int, layers: int, ffn: int) -> nn.Module:
+    """A Llama causal LM from a config (random weights): width 32, 4 heads sharing 2 key / value groups."""
     transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=length,
+    )
+    return transformers.LlamaForCausalLM(config)
 
+
+def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None:  # noqa: ANN001
     def counting(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
         # sequences that count up from a random start (mod 48), no labels: the task reads the input ids
         g = torch.Generator().manual_seed(seed)
@@ -183,17 +197,7 @@ def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None
         task="causal-lm",
         name="counting",
     )
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=48,
-        hidden_size=32,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = _tiny_llama(vocab=48, length=16, layers=2, ffn=96)
     sk.train.fit(model, data.train, task="causal-lm", epochs=6, lr=5e-3, progress=False)
     result = optimize(model, data, Target(params=0.6, max_drop=0.5), recipe=RECIPE, output=tmp_path / "run")
     assert result.target.metric == "perplexity" and not result.target.higher_is_better
@@ -208,7 +212,6 @@ def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None
 def test_prune_rounds_go_on_when_a_group_reaches_its_last_unit(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """Llama's key / value groups (2 a layer) pruned to the last one in round 1 are no longer a prunable
     group; round 2 goes on with the FFNs (it once failed with a KeyError)."""
-    transformers = pytest.importorskip("transformers")
     from slimkit.optimize import pipeline
 
     def final_widths(self, model, costs, sens, step, limits):  # noqa: ANN001, ANN202
@@ -220,17 +223,7 @@ def test_prune_rounds_go_on_when_a_group_reaches_its_last_unit(tmp_path, monkeyp
     rows = [{"input_ids": i, "labels": i} for i in ids]
     whole = DataLoader(rows, batch_size=96)
     data = sk.data.Loaders(train=DataLoader(rows, batch_size=32), val=whole, test=whole, task="lm")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = _tiny_llama(vocab=40, length=8, layers=1, ffn=64)
     step = SensitivityPruneConfig(target_params=0.5, rounds=2, allocation="uniform")
     result = optimize(
         model, data, Target(params=0.5, max_drop=1e9), recipe=Recipe((step,)), quantize=False, output=tmp_path
