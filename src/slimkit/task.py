@@ -304,7 +304,7 @@ class _ConfusionMeter(Meter):
 
     def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
         y = torch.as_tensor(targets).long()
-        if self.dense:  # (B, K, ...) -> (N, K)
+        if self.dense is not None:  # (B, K, ...) -> (N, K)
             out = self.dense.classes_first(out, y)
             out, y = out.movedim(1, -1).reshape(-1, out.shape[1]), y.reshape(-1)
             if self.dense.ignore_index is not None:
@@ -327,7 +327,7 @@ class _ConfusionMeter(Meter):
             grown[: self.confusion.shape[0], : self.confusion.shape[1]] = self.confusion
             self.confusion = grown
         self.confusion[:k, :k] += counts
-        if not self.dense and k == 2:
+        if self.dense is None and k == 2:
             self.scores.append(torch.softmax(out, 1)[:, 1].numpy())
             self.labels.append(y.numpy())
 
@@ -342,7 +342,7 @@ class _ConfusionMeter(Meter):
             f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
             iou = tp / (true + predicted - tp)
         present = (true + predicted) > 0
-        if self.dense:
+        if self.dense is not None:
             accuracy = "pixel_accuracy" if self.dense.class_dim == 1 else "accuracy"
             return {
                 accuracy: float(tp.sum() / c.sum()),
