@@ -172,6 +172,14 @@ def test_causal_lm_scores_the_next_token_and_reads_labels_from_the_inputs() -> N
     assert worse_by("perplexity", 20.0, 21.5) == pytest.approx(1.5)  # rises are worse, in its own units
     with pytest.raises(SlimkitError, match="causal-lm task needs"):
         task.evaluate(nn.Linear(4, 3), [(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))])
+    # text to text: each decoder position predicts its own label (the decoder inputs are shifted already)
+    seq2seq = get_task("translation")
+    assert seq2seq.name == "seq2seq" and seq2seq.metric == "perplexity"
+    assert float(seq2seq.loss(model(ids), labels)) == pytest.approx(
+        float(nn.functional.cross_entropy(logits[mask.bool()], ids[mask.bool()])), rel=1e-5
+    )
+    with pytest.raises(SlimkitError, match="needs targets"):  # the source ids are not the target
+        seq2seq.evaluate(model, [{"input_ids": ids}])
 
 
 def test_directions_and_units() -> None:

@@ -5,8 +5,8 @@ learns from its teacher.
 Built-ins (``get_task(name)``): ``classification`` (the default), ``binary`` (click-through: AUC,
 log-loss), ``regression`` (MSE, MAE, RMSE), ``ranking`` (per-group AUC, NDCG@k), ``dense``
 (per-pixel cross-entropy, mean IoU), ``tokens`` (a class per token: named entities, tagging),
-``causal-lm`` (next-token prediction: perplexity) and ``fidelity`` (cosine to the original model's
-outputs and nearest-neighbour overlap; needs no labels).
+``causal-lm`` (next-token prediction: perplexity), ``seq2seq`` (text to text: perplexity) and
+``fidelity`` (cosine to the original model's outputs and nearest-neighbour overlap; needs no labels).
 
 A batch may be an ``(x, y)`` pair, a tuple ``(x1, ..., xn, y)`` (the model takes ``x1, ..., xn``),
 a dict (Hugging Face style: ``labels`` / ``label`` is the target, the rest are keyword inputs) or
@@ -51,6 +51,7 @@ __all__ = [
     "LanguageModeling",
     "Ranking",
     "Regression",
+    "Seq2SeqLM",
     "Task",
     "TokenClassification",
     "format_metric",
@@ -454,26 +455,29 @@ class TokenClassification(DensePrediction):
 
 
 # ---- language modelling ----------------------------------------------------------------------
-def _next_tokens(out: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(B, T, V)`` and labels ``(B, T)`` -> each position's logits and the token after it,
-    ``(N, V)`` and ``(N,)``, positions whose next label is -100 dropped."""
+def _next_tokens(out: torch.Tensor, targets: Any, *, shift: bool, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, T, V)`` and labels ``(B, T)`` -> each position's logits and the token it predicts
+    (``shift``: the label after it, else its own), ``(N, V)`` and ``(N,)``; -100 labels dropped."""
     y = torch.as_tensor(targets).long()
     if out.dim() != 3 or out.shape[:2] != y.shape:
         raise SlimkitError(
-            "the causal-lm task needs (batch, tokens, vocabulary) logits over (batch, tokens) labels; got "
+            f"the {task} task needs (batch, tokens, vocabulary) logits over (batch, tokens) labels; got "
             f"outputs {tuple(out.shape)} and labels {tuple(y.shape)}: choose the task that fits the model"
         )
-    logits, following = out[:, :-1].reshape(-1, out.shape[-1]), y[:, 1:].reshape(-1)
-    keep = following != -100
-    return logits[keep], following[keep]
+    if shift:
+        out, y = out[:, :-1], y[:, 1:]
+    logits, predicted = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    keep = predicted != -100
+    return logits[keep], predicted[keep]
 
 
 class _PerplexityMeter(Meter):
-    def __init__(self) -> None:
+    def __init__(self, task: LanguageModeling) -> None:
+        self.task = task
         self.nll, self.right, self.n = 0.0, 0, 0
 
     def update(self, out: torch.Tensor, targets: Any, inputs: Any) -> None:
-        logits, y = _next_tokens(out, targets)
+        logits, y = self.task.predicted(out, targets)
         self.nll += float(F.cross_entropy(logits, y, reduction="sum"))
         self.right += int((logits.argmax(1) == y).sum())
         self.n += len(y)
@@ -494,7 +498,12 @@ class LanguageModeling(Task):
     the teacher's distribution over the vocabulary at every position."""
 
     name: ClassVar[str] = "causal-lm"
+    shift: ClassVar[bool] = True  # logits at t predict the label at t + 1
     metric: str = "perplexity"
+
+    def predicted(self, out: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each scored position's logits ``(N, V)`` and the token it predicts ``(N,)``."""
+        return _next_tokens(out, targets, shift=self.shift, task=self.name)
 
     def implied_targets(self, inputs: Any) -> Any:
         ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
@@ -504,14 +513,28 @@ class LanguageModeling(Task):
         return ids if mask is None else ids.masked_fill(mask == 0, -100)
 
     def loss(self, out: torch.Tensor, targets: Any) -> torch.Tensor:
-        logits, y = _next_tokens(out, targets)
+        logits, y = self.predicted(out, targets)
         return F.cross_entropy(logits, y) if len(y) else out.sum() * 0
 
     def meter(self) -> Meter:
-        return _PerplexityMeter()
+        return _PerplexityMeter(self)
 
     def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
         return _kd(student, teacher, temperature)
+
+
+@dataclasses.dataclass
+class Seq2SeqLM(LanguageModeling):
+    """Text to text (Hugging Face's ``...ForConditionalGeneration``: T5, BART): decoder logits
+    ``(B, T, V)`` against the batch's ``labels``, position by position (the batch carries the
+    ``decoder_input_ids``, the labels shifted right, as ``DataCollatorForSeq2Seq`` makes them); -100
+    not scored. Perplexity decides, as in ``causal-lm``."""
+
+    name: ClassVar[str] = "seq2seq"
+    shift: ClassVar[bool] = False
+
+    def implied_targets(self, inputs: Any) -> Any:
+        return None  # the input ids are the source text, not the target
 
 
 # ---- regression ------------------------------------------------------------------------------
@@ -785,6 +808,7 @@ TASKS: dict[str, type[Task]] = {
         DensePrediction,
         TokenClassification,
         LanguageModeling,
+        Seq2SeqLM,
         Fidelity,
     )
 }
@@ -792,6 +816,7 @@ ALIASES = {
     **dict.fromkeys(("segmentation", "dense-prediction"), "dense"),
     **dict.fromkeys(("token-classification", "ner"), "tokens"),
     **dict.fromkeys(("lm", "language-modeling", "next-token"), "causal-lm"),
+    **dict.fromkeys(("text2text", "translation", "summarization"), "seq2seq"),
     "ctr": "binary",
     "embedding": "fidelity",
 }
@@ -799,7 +824,7 @@ ALIASES = {
 
 def get_task(task: Task | str | None = None, **kwargs: Any) -> Task:
     """A :class:`Task` from itself, its name (``classification``, ``binary``, ``regression``, ``ranking``,
-    ``dense``, ``tokens``, ``causal-lm``, ``fidelity``; :data:`ALIASES` too) or None (classification);
+    ``dense``, ``tokens``, ``causal-lm``, ``seq2seq``, ``fidelity``; :data:`ALIASES` too) or None (classification);
     ``kwargs`` go to its constructor."""
     if isinstance(task, Task):
         return dataclasses.replace(task, **kwargs) if kwargs else task

@@ -48,8 +48,8 @@ Runtime = Annotated[
 TaskName = Annotated[
     str | None,
     typer.Option(
-        help="What the model is for: classification, binary, regression, ranking, dense, tokens, causal-lm or "
-        "fidelity (default: the data's, else classification)."
+        help="What the model is for: classification, binary, regression, ranking, dense, tokens, causal-lm, "
+        "seq2seq or fidelity (default: the data's, else classification)."
     ),
 ]
 DataName = Annotated[

@@ -6,6 +6,8 @@ do. The CLI prints it without a traceback; anything else is a bug and keeps its 
 
 from __future__ import annotations
 
+import re
+
 
 class SlimkitError(Exception):
     """Base class for user-facing errors (bad input, missing extra, unsupported model)."""
@@ -45,9 +47,10 @@ class OutputExistsError(SlimkitError, FileExistsError):
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of ``exc``'s message, or its type name when the message is empty.
 
-    For quoting a library's exception inside a one-line :class:`SlimkitError`.
+    For quoting a library's exception inside a one-line :class:`SlimkitError`; terminal colour codes
+    (torch's ONNX exporter writes some) are dropped.
     """
-    for line in str(exc).splitlines():
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines():
         if line.strip():
             return line.strip()
     return type(exc).__name__

@@ -19,7 +19,7 @@ from torch import nn
 
 from slimkit import distributed
 from slimkit.core.device import check_amp, resolve_device
-from slimkit.core.errors import OutputExistsError, SlimkitError
+from slimkit.core.errors import OutputExistsError, SlimkitError, first_line
 from slimkit.core.files import atomic_path, check_output, write_text_atomic
 from slimkit.evaluate import Report, compare, data_task
 from slimkit.io.onnx import RUNTIME_NAMES, OnnxModel, check_runtime, runtimes
@@ -641,6 +641,11 @@ def _finish(
     for c in loop.candidates:
         c.pareto = c.id in front
     chosen = state["candidate"]
+    try:
+        speed = _paired_speed(loop, model, int8, target.latency_batch)
+    except SlimkitError as exc:  # a model torch's ONNX exporter cannot take (T5): the results stand without it
+        speed = None
+        notes.append(f"no ONNX speed comparison: {first_line(exc)}")
     return OptimizeResult(
         model=model,
         int8_path=int8,
@@ -661,7 +666,7 @@ def _finish(
         trials=trials,
         notes=notes,
         quantize=state.get("quantize"),
-        speed=_paired_speed(loop, model, int8, target.latency_batch),
+        speed=speed,
         backend=be,
     )
 
