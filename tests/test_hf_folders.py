@@ -157,12 +157,12 @@ def _decoder(kind: str) -> torch.nn.Module:
         return transformers.GPT2ForSequenceClassification(config)
     config = transformers.LlamaConfig(
         vocab_size=200,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=32,
+        intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: a layer keeps at least one key / value group
-        max_position_embeddings=32,
+        num_key_value_heads=2,  # grouped-query attention
+        max_position_embeddings=16,
         num_labels=2,
     )
     return transformers.LlamaForSequenceClassification(config)
