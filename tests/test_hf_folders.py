@@ -187,22 +187,22 @@ def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path
     assert model.config.use_cache is True  # the user's setting is back
 
 
-def test_a_grouped_query_attention_classifier_is_optimized_end_to_end(cli, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """A Llama classifier (grouped-query attention, a key / value cache) through the auto recipe: its
-    exports once failed on the cache and its pruned config on transformers' validation."""
+def test_a_pruned_config_transformers_would_refuse_is_not_written_as_a_folder(tmp_path: Path) -> None:
+    """A Llama whose hidden width is no longer a multiple of its heads: transformers refuses to save
+    such a config, so ``sk.save`` says so in one line (``optimize`` then writes ``model.pt2``; this
+    was an internal error) and writes nothing."""
+    import slimkit as sk
+    from slimkit.core.errors import UnknownModelError
+    from slimkit.prune import ChannelPruneConfig
+
     model = _decoder("llama")
     model.config.pad_token_id = 0
-    model.save_pretrained(tmp_path / "llama")
-    (tmp_path / "userdata.py").write_text(DATA)
-    monkeypatch.chdir(tmp_path)
-    code, out, err = cli(
-        "optimize", "llama", "-d", "userdata:loaders", "--target", "params=0.6", "--max-drop", "50",
-        "--time-budget", "90", "-o", "out",
-    )  # fmt: skip
-    assert code == 0, err
-    report = json.loads(Path("out/report.json").read_text())
-    assert report["test"]["after"]["params"] <= 0.6 * report["test"]["before"]["params"]
-    assert Path("out/model.onnx").is_file()
+    batch = {"input_ids": torch.randint(5, 200, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    sk.apply_(model, ChannelPruneConfig(ratios={"model.embed_tokens": 2 / 32}, ratio=0.0), example_inputs=batch)
+    assert model.config.hidden_size == 32 and model.model.embed_tokens.embedding_dim == 30
+    with pytest.raises(UnknownModelError, match=r"no valid LlamaConfig .*not a multiple of the number of attention"):
+        sk.save(model, tmp_path / "folder", example=batch)
+    assert not (tmp_path / "folder").exists()
 
 
 def test_evaluate_scores_a_token_classifier_with_the_task_named(cli, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
