@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -138,13 +140,7 @@ def test_a_hugging_face_token_classifier_is_pruned_against_token_f1(tmp_path) ->
         mask = (labels != -100).long()
         return [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels, strict=True)]
 
-    data = sk.data.Loaders(
-        train=DataLoader(tagged(512, 0), batch_size=32, shuffle=True),
-        val=DataLoader(tagged(128, 1), batch_size=64),
-        test=DataLoader(tagged(128, 2), batch_size=64),
-        task="tokens",
-        name="tagging",
-    )
+    data = _generated(tagged, 512, 128, task="tokens")
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, num_labels=3
@@ -165,6 +161,17 @@ def test_a_hugging_face_token_classifier_is_pruned_against_token_f1(tmp_path) ->
     with torch.no_grad():
         logits = result.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert logits.shape == (64, 12, 3)
+
+
+def _generated(rows: Callable[[int, int], list], train: int, held: int, *, task: str) -> sk.data.Loaders:
+    """Loaders of dict batches from ``rows(n, seed)``: ``train`` rows (seed 0, shuffled), ``held`` each
+    for validation (seed 1) and test (seed 2)."""
+    return sk.data.Loaders(
+        train=DataLoader(rows(train, 0), batch_size=32, shuffle=True),
+        val=DataLoader(rows(held, 1), batch_size=64),
+        test=DataLoader(rows(held, 2), batch_size=64),
+        task=task,
+    )
 
 
 def _tiny_llama(*, vocab: int, length: int, layers: int, ffn: int) -> nn.Module:
@@ -190,13 +197,7 @@ def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None
         ids = (torch.randint(0, 48, (n, 1), generator=g) + torch.arange(16)) % 48
         return [{"input_ids": i, "attention_mask": torch.ones(16, dtype=torch.long)} for i in ids]
 
-    data = sk.data.Loaders(
-        train=DataLoader(counting(256, 0), batch_size=32, shuffle=True),
-        val=DataLoader(counting(64, 1), batch_size=64),
-        test=DataLoader(counting(64, 2), batch_size=64),
-        task="causal-lm",
-        name="counting",
-    )
+    data = _generated(counting, 256, 64, task="causal-lm")
     model = _tiny_llama(vocab=48, length=16, layers=2, ffn=96)
     sk.train.fit(model, data.train, task="causal-lm", epochs=6, lr=5e-3, progress=False)
     result = optimize(model, data, Target(params=0.6, max_drop=0.5), recipe=RECIPE, output=tmp_path / "run")
@@ -222,12 +223,7 @@ def test_a_t5_seq2seq_model_is_pruned_against_perplexity_without_an_onnx_file(tm
             {"input_ids": s, "decoder_input_ids": d, "labels": y} for s, d, y in zip(src, decoder, labels, strict=True)
         ]
 
-    data = sk.data.Loaders(
-        train=DataLoader(copying(256, 0), batch_size=32, shuffle=True),
-        val=DataLoader(copying(64, 1), batch_size=64),
-        test=DataLoader(copying(64, 2), batch_size=64),
-        task="seq2seq",
-    )
+    data = _generated(copying, 256, 64, task="seq2seq")
     torch.manual_seed(0)
     config = transformers.T5Config(
         vocab_size=40,
