@@ -252,7 +252,7 @@ def test_prune_rounds_go_on_when_a_group_reaches_its_last_unit(tmp_path, monkeyp
     group; round 2 goes on with the FFNs (it once failed with a KeyError)."""
     from slimkit.optimize import pipeline
 
-    def final_widths(self, model, costs, sens, step, limits):  # noqa: ANN001, ANN202
+    def final_widths(self, model, costs, sens, step, limits, ties):  # noqa: ANN001, ANN202
         return {g: 1 if w == 2 else max(1, w // 8) for g, w in costs.groups.items() if not g.endswith("embed_tokens")}
 
     monkeypatch.setattr(pipeline.Loop, "resolve", final_widths)

@@ -80,6 +80,13 @@ def optimize_command(
         int | None, typer.Option(help="Batches per fine-tuning epoch (auto recipe; needed for endless loaders).")
     ] = None,
     allocation: Annotated[str, typer.Option(help="sensitivity, uniform or global (auto recipe).")] = "sensitivity",
+    widths: Annotated[
+        str,
+        typer.Option(
+            help="config: every layer alike, as a transformers config sizes it (checkpoint/ is a from_pretrained "
+            "folder); per-layer: each layer its own (closer fit; model.pt2); auto: config when it fits (auto recipe)."
+        ),
+    ] = "auto",
     round_to: Annotated[
         str | None, typer.Option(help="Widths multiple of this, or 'auto' (default: auto when deploying to ORT).")
     ] = None,
@@ -134,6 +141,7 @@ def optimize_command(
                 "steps_per_epoch": steps_per_epoch,
                 "device": device,
                 "amp": amp,
+                "widths": None if widths == "auto" else widths,
             },
         )
     if is_encoder_folder(model):
@@ -151,7 +159,11 @@ def optimize_command(
             device=device,
             amp=amp,
             force=force,
-            extra={"val_batches": val_batches, "steps_per_epoch": steps_per_epoch},
+            extra={
+                "val_batches": val_batches,
+                "steps_per_epoch": steps_per_epoch,
+                "widths": None if widths == "auto" else widths,
+            },
             task=task,
         )
     net = load_model(model, factory, trust_pickle)
@@ -181,6 +193,7 @@ def optimize_command(
             finetune_epochs=finetune_epochs or 4,
             rounds=rounds,
             allocation=allocation,
+            widths=widths,
             round_to=_round_to(round_to),
             steps_per_epoch=steps_per_epoch,
             trials=trials,

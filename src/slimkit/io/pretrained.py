@@ -15,8 +15,12 @@ those with :func:`slimkit.save` and a factory, or prune with the same ratio in e
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import json
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,9 @@ from slimkit.core.files import atomic_path
 from slimkit.core.optional import require
 
 __all__ = [
+    "ConfigTies",
     "architecture",
+    "config_ties",
     "find_pretrained",
     "folder_config",
     "is_pretrained_folder",
@@ -111,6 +117,143 @@ def _with(config: Any, field: tuple[str, int | None], value: int) -> Any:
     return trial
 
 
+def _search_start(hf: nn.Module) -> Any:
+    """A copy of ``hf``'s config with the head size pinned (pruning heads keeps their size)."""
+    config = copy.deepcopy(hf.config)
+    head_dims = {m.head_dim for m in hf.modules() if isinstance(getattr(m, "head_dim", None), int)}
+    if len(head_dims) == 1 and getattr(config, "head_dim", None) is None:
+        config.head_dim = head_dims.pop()
+    return config
+
+
+@dataclasses.dataclass
+class ConfigTies:
+    """How a ``transformers`` config sizes a model's prunable groups (see :func:`config_ties`)."""
+
+    config: str  # the config class
+    classes: dict[str, list[str]]  # config field(s) -> the producers of the groups they size
+    units: dict[str, int]  # config field(s) -> the widths a class can take: k / units of each group's, k = 1..units
+    frozen: dict[str, str]  # producer -> why no config can describe pruning it
+
+    def tied(self, groups: dict[str, int]) -> list[tuple[list[str], int]]:
+        """The classes as :func:`slimkit.optimize.pipeline.fit_widths` takes them (producers, unit count),
+        each group of ``groups`` outside the transformers model (a user's head) a class of its own."""
+        inside = {p for members in self.classes.values() for p in members} | set(self.frozen)
+        return [(members, self.units[k]) for k, members in self.classes.items()] + [
+            ([p], n) for p, n in groups.items() if p not in inside
+        ]
+
+    def check(self, model: nn.Module) -> str | None:
+        """Why no config describes ``model`` (pruned), or None."""
+        try:
+            pretrained_config(model)
+        except UnknownModelError as exc:
+            return str(exc)
+        return None
+
+
+def config_ties(model: nn.Module, costs: Any) -> ConfigTies | None:
+    """Which of ``model``'s prunable groups (those of ``costs``, a
+    :class:`~slimkit.optimize.CostModel`) the fields of its ``transformers`` config size together.
+
+    Each size field of the config is changed alone and the model built on the meta device: groups
+    whose dimensions move with the same fields form one class (BERT: the hidden size sizes the
+    residual stream, every layer's attention heads and the pooler; the intermediate size every
+    layer's FFN), and pruning every group of a class in proportion keeps the model describable by a
+    config. A field the config requires to be a multiple of another's (Llama: the hidden size of the
+    head count) joins that field's class. A class takes ``units`` widths (BERT's 384 hidden and 12
+    heads: 12; an EfficientNet block expanding 8 channels 6 times: 6). A group no field sizes, or a
+    class whose fields also size dimensions outside its groups (a protected layer), is ``frozen``.
+    Groups outside the transformers model (a user's head) are in neither. None when ``model`` holds
+    no transformers model or its config cannot rebuild it.
+    """
+    from slimkit.graph import pruner_for
+
+    hf = find_pretrained(model)
+    if hf is None:
+        return None
+    prefix = next(name for name, m in model.named_modules() if m is hf)
+    prefix = prefix + "." if prefix else ""
+    cls, config = type(hf), _search_start(hf)
+    base = _layout(cls, config)
+    if base is None:
+        return None
+    params = {name for name, _ in hf.named_parameters(remove_duplicate=False)}
+    sizes = {(f[0] if f[1] is None else f"{f[0]}[{f[1]}]"): (f, v) for f, v in _size_fields(config).items()}
+    moved: dict[str, set[tuple[str, int]]] = {}  # field -> (parameter, dimension) it resizes
+    for label, (field, value) in sizes.items():
+        for new in (value // 2, value - 1):
+            layout = _layout(cls, _with(config, field, new)) if new >= 1 else None
+            if layout is None:
+                continue
+            moved[label] = {
+                (k, d)
+                for k, shape in layout[0].items()
+                if k in params and len(shape) == len(base[0].get(k, ()))
+                for d, (a, b) in enumerate(zip(shape, base[0][k], strict=True))
+                if a != b
+            }
+            break
+
+    def dims(layer: str, kind: str) -> set[tuple[str, int]]:
+        module = model.get_submodule(layer)
+        rule = pruner_for(module)
+        return {
+            (f"{layer[len(prefix) :]}.{attr}", d)
+            for attr, p in module.named_parameters(recurse=False)
+            for d in range(p.dim())
+            if rule.kind(module, attr, d) == kind
+        }
+
+    def steps(label: str) -> list[int]:
+        return [sizes[f][1] for f in label.split("+") if f in sizes]
+
+    classes: dict[str, list[str]] = {}
+    frozen: dict[str, str] = {}
+    for producer, slots in costs.slots.items():
+        if not producer.startswith(prefix):
+            continue
+        own = set().union(*(dims(*slot) for slot in slots))
+        fields = "+".join(f for f, where in moved.items() if where & own)
+        if fields:
+            classes.setdefault(fields, []).append(producer)
+        else:
+            frozen[producer] = f"no {type(config).__name__} field sizes it"
+    for fields, producers in list(classes.items()):
+        covered = set().union(*(dims(*slot) for p in producers for slot in costs.slots[p]))
+        outside = set().union(*(moved[f] for f in fields.split("+"))) - covered
+        if outside:
+            name = min(outside)[0]
+            frozen.update({p: f"{fields} also sizes {name}, which is not pruned with it" for p in producers})
+            del classes[fields]
+    for fields in [f for f in classes if f in sizes]:
+        field, value = sizes[fields]
+        if _invalid(_with(config, field, value - 1)) is None:
+            continue
+        for other in [c for c in classes if c != fields]:
+            if any(
+                v > 1 and value % v == 0 and _invalid(_with(config, field, value - v)) is None for v in steps(other)
+            ):
+                classes[f"{fields}+{other}"] = classes.pop(fields) + classes.pop(other)
+                break
+    units = {}
+    for fields, producers in classes.items():
+        counts = [costs.groups[p] for p in producers]
+        units[fields] = math.gcd(*counts, *(v for v in steps(fields) if all(n % v == 0 for n in counts)))
+    return ConfigTies(type(config).__name__, classes, units, frozen)
+
+
+def _invalid(config: Any) -> str | None:
+    """Why transformers would refuse to save ``config`` (its family's rules, e.g. the hidden size a
+    multiple of the head count), or None."""
+    try:
+        if hasattr(config, "validate"):
+            config.validate()
+    except Exception as exc:  # noqa: BLE001  (huggingface_hub's validation error wraps the family's ValueError)
+        return first_line(exc.__cause__ or exc)
+    return None
+
+
 def pretrained_config(model: nn.Module) -> Any:
     """A copy of the model's config whose size fields describe its (pruned) parameter shapes.
 
@@ -124,10 +267,7 @@ def pretrained_config(model: nn.Module) -> Any:
     original = _layout(cls, hf.config)
     if original is None:
         raise UnknownModelError(f"{cls.__name__} cannot be rebuilt from its own config")
-    config = copy.deepcopy(hf.config)
-    head_dims = {m.head_dim for m in hf.modules() if isinstance(getattr(m, "head_dim", None), int)}
-    if len(head_dims) == 1 and getattr(config, "head_dim", None) is None:  # pruning keeps the head size
-        config.head_dim = head_dims.pop()
+    config = _search_start(hf)
 
     def score(layout: Layout | None) -> tuple[int, int]:
         """(parameters of the right shape, module numbers that agree, e.g. heads and head sizes)."""
@@ -139,17 +279,35 @@ def pretrained_config(model: nn.Module) -> Any:
     # candidate values of a field: the pruned size of a dimension it used to equal, or the field
     # scaled as a dimension was (heads: 8 -> 4 when a projection went from 512 to 256)
     pairs = {(o, n) for k, v in want.items() if k in original[0] for o, n in zip(original[0][k], v, strict=False)}
-    ratios = {n / o for o, n in pairs if o != n}
+    pairs |= {(o, numbers[k]) for k, o in original[1].items() if isinstance(o, int) and isinstance(numbers.get(k), int)}
+    ratios = {Fraction(n, o) for o, n in pairs if o != n and o > 0}
+
+    def moves() -> list[tuple[tuple[str, int | None], int]]:
+        """Each size field set to a width it used to equal, or scaled as a dimension or a head count was."""
+        out = []
+        for field, value in _size_fields(config).items():
+            candidates = {n for o, n in pairs if o == value} | {
+                int(value * r) for r in ratios if (value * r).denominator == 1
+            }
+            out += [(field, new) for new in sorted(candidates - {value, 0})]
+        return out
+
     best = score(_layout(cls, config))
     for _ in range(_MAX_ROUNDS):
         improved = False
-        for field, value in _size_fields(config).items():
-            candidates = {n for o, n in pairs if o == value} | {round(value * r) for r in ratios if value * r % 1 == 0}
-            for new in sorted(candidates - {value, 0}):
-                trial = _with(config, field, new)
-                trial_score = score(_layout(cls, trial))
-                if trial_score > best:
-                    best, config, improved = trial_score, trial, True
+        single = moves()
+        # one field at a time, then two together (BERT: 6 heads of 16 -> 4 needs hidden 96 -> 64 at once)
+        for move in [[m] for m in single] + [list(mm) for mm in itertools.combinations(single, 2)]:
+            if improved and len(move) > 1:
+                break
+            if len(move) > 1 and move[0][0] == move[1][0]:
+                continue
+            trial = config
+            for field, new in move:
+                trial = _with(trial, field, new)
+            trial_score = score(_layout(cls, trial))
+            if trial_score > best:
+                best, config, improved = trial_score, trial, True
         if not improved:
             break
     advice = "prune every layer with the same ratio, or build the model with a factory and slimkit.save it"
@@ -161,14 +319,11 @@ def pretrained_config(model: nn.Module) -> Any:
             "(a config gives every layer the same widths, and some families tie the attention width to the "
             f"hidden size): {advice}"
         )
-    try:  # transformers refuses to save a config that breaks its family's rules (hidden size = heads x head size)
-        if hasattr(config, "validate"):
-            config.validate()
-    except Exception as exc:  # huggingface_hub's validation error wraps the ValueError
-        why = first_line(exc.__cause__ or exc)
+    why = _invalid(config)
+    if why is not None:
         raise UnknownModelError(
             f"no valid {type(config).__name__} describes the pruned {cls.__name__}: {why}; {advice}"
-        ) from None
+        )
     return config
 
 

@@ -110,6 +110,9 @@ class KerasBackend:
     def widths(self, model: Any) -> dict[str, int]:
         return widths(model)
 
+    def config_ties(self, model: Any, costs: KerasCostModel) -> None:
+        """A Keras model has no transformers config: per-layer widths."""
+
     def prune(self, model: Any, cfg: ChannelPruneConfig) -> Any:
         return apply_(model, cfg)
 

@@ -25,6 +25,7 @@ from slimkit.core.transform import Config, apply_
 from slimkit.evaluate.cost import count_macs, count_params
 from slimkit.evaluate.report import Report
 from slimkit.graph.trace import flat_tensors
+from slimkit.io.pretrained import ConfigTies, config_ties
 from slimkit.optimize.recipe import FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, probe_step
 from slimkit.optimize.target import Target
@@ -50,6 +51,7 @@ class Backend(Protocol):
     def costs(self, model: Any) -> dict[str, float]: ...
     def cost_model(self, model: Any, protected: tuple[str, ...]) -> CostModel: ...
     def widths(self, model: Any) -> dict[str, int]: ...
+    def config_ties(self, model: Any, costs: CostModel) -> ConfigTies | None: ...
     def prune(self, model: Any, cfg: ChannelPruneConfig) -> Any: ...
     def transform(self, model: Any, cfg: Config) -> Any: ...
     def scores(self, model: Any, split: str) -> dict[str, float]: ...
@@ -164,6 +166,9 @@ class TorchBackend:
 
     def widths(self, model: nn.Module) -> dict[str, int]:
         return output_widths(model, self.layer_names)
+
+    def config_ties(self, model: nn.Module, costs: CostModel) -> ConfigTies | None:
+        return config_ties(model, costs)
 
     def prune(self, model: nn.Module, cfg: ChannelPruneConfig) -> nn.Module:
         """Structured pruning in place; importance and calibration on training batches."""

@@ -25,8 +25,9 @@ from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError, UnknownModelError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import onnx_latency
+from slimkit.io.pretrained import ConfigTies
 from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
-from slimkit.optimize.sensitivity import CostModel, Sensitivity, allocate, sensitivity_key, uniform
+from slimkit.optimize.sensitivity import CostModel, Sensitivity, TiedCosts, allocate, sensitivity_key, uniform
 from slimkit.optimize.target import Target
 from slimkit.prune import ChannelPruneConfig
 from slimkit.simplify import FoldConfig
@@ -81,7 +82,7 @@ def pareto_front(
 
 
 def fit_widths(
-    costs: CostModel,
+    costs: CostModel | TiedCosts,
     limits: dict[str, float],
     measure: Callable[[dict[str, float]], dict[str, float]],
     *,
@@ -89,6 +90,7 @@ def fit_widths(
     max_ratio: float = 0.9,
     spread: float | None = 0.25,
     round_to: int | str = 1,
+    classes: list[tuple[list[str], int]] | None = None,
 ) -> tuple[dict[str, int], dict[str, float]] | None:
     """Per-group widths (and the ratios they came from) whose pruned model meets ``limits``
     (absolute ``{"macs", "params"}``) measured for real: ``measure(ratios)`` gives the real costs of
@@ -97,9 +99,24 @@ def fit_widths(
     beyond the budget are given back. Ratios come from :func:`allocate` over ``sens`` (unless
     :func:`uniform` is predicted to lose less), or are uniform. None when no widths fit.
 
+    ``classes`` (producers and unit count of each; groups in none stay whole) prunes the groups of each
+    class in proportion, through :class:`TiedCosts`.
+
     The one width fitter of slimkit: the optimize loop (both frameworks) and budget pruning of
     ``.keras`` files use it.
     """
+    if classes is not None:
+        tied = TiedCosts(costs, classes)
+        found = fit_widths(
+            tied,
+            limits,
+            lambda ratios: measure(tied.expand(ratios)),
+            sens=None if sens is None else tied.sensitivity(sens),
+            max_ratio=max_ratio,
+            spread=spread,
+            round_to=round_to,
+        )
+        return None if found is None else (tied.expand_widths(found[0]), tied.expand(found[1]))
     n = costs.groups
 
     def real(widths: dict[str, int]) -> dict[str, float]:
@@ -128,7 +145,7 @@ def fit_widths(
 
 
 def _grow(
-    costs: CostModel,
+    costs: CostModel | TiedCosts,
     sens: Sensitivity | None,
     limits: dict[str, float],
     widths: dict[str, int],
@@ -169,6 +186,9 @@ def _grow(
         return widths
     got = real(grown)
     return grown if all(got[k] <= lim for k, lim in limits.items()) else widths
+
+
+CONFIG_FILL = 0.85  # widths="auto": config widths must use this share of the budget, else per-layer widths
 
 
 class Loop:
@@ -516,7 +536,7 @@ class Loop:
             self.log("  pruning: no prunable group (every group is blocked or protected): step skipped")
             return False
         sens = self.get_sensitivity(model, step) if step.allocation == "sensitivity" else None
-        final_w = self.resolve(model, costs, sens, step, limits)
+        final_w = self.resolve(model, costs, sens, step, limits, self.config_ties(model, costs, step))
         return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno)
 
     def prune_in_rounds(
@@ -556,6 +576,29 @@ class Loop:
             if not self._attempt(state, label, variants, recovery, passno):
                 return False
 
+    def config_ties(self, model: Any, costs: CostModel, step: SensitivityPruneConfig) -> ConfigTies | None:
+        """How the model's config sizes its groups, when ``step.widths`` asks for widths a
+        ``transformers`` config describes (see :class:`SensitivityPruneConfig`); None: per-layer widths."""
+        if step.widths == "per-layer" or step.allocation == "global":
+            return None
+        ties = self.be.config_ties(model, costs)
+        if ties is None:
+            if step.widths == "config":
+                raise SlimkitError(
+                    "widths='config' needs a Hugging Face transformers model (its config describes the widths); "
+                    "use widths='auto' or 'per-layer'"
+                )
+            return None
+        whole: dict[str, list[str]] = {}
+        for p, why in ties.frozen.items():
+            whole.setdefault(why, []).append(p)
+        self.log(
+            f"  widths as a {ties.config} sizes them (a from_pretrained folder): "
+            + ", ".join(f"{k} ({len(v)} groups)" for k, v in ties.classes.items())
+            + "".join(f"; kept whole: {', '.join(ps)} ({why})" for why, ps in whole.items())
+        )
+        return ties
+
     def resolve(
         self,
         model: Any,
@@ -563,26 +606,43 @@ class Loop:
         sens: Sensitivity | None,
         step: SensitivityPruneConfig,
         limits: dict[str, float],
+        ties: ConfigTies | None = None,
     ) -> dict[str, int]:
-        """Per-group final widths meeting ``limits`` on the real pruned model (:func:`fit_widths`).
+        """Per-group final widths meeting ``limits`` on the real pruned model (:func:`fit_widths`), the
+        groups that ``ties`` puts in one class pruned in proportion.
 
-        Widths rounded to ``step.round_to`` that cannot meet the budget fall back to unrounded widths.
+        Widths rounded to ``step.round_to`` that cannot meet the budget fall back to unrounded widths;
+        config widths that do not fit (``step.widths="auto"``), to per-layer widths.
         """
 
-        def measure(ratios: dict[str, float]) -> dict[str, float]:
+        def pruned(ratios: dict[str, float]) -> Any:
             cfg = ChannelPruneConfig(ratio=0.0, ratios=ratios, protected=list(step.protected))
-            trial = self.be.prune(self.be.copy(model), cfg) if ratios else model
-            return self.be.costs(trial)
+            return self.be.prune(self.be.copy(model), cfg) if ratios else model
 
         fit = functools.partial(
-            fit_widths, costs, limits, measure, sens=sens, max_ratio=step.max_ratio, spread=step.spread
+            fit_widths,
+            costs,
+            limits,
+            lambda ratios: self.be.costs(pruned(ratios)),
+            sens=sens,
+            max_ratio=step.max_ratio,
+            spread=step.spread,
         )
-        self.round_to_used = step.round_to
-        found = fit(round_to=step.round_to)
-        if found is None and _block(step.round_to) > 1:
-            self.log(f"  widths in multiples of {_block(step.round_to)} cannot meet the budget: not rounding")
-            self.round_to_used = 1
-            found = fit(round_to=1)
+        found = None
+        for tie in [ties, None] if ties is not None and step.widths == "auto" else [ties]:
+            classes = None if tie is None else tie.tied(costs.groups)
+            self.round_to_used = step.round_to
+            found = fit(round_to=step.round_to, classes=classes)
+            if found is None and _block(step.round_to) > 1:
+                self.log(f"  widths in multiples of {_block(step.round_to)} cannot meet the budget: not rounding")
+                self.round_to_used = 1
+                found = fit(round_to=1, classes=classes)
+            why = None if tie is None else self.config_misfit(tie, found, costs, limits, pruned, step.widths == "auto")
+            if why is None:
+                break
+            if step.widths == "config":
+                raise SlimkitError(f"widths='config': {why}; use widths='auto' or 'per-layer'")
+            self.log(f"  {why}: per-layer widths (saved as model.pt2; widths='config' insists)")
         if found is None:
             kept = f" (kept whole: {', '.join(step.protected)}; a milder target or fewer protected layers)"
             raise SlimkitError(
@@ -591,6 +651,7 @@ class Loop:
         widths, ratios = found
         entry = {
             "allocation": step.allocation,
+            "config_widths": tie is not None,
             "ratios": ratios,
             "widths": widths,
             "limits": limits,
@@ -609,6 +670,27 @@ class Loop:
         self.allocations.append(entry)
         self.log("  widths: " + ", ".join(f"{p} {costs.groups[p]} -> {w}" for p, w in widths.items()))
         return widths
+
+    @staticmethod
+    def config_misfit(
+        ties: ConfigTies,
+        found: tuple[dict[str, int], dict[str, float]] | None,
+        costs: CostModel,
+        limits: dict[str, float],
+        pruned: Callable[[dict[str, float]], Any],
+        coarse: bool,
+    ) -> str | None:
+        """Why the config widths ``found`` do not do (none, ``coarse``: far below the budget, or not a
+        config's after all), or None."""
+        if found is None:
+            return f"no widths a {ties.config} describes meet the budget"
+        ratios = {p: (costs.groups[p] - w) / costs.groups[p] for p, w in found[0].items() if w < costs.groups[p]}
+        if coarse:  # a config's widths move in coarse steps (a tiny model's half hidden size)
+            est = costs.estimate(ratios)
+            fill, kind = max((est[k] / lim, k) for k, lim in limits.items())
+            if fill < CONFIG_FILL:
+                return f"widths a {ties.config} describes would cut {kind} to {fill:.0%} of the budget (too coarse)"
+        return ties.check(pruned(ratios))
 
     def pick_lowrank_layers(self, model: Any, step: LowRankConfig) -> LowRankConfig:
         """Factorize only the layers whose low-rank sensitivity is small: factorizing one alone (SVD, at

@@ -45,6 +45,7 @@ from slimkit.simplify import FoldConfig
 from slimkit.train import DistillConfig
 
 ALLOCATIONS = ("sensitivity", "uniform", "global")
+WIDTHS = ("auto", "config", "per-layer")
 MAX_RECIPE_BYTES = 1_000_000
 
 
@@ -114,12 +115,18 @@ class SensitivityPruneConfig(Config):
     ratio (None: no bound; see :func:`slimkit.optimize.allocate`). ``refit``: least-squares refits of
     the layers after pruned ones (see :class:`slimkit.prune.ChannelPruneConfig`), in probes and rounds,
     on ``calibration_batches`` training batches (also those of data-driven importances and BatchNorm
-    statistics).
+    statistics). ``widths="config"`` prunes alike the groups that one field of a ``transformers``
+    config sizes (every layer's FFN; every layer's heads; the hidden size, with the heads where the
+    family derives the head size from it), so the result is a ``from_pretrained`` folder;
+    ``"per-layer"`` lets every group take its own width (a closer fit, but a transformers model then
+    saves as ``model.pt2`` only); ``"auto"``: ``"config"`` for a transformers model when such widths
+    meet the budget, else per-layer.
     """
 
     target_macs: float | None = None
     target_params: float | None = None
     allocation: str = "sensitivity"
+    widths: str = "auto"
     importance: str = "l2"
     probe_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
     rounds: int = 1
@@ -152,6 +159,12 @@ class SensitivityPruneConfig(Config):
                 raise SlimkitError(f"{name}={v} must be a share of the original in (0, 1]")
         if self.allocation not in ALLOCATIONS:
             raise SlimkitError(f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+        if self.widths not in WIDTHS:
+            raise SlimkitError(f"unknown widths {self.widths!r}; choose one of {', '.join(WIDTHS)}")
+        if self.widths == "config" and self.allocation == "global":
+            raise SlimkitError(
+                "global ranking gives every layer its own widths: use widths='config' with another allocation"
+            )
         if self.importance not in imp.METHODS:
             raise SlimkitError(f"unknown importance {self.importance!r}; choose one of {', '.join(imp.METHODS)}")
         if not self.probe_ratios or not all(0 < r < 1 for r in self.probe_ratios):
@@ -284,6 +297,7 @@ def auto_recipe(
     finetune_epochs: int = 4,
     rounds: int = 2,
     allocation: str = "sensitivity",
+    widths: str = "auto",
     importance: str = "l2",
     round_to: int | str | None = None,
     steps_per_epoch: int | None = None,
@@ -327,6 +341,7 @@ def auto_recipe(
                 target_macs=macs if macs is not None and macs < 1 else None,
                 target_params=params if params is not None and params < 1 else None,
                 allocation=allocation,
+                widths=widths,
                 importance=importance,
                 rounds=rounds,
                 round_to=round_to,

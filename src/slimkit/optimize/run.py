@@ -313,6 +313,7 @@ def optimize(
     finetune_epochs: int = 4,
     rounds: int = 2,
     allocation: str = "sensitivity",
+    widths: str = "auto",
     importance: str = "l2",
     round_to: int | str | None = None,
     steps_per_epoch: int | None = None,
@@ -345,7 +346,9 @@ def optimize(
     key of ``evaluate``'s dict and ``higher_is_better`` its direction (known metrics need none);
     ``example_inputs`` (a batch of model inputs) replaces ``data`` for tracing. ``recipe`` is ``"auto"``
     (built from the target: sensitivity pruning in ``rounds`` with ``finetune_epochs`` of distilled
-    fine-tuning, BatchNorm folding, int8 when the file or latency budget needs it), a
+    fine-tuning, BatchNorm folding, int8 when the file or latency budget needs it; ``widths``:
+    see :class:`SensitivityPruneConfig`, by default a transformers model keeps widths its config
+    describes, so ``checkpoint/`` is a ``from_pretrained`` folder), a
     :class:`Recipe`, a dict or a JSON / YAML file. ``trials > 0`` searches recipe parameters with
     Optuna (extra ``search``) in ``storage`` (default: ``study.db`` in ``output``); ``resume``
     continues an interrupted run in ``output``. ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``,
@@ -402,6 +405,7 @@ def optimize(
         "finetune_epochs": finetune_epochs,
         "rounds": rounds,
         "allocation": allocation,
+        "widths": widths,
         "importance": importance,
         "round_to": round_to,
         "steps_per_epoch": steps_per_epoch,

@@ -70,10 +70,12 @@ class CostModel:
         self.groups: dict[str, int] = {}
         self.members: dict[str, list[str]] = {}  # layer -> producers of the groups it belongs to
         self.group_names: dict[str, str] = {}
+        self.slots: dict[str, list[tuple[str, str]]] = {}  # producer -> (layer, slot kind) of the group, its own first
         for g in graph.groups:
             producer = next(s.module for s in g.slots if s.producer)
             self.groups[producer] = len(g)
             self.group_names[producer] = g.name
+            self.slots[producer] = [(s.module, s.kind) for s in sorted(g.slots, key=lambda s: not s.producer)]
             for s in g.slots:
                 self.members.setdefault(s.module, [])
                 if producer not in self.members[s.module]:
@@ -112,6 +114,41 @@ class CostModel:
                 total += cost * keep
             out[kind] = total
         return out
+
+
+class TiedCosts:
+    """A :class:`CostModel` whose groups are classes of groups pruned in proportion: ``classes`` holds
+    each class's producers (the first names the class) and unit count, a common divisor of its
+    groups' (BERT's hidden size 384 and 12 heads a layer: 12), so that each width the class takes
+    keeps every group of it a whole number of units (hidden size = heads x head size)."""
+
+    def __init__(self, costs: CostModel, classes: list[tuple[list[str], int]]) -> None:
+        self.costs = costs
+        self.base = costs.base
+        self.classes = {c[0]: c for c, _ in classes}
+        self.groups = {c[0]: units for c, units in classes}
+
+    def expand(self, ratios: dict[str, float]) -> dict[str, float]:
+        """Per-group ratios from per-class ones."""
+        return {p: r for k, r in ratios.items() for p in self.classes[k]}
+
+    def expand_widths(self, widths: dict[str, int]) -> dict[str, int]:
+        """Per-group widths from per-class ones (in the class's units)."""
+        return {p: self.costs.groups[p] * w // self.groups[k] for k, w in widths.items() for p in self.classes[k]}
+
+    def estimate(self, ratios: dict[str, float]) -> dict[str, float]:
+        return self.costs.estimate(self.expand(ratios))
+
+    def sensitivity(self, sens: Sensitivity) -> Sensitivity:
+        """``sens`` per class: the losses of a class's groups add up (the allocation's model)."""
+        groups = {}
+        for k, members in self.classes.items():
+            probes = [sens.groups[p] for p in members if p in sens.groups]
+            if probes:
+                base = sens.base["loss"]
+                loss = [base + sum(g["loss"][i] - base for g in probes) for i in range(len(probes[0]["ratios"]))]
+                groups[k] = {"units": self.groups[k], "ratios": probes[0]["ratios"], "loss": loss}
+        return dataclasses.replace(sens, groups=groups)
 
 
 @dataclasses.dataclass
