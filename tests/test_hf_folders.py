@@ -62,13 +62,12 @@ def test_a_task_model_folder_is_optimized_and_written_back_as_a_folder_of_its_cl
     from slimkit.io import load
 
     before = _digest(classifier)
-    recipe = classifier.parent / "uniform.json"
-    recipe.write_text(json.dumps({"steps": [{"type": "ChannelPruneConfig", "ratio": 0.5}]}))
     code, out, err = cli(
-        "optimize", classifier, "-d", "userdata:loaders", "--target", "params=0.7", "--max-drop", "50",
-        "--recipe", recipe, "--time-budget", "120", "-o", "out",
-    )  # fmt: skip
+        *("optimize", classifier, "-d", "userdata:loaders", "--target", "params=0.7", "--max-drop", "50"),
+        *("--rounds", "1", "--finetune-epochs", "1", "--time-budget", "120", "-o", "out"),
+    )
     assert code == 0, err
+    assert "widths as a DistilBertConfig sizes them" in out  # sensitivity allocation, one width per config field
     assert _digest(classifier) == before  # the input folder is untouched
     original = load(classifier)
     assert type(original).__name__ == "DistilBertForSequenceClassification"

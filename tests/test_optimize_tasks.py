@@ -208,6 +208,8 @@ def test_a_hugging_face_causal_lm_is_pruned_against_perplexity(tmp_path) -> None
         assert c.quality_ok == (c.metrics["perplexity"] - base <= 0.5 + 1e-9)
     assert result.chosen_candidate.target_ok and count_params(result.model) <= 0.6 * count_params(model)
     assert result.after.metrics["perplexity"] <= result.before.metrics["perplexity"] + 1.0  # on the test split
+    # hidden size 32 with 2 key / value groups: a config's widths halve it, far below the budget
+    assert not result.allocations[0]["config_widths"] and result.files["program"] == "model.pt2"
 
 
 def test_a_t5_seq2seq_model_is_pruned_against_perplexity_without_an_onnx_file(tmp_path) -> None:  # noqa: ANN001
@@ -362,6 +364,17 @@ def test_user_loop_bad_input_is_one_line(trained) -> None:  # noqa: ANN001
             example_inputs=torch.randn(2, 8),
             recipe=RECIPE,
         )
+
+
+def test_config_widths_need_a_transformers_model_and_an_allocation_that_ties_layers(trained) -> None:  # noqa: ANN001
+    model, data = trained
+    step = SensitivityPruneConfig(target_params=0.5, probe_ratios=(0.5,), widths="config")
+    with pytest.raises(SlimkitError, match="widths='config' needs a Hugging Face transformers model"):
+        optimize(model, data, "params=0.5", recipe=Recipe((step,)))
+    with pytest.raises(SlimkitError, match="global ranking gives every layer its own widths"):
+        SensitivityPruneConfig(target_params=0.5, widths="config", allocation="global")
+    with pytest.raises(SlimkitError, match="unknown widths 'layer'; choose one of auto, config, per-layer"):
+        SensitivityPruneConfig(target_params=0.5, widths="layer")
 
 
 LOADERS = """

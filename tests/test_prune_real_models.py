@@ -329,6 +329,56 @@ def test_pruned_transformers_model_saves_pretrained_and_loads_with_from_pretrain
         sk.io.save_pretrained(model, tmp_path / "hf")
 
 
+def _family(family: str) -> tuple[nn.Module, torch.Tensor]:
+    if family in ("llama", "qwen2"):
+        return _decoder({"llama": "Llama", "qwen2": "Qwen2"}[family]).eval(), TEXT
+    model_class, config_class, kwargs, x = FAMILIES[family]
+    torch.manual_seed(0)
+    return Logits(getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs))).eval(), x
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "vit", "resnet", "convnext", "llama", "qwen2"])
+def test_config_widths_from_uneven_sensitivities_save_as_from_pretrained_folders(family: str, tmp_path: Path) -> None:
+    """Sensitivities that differ by group make per-layer widths; tied by the config's fields (every
+    layer's FFN alike, BERT's hidden size with its heads, Llama's with its head count, which its config
+    must divide), the budget is met and ``from_pretrained`` loads the folder to the same outputs."""
+    from slimkit.evaluate.cost import count_params
+    from slimkit.io.pretrained import config_ties
+    from slimkit.optimize.pipeline import fit_widths
+    from slimkit.optimize.sensitivity import CostModel, Sensitivity
+
+    model, x = _family(family)
+    costs = CostModel(model, x)
+    curves = {p: {"ratios": [0.5], "loss": [1.0 + 0.1 * (i % 3)]} for i, p in enumerate(costs.groups)}
+    sens = Sensitivity(key="", base={"loss": 1.0}, groups=curves)
+
+    def pruned(ratios: dict[str, float]) -> nn.Module:
+        return sk.apply_(copy.deepcopy(model), ChannelPruneConfig(ratio=0.0, ratios=ratios), example_inputs=x)
+
+    def measure(ratios: dict[str, float]) -> dict[str, float]:
+        return {"params": count_params(pruned(ratios))}
+
+    def fit(classes: list | None) -> nn.Module:
+        widths = fit_widths(costs, {"params": 0.75 * costs.base["params"]}, measure, sens=sens, classes=classes)[0]
+        return pruned({p: 1 - w / costs.groups[p] for p, w in widths.items()})
+
+    ties = config_ties(model, costs)
+    if family == "bert":  # the head size is the hidden size / heads: heads go with the hidden size
+        assert ties.classes["hidden_size"][1:3] == [f"m.bert.encoder.layer.{i}.attention.self.query" for i in (0, 1)]
+        assert "no BertConfig describes" in ties.check(fit(None))  # per-layer widths: no config
+    if family == "llama":
+        assert ties.units == {
+            "intermediate_size": 96,
+            "hidden_size+num_attention_heads+num_key_value_heads+head_dim": 2,
+        }
+    slim = fit(ties.tied(costs.groups))
+    assert count_params(slim) <= 0.75 * costs.base["params"]
+    sk.io.save_pretrained(slim, tmp_path / "hf", example_inputs=x)  # checks the reloaded folder's outputs
+    again = type(slim.m).from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(Logits(again)(x), slim(x), atol=1e-5, rtol=1e-5)
+
+
 def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_what_to_do(tmp_path: Path) -> None:
     model = _llama()
     sk.apply_(model, ChannelPruneConfig(ratios={"m.model.layers.0.mlp.gate_proj": 0.5}, ratio=0.0), example_inputs=TEXT)

@@ -10,6 +10,8 @@ reads such a folder (a user's fine-tuned classifier, say) without running any co
 
 Widths that differ between layers (``global_ranking=True``) are not describable by a config: save
 those with :func:`slimkit.save` and a factory, or prune with the same ratio in every layer.
+:func:`config_ties` finds which groups each config field sizes, so that ``slimkit.optimize`` can
+allocate one width per field (``SensitivityPruneConfig.widths``).
 """
 
 from __future__ import annotations

@@ -535,8 +535,9 @@ class Loop:
         if not costs.groups:
             self.log("  pruning: no prunable group (every group is blocked or protected): step skipped")
             return False
+        ties = self.config_ties(model, costs, step)
         sens = self.get_sensitivity(model, step) if step.allocation == "sensitivity" else None
-        final_w = self.resolve(model, costs, sens, step, limits, self.config_ties(model, costs, step))
+        final_w = self.resolve(model, costs, sens, step, limits, ties)
         return self.prune_in_rounds(state, step, final_w, dict(costs.groups), recovery, passno)
 
     def prune_in_rounds(
