@@ -176,7 +176,11 @@ def config_ties(model: nn.Module, costs: Any) -> ConfigTies | None:
         return None
     prefix = next(name for name, m in model.named_modules() if m is hf)
     prefix = prefix + "." if prefix else ""
-    cls, config = type(hf), _search_start(hf)
+    try:  # the config of the widths it has now (pruned before, its own config is stale)
+        config = pretrained_config(hf)
+    except UnknownModelError:
+        config = _search_start(hf)
+    cls = type(hf)
     base = _layout(cls, config)
     if base is None:
         return None

@@ -255,9 +255,9 @@ def render_html(result: OptimizeResult) -> str:
     for a in result.allocations:
         if "predicted_loss" in a:
             parts.append(
-                f"<p>Allocation ({e(a['allocation'])}): predicted validation-loss increase "
-                f"{a['predicted_loss']:.3f}, uniform ratios would give "
-                f"{a['uniform_predicted_loss']:.3f}.</p>"
+                f"<p>Allocation ({e(a['allocation'])}"
+                f"{', one width per config field' if a.get('config_widths') else ''}): predicted validation-loss "
+                f"increase {a['predicted_loss']:.3f}, uniform ratios would give {a['uniform_predicted_loss']:.3f}.</p>"
             )
             rows = [[e(p), f"{r:.3f}", f"{a['uniform_ratios'].get(p, 0):.3f}"] for p, r in a["ratios"].items()]
             parts.append(_table(["group (producer)", "ratio (allocated)", "ratio (uniform)"], rows))
