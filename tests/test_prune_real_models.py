@@ -362,7 +362,7 @@ def test_config_widths_from_uneven_sensitivities_save_as_from_pretrained_folders
         widths = fit_widths(costs, {"params": 0.75 * costs.base["params"]}, measure, sens=sens, classes=classes)[0]
         return pruned({p: 1 - w / costs.groups[p] for p, w in widths.items()})
 
-    ties = config_ties(model, costs)
+    ties = config_ties(model, costs.groups, costs.slots)
     if family == "bert":  # the head size is the hidden size / heads: heads go with the hidden size
         assert ties.classes["hidden_size"][1:3] == [f"m.bert.encoder.layer.{i}.attention.self.query" for i in (0, 1)]
         assert "no BertConfig describes" in ties.check(fit(None))  # per-layer widths: no config
@@ -377,6 +377,19 @@ def test_config_widths_from_uneven_sensitivities_save_as_from_pretrained_folders
     again = type(slim.m).from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(Logits(again)(x), slim(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_one_ratio_that_splits_heads_unevenly_still_saves_as_a_from_pretrained_folder(
+    family: str, tmp_path: Path
+) -> None:
+    """30% of 4 heads is not whole: the hidden size and heads (BERT: head size = hidden / heads; Llama:
+    hidden a multiple of the heads) are pruned by the nearest whole number of heads, alike."""
+    model, x = _family(family)
+    sk.apply_(model, ChannelPruneConfig(ratio=0.3), example_inputs=x)
+    sk.io.save_pretrained(model, tmp_path / "hf", example_inputs=x)  # checks the reloaded folder's outputs
+    config = type(model.m).from_pretrained(tmp_path / "hf").config
+    assert config.num_attention_heads < 4 and config.hidden_size % config.num_attention_heads == 0
 
 
 def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_what_to_do(tmp_path: Path) -> None:

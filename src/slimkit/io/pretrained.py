@@ -154,9 +154,10 @@ class ConfigTies:
         return None
 
 
-def config_ties(model: nn.Module, costs: Any) -> ConfigTies | None:
-    """Which of ``model``'s prunable groups (those of ``costs``, a
-    :class:`~slimkit.optimize.CostModel`) the fields of its ``transformers`` config size together.
+def config_ties(model: nn.Module, groups: dict[str, int], slots: dict[str, list[tuple[str, str]]]) -> ConfigTies | None:
+    """Which of ``model``'s prunable groups the fields of its ``transformers`` config size together.
+    ``groups`` maps each group's producer to its unit count and ``slots`` to its ``(layer, slot kind)``
+    pairs, the producer's first (as :class:`~slimkit.optimize.CostModel` has them).
 
     Each size field of the config is changed alone and the model built on the meta device: groups
     whose dimensions move with the same fields form one class (BERT: the hidden size sizes the
@@ -216,17 +217,17 @@ def config_ties(model: nn.Module, costs: Any) -> ConfigTies | None:
 
     classes: dict[str, list[str]] = {}
     frozen: dict[str, str] = {}
-    for producer, slots in costs.slots.items():
+    for producer, members in slots.items():
         if not producer.startswith(prefix):
             continue
-        own = set().union(*(dims(*slot) for slot in slots))
+        own = set().union(*(dims(*slot) for slot in members))
         fields = "+".join(f for f, where in moved.items() if where & own)
         if fields:
             classes.setdefault(fields, []).append(producer)
         else:
             frozen[producer] = f"no {type(config).__name__} field sizes it"
     for fields, producers in list(classes.items()):
-        covered = set().union(*(dims(*slot) for p in producers for slot in costs.slots[p]))
+        covered = set().union(*(dims(*slot) for p in producers for slot in slots[p]))
         outside = set().union(*(moved[f] for f in fields.split("+"))) - covered
         if outside:
             name = min(outside)[0]
@@ -244,7 +245,7 @@ def config_ties(model: nn.Module, costs: Any) -> ConfigTies | None:
                 break
     units = {}
     for fields, producers in classes.items():
-        counts = [costs.groups[p] for p in producers]
+        counts = [groups[p] for p in producers]
         units[fields] = math.gcd(*counts, *(v for v in steps(fields) if all(n % v == 0 for n in counts)))
     return ConfigTies(type(config).__name__, classes, units, frozen)
 

@@ -123,10 +123,39 @@ def _group_ratio(model: nn.Module, group: Group, config: ChannelPruneConfig, nam
     return config.ratio
 
 
+def config_units(model: nn.Module, graph: DependencyGraph) -> dict[str, int]:
+    """For a ``transformers`` model: the unit count of the config field(s) that size each group, keyed
+    by producer (:func:`slimkit.io.pretrained.config_ties`; BERT's hidden size and heads: the head
+    count), so that one ratio, rounded to it, keeps the widths a config describes. Else empty."""
+    from slimkit.io.pretrained import config_ties, find_pretrained
+
+    if find_pretrained(model) is None:
+        return {}
+    producers = {g.name: next(s.module for s in g.slots if s.producer) for g in graph.groups}
+    ties = config_ties(
+        model,
+        {producers[g.name]: len(g) for g in graph.groups},
+        {
+            producers[g.name]: [(s.module, s.kind) for s in sorted(g.slots, key=lambda s: not s.producer)]
+            for g in graph.groups
+        },
+    )
+    if ties is None:
+        return {}
+    return {p: ties.units[k] for k, members in ties.classes.items() for p in members}
+
+
 def plan(
-    model: nn.Module, graph: DependencyGraph, scores: list[np.ndarray], config: ChannelPruneConfig, ratio: float
+    model: nn.Module,
+    graph: DependencyGraph,
+    scores: list[np.ndarray],
+    config: ChannelPruneConfig,
+    ratio: float,
+    units: dict[str, int] | None = None,
 ) -> list[np.ndarray]:
-    """Unit indices to remove from each group, at ``ratio`` (per group or globally ranked)."""
+    """Unit indices to remove from each group, at ``ratio`` (per group or globally ranked); a group
+    in ``units`` (:func:`config_units`) without a ratio of its own is pruned by ``ratio`` rounded to
+    whole ones of them."""
     named: dict[str, float] = {}
     for pattern, r in config.ratios.items():
         for name in select(model, [pattern]):
@@ -135,7 +164,11 @@ def plan(
     if not config.global_ranking:
         out = []
         for group, s in zip(graph.groups, scores, strict=True):
-            keep = _keep_count(len(group), _group_ratio(model, group, cfg, named), config.block)
+            r = _group_ratio(model, group, cfg, named)
+            producer = next(s.module for s in group.slots if s.producer)
+            if producer in (units or {}) and producer not in named:
+                r = round(r * units[producer]) / units[producer]
+            keep = _keep_count(len(group), r, config.block)
             out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
     caps = [len(g) - _keep_count(len(g), config.max_ratio, config.block) for g in graph.groups]
@@ -345,9 +378,12 @@ def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: Any, da
         )
         params = count_params(model)
         ratio = config.ratio
-        if config.target_macs is not None or config.target_params is not None:
-            ratio = _search_ratio(model, graph, scores, config, example_inputs)
-        removal = plan(model, graph, scores, config, ratio)
+        targets = config.target_macs is not None or config.target_params is not None
+        # one ratio for every layer keeps widths a transformers config describes, once rounded to its units
+        units = config_units(model, graph) if (ratio > 0 or targets) and not config.global_ranking else {}
+        if targets:
+            ratio = _search_ratio(model, graph, scores, config, example_inputs, units)
+        removal = plan(model, graph, scores, config, ratio, units)
         changes, broken = remove_checked(model, graph, removal, example_inputs)
         graph.skipped.update(broken)
         refitted = _refit(model, graph, removal, changes, grams, originals) if config.refit else []
@@ -376,13 +412,14 @@ def _search_ratio(
     scores: list[np.ndarray],
     config: ChannelPruneConfig,
     example: torch.Tensor,
+    units: dict[str, int],
 ) -> float:
     """Smallest global ratio whose pruned copy meets the MACs / params target (bisection)."""
     before = {"macs": count_macs(model, example), "params": count_params(model)}
 
     def meets(r: float) -> bool:
         trial = copy.deepcopy(model)
-        remove_units(trial, graph, plan(trial, graph, scores, config, r))
+        remove_units(trial, graph, plan(trial, graph, scores, config, r, units))
         ok = config.target_macs is None or count_macs(trial, example) <= config.target_macs * before["macs"]
         return ok and (config.target_params is None or count_params(trial) <= config.target_params * before["params"])
 
