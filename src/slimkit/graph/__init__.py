@@ -71,6 +71,15 @@ class Group:
         return f"{producer.module}.{producer.kind}"
 
     @property
+    def producer(self) -> str:
+        """The layer whose produced units the group removes (its first producing slot's)."""
+        return next(s.module for s in self.slots if s.producer)
+
+    def layout(self) -> list[tuple[str, str]]:
+        """``(layer, slot kind)`` of every slot, the producer's first."""
+        return [(s.module, s.kind) for s in sorted(self.slots, key=lambda s: not s.producer)]
+
+    @property
     def modules(self) -> list[str]:
         return sorted({s.module for s in self.slots})
 
@@ -162,8 +171,7 @@ def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) 
     for g in groups:  # one indivisible unit: nothing can be removed
         if len(g) == 1 and any(len(idx) > 1 for idx in g.index):
             label = int(labels[int(g.slots[0].ids[g.index[0][0]])])
-            producer = next(s.module for s in g.slots if s.producer)
-            skipped.setdefault(producer, noted.get(label, "its units cannot be split"))
+            skipped.setdefault(g.producer, noted.get(label, "its units cannot be split"))
     no_producer = "no layer produces this dimension (it is read from the model input)"
     for k, slot in enumerate(slots):
         comps = comp[bounds[k] : bounds[k + 1]]

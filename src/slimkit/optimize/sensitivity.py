@@ -72,10 +72,10 @@ class CostModel:
         self.group_names: dict[str, str] = {}
         self.slots: dict[str, list[tuple[str, str]]] = {}  # producer -> (layer, slot kind) of the group, its own first
         for g in graph.groups:
-            producer = next(s.module for s in g.slots if s.producer)
+            producer = g.producer
             self.groups[producer] = len(g)
             self.group_names[producer] = g.name
-            self.slots[producer] = [(s.module, s.kind) for s in sorted(g.slots, key=lambda s: not s.producer)]
+            self.slots[producer] = g.layout()
             for s in g.slots:
                 self.members.setdefault(s.module, [])
                 if producer not in self.members[s.module]:

@@ -131,14 +131,8 @@ def config_units(model: nn.Module, graph: DependencyGraph) -> dict[str, int]:
 
     if find_pretrained(model) is None:
         return {}
-    producers = {g.name: next(s.module for s in g.slots if s.producer) for g in graph.groups}
     ties = config_ties(
-        model,
-        {producers[g.name]: len(g) for g in graph.groups},
-        {
-            producers[g.name]: [(s.module, s.kind) for s in sorted(g.slots, key=lambda s: not s.producer)]
-            for g in graph.groups
-        },
+        model, {g.producer: len(g) for g in graph.groups}, {g.producer: g.layout() for g in graph.groups}
     )
     if ties is None:
         return {}
@@ -165,9 +159,9 @@ def plan(
         out = []
         for group, s in zip(graph.groups, scores, strict=True):
             r = _group_ratio(model, group, cfg, named)
-            producer = next(s.module for s in group.slots if s.producer)
-            if producer in (units or {}) and producer not in named:
-                r = round(r * units[producer]) / units[producer]
+            own = any(s.producer and s.module in named for s in group.slots)
+            if group.producer in (units or {}) and not own:
+                r = round(r * units[group.producer]) / units[group.producer]
             keep = _keep_count(len(group), r, config.block)
             out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
