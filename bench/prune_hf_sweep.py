@@ -13,6 +13,10 @@ at most 80% of its parameters.
 - refused: slimkit raised;  broken: the pruned model fails or changes its output shape;
 - not buildable / not runnable: the shrunken config does not make a working unpruned model.
 
+``--save`` also writes each pruned model as a ``save_pretrained`` folder (reloaded and compared), and
+the same with the ratio not rounded to whole config units (the baseline; ``--ratio 0.3`` splits 4 heads
+unevenly).
+
 Run: ``.venv/bin/python bench/prune_hf_sweep.py`` (about 25 minutes, one thread; ``--types`` for a few).
 """
 
@@ -113,9 +117,26 @@ def build(model_type: str, class_name: str) -> tuple[nn.Module, torch.Tensor] | 
     return f"not runnable: {why}"
 
 
-def check(model_type: str, class_name: str) -> dict:
+def folder(model: nn.Module, x: torch.Tensor) -> str:
+    """ "yes" when the pruned model saves as a ``save_pretrained`` folder that reloads to the same
+    outputs (:func:`slimkit.io.save_pretrained` checks that), else why not."""
+    import tempfile
+
     import slimkit as sk
-    from slimkit.prune import ChannelPruneConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sk.io.save_pretrained(model, f"{tmp}/hf", example_inputs=x)
+        except Exception as exc:  # noqa: BLE001
+            return str(exc).split(":")[0][:60]
+    return "yes"
+
+
+def check(model_type: str, class_name: str, ratio: float = 0.5, save: bool = False) -> dict:
+    import copy
+
+    import slimkit as sk
+    from slimkit.prune import ChannelPruneConfig, structured
 
     built = build(model_type, class_name)
     if isinstance(built, str):
@@ -124,8 +145,18 @@ def check(model_type: str, class_name: str) -> dict:
     with torch.no_grad():
         shapes = [model(x).shape, model(torch.cat([x, x[:1]])).shape]
     before = sum(p.numel() for p in model.parameters())
+    plain = None
+    if save:  # the baseline: the same ratio in every group, not rounded to whole config units
+        plain, units = copy.deepcopy(model), structured.config_units
+        structured.config_units = lambda *_: {}
+        try:
+            sk.apply_(plain, ChannelPruneConfig(ratio=ratio), example_inputs=x)
+        except Exception:  # noqa: BLE001
+            plain = None
+        finally:
+            structured.config_units = units
     try:
-        sk.apply_(model, ChannelPruneConfig(ratio=0.5), example_inputs=x)
+        sk.apply_(model, ChannelPruneConfig(ratio=ratio), example_inputs=x)
     except Exception as exc:  # noqa: BLE001
         return {"status": "refused", "why": f"{type(exc).__name__}: {str(exc)[:200]}"}
     try:
@@ -137,11 +168,15 @@ def check(model_type: str, class_name: str) -> dict:
     if got != shapes:
         return {"status": "broken", "why": f"output shapes {got} instead of {shapes}"}
     skipped = {k: v for k, v in sk.records(model)[-1].skipped.items() if "interface" not in v}
-    return {
+    row = {
         "status": "ok" if kept <= 0.8 else "weak",
         "kept": round(kept, 3),
         "skipped": dict(list(skipped.items())[:3]),
     }
+    if save:
+        row["folder"] = folder(model, x)
+        row["plain folder"] = "refused" if plain is None else folder(plain, x)
+    return row
 
 
 class _Timeout(Exception):
@@ -152,6 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", nargs="*", help="model types to run (default: all)")
     parser.add_argument("--timeout", type=int, default=60, help="seconds per model type")
+    parser.add_argument("--ratio", type=float, default=0.5, help="share of every group's units removed")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="also save each pruned model as a from_pretrained folder, and the same ratio not rounded to config units",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -170,7 +211,7 @@ def main() -> None:
         signal.alarm(args.timeout)
         try:
             with contextlib.redirect_stderr(io.StringIO()):
-                row = check(name, types[name])
+                row = check(name, types[name], args.ratio, args.save)
         except _Timeout:
             row = {"status": "timeout"}
         except Exception as exc:  # noqa: BLE001  (the sweep goes on)
@@ -178,10 +219,13 @@ def main() -> None:
         finally:
             signal.alarm(0)
         counts[row["status"]] += 1
+        for key in ("folder", "plain folder"):
+            counts[f"{key} yes"] += row.get(key) == "yes"
         kept = f"{row['kept']:.2f}x" if "kept" in row else "-"
         why = row.get("why") or "; ".join(f"{k}: {v}" for k, v in row.get("skipped", {}).items())
-        print(f"{name:28s} {row['status']:14s} {kept:>6s}  {why[:200]}", flush=True)
-    print(", ".join(f"{k} {v}" for k, v in counts.most_common()) + f" of {len(names)}", file=sys.stdout)
+        saved = f" folder: {row['folder']} (plain: {row['plain folder']})" if "folder" in row else ""
+        print(f"{name:28s} {row['status']:14s} {kept:>6s} {saved} {why[:200]}", flush=True)
+    print(", ".join(f"{k} {v}" for k, v in counts.most_common() if v) + f" of {len(names)}", file=sys.stdout)
 
 
 if __name__ == "__main__":
