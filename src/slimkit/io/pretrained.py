@@ -215,17 +215,22 @@ def config_ties(model: nn.Module, groups: dict[str, int], slots: dict[str, list[
     def steps(label: str) -> list[int]:
         return [sizes[f][1] for f in label.split("+") if f in sizes]
 
-    classes: dict[str, list[str]] = {}
+    # groups sized by a common field form one class (BitNet: a norm of the attention output is as
+    # wide as the hidden size, so the heads go with it)
+    found: list[tuple[set[str], list[str]]] = []
     frozen: dict[str, str] = {}
     for producer, members in slots.items():
         if not producer.startswith(prefix):
             continue
         own = set().union(*(dims(*slot) for slot in members))
-        fields = "+".join(f for f, where in moved.items() if where & own)
-        if fields:
-            classes.setdefault(fields, []).append(producer)
-        else:
+        fields = {f for f, where in moved.items() if where & own}
+        if not fields:
             frozen[producer] = f"no {type(config).__name__} field sizes it"
+            continue
+        joined = [c for c in found if c[0] & fields]
+        found = [c for c in found if not c[0] & fields]
+        found.append((fields.union(*(f for f, _ in joined)), [p for _, ps in joined for p in ps] + [producer]))
+    classes = {"+".join(f for f in moved if f in fields): producers for fields, producers in found}
     for fields, producers in list(classes.items()):
         covered = set().union(*(dims(*slot) for p in producers for slot in slots[p]))
         outside = set().union(*(moved[f] for f in fields.split("+"))) - covered
