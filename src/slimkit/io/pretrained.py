@@ -322,7 +322,10 @@ def pretrained_config(model: nn.Module) -> Any:
                 best, config, improved = trial_score, trial, True
         if not improved:
             break
-    advice = "prune every layer with the same ratio, or build the model with a factory and slimkit.save it"
+    advice = (
+        "prune every layer alike (slimkit optimize: --widths config), or build the model with a factory "
+        "and slimkit.save it"
+    )
     if best[0] != len(want):
         shapes = (_layout(cls, config) or ({}, {}))[0]
         name = next(k for k, v in want.items() if shapes.get(k) != v)
