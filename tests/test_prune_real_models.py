@@ -392,6 +392,15 @@ def test_one_ratio_that_splits_heads_unevenly_still_saves_as_a_from_pretrained_f
     assert config.num_attention_heads < 4 and config.hidden_size % config.num_attention_heads == 0
 
 
+def test_a_config_class_that_cannot_be_pruned_describably_is_pruned_as_asked() -> None:
+    """MPT's heads are one indivisible unit and its head size is d_model / heads: no config describes a
+    pruned d_model, so the one ratio is not rounded (to nothing) but applied as asked."""
+    torch.manual_seed(0)
+    config = transformers.MptConfig(d_model=64, n_heads=4, n_layers=2, vocab_size=100, expansion_ratio=4)
+    model = Logits(transformers.MptForCausalLM(config)).eval()
+    assert _prune_and_check(model, TEXT, ratio=0.3) < 0.8
+
+
 def test_widths_that_differ_between_layers_are_refused_by_save_pretrained_with_what_to_do(tmp_path: Path) -> None:
     model = _llama()
     sk.apply_(model, ChannelPruneConfig(ratios={"m.model.layers.0.mlp.gate_proj": 0.5}, ratio=0.0), example_inputs=TEXT)

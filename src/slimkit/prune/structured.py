@@ -136,7 +136,8 @@ def config_units(model: nn.Module, graph: DependencyGraph) -> dict[str, int]:
     )
     if ties is None:
         return {}
-    return {p: ties.units[k] for k, members in ties.classes.items() for p in members}
+    # a class of one unit (MPT's heads, indivisible) cannot be pruned describably: pruned as asked
+    return {p: ties.units[k] for k, members in ties.classes.items() if ties.units[k] > 1 for p in members}
 
 
 def plan(
