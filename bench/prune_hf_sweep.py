@@ -100,11 +100,13 @@ def build(model_type: str, class_name: str) -> tuple[nn.Module, torch.Tensor] | 
             setattr(config, k, 0)
     torch.manual_seed(0)
     try:
+        with torch.device("meta"):  # counted before any memory is taken (some shrunken configs need > 24 GB)
+            size = sum(p.numel() for p in getattr(transformers, class_name)._from_config(config).parameters())
+        if size > 20e6:
+            return "not buildable: more than 20M parameters from the shrunken config"
         model = getattr(transformers, class_name)._from_config(config).eval()
     except Exception as exc:  # noqa: BLE001
         return f"not buildable: {str(exc)[:80]}"
-    if sum(p.numel() for p in model.parameters()) > 20e6:
-        return "not buildable: more than 20M parameters from the shrunken config"
     why = ""
     for key, make in INPUTS:
         wrapped, x = Logits(model, key), make()
