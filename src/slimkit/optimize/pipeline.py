@@ -25,7 +25,6 @@ from slimkit.compress import LowRankConfig, QATConfig, QuantizeConfig
 from slimkit.core.errors import SlimkitError, UnknownModelError
 from slimkit.core.transform import Config
 from slimkit.evaluate.cost import onnx_latency
-from slimkit.io.pretrained import ConfigTies
 from slimkit.optimize.recipe import COMPRESSING, FINISHING, FineTuneConfig, Recipe, SensitivityPruneConfig
 from slimkit.optimize.sensitivity import CostModel, Sensitivity, TiedCosts, allocate, sensitivity_key, uniform
 from slimkit.optimize.target import Target
@@ -34,6 +33,7 @@ from slimkit.simplify import FoldConfig
 from slimkit.task import format_metric, in_points
 
 if TYPE_CHECKING:
+    from slimkit.io.pretrained import ConfigTies
     from slimkit.optimize.backend import Backend
 
 Log = Callable[[str], None]
