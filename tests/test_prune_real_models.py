@@ -459,18 +459,28 @@ def _qwen2_moe(implementation: str) -> nn.Module:
 def test_mixture_of_experts_prunes_every_experts_hidden_units_exactly(implementation: str) -> None:
     model = Logits(_qwen2_moe(implementation)).eval()
     experts = [layer.mlp.experts for layer in model.m.model.layers]
-    with torch.no_grad():  # units 0..3 of every expert contribute nothing: removing them is exact
+    with torch.no_grad():  # units 0..7 of every expert contribute nothing: removing them is exact
         for e in experts:
-            e.gate_up_proj[:, [0, 1, 2, 3, 16, 17, 18, 19]] = 0
-            e.down_proj[:, :, :4] = 0
+            e.gate_up_proj[:, [*range(8), *range(16, 24)]] = 0
+            e.down_proj[:, :, :8] = 0
         want = model(TEXT)
-    ratios = {r"re:.*\.experts": 0.25, "m.model.embed_tokens": 0.0}  # the embedding names the hidden width's group
+    ratios = {r"re:.*\.experts": 0.5, "m.model.embed_tokens": 0.0}  # the embedding names the hidden width's group
     sk.apply_(model, ChannelPruneConfig(ratio=0.0, ratios=ratios), example_inputs=TEXT)
-    assert [tuple(e.gate_up_proj.shape) for e in experts] == [(4, 24, 32)] * 2
-    assert [tuple(e.down_proj.shape) for e in experts] == [(4, 32, 12)] * 2
+    assert [tuple(e.gate_up_proj.shape) for e in experts] == [(4, 16, 32)] * 2
+    assert [tuple(e.down_proj.shape) for e in experts] == [(4, 32, 8)] * 2
     with torch.no_grad():
         torch.testing.assert_close(model(TEXT), want, atol=1e-5, rtol=1e-4)
     assert _prune_and_check(model, TEXT) < 0.5  # and the whole model prunes (experts, heads, widths)
+
+
+def test_grouped_mm_widths_stay_multiples_of_8_at_an_uneven_ratio() -> None:
+    model = Logits(_qwen2_moe("grouped_mm")).eval()  # hidden 32, experts of 16: 0.6 of them is uneven
+    sk.apply_(model, ChannelPruneConfig(ratio=0.6), example_inputs=TEXT)
+    experts = [layer.mlp.experts for layer in model.m.model.layers]
+    widths = {model.m.model.embed_tokens.embedding_dim, *(e.down_proj.shape[-1] for e in experts)}
+    assert widths == {16, 8}  # 13 and 7 kept units, rounded up to the kernel's 16-byte strides
+    with torch.no_grad():  # in 16 bits too, where a multiple of 4 would not do
+        assert model.to(torch.bfloat16)(TEXT).shape == (*TEXT.shape, 100)
 
 
 def test_refit_leaves_a_tied_output_layer_alone() -> None:

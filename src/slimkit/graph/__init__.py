@@ -60,6 +60,7 @@ class Group:
     index: list[np.ndarray]
     offsets: list[np.ndarray]
     labels: np.ndarray  # the component (see slimkit.graph.ids) of each unit
+    align: int = 1  # kept unit counts must be multiples of this (e.g. experts read by ``grouped_mm``)
 
     def __len__(self) -> int:
         """The number of units."""
@@ -165,6 +166,11 @@ def analyze(model: nn.Module, example: Any, protected: list[str] | None = None) 
         for members in _by_signature(comp, slot_no, len(slots), np.flatnonzero(prunable))
     ]
     groups.sort(key=lambda g: min(int(s.ids[0]) for s in g.slots))
+    align = np.ones(len(labels), dtype=np.int64)
+    for ids, multiple in space.aligned:
+        np.maximum.at(align, labels[ids], multiple)
+    for g in groups:
+        g.align = int(align[g.labels].max(initial=1))
 
     skipped: dict[str, str] = dict(tracer.unsupported)
     noted = {int(labels[i]): why for i, why in space.notes.items()}

@@ -30,6 +30,7 @@ class IdSpace:
         self._b: list[np.ndarray] = []
         self.reasons: dict[int, str] = {}  # blocker id -> why its component cannot be pruned
         self.notes: dict[int, str] = {}  # an id -> why its component was made one indivisible unit
+        self.aligned: list[tuple[np.ndarray, int]] = []  # (ids, multiple): kept counts must be multiples
 
     def alloc(self, n: int) -> torch.Tensor:
         ids = torch.arange(self.size, self.size + n)
@@ -58,6 +59,14 @@ class IdSpace:
             blocker = int(self.alloc(1)[0])
             self.reasons[blocker] = reason
             self.unify(tracked, torch.full_like(tracked, blocker))
+
+    def align(self, ids: torch.Tensor, multiple: int) -> None:
+        """The group holding the components of ``ids`` must keep a multiple of ``multiple`` units (a kernel
+        that needs aligned strides)."""
+        (ids,) = collapse(ids)
+        tracked = torch.unique(ids[ids >= 0])
+        if len(tracked):
+            self.aligned.append((tracked.numpy(), multiple))
 
     def note(self, ids: torch.Tensor, reason: str) -> None:
         """Remember why the component of ``ids`` was tied into one unit (reported if that empties a group)."""

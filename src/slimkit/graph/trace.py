@@ -65,6 +65,7 @@ _MOVES = set(
 )
 _REDUCE = set("sum mean amax amin any all norm logsumexp std var prod max min nansum nanmean".split())
 _PERMUTES = {"T", "t", "mT", "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis"}
+GROUPED_MM_ALIGN = 8  # units: ``grouped_mm`` strides are whole 16 bytes (8 16-bit or 4 fp32 values)
 _SPLITS = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
 _INDEXING = {"__getitem__", "narrow", "select", "index_select", "gather", "take_along_dim"}
 _PER_CHANNEL = set(
@@ -735,9 +736,14 @@ def _matmul(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, wher
 
 
 def _grouped_mm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
-    """``grouped_mm(x (S, K), w (experts, K, N), offs)``: every expert's weights read x's last dimension."""
+    """``grouped_mm(x (S, K), w (experts, K, N), offs)``: every expert's weights read x's last dimension.
+
+    Its kernel needs strides of whole 16 bytes, so K and N stay multiples of 8 (16-bit weights; fp32 needs 4)."""
     x, w = args[0], args[1] if len(args) > 1 else kwargs["mat_b"]
-    return _weight_rule(t, x, w, None, value, -1, -2, where)
+    out = _weight_rule(t, x, w, None, value, -1, -2, where)
+    for ids in (t.ids_of(x), out):
+        t.space.align(ids, GROUPED_MM_ALIGN)
+    return out
 
 
 def _conv(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:

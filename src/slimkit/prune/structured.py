@@ -163,10 +163,11 @@ def plan(
             own = any(s.producer and s.module in named for s in group.slots)
             if group.producer in (units or {}) and not own:
                 r = round(r * units[group.producer]) / units[group.producer]
-            keep = _keep_count(len(group), r, config.block)
+            keep = _keep_count(len(group), r, math.lcm(config.block, group.align))
             out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
-    caps = [len(g) - _keep_count(len(g), config.max_ratio, config.block) for g in graph.groups]
+    blocks = [math.lcm(config.block, g.align) for g in graph.groups]
+    caps = [len(g) - _keep_count(len(g), config.max_ratio, b) for g, b in zip(graph.groups, blocks, strict=True)]
     chosen: dict[int, list[int]] = collections.defaultdict(list)
     if config.importance == "output":
         # scores are output energies, comparable across groups: remove the least energy per parameter
@@ -180,7 +181,7 @@ def plan(
         budget = ratio * sum(float(c.sum()) for c in costs if c is not None)
         for g, group in enumerate(graph.groups):
             if not pooled[g]:
-                keep = _keep_count(len(group), ratio, config.block)
+                keep = _keep_count(len(group), ratio, blocks[g])
                 chosen[g] = list(np.argsort(scores[g], kind="stable")[: len(group) - keep])
     else:  # normalise scores within each group, remove the lowest units overall
         pool = [(float(v) / (float(np.mean(s)) + 1e-12), g, u) for g, s in enumerate(scores) for u, v in enumerate(s)]
@@ -197,7 +198,7 @@ def plan(
     for g, group in enumerate(graph.groups):
         n = len(group)
         remove = chosen[g]
-        keep = _keep_count(n, len(remove) / n, config.block)  # round the kept width
+        keep = _keep_count(n, len(remove) / n, blocks[g])  # round the kept width
         order = sorted(remove, key=lambda u: scores[g][u])
         out.append(np.sort(np.array(order[: n - keep], dtype=np.int64)))
     return out
