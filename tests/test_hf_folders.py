@@ -154,6 +154,19 @@ def _decoder(kind: str) -> torch.nn.Module:
     if kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=200, n_embd=32, n_layer=2, n_head=4, n_positions=16, num_labels=2)
         return transformers.GPT2ForSequenceClassification(config)
+    if kind == "mixtral":  # mixture of experts, run by torch._grouped_mm (which ONNX has no operator for)
+        config = transformers.MixtralConfig(
+            vocab_size=200,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            num_labels=2,
+        )
+        return transformers.MixtralForSequenceClassification(config)
     config = transformers.LlamaConfig(
         vocab_size=200,
         hidden_size=32,
@@ -167,10 +180,11 @@ def _decoder(kind: str) -> torch.nn.Module:
     return transformers.LlamaForSequenceClassification(config)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mixtral"])
 def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path, kind: str) -> None:
     """A decoder returns its key / value cache (a DynamicCache, not a tensor) unless ``use_cache`` is
-    off: both exports turn it off for the export only."""
+    off, and experts run by ``grouped_mm`` have no ONNX operator: both exports turn the cache off and
+    run the experts by ``batched_mm`` for the export only."""
     from slimkit.io import export, load
 
     model = _decoder(kind).eval()
@@ -183,7 +197,8 @@ def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path
         out = load(tmp_path / name)(**batch)
         got = torch.as_tensor(out.logits if hasattr(out, "logits") else out)  # the program / the ONNX file
         assert torch.allclose(got, want, atol=1e-5), name
-    assert model.config.use_cache is True  # the user's setting is back
+    assert model.config.use_cache is True  # the user's settings are back
+    assert kind != "mixtral" or model.config._experts_implementation == "grouped_mm"
 
 
 def test_a_pruned_config_transformers_would_refuse_is_not_written_as_a_folder(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ _register_verbs()
 def main() -> None:
     """Entry point of the ``slimkit`` script: user errors print one line and exit 2; a bug prints one
     line and exits 1 (``SLIMKIT_DEBUG=1`` shows its traceback)."""
+    # transformers' own bars ("Loading weights", "Writing model shards") for every folder slimkit reads
+    # or writes would interleave with slimkit's progress; read when transformers is first imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except SlimkitError as exc:

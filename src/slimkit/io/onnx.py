@@ -40,16 +40,23 @@ def quiet() -> Iterator[None]:
 def exporting(model: nn.Module) -> Iterator[None]:
     """What an export runs in: eval mode, the exporters :func:`quiet` and, in a Hugging Face model,
     ``config.use_cache`` off (a decoder's key / value cache is not a tensor a program can return:
-    GPT-2, Llama or Qwen2 classifiers otherwise fail to export)."""
-    configs = {id(c): c for m in model.modules() if getattr(c := getattr(m, "config", None), "use_cache", False)}
-    for config in configs.values():
+    GPT-2, Llama or Qwen2 classifiers otherwise fail to export) and mixture-of-experts layers run by
+    ``batched_mm`` instead of ``grouped_mm`` (same outputs; ONNX has no grouped matmul)."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    cached = [c for c in configs.values() if getattr(c, "use_cache", False) is True]
+    grouped = [c for c in configs.values() if getattr(c, "_experts_implementation_internal", None) == "grouped_mm"]
+    for config in cached:
         config.use_cache = False
+    for config in grouped:
+        config._experts_implementation_internal = "batched_mm"
     try:
         with eval_mode(model), quiet():
             yield
     finally:
-        for config in configs.values():
+        for config in cached:
             config.use_cache = True
+        for config in grouped:
+            config._experts_implementation_internal = "grouped_mm"
 
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -88,8 +95,11 @@ def export_onnx(model: nn.Module, path: Path, example: Any) -> None:
             torch.onnx.export(
                 model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False, dynamic_shapes=dynamic
             )
-        except Exception as exc:  # the exporter raises many types; name the model and the cause
-            raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {first_line(exc)}") from exc
+        except Exception as exc:  # the exporter raises many types; name the model and the innermost cause
+            cause = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise SlimkitError(f"ONNX export of {type(model).__name__} failed: {first_line(cause)}") from exc
     onnx = require("onnx", extra="onnx")
     proto = onnx.load(str(path))
     drop_transposes(proto)

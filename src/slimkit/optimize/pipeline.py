@@ -299,11 +299,11 @@ class Loop:
         )
         self.candidates.append(c)
         m = self.target.metric
-        drop = self.target.drop(metrics, self.base["metrics"])
+        change = (100 if in_points(m) else 1) * (metrics[m] - self.base["metrics"][m])  # signed, as measured
         unit = " pts" if in_points(m) else ""
         floors = "".join(f", {k} {format_metric(k, metrics[k])}" for k in self.target.min_metrics if k in metrics)
         self.log(
-            f"  [{c.id}] {step}: val {m} {format_metric(m, metrics[m])} ({-drop:+.4g}{unit}){floors}, "
+            f"  [{c.id}] {step}: val {m} {format_metric(m, metrics[m])} ({change:+.4g}{unit}){floors}, "
             f"MACs {costs['macs'] / self.base['costs']['macs']:.3f}x, "
             f"file {costs['bytes'] / self.base['costs']['bytes']:.3f}x"
             + (f", latency {costs['latency'] / self.base['costs']['latency']:.2f}x" if "latency" in costs else "")
