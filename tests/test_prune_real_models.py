@@ -483,6 +483,31 @@ def test_grouped_mm_widths_stay_multiples_of_8_at_an_uneven_ratio() -> None:
         assert model.to(torch.bfloat16)(TEXT).shape == (*TEXT.shape, 100)
 
 
+def test_experts_and_shared_experts_sized_by_one_field_keep_one_aligned_width(tmp_path: Path) -> None:
+    """GLM-4-MoE sizes its routed experts (``grouped_mm``: multiples of 8) and its shared expert by one
+    field: both must keep the same aligned width for a config to describe the pruned model."""
+    config = transformers.Glm4MoeConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+    )
+    torch.manual_seed(0)
+    model = Logits(transformers.Glm4MoeForCausalLM(config).eval())
+    sk.apply_(model, ChannelPruneConfig(ratio=0.3), example_inputs=TEXT)
+    moe = model.m.model.layers[1].mlp
+    assert moe.experts.down_proj.shape[-1] == moe.shared_experts.down_proj.in_features == 24
+    sk.io.save_pretrained(model, tmp_path / "hf", example_inputs=TEXT)  # reloaded and compared
+    assert type(model.m).from_pretrained(tmp_path / "hf").config.moe_intermediate_size == 24
+
+
 def test_refit_leaves_a_tied_output_layer_alone() -> None:
     model = _llama(tie_word_embeddings=True)
     x = torch.randint(0, 100, (16, 10))

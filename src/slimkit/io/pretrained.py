@@ -154,10 +154,16 @@ class ConfigTies:
         return None
 
 
-def config_ties(model: nn.Module, groups: dict[str, int], slots: dict[str, list[tuple[str, str]]]) -> ConfigTies | None:
+def config_ties(
+    model: nn.Module,
+    groups: dict[str, int],
+    slots: dict[str, list[tuple[str, str]]],
+    aligns: dict[str, int] | None = None,
+) -> ConfigTies | None:
     """Which of ``model``'s prunable groups the fields of its ``transformers`` config size together.
-    ``groups`` maps each group's producer to its unit count and ``slots`` to its ``(layer, slot kind)``
-    pairs, the producer's first (as :class:`~slimkit.optimize.CostModel` has them).
+    ``groups`` maps each group's producer to its unit count, ``slots`` to its ``(layer, slot kind)``
+    pairs, the producer's first, and ``aligns`` to the multiple its kept count must be (as
+    :class:`~slimkit.optimize.CostModel` has them).
 
     Each size field of the config is changed alone and the model built on the meta device: groups
     whose dimensions move with the same fields form one class (BERT: the hidden size sizes the
@@ -165,7 +171,9 @@ def config_ties(model: nn.Module, groups: dict[str, int], slots: dict[str, list[
     layer's FFN), and pruning every group of a class in proportion keeps the model describable by a
     config. A field the config requires to be a multiple of another's (Llama: the hidden size of the
     head count) joins that field's class. A class takes ``units`` widths (BERT's 384 hidden and 12
-    heads: 12; an EfficientNet block expanding 8 channels 6 times: 6). A group no field sizes, or a
+    heads: 12; an EfficientNet block expanding 8 channels 6 times: 6), fewer where a group must keep
+    multiples of 8 (GLM-4-MoE's routed experts, read by ``grouped_mm``, and its shared experts, sized by
+    the same field, 32 wide: 4, steps of 8 for both). A group no field sizes, or a
     class whose fields also size dimensions outside its groups (a protected layer), is ``frozen``.
     Groups outside the transformers model (a user's head) are in neither. None when ``model`` holds
     no transformers model or its config cannot rebuild it.
@@ -252,6 +260,10 @@ def config_ties(model: nn.Module, groups: dict[str, int], slots: dict[str, list[
     for fields, producers in classes.items():
         counts = [groups[p] for p in producers]
         units[fields] = math.gcd(*counts, *(v for v in steps(fields) if all(n % v == 0 for n in counts)))
+        for p in producers:  # every width of the class keeps the aligned groups' multiples
+            a = (aligns or {}).get(p, 1)
+            if a > 1 and groups[p] % a == 0:
+                units[fields] = math.gcd(units[fields], groups[p] // a)
     return ConfigTies(type(config).__name__, classes, units, frozen)
 
 

@@ -168,7 +168,7 @@ class TorchBackend:
         return output_widths(model, self.layer_names)
 
     def config_ties(self, model: nn.Module, costs: CostModel) -> ConfigTies | None:
-        return config_ties(model, costs.groups, costs.slots)
+        return config_ties(model, costs.groups, costs.slots, costs.aligns)
 
     def prune(self, model: nn.Module, cfg: ChannelPruneConfig) -> nn.Module:
         """Structured pruning in place; importance and calibration on training batches."""

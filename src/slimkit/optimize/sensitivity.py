@@ -71,11 +71,13 @@ class CostModel:
         self.members: dict[str, list[str]] = {}  # layer -> producers of the groups it belongs to
         self.group_names: dict[str, str] = {}
         self.slots: dict[str, list[tuple[str, str]]] = {}  # producer -> (layer, slot kind) of the group, its own first
+        self.aligns: dict[str, int] = {}  # producer -> the multiple its kept unit count must be
         for g in graph.groups:
             producer = g.producer
             self.groups[producer] = len(g)
             self.group_names[producer] = g.name
             self.slots[producer] = g.layout()
+            self.aligns[producer] = g.align
             for s in g.slots:
                 self.members.setdefault(s.module, [])
                 if producer not in self.members[s.module]:

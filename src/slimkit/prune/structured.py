@@ -132,7 +132,10 @@ def config_units(model: nn.Module, graph: DependencyGraph) -> dict[str, int]:
     if find_pretrained(model) is None:
         return {}
     ties = config_ties(
-        model, {g.producer: len(g) for g in graph.groups}, {g.producer: g.layout() for g in graph.groups}
+        model,
+        {g.producer: len(g) for g in graph.groups},
+        {g.producer: g.layout() for g in graph.groups},
+        {g.producer: g.align for g in graph.groups},
     )
     if ties is None:
         return {}
