@@ -45,6 +45,8 @@ SMALL = {  # every int field of these names that a config has is set to this val
     "embed_dim": 32,
     "num_key_value_heads": 2,
     "moe_intermediate_size": 32,
+    **dict.fromkeys("num_experts_per_tok moe_topk n_group topk_group".split(), 2),  # of the 4 experts
+    "n_routed_experts": 4,
     "q_lora_rank": 24,
     "vocab_size": 256,
     "max_position_embeddings": 64,
@@ -95,6 +97,8 @@ def build(model_type: str, class_name: str) -> tuple[nn.Module, torch.Tensor] | 
         if isinstance(getattr(config, k, None), int) and not isinstance(getattr(config, k), bool):
             with contextlib.suppress(AttributeError, ValueError):
                 setattr(config, k, v)
+    if getattr(config, "use_cache", None) is True:  # hybrid models' caches refuse the wrapper's calls
+        config.use_cache = False
     for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
         if isinstance(getattr(config, k, None), int) and getattr(config, k) >= SMALL["vocab_size"]:
             setattr(config, k, 0)

@@ -201,6 +201,33 @@ def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path
     assert kind != "mixtral" or model.config._experts_implementation == "grouped_mm"
 
 
+@pytest.mark.parametrize("family", ["Mixtral", "GptOss"])  # GPT-OSS: transposed, interleaved, biased experts
+def test_exports_run_the_experts_densely_with_the_same_outputs(family: str) -> None:
+    from transformers.integrations.moe import ExpertsInterface
+
+    from slimkit.io.pretrained import DENSE_EXPERTS, dense_experts
+
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    ExpertsInterface.register(DENSE_EXPERTS, dense_experts)
+    ids = torch.randint(0, 100, (3, 10))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        model.set_experts_implementation(DENSE_EXPERTS)
+        torch.testing.assert_close(model(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_pruned_config_transformers_would_refuse_is_not_written_as_a_folder(tmp_path: Path) -> None:
     """A Llama whose hidden width is no longer a multiple of its heads: transformers refuses to save
     such a config, so ``sk.save`` says so in one line (``optimize`` then writes ``model.pt2``; this

@@ -40,23 +40,35 @@ def quiet() -> Iterator[None]:
 def exporting(model: nn.Module) -> Iterator[None]:
     """What an export runs in: eval mode, the exporters :func:`quiet` and, in a Hugging Face model,
     ``config.use_cache`` off (a decoder's key / value cache is not a tensor a program can return:
-    GPT-2, Llama or Qwen2 classifiers otherwise fail to export) and mixture-of-experts layers run by
-    ``batched_mm`` instead of ``grouped_mm`` (same outputs; ONNX has no grouped matmul)."""
+    GPT-2, Llama or Qwen2 classifiers otherwise fail to export) and mixture-of-experts layers run as
+    plain matmuls (:func:`slimkit.io.pretrained.dense_experts`: ONNX has no grouped matmul, and the
+    loop of the eager experts depends on the data)."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
     cached = [c for c in configs.values() if getattr(c, "use_cache", False) is True]
-    grouped = [c for c in configs.values() if getattr(c, "_experts_implementation_internal", None) == "grouped_mm"]
+    experts = {
+        id(c): (c, c._experts_implementation_internal)
+        for m in model.modules()
+        if hasattr(m, "has_gate")
+        and isinstance(getattr(c := getattr(m, "config", None), "_experts_implementation_internal", None), str)
+    }
+    if experts:
+        from transformers.integrations.moe import ExpertsInterface
+
+        from slimkit.io import pretrained
+
+        ExpertsInterface.register(pretrained.DENSE_EXPERTS, pretrained.dense_experts)
     for config in cached:
         config.use_cache = False
-    for config in grouped:
-        config._experts_implementation_internal = "batched_mm"
+    for config, _ in experts.values():
+        config._experts_implementation_internal = pretrained.EXPORT_EXPERTS
     try:
         with eval_mode(model), quiet():
             yield
     finally:
         for config in cached:
             config.use_cache = True
-        for config in grouped:
-            config._experts_implementation_internal = "grouped_mm"
+        for config, implementation in experts.values():
+            config._experts_implementation_internal = implementation
 
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")

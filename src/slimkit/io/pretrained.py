@@ -468,6 +468,35 @@ def load_pretrained(path: str | os.PathLike[str]) -> nn.Module:
     return model.eval()
 
 
+DENSE_EXPERTS = "slimkit_dense"  # the name :func:`dense_experts` is registered under in transformers
+EXPORT_EXPERTS = DENSE_EXPERTS  # the experts implementation exports run
+
+
+def dense_experts(
+    self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """A ``transformers`` experts implementation for exported programs and ONNX: every expert runs on
+    every token as plain matmuls and is weighted by its routing weight (zero where not chosen). The
+    same outputs as ``grouped_mm`` (no ONNX operator) and ``batched_mm`` (which gathers the chosen
+    experts' weights for every token: memory of tokens x top-k x a whole expert); this one takes
+    experts / top-k times the expert MACs, and memory linear in the tokens."""
+    x = hidden_states
+    routing = torch.zeros(x.shape[0], self.num_experts, dtype=top_k_weights.dtype, device=x.device)
+    routing = routing.scatter_add(1, top_k_index, top_k_weights)  # (tokens, experts)
+
+    def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out = torch.matmul(h, weight if self.is_transposed else weight.transpose(1, 2))  # (experts, tokens, out)
+        return out if bias is None else out + bias[:, None, :]
+
+    up = self.gate_up_proj if self.has_gate else self.up_proj
+    h = linear(x, up, getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias", None))
+    h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+    out = linear(h, self.down_proj, getattr(self, "down_proj_bias", None) if self.has_bias else None)
+    if self.has_post_expert_norm:
+        out = self.post_expert_norm(out)
+    return (out * routing.T[:, :, None].to(out.dtype)).sum(0).to(x.dtype)
+
+
 def _check_reload(hf: nn.Module, folder: Path, example: Any) -> None:
     from slimkit.core.model import eval_mode
     from slimkit.graph.trace import call_model, flat_tensors
