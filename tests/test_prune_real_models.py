@@ -302,6 +302,26 @@ def test_registered_pruner_for_a_custom_layer_updates_its_size_attribute() -> No
     assert model[1].n == model[0].out_features == 16 and model[1].gain.shape == (16,)
 
 
+class CausalConv(nn.Module):
+    """Mamba's short convolution: a depthwise kernel passed as ``conv.weight.squeeze(1).unsqueeze(1)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.out = nn.Linear(8, 16), nn.Conv1d(16, 16, 4, groups=16, padding=3), nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x).transpose(1, 2)
+        kernel = self.conv.weight.squeeze(1)
+        h = F.conv1d(h, kernel.unsqueeze(1), self.conv.bias, padding=3, groups=h.shape[1])[..., : x.shape[1]]
+        return self.out(F.silu(h).transpose(1, 2))
+
+
+def test_a_convolution_kernel_passed_as_a_view_of_its_weight_is_pruned_with_its_channels() -> None:
+    model = CausalConv()
+    assert _prune_and_check(model, torch.randn(2, 5, 8)) < 0.6
+    assert model.inp.out_features == model.out.in_features == 8 and model.conv.weight.shape == (8, 1, 4)
+
+
 def test_pruned_transformers_model_saves_without_pickle_and_reloads_to_identical_outputs(tmp_path: Path) -> None:
     from safetensors.torch import save_model
 

@@ -458,6 +458,8 @@ class DimTracer:
             # replay the op on a tensor whose sizes name its dimensions
             probe = func(torch.empty(tuple(range(2, 2 + src.dim())), device="meta"), *args[1:], **kwargs)
             self.remember_view(value, args[0], [n - 2 for n in probe.shape])
+        if name in ("squeeze", "unsqueeze") and self.weight_view(args[0]) is not None:  # conv(x, w.squeeze(1)...)
+            self.remember_view(value, args[0], _squeeze_dims(args[0].shape, value.shape))
         if name == "T":
             return src.permute(*reversed(range(src.dim())))
         if name == "mT":
@@ -735,6 +737,22 @@ def _matmul(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, wher
     return out.expand(value.shape) if out.dim() and out.shape != value.shape else out
 
 
+def _squeeze_dims(before: torch.Size, after: torch.Size) -> list[int | None]:
+    """For each dimension of a squeezed / unsqueezed tensor of shape ``after``, the dimension of the
+    ``before`` tensor it is (None: a new size-1 one), matching sizes from the left."""
+    dims: list[int | None] = []
+    k = 0
+    for n in after:
+        while k < len(before) and before[k] == 1 and n != 1:
+            k += 1  # a squeezed size-1 dimension
+        if len(after) > len(before) and n == 1 and (k >= len(before) or before[k] != 1):
+            dims.append(None)  # an unsqueezed one
+        else:
+            dims.append(k)
+            k += 1
+    return dims
+
+
 def _grouped_mm(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where: str) -> Any:
     """``grouped_mm(x (S, K), w (experts, K, N), offs)``: every expert's weights read x's last dimension.
 
@@ -751,6 +769,9 @@ def _conv(t: DimTracer, name: str, args: tuple, kwargs: dict, value: Any, where:
     b = args[2] if len(args) > 2 else kwargs.get("bias")
     groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
     ids = t.ids_of(x)
+    view = t.weight_view(w)  # the parameter itself, or a view with its shape (Mamba: w.squeeze(1).unsqueeze(1))
+    if view is not None and view[0].shape == w.shape and all(d in (k, None) for k, d in enumerate(view[1])):
+        w = view[0]
     owner = t.owner_of(w)
     if owner is None:
         t.block_all((x, w, b), {}, f"a convolution weight computed in the forward: {where}")
