@@ -45,7 +45,7 @@ def exporting(model: nn.Module) -> Iterator[None]:
     loop of the eager experts depends on the data)."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
     cached = [c for c in configs.values() if getattr(c, "use_cache", False) is True]
-    experts = {
+    experts = {  # layers transformers' ``use_experts_implementation`` made switchable (it sets ``has_gate``)
         id(c): (c, c._experts_implementation_internal)
         for m in model.modules()
         if hasattr(m, "has_gate")

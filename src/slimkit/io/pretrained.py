@@ -484,14 +484,14 @@ def dense_experts(
     routing = torch.zeros(x.shape[0], self.num_experts, dtype=top_k_weights.dtype, device=x.device)
     routing = routing.scatter_add(1, top_k_index, top_k_weights)  # (tokens, experts)
 
-    def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def linear(h: torch.Tensor, name: str) -> torch.Tensor:
+        weight = getattr(self, name)
         out = torch.matmul(h, weight if self.is_transposed else weight.transpose(1, 2))  # (experts, tokens, out)
-        return out if bias is None else out + bias[:, None, :]
+        return out + getattr(self, f"{name}_bias")[:, None, :] if self.has_bias else out
 
-    up = self.gate_up_proj if self.has_gate else self.up_proj
-    h = linear(x, up, getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias", None))
+    h = linear(x, "gate_up_proj" if self.has_gate else "up_proj")
     h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
-    out = linear(h, self.down_proj, getattr(self, "down_proj_bias", None) if self.has_bias else None)
+    out = linear(h, "down_proj")
     if self.has_post_expert_norm:
         out = self.post_expert_norm(out)
     return (out * routing.T[:, :, None].to(out.dtype)).sum(0).to(x.dtype)

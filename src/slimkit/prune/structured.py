@@ -159,17 +159,17 @@ def plan(
         for name in select(model, [pattern]):
             named[name] = r
     cfg = dataclasses.replace(config, ratio=ratio)
+    blocks = [math.lcm(config.block, g.align) for g in graph.groups]  # kept counts are multiples of these
     if not config.global_ranking:
         out = []
-        for group, s in zip(graph.groups, scores, strict=True):
+        for group, s, block in zip(graph.groups, scores, blocks, strict=True):
             r = _group_ratio(model, group, cfg, named)
             own = any(s.producer and s.module in named for s in group.slots)
             if group.producer in (units or {}) and not own:
                 r = round(r * units[group.producer]) / units[group.producer]
-            keep = _keep_count(len(group), r, math.lcm(config.block, group.align))
+            keep = _keep_count(len(group), r, block)
             out.append(np.sort(np.argsort(s, kind="stable")[: len(group) - keep]))
         return out
-    blocks = [math.lcm(config.block, g.align) for g in graph.groups]
     caps = [len(g) - _keep_count(len(g), config.max_ratio, b) for g, b in zip(graph.groups, blocks, strict=True)]
     chosen: dict[int, list[int]] = collections.defaultdict(list)
     if config.importance == "output":
