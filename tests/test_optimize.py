@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.core.errors import MissingExtraError, SlimkitError
+from slimkit.core.errors import MissingExtraError, ModelFileError, SlimkitError
 from slimkit.core.transform import records
 from slimkit.evaluate import count_macs, count_params
+from slimkit.io.onnx import runtimes
 from slimkit.optimize import (
     CostModel,
     FineTuneConfig,
@@ -184,6 +185,14 @@ def test_optimize_meets_target_holds_constraint_tests_once(
         return real(model, data, split=split, **kw)
 
     monkeypatch.setattr(ev, "evaluate", counting)
+    cost, timed = sys.modules["slimkit.evaluate.cost"], sys.modules["slimkit.evaluate.cost"].onnx_latency
+
+    def no_openvino(*args, runtime="onnxruntime", **kw):  # noqa: ANN002, ANN003, ANN202
+        if runtime == "openvino":  # a second runtime without an operator of the file: ONNX Runtime's figures stand
+            raise ModelFileError(f"{args[0][0]} cannot run on openvino: an operator it lacks")
+        return timed(*args, runtime=runtime, **kw)
+
+    monkeypatch.setattr(cost, "onnx_latency", no_openvino)
     before = copy.deepcopy(small_cnn.state_dict())
     target = Target(macs=0.4, max_drop=3.0)
     recipe = {
@@ -214,6 +223,8 @@ def test_optimize_meets_target_holds_constraint_tests_once(
     report = json.loads((out / "report.json").read_text())
     assert report["target_met_on_validation"] and report["chosen"] == chosen.id
     assert report["test"]["after"]["split"] == "test" and report["allocations"][0]["allocation"] == "sensitivity"
+    assert list(report["speed"]["runtimes"]) == ["onnxruntime"]
+    assert any(n.startswith("no OpenVINO timing: ") for n in report["notes"]) == ("openvino" in runtimes())
     reloaded = sk.load(out / "checkpoint")
     x = mini.splits["test"][0][:16]
     assert torch.allclose(reloaded(x), result.model.eval()(x), atol=1e-5)

@@ -650,6 +650,7 @@ def _finish(
     except SlimkitError as exc:  # a model torch's ONNX exporter cannot take (T5): the results stand without it
         speed = None
         notes.append(f"no ONNX speed comparison: {first_line(exc)}")
+    notes.extend(f"no {RUNTIME_NAMES[rt]} timing: {why}" for rt, why in (speed or {}).get("unrunnable", {}).items())
     return OptimizeResult(
         model=model,
         int8_path=int8,
@@ -695,6 +696,7 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
     if int8 is not None:
         files["int8 ONNX"] = int8
     table: dict[str, dict[str, float | None]] = {}
+    unrunnable: dict[str, str] = {}
     for runtime in [loop.target.runtime] + [r for r in found if r != loop.target.runtime]:
         runnable = dict(files)
         if int8 is not None:
@@ -702,7 +704,13 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
                 OnnxModel(int8, runtime=runtime)
             except ModelFileError:
                 del runnable["int8 ONNX"]
-        ms = onnx_latency([reference, *runnable.values()], loop.example, batch, runs=30, runtime=runtime)
+        try:
+            ms = onnx_latency([reference, *runnable.values()], loop.example, batch, runs=30, runtime=runtime)
+        except ModelFileError as exc:  # another runtime that cannot take the files: the target's figures stand
+            if runtime == loop.target.runtime:
+                raise
+            unrunnable[runtime] = first_line(exc)
+            continue
         timed = dict(zip(runnable, ms[1:], strict=True))
         table[runtime] = {"original": ms[0]} | {name: timed.get(name) for name in files}
     deployed = "int8 ONNX" if int8 is not None else "fp32 ONNX"
@@ -716,6 +724,7 @@ def _paired_speed(loop: Loop, model: Any, int8: Path | None, batch: int) -> dict
         "deployed": deployed,
         "runtimes": table,
         "best": {"runtime": best[0], "file": best[1], "ms": best[2], "speedup": table[best[0]]["original"] / best[2]},
+        "unrunnable": unrunnable,
         "original_fp32_onnx_bytes": reference.stat().st_size,
         "optimized_onnx_bytes": files[deployed].stat().st_size,
         "smaller": reference.stat().st_size / files[deployed].stat().st_size,
