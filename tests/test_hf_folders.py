@@ -184,8 +184,9 @@ def _decoder(kind: str) -> torch.nn.Module:
 def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path, kind: str) -> None:
     """A decoder returns its key / value cache (a DynamicCache, not a tensor) unless ``use_cache`` is
     off, and experts run by ``grouped_mm`` have no ONNX operator: both exports turn the cache off and
-    run the experts by ``batched_mm`` for the export only."""
-    from slimkit.io import export, load
+    run the experts as dense matmuls for the export only (which OpenVINO runs too)."""
+    from slimkit.io import OnnxModel, export, load
+    from slimkit.io.onnx import runtimes
 
     model = _decoder(kind).eval()
     model.config.pad_token_id = 0
@@ -197,6 +198,9 @@ def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path
         out = load(tmp_path / name)(**batch)
         got = torch.as_tensor(out.logits if hasattr(out, "logits") else out)  # the program / the ONNX file
         assert torch.allclose(got, want, atol=1e-5), name
+    if kind == "mixtral" and "openvino" in runtimes():
+        out = OnnxModel(tmp_path / "m.onnx", runtime="openvino")(**batch)
+        assert torch.allclose(torch.as_tensor(out), want, atol=1e-4)
     assert model.config.use_cache is True  # the user's settings are back
     assert kind != "mixtral" or model.config._experts_implementation == "grouped_mm"
 

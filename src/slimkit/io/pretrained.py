@@ -481,15 +481,16 @@ def dense_experts(
     experts' weights for every token: memory of tokens x top-k x a whole expert); this one takes
     experts / top-k times the expert MACs, and memory linear in the tokens."""
     x = hidden_states
-    routing = torch.zeros(x.shape[0], self.num_experts, dtype=top_k_weights.dtype, device=x.device)
-    routing = routing.scatter_add(1, top_k_index, top_k_weights)  # (tokens, experts)
+    chosen = torch.nn.functional.one_hot(top_k_index, self.num_experts).to(top_k_weights.dtype)
+    routing = (chosen * top_k_weights[..., None]).sum(1)  # (tokens, experts)
 
     def linear(h: torch.Tensor, name: str) -> torch.Tensor:
         weight = getattr(self, name)
         out = torch.matmul(h, weight if self.is_transposed else weight.transpose(1, 2))  # (experts, tokens, out)
         return out + getattr(self, f"{name}_bias")[:, None, :] if self.has_bias else out
 
-    h = linear(x, "gate_up_proj" if self.has_gate else "up_proj")
+    # a batch of experts on both sides: OpenVINO's CPU plugin mishandles MatMul broadcasting (T, H) or (1, T, H)
+    h = linear(x.expand(self.num_experts, *x.shape), "gate_up_proj" if self.has_gate else "up_proj")
     h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
     out = linear(h, "down_proj")
     if self.has_post_expert_norm:
