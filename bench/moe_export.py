@@ -6,7 +6,8 @@ exports. ``batched_mm`` (transformers) gathers the chosen experts' weights for e
 ``slimkit_dense`` (:func:`slimkit.io.pretrained.dense_experts`, what slimkit's exports use) runs
 every expert on every token as plain matmuls. A Mixtral-shaped causal LM (random weights, built
 from a config) is exported both ways; each file runs on ONNX Runtime in a fresh process (peak
-memory), then both are timed taking turns in one process, against the PyTorch model (grouped_mm).
+memory), then both are timed taking turns in one process, against the PyTorch model (grouped_mm) and the
+dense file on OpenVINO.
 
     .venv/bin/python bench/moe_export.py            # ~3 minutes, run alone (it times)
 """
@@ -67,7 +68,7 @@ def main() -> None:
 
     import slimkit.io.pretrained as pretrained
     from slimkit.evaluate.cost import measure_latencies
-    from slimkit.io.onnx import export_onnx
+    from slimkit.io.onnx import OpenVinoSession, export_onnx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, default=8)
@@ -78,7 +79,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"Mixtral-shaped causal LM: {params / 1e6:.1f}M params, {args.experts} experts, top-2, 4 layers, hidden 512")
     x = {"input_ids": torch.randint(0, 1000, (2, 16))}
-    print("| tokens | experts in the file | ORT ms | speed vs PyTorch | peak MB (load + run) | max abs diff |")
+    print("| tokens | experts in the file | ms | speed vs PyTorch | peak MB (load + run) | max abs diff |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -87,6 +88,7 @@ def main() -> None:
             files[impl] = Path(tmp) / f"{impl}.onnx"
             export_onnx(model, files[impl], x)
         sessions = {k: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for k, f in files.items()}
+        vino = OpenVinoSession(files["slimkit_dense"], threads=torch.get_num_threads())  # fp32, as slimkit runs it
         for n, t in shapes:
             ids = torch.randint(0, 1000, (n, t))
             with torch.inference_mode():
@@ -97,7 +99,10 @@ def main() -> None:
             diffs = {k: float(np.abs(sessions[k].run(None, feeds)[0] - want).max()) for k in runs}
             fns = [lambda s=sessions[k], feeds=feeds: s.run(None, feeds) for k in runs]
             fns.append(torch.inference_mode()(lambda ids=ids: model(input_ids=ids)))
-            ms = dict(zip([*runs, "torch"], measure_latencies(fns, warmup=2, runs=10, rounds=2), strict=True))
+            fns.append(lambda feeds=feeds: vino.run(None, feeds))  # the dense file on OpenVINO
+            names = [*runs, "torch", "openvino"]
+            ms = dict(zip(names, measure_latencies(fns, warmup=2, runs=10, rounds=2), strict=True))
+            vino_diff = float(np.abs(vino.run(None, feeds)[0] - want).max())
             for k in files:
                 if k in runs:
                     cells = f"{ms[k]:.1f} | {ms['torch'] / ms[k]:.2f} | {peaks[k]:.0f} | {diffs[k]:.1e}"
@@ -105,6 +110,8 @@ def main() -> None:
                     cells = f"- | - | out of memory (> {LIMIT_GB} GB) | -"
                 print(f"| {n}x{t} | {k} | {cells} |", flush=True)
             print(f"| {n}x{t} | PyTorch (grouped_mm) | {ms['torch']:.1f} | 1.00 | - | - |", flush=True)
+            speed = ms["torch"] / ms["openvino"]
+            print(f"| {n}x{t} | slimkit_dense on OpenVINO | {ms['openvino']:.1f} | {speed:.2f} | - | {vino_diff:.1e} |")
 
 
 if __name__ == "__main__":

@@ -93,10 +93,16 @@ def build(model_type: str, class_name: str) -> tuple[nn.Module, torch.Tensor] | 
     import transformers
 
     config = transformers.AutoConfig.for_model(model_type)
+    # each layer count before shrinking -> after (per-layer lists such as layer_types must follow it)
+    counts = {v: SMALL[k] for k, v in vars(config).items() if "layer" in k and k in SMALL and isinstance(v, int)}
     for k, v in SMALL.items():
         if isinstance(getattr(config, k, None), int) and not isinstance(getattr(config, k), bool):
             with contextlib.suppress(AttributeError, ValueError):
                 setattr(config, k, v)
+    for k, v in list(vars(config).items()):  # lists of layer kinds ("full_attention") or flags
+        per_layer = isinstance(v, list) and all(isinstance(e, str) or e in (0, 1) for e in v)
+        if per_layer and counts.get(len(v), len(v)) < len(v):
+            setattr(config, k, v[: counts[len(v)]])
     if getattr(config, "use_cache", None) is True:  # hybrid models' caches refuse the wrapper's calls
         config.use_cache = False
     for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
