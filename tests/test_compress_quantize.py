@@ -132,7 +132,9 @@ def test_auto_picks_dynamic_for_lstm(text, tmp_path: Path, monkeypatch: pytest.M
     assert per_tensor_tables == r.int8_value or "row-wise" in note, note
 
 
-@pytest.mark.parametrize("faster", ["onnxruntime", "defaults", "nncf", "nncf raw"])
+@pytest.mark.parametrize(
+    "faster", ["onnxruntime", pytest.param("defaults", marks=pytest.mark.slow), "nncf", "nncf raw"]
+)
 def test_static_int8_for_onnx_runtime_keeps_the_fastest_scheme_at_the_target_batch(
     trained_cnn: nn.Module,
     mnist,  # noqa: ANN001

@@ -180,7 +180,9 @@ def _decoder(kind: str) -> torch.nn.Module:
     return transformers.LlamaForSequenceClassification(config)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "mixtral"])
+@pytest.mark.parametrize(
+    "kind", ["gpt2", pytest.param("llama", marks=pytest.mark.slow), "mixtral"]
+)  # Mixtral has Llama's attention
 def test_decoder_classifiers_export_without_their_key_value_cache(tmp_path: Path, kind: str) -> None:
     """A decoder returns its key / value cache (a DynamicCache, not a tensor) unless ``use_cache`` is
     off, and experts run by ``grouped_mm`` have no ONNX operator: both exports turn the cache off and

@@ -319,7 +319,7 @@ class UserNet(torch.nn.Module):
         return self.inner(x)
 
 
-@pytest.mark.parametrize("trials", [0, 2])
+@pytest.mark.parametrize("trials", [0, pytest.param(2, marks=pytest.mark.slow)])  # trials: test_search_resume...
 def test_a_class_slimkit_cannot_rebuild_still_runs_to_its_outputs(
     small_cnn: torch.nn.Module, mini: sk.data.Dataset, tmp_path: Path, trials: int
 ) -> None:

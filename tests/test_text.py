@@ -422,7 +422,9 @@ def test_encoder_goes_through_the_optimize_loop_with_the_fidelity_task(
         OnnxModel(out / "model.onnx")(input_ids=x["input_ids"])
 
 
-@pytest.mark.parametrize(("family", "pooling"), [("mpnet", "mean"), ("distilbert", "cls")])
+@pytest.mark.parametrize(
+    ("family", "pooling"), [pytest.param("mpnet", "mean", marks=pytest.mark.slow), ("distilbert", "cls")]
+)  # MPNet behind the slow marker (make test's time); BERT and DistilBERT run in every test run
 def test_other_families_and_cls_pooling_go_through_the_loop_and_reload(
     tmp_path: Path, tokenizer: BertTokenizerFast, family: str, pooling: str
 ) -> None:
