@@ -43,8 +43,7 @@ def exporting(model: nn.Module) -> Iterator[None]:
     GPT-2, Llama or Qwen2 classifiers otherwise fail to export) and mixture-of-experts layers run as
     plain matmuls (:func:`slimkit.io.pretrained.dense_experts`: ONNX has no grouped matmul, and the
     loop of the eager experts depends on the data)."""
-    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
-    cached = [c for c in configs.values() if getattr(c, "use_cache", False) is True]
+    cached = {id(c): c for m in model.modules() if getattr(c := getattr(m, "config", None), "use_cache", False)}
     experts = {  # layers transformers' ``use_experts_implementation`` made switchable (it sets ``has_gate``)
         id(c): (c, c._experts_implementation_internal)
         for m in model.modules()
@@ -57,15 +56,15 @@ def exporting(model: nn.Module) -> Iterator[None]:
         from slimkit.io import pretrained
 
         ExpertsInterface.register(pretrained.DENSE_EXPERTS, pretrained.dense_experts)
-    for config in cached:
+        for config, _ in experts.values():
+            config._experts_implementation_internal = pretrained.EXPORT_EXPERTS
+    for config in cached.values():
         config.use_cache = False
-    for config, _ in experts.values():
-        config._experts_implementation_internal = pretrained.EXPORT_EXPERTS
     try:
         with eval_mode(model), quiet():
             yield
     finally:
-        for config in cached:
+        for config in cached.values():
             config.use_cache = True
         for config, implementation in experts.values():
             config._experts_implementation_internal = implementation
